@@ -1,0 +1,79 @@
+"""Evo-ViT slow-fast token evolution (Xu et al., AAAI 2022).
+
+A global class-attention score g is carried across blocks. At a selector, patch tokens are ranked by g; the top
+k (informative) and one *representative* token (the g-weighted mean of the others) take the slow path through
+attention and MLP; the other tokens (placeholders) are kept and updated fast by adding the representative
+token's residual. When the stage ends the full token structure is restored in its original order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# g <- (1 - alpha) g + alpha a: before the first selector g is just the last block's class attention,
+# afterwards it is smoothed across blocks (the official DeiT code's alpha).
+ALPHA_BEFORE, ALPHA_AFTER = 1.0, 0.5
+
+
+def class_attention_score(cls_attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """(B, H, N) class-token attention over all tokens -> (B, N_patches) summed over heads."""
+    return cls_attn.sum(dim=1)[:, num_prefix:]
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, N, C) or (B, N); idx (B, K) -> rows of x at idx."""
+    if x.dim() == 2:
+        return x.gather(1, idx)
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+@dataclass
+class EvoStage:
+    """The token split of one stage, in the order of ``order`` (informative first)."""
+
+    order: torch.Tensor  # (B, N) patch indices by descending score
+    informative: torch.Tensor  # (B, K, C) slow tokens
+    placeholders: torch.Tensor  # (B, N - K, C) fast tokens
+    representative: torch.Tensor  # (B, 1, C)
+    score: torch.Tensor  # (B, N) global score, permuted like ``order``
+
+    @property
+    def n_keep(self) -> int:
+        return self.informative.shape[1]
+
+
+def enter_stage(patches: torch.Tensor, score: torch.Tensor, n_keep: int) -> EvoStage:
+    """Split patches (B, N, C) by global score (B, N) into k informative tokens and placeholders."""
+    order = score.argsort(dim=1, descending=True)  # (B, N)
+    permuted, score = _gather(patches, order), _gather(score, order)
+    informative, placeholders = permuted[:, :n_keep], permuted[:, n_keep:]
+    w = score[:, n_keep:].clamp_min(0.0)  # (B, N - K)
+    rep = (w[..., None] * placeholders).sum(dim=1, keepdim=True) / w.sum(dim=1)[:, None, None].clamp_min(1e-6)
+    return EvoStage(order, informative, placeholders, rep, score)
+
+
+def slow_tokens(prefix: torch.Tensor, stage: EvoStage) -> torch.Tensor:
+    """What the block computes on: (B, P + K + 1, C)."""
+    return torch.cat([prefix, stage.informative, stage.representative], dim=1)
+
+
+def after_block(stage: EvoStage, out: torch.Tensor, num_prefix: int, cls_score: torch.Tensor | None) -> torch.Tensor:
+    """Take the block output (B, P + K + 1, C): fast-update placeholders with the representative's residual,
+    update the informative tokens' global score. Returns the new prefix tokens (B, P, C)."""
+    k = stage.n_keep
+    new_rep = out[:, -1:]
+    stage.placeholders = stage.placeholders + (new_rep - stage.representative)  # fast update
+    stage.representative = new_rep
+    stage.informative = out[:, num_prefix:num_prefix + k]
+    if cls_score is not None:  # (B, K + 1) class attention over informative + representative
+        inf_score = (1 - ALPHA_AFTER) * stage.score[:, :k] + ALPHA_AFTER * cls_score[:, :k]
+        stage.score = torch.cat([inf_score, stage.score[:, k:]], dim=1)
+    return out[:, :num_prefix]
+
+
+def leave_stage(stage: EvoStage) -> tuple[torch.Tensor, torch.Tensor]:
+    """Restore the original token order. Returns (patches (B, N, C), score (B, N))."""
+    inverse = stage.order.argsort(dim=1)
+    patches = torch.cat([stage.informative, stage.placeholders], dim=1)
+    return _gather(patches, inverse), _gather(stage.score, inverse)

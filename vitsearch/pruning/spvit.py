@@ -1,0 +1,100 @@
+"""SPViT soft token pruning (Kong et al., ECCV 2022): multi-head token selector and token packaging.
+
+The selector scores every patch token per head, weights the heads by a learned per-token head importance,
+and aggregates one keep score per token. Pruned tokens are not discarded: they are *packaged* into one token,
+their average weighted by their keep scores, appended after the kept tokens and never pruned again.
+
+Training keeps all tokens and draws hard Gumbel-softmax decisions that mask pruned keys in attention
+(so gradients reach the selector); inference keeps a fixed top-k per image and physically removes the rest,
+so every shape is static and export-friendly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class GroupedLinear(nn.Module):
+    """One independent linear layer per head: (B, N, H, i) -> (B, N, H, o)."""
+
+    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(groups, out_features))
+        nn.init.trunc_normal_(self.weight, std=1.0 / math.sqrt(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bnhi,hio->bnho", x, self.weight) + self.bias
+
+
+class MultiHeadTokenSelector(nn.Module):
+    """Per-head keep/drop logits, head-importance weights, aggregated per-token keep score."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        hd = dim // num_heads
+        self.num_heads, self.head_dim = num_heads, hd
+        self.norm = nn.LayerNorm(hd)
+        self.in_proj = GroupedLinear(num_heads, hd, hd)
+        self.out = nn.ModuleList([
+            GroupedLinear(num_heads, hd, max(hd // 2, 1)),
+            GroupedLinear(num_heads, max(hd // 2, 1), max(hd // 4, 1)),
+            GroupedLinear(num_heads, max(hd // 4, 1), 2),  # logits [keep, drop]
+        ])
+        hidden = max(num_heads // 2, 1)
+        # Head importance, SE style: each head's mean activation per token -> a weight in (0, 1) per head.
+        self.head_gate = nn.Sequential(nn.Linear(num_heads, hidden), nn.GELU(), nn.Linear(hidden, num_heads), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, N, C) patch tokens; mask: (B, N) tokens still alive (the global context pools over them).
+        Returns (log keep/drop score (B, N, 2) for Gumbel decisions, keep probability (B, N) for ranking)."""
+        B, N, C = x.shape
+        xh = x.reshape(B, N, self.num_heads, self.head_dim)  # (B, N, H, hd)
+        w = self.head_gate(xh.mean(dim=-1))  # (B, N, H)
+        w = w / w.sum(dim=-1, keepdim=True)
+        h = F.gelu(self.in_proj(self.norm(xh)))  # (B, N, H, hd)
+        split = self.head_dim // 2
+        local, glob = h[..., :split], h[..., split:]
+        if mask is None:
+            glob = glob.mean(dim=1, keepdim=True)  # (B, 1, H, hd - split)
+        else:
+            m = mask[:, :, None, None]
+            glob = (glob * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        h = torch.cat([local, glob.expand(-1, N, -1, -1)], dim=-1)
+        for i, layer in enumerate(self.out):
+            h = layer(h) if i == len(self.out) - 1 else F.gelu(layer(h))
+        # h: (B, N, H, 2) per-head logits, aggregated across heads by importance.
+        log_score = (w[..., None] * h.log_softmax(dim=-1)).sum(dim=2)  # (B, N, 2)
+        p_keep = (w * h.softmax(dim=-1)[..., 0]).sum(dim=2)  # (B, N)
+        return log_score, p_keep
+
+
+def package(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The package token: the average of x (B, N, C) weighted by ``weights`` (B, N), zero where all are zero.
+    Returns (B, 1, C)."""
+    total = weights.sum(dim=1, keepdim=True)  # (B, 1)
+    return (weights[..., None] * x).sum(dim=1, keepdim=True) / total[..., None].clamp_min(1e-6)
+
+
+def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference: keep the ``n_keep`` highest-scoring patches of (B, N, C) and package the rest.
+    Returns (kept (B, n_keep, C), package (B, 1, C))."""
+    _, p_keep = selector(patches)  # (B, N)
+    idx = p_keep.topk(n_keep, dim=1).indices  # (B, K)
+    kept = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, C)
+    dropped = torch.ones_like(p_keep).scatter(1, idx, 0.0)  # (B, N) 1 = packaged
+    return kept, package(patches, dropped * p_keep)
+
+
+def prune_soft(
+    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, tau: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training: hard Gumbel-softmax decisions (straight-through) on the patches still alive.
+    patches: (B, N, C); alive: (B, N). Returns (new alive mask (B, N), package (B, 1, C))."""
+    log_score, p_keep = selector(patches, alive)
+    decision = F.gumbel_softmax(log_score, tau=tau, hard=True)[..., 0] * alive  # (B, N)
+    dropped = alive - decision  # newly pruned by this selector
+    return decision, package(patches, dropped * p_keep)
