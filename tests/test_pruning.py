@@ -1,0 +1,157 @@
+"""Pruning methods on tiny stock timm ViTs: identity at keep 1.0, scheduled token counts, batch independence."""
+import copy
+
+import pytest
+import timm
+import torch
+
+from vitsearch import pruning
+from vitsearch.config import PruneConfig, token_schedule
+from vitsearch.errors import VitsearchError
+
+PRUNED = ["spvit:3=0.7,6=0.7,9=0.7", "spvit:2=0.5", "evovit:4=0.5,8=0.5", "evovit:1=0.3"]
+
+
+def tiny_vit(**kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    kw = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 12, "num_heads": 4, "num_classes": 10, **kw}
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("variant", [{}, {"init_values": 0.1, "qk_norm": True}, {"global_pool": "avg", "fc_norm": True}])
+@pytest.mark.parametrize("config", ["none", "spvit:3=1.0,6=1.0,9=1.0", "evovit:4=1.0,8=1.0"])
+def test_keep_ratio_one_is_the_identity(config, variant, images):
+    model = tiny_vit(**variant)
+    expected = model(images)
+    patched = pruning.apply(copy.deepcopy(model), config).eval()
+    torch.testing.assert_close(patched(images), expected)
+
+
+def test_identity_without_fused_attention(images, monkeypatch):
+    model = tiny_vit()
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+    expected = model(images)
+    torch.testing.assert_close(pruning.apply(copy.deepcopy(model), "evovit:4=1.0").eval()(images), expected)
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("config", PRUNED)
+def test_every_block_sees_the_scheduled_token_count(config, batch, images):
+    model = pruning.apply(tiny_vit(), config)
+    seen: list[int] = []
+    hooks = [blk.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1])) for blk in model.blocks]
+    with torch.inference_mode():
+        out = model(images[:batch])
+    for h in hooks:
+        h.remove()
+    schedule = token_schedule(PruneConfig.parse(config), depth=12, num_patches=64, num_prefix=1)
+    assert seen == list(schedule.block_tokens)
+    assert out.shape == (batch, 10)
+    assert min(seen) < 65  # something was really removed
+
+
+@pytest.mark.parametrize("config", PRUNED)
+def test_each_image_gives_the_same_output_alone_as_in_a_batch(config, images):
+    model = pruning.apply(tiny_vit(), config)
+    with torch.inference_mode():
+        batched = model(images)
+        alone = torch.cat([model(images[i:i + 1]) for i in range(len(images))])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_pruning_changes_the_output_but_keeps_base_keys(images):
+    base = tiny_vit()
+    keys = set(base.state_dict())
+    patched = pruning.apply(copy.deepcopy(base), "spvit:3=0.5")
+    assert keys <= set(patched.state_dict())
+    assert {k for k in patched.state_dict() if k not in keys} == {
+        k for k in patched.state_dict() if k.startswith("token_selectors.3.")}
+    assert not torch.allclose(patched(images), base(images))
+
+
+def test_spvit_packages_pruned_tokens_into_one_token_weighted_by_score():
+    from vitsearch.pruning import spvit
+
+    torch.manual_seed(0)
+    sel = spvit.MultiHeadTokenSelector(64, 4).eval()
+    patches = torch.randn(2, 10, 64)
+    kept, pkg = spvit.prune_hard(sel, patches, 6)
+    _, p_keep = sel(patches)
+    order = p_keep.argsort(dim=1, descending=True)
+    for b in range(2):
+        top, rest = order[b, :6], order[b, 6:]
+        assert set(map(tuple, kept[b].tolist())) == set(map(tuple, patches[b, top].tolist()))
+        w = p_keep[b, rest]
+        torch.testing.assert_close(pkg[b, 0], (w[:, None] * patches[b, rest]).sum(0) / w.sum())
+
+
+def test_spvit_training_draws_gumbel_decisions_with_gradients(images):
+    model = pruning.apply(tiny_vit(), "spvit:3=0.7,6=0.7").train()
+    out = model(images)
+    state = pruning.prune_state(model)
+    assert len(state.keep_decisions) == 2 and state.keep_targets == pytest.approx([45 / 64, 32 / 64])
+    assert set(state.keep_decisions[0].unique().tolist()) <= {0.0, 1.0}
+    assert (state.keep_decisions[1] <= state.keep_decisions[0]).all()  # pruned tokens stay pruned
+    assert state.block_tokens == [65] * 3 + [66] * 3 + [67] * 6  # masked, not removed; one package per selector
+    (out.sum() + state.keep_decisions[-1].mean()).backward()
+    assert model.token_selectors["3"].in_proj.weight.grad.abs().sum() > 0
+
+
+def test_evovit_preserves_structure_and_updates_placeholders_fast(images):
+    model = pruning.apply(tiny_vit(), "evovit:4=0.25")
+    captured = {}
+    model.norm.register_forward_pre_hook(lambda m, args: captured.update(tokens=args[0]))
+    with torch.inference_mode():
+        model(images)
+    assert captured["tokens"].shape == (8, 65, 64)  # every token comes back, in its place
+    model.train()
+    model(images)
+    assert pruning.prune_state(model).aux_logits.shape == (8, 10)
+
+
+def test_evovit_every_block_reselection_runs_and_differs(images):
+    model = tiny_vit()
+    for blk in model.blocks:  # peaky attention, so the ranking moves between blocks as it does in a trained ViT
+        blk.attn.qkv.weight.data *= 4
+    model = pruning.apply(model, "evovit:4=0.5")
+    with torch.inference_mode():
+        stagewise = model(images)
+        model.evo_every_block = True
+        layerwise = model(images)
+    assert not torch.allclose(stagewise, layerwise)
+
+
+def test_reapplying_keeps_trained_selectors():
+    model = pruning.apply(tiny_vit(), "spvit:3=0.7,6=0.7")
+    sel = model.token_selectors["3"]
+    pruning.apply(model, "spvit:3=0.5,9=0.5")
+    assert model.token_selectors["3"] is sel and "9" in model.token_selectors
+
+
+@pytest.mark.parametrize("config, message", [
+    ("spvit:3=1.5", "outside (0, 1]"),
+    ("spvit:3=0", "outside (0, 1]"),
+    ("spvit:12=0.5", "does not exist"),
+    ("evovit:0=0.5", "block >= 1"),
+    ("magic:3=0.5", "unknown pruning method"),
+    ("spvit:3~0.5", "cannot read selector"),
+])
+def test_bad_configs_are_named(config, message):
+    with pytest.raises(VitsearchError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pruning.apply(tiny_vit(), config)
+
+
+def test_non_vit_models_are_refused():
+    with pytest.raises(VitsearchError, match="VisionTransformer"):
+        pruning.apply(timm.create_model("resnet18", pretrained=False), "spvit:3=0.5")
+
+
+def test_evovit_needs_a_class_token():
+    with pytest.raises(VitsearchError, match="class token"):
+        pruning.apply(tiny_vit(class_token=False, global_pool="avg"), "evovit:4=0.5")
