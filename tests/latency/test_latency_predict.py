@@ -1,0 +1,112 @@
+"""Prediction: the sum of the config's components, linear between grid points, never extrapolated; and the
+components are what the real pruned forward runs."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from vitsearch import pruning
+from vitsearch.config import PruneConfig
+from vitsearch.errors import VitsearchError
+from vitsearch.latency import Predictor, components_of, grid
+from vitsearch.latency import artefacts as art
+from vitsearch.latency import table as T
+from vitsearch.latency.components import Point, component_graphs
+from vitsearch.models import create_model, geometry
+
+from .conftest import TINY_GRID, TINY_KWARGS, TINY_MODEL
+
+CONFIGS = ["none", "spvit:1=0.5", "spvit:0=0.7,1=0.4", "evovit:1=0.5"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model(TINY_MODEL, **TINY_KWARGS)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory, model):
+    """A table with a known latency at every grid point: a linear function of the counts, so interpolation
+    between grid points must reproduce it exactly."""
+    g = geometry(model)
+    rows = [T.Row(p, 1, _value(p), _value(p), 0.0, 1) for p in grid(g, TINY_GRID)]
+    meta = {"device": {"name": "cpu"}, "geometry": g.to_dict(), "batch": 1, "runtime": {}, "threads": 1}
+    return T.save(tmp_path_factory.mktemp("t") / "t.csv", meta, rows)
+
+
+def _value(p: Point) -> float:
+    base = {"overhead": 0.01, "embed": 0.2, "block": 1.0, "block_cls": 1.5, "head": 0.1, "spvit_select": 0.3,
+            "evo_stage": 0.05, "evo_block": 1.1, "evo_block_cls": 1.6}[p.kind]
+    return base + 0.01 * p.n + 0.001 * p.k
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_prediction_is_the_sum_of_components(synthetic, model, config):
+    pred = Predictor(synthetic).predict(config)
+    parts = components_of(config, geometry(model))
+    assert [p for p, _ in pred.parts] == parts
+    assert [p.kind for p in parts].count("overhead") == 1
+    assert pred.total_ms == pytest.approx(sum(_value(p) for p in parts))
+    assert pred.total_ms == pytest.approx(sum(pred.by_kind().values()))
+
+
+def test_interpolates_between_grid_points(synthetic):
+    predictor = Predictor(synthetic)
+    blocks = sorted(p.n for p in synthetic.rows if p.kind == "block")
+    n = (blocks[0] + blocks[1]) // 2
+    assert n not in blocks
+    assert predictor.component(Point("block", n)) == pytest.approx(_value(Point("block", n)))
+    # spvit_select is bilinear in (n, relative k); off-grid in both, and exact on a linear function
+    assert predictor.component(Point("spvit_select", 11, 4)) == pytest.approx(_value(Point("spvit_select", 11, 4)))
+
+
+def test_out_of_grid_counts_are_refused(tmp_path, synthetic):
+    rows = [r for p, r in synthetic.rows.items() if not (p.kind == "block" and p.n < 5)]
+    short = T.save(tmp_path / "short.csv", synthetic.meta, rows)
+    predictor = Predictor(short)
+    with pytest.raises(VitsearchError, match=r"n = 3 is outside the profiled grid \[7, 17\]"):
+        predictor.component(Point("block", 3))
+    with pytest.raises(VitsearchError, match="outside the profiled grid"):
+        predictor.predict("spvit:0=0.1,1=0.1")  # blocks on 4 tokens: class, 1-2 patches, packages
+    with pytest.raises(VitsearchError, match="k = 16 is outside"):
+        Predictor(synthetic).component(Point("spvit_select", 16, 16))
+
+
+def test_missing_kind_says_the_profile_is_incomplete(tmp_path, synthetic):
+    rows = [r for p, r in synthetic.rows.items() if p.kind != "evo_stage"]
+    with pytest.raises(VitsearchError, match="no evo_stage rows"):
+        Predictor(T.save(tmp_path / "t.csv", synthetic.meta, rows)).predict("evovit:1=0.5")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_components_follow_the_real_forward(model, config):
+    """The block token counts of components_of are those the patched model computes on."""
+    pruning.apply(model, config)
+    model(torch.randn(1, 3, 32, 32))
+    ran = pruning.prune_state(model).block_tokens
+    blocks = [p.n for p in components_of(config, geometry(model)) if "block" in p.kind]
+    assert blocks == ran
+
+
+def test_every_kind_exports_and_specialises_to_the_torch_output(tmp_path, model):
+    """One export per kind with dynamic token axes; the specialised copies compute what the module does."""
+    pruning.apply(model, PruneConfig())
+    graphs = component_graphs(model)
+    points = grid(geometry(model), TINY_GRID)
+    for kind, g in graphs.items():
+        kind_points = [p for p in points if p.kind == kind]
+        template = art.load_template(art.export_kind(g, kind_points[len(kind_points) // 2], tmp_path))
+        for p in {kind_points[0], kind_points[-1]}:
+            args = g.example(p)
+            path = art.specialise(template, [a.shape for a in args], tmp_path / f"{kind}-{p.n}-{p.k}.onnx")
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            assert all(isinstance(d, int) for i in sess.get_inputs() for d in i.shape)
+            outs = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})
+            with torch.no_grad():
+                expected = g.module(*args)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            for o, e in zip(outs, expected):
+                np.testing.assert_allclose(o, e.numpy(), atol=1e-5, err_msg=f"{kind} at {p}")

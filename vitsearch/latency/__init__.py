@@ -1,0 +1,17 @@
+"""Per-device latency lookup tables: profile a model's components on a device, predict any pruning config
+from the table, and validate predictions against whole models measured end to end.
+
+    table = vitsearch.latency.profile("cpu", model="deit_small_patch16_224", threads=2)
+    Predictor(table).predict("spvit:3=0.7,6=0.7,9=0.7").total_ms
+    vitsearch.latency.validate(table, 30).summary["median_abs_error_pct"]
+"""
+from .components import GridSpec, Point, components_of, grid
+from .devices import Artefact, Device, DeviceSpec, MeasureSettings, open_device, parse_perf_test, registry, resolve
+from .predict import Prediction, Predictor, predict
+from .profile import profile
+from .table import LatencyTable, load, table_path
+from .validate import Validation, kendall_tau, random_configs, validate
+
+__all__ = ["Artefact", "Device", "DeviceSpec", "GridSpec", "LatencyTable", "MeasureSettings", "Point", "Prediction",
+           "Predictor", "Validation", "components_of", "grid", "kendall_tau", "load", "open_device",
+           "parse_perf_test", "predict", "profile", "random_configs", "registry", "resolve", "table_path", "validate"]

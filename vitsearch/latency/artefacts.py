@@ -1,0 +1,88 @@
+"""ONNX artefacts for profiling: one export per component kind, specialised to every grid point.
+
+Exporting with the dynamo exporter takes seconds per graph on a small CPU, and a table has a hundred-odd grid
+points; the full DeiT-S table must profile in minutes. So each kind is exported once with its token axes
+dynamic, and every grid point gets a copy of that graph whose input shapes are fixed. The copies are small:
+the weights live once per kind in an external-data file beside them. With static input shapes onnxruntime
+folds the shape arithmetic into constants, so a specialised graph runs like a statically exported one.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import onnx
+import torch
+
+from ..errors import VitsearchError
+from ..export import DEFAULT_OPSET
+from .components import ComponentGraph, Point
+
+logger = logging.getLogger(__name__)
+
+
+def _quiet_export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, **kwargs: object) -> None:
+    """torch.onnx.export with the exporter and opset :func:`vitsearch.export.export_onnx` uses for whole models
+    (TorchScript, opset DEFAULT_OPSET), so a component graph is made of the same ONNX ops as the model it
+    predicts; its chatter on stdout and warnings kept out of our output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=DEFAULT_OPSET,
+                              do_constant_folding=True, **kwargs)
+        except Exception as e:  # the exporter raises many types; the user needs to know which graph failed
+            raise VitsearchError(f"could not export {path.stem} to ONNX: {type(e).__name__}: {e}") from e
+
+
+def export_kind(graph: ComponentGraph, reference: Point, directory: Path) -> Path:
+    """Export ``graph`` once with its token axes dynamic; returns the template's path. The weights are moved
+    to an external-data file beside it, which every specialised copy shares."""
+    args = graph.example(reference)
+    names = [f"input_{i}" for i in range(len(args))]
+    dynamic_axes = {name: {axis: dim for axis, dim in axes} for name, axes in zip(names, graph.dynamic) if axes}
+    path = directory / f"{graph.kind}.onnx"
+    _quiet_export(graph.module, args, path, input_names=names, dynamic_axes=dynamic_axes or None)
+    model = onnx.load(str(path))
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{graph.kind}.weights", size_threshold=1024)
+    logger.debug("exported %s (dynamic axes %s)", path, dynamic_axes)
+    return path
+
+
+def specialise(template: onnx.ModelProto, shapes: Sequence[Sequence[int]], path: Path) -> Path:
+    """Save a copy of ``template`` (loaded without its external data) with every input dim fixed."""
+    model = onnx.ModelProto()
+    model.CopyFrom(template)
+    inputs = list(model.graph.input)
+    if len(inputs) != len(shapes):
+        raise ValueError(f"{path.name}: graph has {len(inputs)} inputs, got {len(shapes)} shapes")
+    for vi, shape in zip(inputs, shapes):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            raise ValueError(f"{path.name}: input {vi.name} has rank {len(dims)}, got shape {tuple(shape)}")
+        for d, size in zip(dims, shape):
+            d.Clear()
+            d.dim_value = int(size)
+    # Symbolic output and intermediate shapes would contradict the now static inputs: let the runtime infer them.
+    del model.graph.value_info[:]
+    for vi in model.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    onnx.save(model, str(path))
+    return path
+
+
+def load_template(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path), load_external_data=False)
+
+
+def export_model(model: torch.nn.Module, batch: int, path: Path) -> Path:
+    """A whole (pruned) model as static-shape ONNX, as it would be deployed."""
+    g_in = model.patch_embed
+    img = torch.randn(batch, g_in.proj.in_channels, *g_in.img_size)
+    _quiet_export(model, (img,), path)
+    return path

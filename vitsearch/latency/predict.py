@@ -1,0 +1,155 @@
+"""Predicted latency of a pruning config: the sum of its components' latencies from a device's table.
+
+A config's components come from :func:`~vitsearch.latency.components.components_of` (what patch.py runs for
+it); each is looked up in the table, interpolating linearly between profiled token counts. The ``overhead``
+component (one runtime call's fixed cost) is counted once, as a whole model pays it once, while every other
+row already has it subtracted. A count outside the profiled grid is refused, never extrapolated.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import PruneConfig
+from ..errors import VitsearchError
+from ..models import ModelGeometry
+from . import table as table_mod
+from .components import Point, components_of
+from .table import LatencyTable
+
+SELECTION = ("spvit_select", "evo_stage")  # token selection and packaging / stage bookkeeping
+# Axis each 1-D kind is interpolated along; spvit_select is 2-D (n, k).
+_AXIS = {"overhead": "n", "embed": "n", "block": "n", "block_cls": "n", "head": "n",
+         "evo_stage": "k", "evo_block": "k", "evo_block_cls": "k"}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    config: PruneConfig
+    total_ms: float
+    parts: tuple[tuple[Point, float], ...]  # every component of one forward, in order, with its latency
+
+    def by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for p, ms in self.parts:
+            out[p.kind] += ms
+        return dict(out)
+
+    @property
+    def selection_ms(self) -> float:
+        """What selecting tokens costs: SPViT selectors with packaging, Evo-ViT stage entry/exit."""
+        return sum(ms for p, ms in self.parts if p.kind in SELECTION)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": str(self.config), "total_ms": self.total_ms, "selection_ms": self.selection_ms,
+                "by_kind_ms": self.by_kind(),
+                "parts": [{"kind": p.kind, "n": p.n, "k": p.k, "ms": ms} for p, ms in self.parts]}
+
+
+class Predictor:
+    """Looks components up in one table."""
+
+    def __init__(self, table: LatencyTable, statistic: str = "median_ms") -> None:
+        if statistic not in table_mod.LATENCIES:
+            raise ValueError(f"statistic must be one of {table_mod.LATENCIES}")
+        self.table, self.statistic = table, statistic
+        self._1d: dict[str, tuple[list[int], list[float]]] = {}
+        self._2d: dict[int, tuple[list[int], list[float]]] = {}  # spvit_select: n -> (k values, latencies)
+        grouped: dict[str, dict[int, float]] = defaultdict(dict)
+        for point, row in table.rows.items():
+            value = getattr(row, statistic)
+            if point.kind == "spvit_select":
+                ks, vs = self._2d.setdefault(point.n, ([], []))
+                ks.append(point.k)
+                vs.append(value)
+            else:
+                grouped[point.kind][getattr(point, _AXIS[point.kind])] = value
+        for kind, values in grouped.items():
+            xs = sorted(values)
+            self._1d[kind] = (xs, [values[x] for x in xs])
+        for n, (ks, vs) in list(self._2d.items()):
+            order = sorted(range(len(ks)), key=ks.__getitem__)
+            self._2d[n] = ([ks[i] for i in order], [vs[i] for i in order])
+
+    @property
+    def geometry(self) -> ModelGeometry:
+        return self.table.geometry
+
+    def _out_of_grid(self, point: Point, axis: str, value: int, lo: int, hi: int) -> VitsearchError:
+        return VitsearchError(
+            f"{point}: {axis} = {value} is outside the profiled grid [{lo}, {hi}] of table {self.table.path}; "
+            "predictions never extrapolate: re-profile the table (vitsearch profile --restart) for this model")
+
+    def _interp(self, point: Point, axis: str, x: int, xs: list[int], ys: list[float]) -> float:
+        if not xs or x < xs[0] or x > xs[-1]:
+            raise self._out_of_grid(point, axis, x, xs[0] if xs else 0, xs[-1] if xs else 0)
+        i = bisect.bisect_left(xs, x)
+        if xs[i] == x:
+            return ys[i]
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+    def component(self, point: Point) -> float:
+        """Latency of one component in ms (per step, overhead excluded except for the ``overhead`` kind)."""
+        if point.kind == "spvit_select":
+            return self._select(point)
+        if point.kind not in self._1d:
+            raise VitsearchError(f"table {self.table.path} has no {point.kind} rows: the profile is incomplete; "
+                                 "run vitsearch profile again to finish it")
+        axis = _AXIS[point.kind]
+        xs, ys = self._1d[point.kind]
+        return self._interp(point, axis, getattr(point, axis), xs, ys)
+
+    def _select(self, point: Point) -> float:
+        """Bilinear in (n, relative k): k is placed at the same fraction of [1, n - 1] in the neighbouring rows."""
+        ns = sorted(self._2d)
+        n, k = point.n, point.k
+        if not ns or n < ns[0] or n > ns[-1]:
+            raise self._out_of_grid(point, "n", n, ns[0] if ns else 0, ns[-1] if ns else 0)
+        if not 1 <= k <= n - 1:
+            raise self._out_of_grid(point, "k", k, 1, n - 1)
+        frac = (k - 1) / (n - 2) if n > 2 else 0.0
+
+        def in_row(m: int) -> float:
+            ks, vs = self._2d[m]
+            x = 1 + frac * (m - 2) if m > 2 else 1
+            if x < ks[0] or x > ks[-1]:
+                raise self._out_of_grid(point, "k", k, 1, n - 1)
+            i = bisect.bisect_left(ks, x)
+            if ks[i] == x:
+                return vs[i]
+            return vs[i - 1] + (vs[i] - vs[i - 1]) * (x - ks[i - 1]) / (ks[i] - ks[i - 1])
+
+        i = bisect.bisect_left(ns, n)
+        if ns[i] == n:
+            return in_row(n)
+        n0, n1 = ns[i - 1], ns[i]
+        return in_row(n0) + (in_row(n1) - in_row(n0)) * (n - n0) / (n1 - n0)
+
+    def predict(self, config: PruneConfig | str) -> Prediction:
+        config = PruneConfig.parse(config)
+        parts = tuple((p, self.component(p)) for p in components_of(config, self.geometry))
+        return Prediction(config, sum(ms for _, ms in parts), parts)
+
+
+def predict(config: PruneConfig | str, *, device: str, model: str = "digits", batch: int = 1,
+            tables: str | os.PathLike[str] = "latency_tables") -> Prediction:
+    """Predicted latency of ``config`` on ``model`` at ``batch`` from ``device``'s table."""
+    from ..models import create_model, geometry
+    from .devices import resolve
+
+    resolve(device, tables)  # an unknown name is refused with the list of known ones
+    with _meta_device():
+        g = geometry(create_model(model))
+    path = table_mod.table_path(tables, device, g, batch)
+    return Predictor(table_mod.load(path, geometry=g, batch=batch)).predict(config)
+
+
+def _meta_device() -> Any:
+    """Build models without memory or init compute: prediction needs only the geometry."""
+    import torch
+
+    return torch.device("meta")

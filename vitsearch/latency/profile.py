@@ -1,0 +1,194 @@
+"""Profile a device: measure every component of a model's geometry on it and write its latency table.
+
+Order: the ``overhead`` graph first (every other row has its median subtracted), then one kind at a time:
+export the kind once, specialise it to each pending grid point, measure them all in one runner call, and
+append each row to the CSV the moment its result arrives. Rows already in the table are skipped, so an
+interrupted profile resumes where it stopped; the metadata must match (same device, runtime, threads, batch
+and geometry), else ``restart=True`` starts over.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .. import __version__
+from ..errors import VitsearchError
+from ..models import create_model, geometry
+from . import artefacts as art
+from . import table as table_mod
+from .components import CHAINED, ComponentGraph, GridSpec, Point, component_graphs, grid
+from .devices import Artefact, Device, MeasureSettings, open_device, resolve
+from .table import LatencyTable, Row, RowWriter
+
+logger = logging.getLogger(__name__)
+
+ORDER = ("overhead", "embed", "head", "block", "block_cls", "evo_block", "evo_block_cls", "evo_stage", "spvit_select")
+
+
+def _row(point: Point, steps: int, stats: Mapping[str, Any], overhead_ms: float) -> Row:
+    """Per-step latencies with the per-call overhead taken out (clamped at 0: a component can be cheaper
+    than the timing noise of the overhead, never negative)."""
+    sub = 0.0 if point.kind == "overhead" else overhead_ms
+    low = stats.get("p10_ms")
+    low = stats["min_ms"] if low is None else low
+    p90 = stats.get("p90_ms")
+    p90 = stats["median_ms"] if p90 is None else p90
+    return Row(point, steps, max(0.0, (stats["median_ms"] - sub) / steps), max(0.0, (p90 - sub) / steps),
+               max(0.0, (p90 - low) / steps), int(stats["repeats"]), float(stats["median_ms"]), stats.get("stable"))
+
+
+def _point_name(p: Point) -> str:
+    return f"{p.kind}-n{p.n}-k{p.k}"
+
+
+def _artefacts(device: Device, g: ComponentGraph, points: Sequence[Point], folder: Path) -> list[Artefact]:
+    if device.needs == "torch":
+        return [Artefact(_point_name(p), module=g.module, inputs=g.example(p)) for p in points]
+    template_path = art.export_kind(g, points[len(points) // 2], folder)
+    weights = tuple(sorted(f for f in folder.glob(f"{g.kind}.weights")))
+    template = art.load_template(template_path)
+    out = []
+    for p in points:
+        path = art.specialise(template, [t.shape for t in g.example(p)], folder / f"{_point_name(p)}.onnx")
+        out.append(Artefact(_point_name(p), onnx=path, files=weights))
+    return out
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    mpath = table_mod.meta_path(path)
+    if not mpath.exists():
+        return None
+    try:
+        return json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise VitsearchError(f"cannot resume {path}: its metadata {mpath} is not valid JSON ({e}); use --restart") from e
+
+
+def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], path: Path) -> None:
+    for key in ("threads", "batch", "precision"):
+        if old.get(key) != new.get(key):
+            raise VitsearchError(f"{path} was profiled with {key} {old.get(key)}, not {new.get(key)}: resume with the "
+                                 "same settings, or start over with --restart")
+    old_rt, new_rt = old.get("runtime", {}), new.get("runtime", {})
+    for key in ("runtime", "version", "provider"):
+        if old_rt.get(key) != new_rt.get(key):
+            raise VitsearchError(f"{path} was profiled with {key} {old_rt.get(key)!r}, the device now reports "
+                                 f"{new_rt.get(key)!r}: start over with --restart")
+
+
+def profile(
+    device: str = "cpu",
+    *,
+    model: str = "digits",
+    batch: int = 1,
+    threads: int = 0,
+    tables: str | os.PathLike[str] = "latency_tables",
+    grid_spec: GridSpec = GridSpec(),
+    settings: MeasureSettings | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> LatencyTable:
+    """Measure ``model``'s components on ``device`` and return the (completed) table.
+
+    The model is built with random weights (latency does not depend on them). ``threads`` is the runtime's
+    intra-op thread count (0: its default). ``model_kwargs`` go to ``create_model`` (tests build tiny models).
+    """
+    if batch < 1:
+        raise VitsearchError(f"batch must be a positive integer, got {batch}")
+    if threads < 0:
+        raise VitsearchError(f"threads must be 0 (the runtime's default) or a positive count, got {threads}")
+    spec = resolve(device, tables)
+    dev = open_device(spec)
+    settings = replace(settings or MeasureSettings(), threads=threads)
+    torch.manual_seed(0)
+    net = create_model(model, **dict(model_kwargs or {}))
+    g = geometry(net)
+    path = table_mod.table_path(tables, device, g, batch)
+    if restart:
+        for p in (path, table_mod.meta_path(path)):
+            p.unlink(missing_ok=True)
+    meta: dict[str, Any] = {
+        "format": table_mod.FORMAT, "device": spec.to_dict(), "model": model, "geometry": g.to_dict(),
+        "batch": batch, "precision": table_mod.PRECISION, "threads": threads, "settings": asdict(settings),
+        "grid": asdict(grid_spec), "vitsearch_version": __version__,
+        "latency": "per step, with the overhead row's median subtracted; the overhead is counted once per model",
+    }
+    old_meta = _read_meta(path) if path.exists() else None
+    if old_meta is not None:
+        table_mod.check_meta(old_meta, path, g, batch)
+    graphs = component_graphs(net, batch)
+    start = time.perf_counter()
+    with RowWriter(path) as writer:
+        pending = [p for p in grid(g, grid_spec) if p not in writer.rows]
+        logger.info("profiling %s on %s: %d of %d grid points to measure (%s)", g.key, device, len(pending),
+                    len(grid(g, grid_spec)), path)
+        failures = _measure_all(dev, graphs, pending, writer, settings, meta, old_meta, path, progress)
+        rows = dict(writer.rows)
+    elapsed = time.perf_counter() - start
+    final = table_mod.load(path) if table_mod.meta_path(path).exists() else None
+    if final is not None:
+        done = all(p in rows for p in grid(g, grid_spec))
+        final.meta.update(complete=done, profile_seconds=round(final.meta.get("profile_seconds", 0) + elapsed, 1))
+        table_mod.write_meta(path, final.meta)
+    if failures:
+        listed = "; ".join(f"{name}: {msg}" for name, msg in failures[:5])
+        raise VitsearchError(f"{len(failures)} component(s) could not be measured on {device} ({listed}). The "
+                             f"{len(rows)} measured rows are kept in {path}; run the same command to retry")
+    return table_mod.load(path, geometry=g, batch=batch)
+
+
+def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], pending: list[Point], writer: RowWriter,
+                 settings: MeasureSettings, meta: dict[str, Any], old_meta: Mapping[str, Any] | None, path: Path,
+                 progress: bool) -> list[tuple[str, str]]:
+    from tqdm.auto import tqdm
+
+    failures: list[tuple[str, str]] = []
+    have_meta = old_meta is not None
+    bar = tqdm(total=len(pending), desc=f"profiling {dev.name}", unit="graph", disable=not progress)
+    folder = Path(tempfile.mkdtemp(prefix="vitsearch-profile-"))
+    try:
+        for kind in ORDER:
+            points = [p for p in pending if p.kind == kind]
+            if not points:
+                continue
+            overhead = next((r for p, r in writer.rows.items() if p.kind == "overhead"), None)
+            if kind != "overhead" and overhead is None:
+                raise VitsearchError(f"the overhead graph could not be measured on {dev.name}, so no component can be")
+            bar.set_postfix_str(f"exporting {kind}")
+            arts = _artefacts(dev, graphs[kind], points, folder)
+            by_name = {a.name: p for a, p in zip(arts, points)}
+            bar.set_postfix_str(kind)
+            for event in dev.measure(arts, settings):
+                if event["event"] == "runtime":
+                    meta["runtime"] = {k: v for k, v in event.items() if k != "event"}
+                    if old_meta is not None:
+                        _check_resume(old_meta, meta, path)
+                    if not have_meta:
+                        meta["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                        table_mod.write_meta(path, meta)
+                        have_meta = True
+                elif event["event"] == "result":
+                    p = by_name[event["name"]]
+                    steps = graphs[kind].steps
+                    writer.append(_row(p, steps, event, 0.0 if overhead is None else overhead.raw_median_ms))
+                    bar.update(1)
+                else:
+                    failures.append((event["name"], event.get("message", "")))
+                    bar.update(1)
+            for f in folder.iterdir():  # this kind's graphs and weights are no longer needed
+                f.unlink()
+    finally:
+        bar.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return failures

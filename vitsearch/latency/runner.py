@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Standalone latency runner: times ONNX models with onnxruntime and prints one JSON line per model.
+
+This file is copied as-is to remote boards and run there with the board's ``python3`` (it needs only the
+standard library, numpy and onnxruntime; it must not import vitsearch). The local device runs the very same
+file, so every transport measures the same way.
+
+    python3 runner.py MANIFEST.json
+
+The manifest (JSON)::
+
+    {"threads": 2, "provider": "cpu", "warmup": 5, "min_repeats": 10, "max_repeats": 300,
+     "max_seconds": 3.0, "rel_tol": 0.01, "models": [{"name": "block-n197", "path": "block-n197.onnx"}, ...]}
+
+``path`` is relative to the manifest's folder. Output, one JSON object per line on stdout:
+``{"event": "runtime", ...}`` first (runtime version, host, threads), then per model either
+``{"event": "result", "name": ..., "median_ms": ..., "p10_ms": ..., "p90_ms": ..., "mean_ms": ...,
+"std_ms": ..., "min_ms": ..., "repeats": ..., "warmup": ..., "stable": true}`` or
+``{"event": "error", "name": ..., "message": ...}``. The exit status is 1 if any model failed.
+
+Measurement: inputs are bound once (IOBinding) so no call copies tensors into or out of Python, which keeps
+the per-call overhead small and equal for every graph; ``warmup`` calls are thrown away; then calls are timed
+in rounds of ``min_repeats`` until the median of all samples moves by less than ``rel_tol`` between two
+rounds (stable), ``max_repeats`` samples are taken, or ``max_seconds`` have passed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+          "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()  # the caller reads lines as they come, to save each result at once
+
+
+def session(path: str, threads: int, provider: str) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads  # 0 lets onnxruntime choose; the table records what was asked
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=PROVIDERS[provider])
+
+
+def inputs_for(sess: ort.InferenceSession, seed: int = 0) -> dict:
+    """Random normal floats; integer and boolean inputs get zeros (always valid indices)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        if any(not isinstance(d, int) for d in i.shape):
+            raise ValueError(f"input {i.name} has a dynamic shape {i.shape}: the runner times static graphs")
+        dtype = _NUMPY.get(i.type)
+        if dtype is None:
+            raise ValueError(f"input {i.name} has unsupported type {i.type}")
+        if np.issubdtype(dtype, np.floating):
+            feeds[i.name] = rng.standard_normal(i.shape).astype(dtype)
+        else:
+            feeds[i.name] = np.zeros(i.shape, dtype=dtype)
+    return feeds
+
+
+def summarise(samples_ms: list, warmup: int, stable: bool, seconds: float) -> dict:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p10, med, p90 = np.percentile(a, [10, 50, 90])
+    return {"median_ms": float(med), "p10_ms": float(p10), "p90_ms": float(p90), "mean_ms": float(a.mean()),
+            "std_ms": float(a.std()), "min_ms": float(a.min()), "repeats": int(a.size), "warmup": warmup,
+            "stable": bool(stable), "seconds": round(seconds, 3)}
+
+
+def time_calls(call, warmup: int, min_repeats: int, max_repeats: int, max_seconds: float, rel_tol: float) -> dict:
+    """Time ``call()`` (any callable) with the stopping rule described in the module docstring."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        call()
+    samples: list = []
+    previous = None
+    stable = False
+    while True:
+        for _ in range(max(1, min_repeats)):
+            t0 = time.perf_counter_ns()
+            call()
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        median = float(np.median(samples))
+        if previous is not None and abs(median - previous) <= rel_tol * median:
+            stable = True
+            break
+        previous = median
+        if len(samples) >= max_repeats or time.perf_counter() - start >= max_seconds:
+            break
+    return summarise(samples, warmup, stable, time.perf_counter() - start)
+
+
+def measure(path: str, cfg: dict) -> dict:
+    sess = session(path, int(cfg.get("threads", 0)), cfg.get("provider", "cpu"))
+    binding = sess.io_binding()
+    for name, value in inputs_for(sess).items():
+        binding.bind_cpu_input(name, value)
+    for out in sess.get_outputs():
+        binding.bind_output(out.name)
+    return time_calls(lambda: sess.run_with_iobinding(binding), int(cfg.get("warmup", 5)),
+                      int(cfg.get("min_repeats", 10)), int(cfg.get("max_repeats", 300)),
+                      float(cfg.get("max_seconds", 3.0)), float(cfg.get("rel_tol", 0.01)))
+
+
+def runtime_info(cfg: dict) -> dict:
+    return {"event": "runtime", "runtime": "onnxruntime", "version": ort.__version__,
+            "provider": cfg.get("provider", "cpu"), "available_providers": ort.get_available_providers(),
+            "threads": int(cfg.get("threads", 0)), "host": platform.node(), "machine": platform.machine(),
+            "processor": platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+def main(argv: list) -> int:
+    if len(argv) != 2:
+        sys.stderr.write("usage: runner.py MANIFEST.json\n")
+        return 2
+    with open(argv[1]) as f:
+        cfg = json.load(f)
+    root = os.path.dirname(os.path.abspath(argv[1]))
+    if cfg.get("provider", "cpu") not in PROVIDERS:
+        sys.stderr.write(f"unknown provider {cfg.get('provider')!r}: expected one of {sorted(PROVIDERS)}\n")
+        return 2
+    emit(runtime_info(cfg))
+    failed = 0
+    for item in cfg["models"]:
+        try:
+            stats = measure(os.path.join(root, item["path"]), cfg)
+        except Exception as e:  # report and go on: one bad graph must not lose the others' measurements
+            failed += 1
+            emit({"event": "error", "name": item["name"], "message": f"{type(e).__name__}: {e}"})
+            continue
+        emit({"event": "result", "name": item["name"], **stats})
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,207 @@
+"""Does the table predict whole models? Random pruned configs measured end to end against their prediction.
+
+Each config is applied to the table's model, exported whole (static shapes, as deployed) and measured on the
+table's device with the table's threads through the same runner. Saved beside the table:
+``<table>.validation.csv`` (one row per config), ``.validation.json`` (summary and provenance) and
+``.validation.png`` (predicted vs measured scatter).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..config import PruneConfig, token_schedule
+from ..errors import VitsearchError
+from ..models import ModelGeometry, create_model
+from ..pruning import apply
+from .devices import Artefact, MeasureSettings, open_device
+from .predict import Predictor
+from .table import LatencyTable
+
+logger = logging.getLogger(__name__)
+
+
+def random_configs(count: int, g: ModelGeometry, *, seed: int = 0, methods: Sequence[str] = ("spvit", "evovit"),
+                   ratios: tuple[float, float] = (0.3, 0.95), max_selectors: int = 3) -> list[PruneConfig]:
+    """``count`` distinct configs alternating between ``methods``: 1..max_selectors selectors at distinct blocks
+    in [1, depth - 1], keep ratios uniform in ``ratios``, each pruning at least one token."""
+    rng = random.Random(seed)
+    out: list[PruneConfig] = []
+    seen: set[str] = set()
+    for attempt in range(count * 100):
+        if len(out) == count:
+            break
+        method = methods[len(out) % len(methods)]
+        blocks = sorted(rng.sample(range(1, g.depth), rng.randint(1, min(max_selectors, g.depth - 1))))
+        config = PruneConfig(method, {b: round(rng.uniform(*ratios), 2) for b in blocks})
+        sched = token_schedule(config, depth=g.depth, num_patches=g.num_patches, num_prefix=g.num_prefix_tokens)
+        if str(config) in seen or not sched.selectors:
+            continue
+        seen.add(str(config))
+        out.append(config)
+    if len(out) < count:
+        raise VitsearchError(f"could only draw {len(out)} distinct pruning configs for geometry {g.key}")
+    return out
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties in either ranking reduce the denominator)."""
+    n = len(x)
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif dx == dy:
+                concordant += 1
+            else:
+                discordant += 1
+    denom = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denom if denom else float("nan")
+
+
+def summarise(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    err = 100.0 * (p - m) / m
+    return {"count": int(p.size), "median_abs_error_pct": float(np.median(np.abs(err))),
+            "p95_abs_error_pct": float(np.percentile(np.abs(err), 95)),
+            "within_10pct": float(np.mean(np.abs(err) <= 10.0)), "mean_error_pct": float(err.mean()),
+            "kendall_tau": kendall_tau(p.tolist(), m.tolist())}
+
+
+@dataclass
+class Validation:
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    paths: dict[str, Path]
+
+
+def scatter_info(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the scatter plot shows, as data (tested without drawing)."""
+    methods = sorted({r["method"] for r in rows})
+    series = {m: ([r["measured_ms"] for r in rows if r["method"] == m],
+                  [r["predicted_ms"] for r in rows if r["method"] == m]) for m in methods}
+    values = [v for r in rows for v in (r["measured_ms"], r["predicted_ms"])]
+    return {"series": series, "lo": min(values), "hi": max(values)}
+
+
+def plot_scatter(info: Mapping[str, Any], summary: Mapping[str, Any], ax: Any = None) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    lo, hi = info["lo"] * 0.95, info["hi"] * 1.05
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="predicted = measured")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.2, label="±10%")
+    for method, (measured, predicted) in info["series"].items():
+        ax.scatter(measured, predicted, s=18, label=method)
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
+           title=(f"median |err| {summary['median_abs_error_pct']:.1f}%, "
+                  f"{100 * summary['within_10pct']:.0f}% within 10%, tau {summary['kendall_tau']:.2f}"))
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
+def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: MeasureSettings | None = None,
+             tables: str = "latency_tables", model_kwargs: Mapping[str, Any] | None = None, chunk: int = 6,
+             progress: bool = True) -> Validation:
+    """Measure ``count`` random configs end to end on the table's device and compare with the table."""
+    from tqdm.auto import tqdm
+
+    from ..export import export_onnx
+
+    meta = table.meta
+    dev = open_device(meta["device"]["name"], tables)
+    settings = replace(settings or MeasureSettings(**meta.get("settings", {})), threads=int(meta["threads"]))
+    predictor = Predictor(table)
+    torch.manual_seed(0)
+    net = create_model(meta["model"], **dict(model_kwargs or {}))
+    configs = random_configs(count, table.geometry, seed=seed)
+    batch = table.batch
+    g = table.geometry
+    x = torch.randn(batch, g.in_chans, *g.img_size)
+    rows: list[dict[str, Any]] = []
+    runtime: dict[str, Any] = {}
+    folder = Path(tempfile.mkdtemp(prefix="vitsearch-validate-"))
+    bar = tqdm(total=len(configs), desc=f"validating on {dev.name}", unit="model", disable=not progress)
+    try:
+        for start in range(0, len(configs), chunk):
+            arts, by_name = [], {}
+            for config in configs[start:start + chunk]:
+                name = f"model-{len(by_name) + start:03d}"
+                apply(net, config)
+                if dev.needs == "torch":
+                    import copy
+
+                    arts.append(Artefact(name, module=copy.deepcopy(net), inputs=(x,)))
+                else:
+                    arts.append(Artefact(name, onnx=export_onnx(net, (x,), folder / f"{name}.onnx", check=False)))
+                by_name[name] = config
+            for event in dev.measure(arts, settings):
+                if event["event"] == "runtime":
+                    runtime = {k: v for k, v in event.items() if k != "event"}
+                elif event["event"] == "error":
+                    raise VitsearchError(f"measuring {by_name[event['name']]} on {dev.name} failed: {event['message']}")
+                else:
+                    config = by_name[event["name"]]
+                    pred = predictor.predict(config)
+                    rows.append({"config": str(config), "method": config.method, "predicted_ms": pred.total_ms,
+                                 "measured_ms": event["median_ms"], "measured_p90_ms": event.get("p90_ms"),
+                                 "error_pct": 100.0 * (pred.total_ms - event["median_ms"]) / event["median_ms"],
+                                 "selection_ms": pred.selection_ms,
+                                 "selection_share": pred.selection_ms / pred.total_ms})
+                    bar.update(1)
+            for f in folder.iterdir():
+                f.unlink()
+    finally:
+        bar.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    summary = {**summarise([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
+               "selection_share_median": {m: float(np.median([r["selection_share"] for r in rows if r["method"] == m]))
+                                          for m in sorted({r["method"] for r in rows})},
+               "table": str(table.path), "device": meta["device"], "runtime": runtime, "threads": meta["threads"],
+               "batch": batch, "geometry": meta["geometry"], "seed": seed, "settings": asdict(settings),
+               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "vitsearch_version": __version__}
+    return Validation(rows, summary, save(table.path, rows, summary))
+
+
+def save(table_path: Path, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> dict[str, Path]:
+    import csv
+
+    import matplotlib.pyplot as plt
+
+    stem = table_path.with_suffix("")
+    paths = {"csv": stem.with_name(stem.name + ".validation.csv"),
+             "json": stem.with_name(stem.name + ".validation.json"),
+             "png": stem.with_name(stem.name + ".validation.png")}
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    paths["json"].write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    ax = plot_scatter(scatter_info(rows), summary)
+    ax.figure.tight_layout()
+    ax.figure.savefig(paths["png"], dpi=120)
+    plt.close(ax.figure)
+    return paths
