@@ -74,11 +74,14 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
         raise VitsearchError(f"cannot resume {path}: its metadata {mpath} is not valid JSON ({e}); use --restart") from e
 
 
-def _check_resume(old: Mapping[str, Any], new: Mapping[str, Any], path: Path) -> None:
+def _check_settings(old: Mapping[str, Any], new: Mapping[str, Any], path: Path) -> None:
     for key in ("threads", "batch", "precision"):
         if old.get(key) != new.get(key):
             raise VitsearchError(f"{path} was profiled with {key} {old.get(key)}, not {new.get(key)}: resume with the "
                                  "same settings, or start over with --restart")
+
+
+def _check_runtime(old: Mapping[str, Any], new: Mapping[str, Any], path: Path) -> None:
     old_rt, new_rt = old.get("runtime", {}), new.get("runtime", {})
     for key in ("runtime", "version", "provider"):
         if old_rt.get(key) != new_rt.get(key):
@@ -127,6 +130,7 @@ def profile(
     old_meta = _read_meta(path) if path.exists() else None
     if old_meta is not None:
         table_mod.check_meta(old_meta, path, g, batch)
+        _check_settings(old_meta, meta, path)
     graphs = component_graphs(net, batch)
     start = time.perf_counter()
     with RowWriter(path) as writer:
@@ -173,7 +177,7 @@ def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], pending: lis
                 if event["event"] == "runtime":
                     meta["runtime"] = {k: v for k, v in event.items() if k != "event"}
                     if old_meta is not None:
-                        _check_resume(old_meta, meta, path)
+                        _check_runtime(old_meta, meta, path)
                     if not have_meta:
                         meta["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                         table_mod.write_meta(path, meta)

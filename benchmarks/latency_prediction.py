@@ -1,0 +1,180 @@
+"""Benchmark: how well a latency table predicts whole pruned ViTs on this machine (issue 3).
+
+Profiles the full table for DeiT-S geometry (random weights) at batch 1 with onnxruntime on the local CPU,
+then measures at least 30 random SPViT and Evo-ViT configs end to end and compares them with the table's
+prediction. Targets: profile <= 5 min; median |error| <= 5%, >= 90% of configs within 10%, Kendall tau >= 0.85.
+Also reports what token selection (SPViT selectors with packaging, Evo-ViT stage bookkeeping and its
+class-attention recording) costs in a pruned model.
+
+The machine is shared: before each phase the script waits (up to --wait seconds) for the 1-minute load
+average to drop below --quiet-load, and records the load it actually ran under.
+
+    .venv/bin/python benchmarks/latency_prediction.py [--configs 30] [--threads 2] [--tables DIR]
+
+Writes its section of benchmarks/RESULTS.md (replacing an earlier one), prints a summary and a last JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vitsearch import __version__  # noqa: E402
+from vitsearch.latency import Point, Predictor, profile, validate  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+START, END = "<!-- latency_prediction:start -->", "<!-- latency_prediction:end -->"
+TARGETS = {"profile_seconds": 300.0, "median_abs_error_pct": 5.0, "within_10pct": 0.90, "kendall_tau": 0.85}
+logger = logging.getLogger("benchmark")
+
+
+def wait_for_quiet(threshold: float, limit: float) -> float:
+    """Wait until the 1-minute load average is below ``threshold`` (at most ``limit`` s); return the load."""
+    start = time.monotonic()
+    load = os.getloadavg()[0]
+    while load >= threshold and time.monotonic() - start < limit:
+        time.sleep(10)
+        load = os.getloadavg()[0]
+    if load >= threshold:
+        logger.warning("load average still %.2f after %.0f s: measuring anyway (results will be noisier)", load, limit)
+    return load
+
+
+def recording_ms(predictor: Predictor, parts) -> float:
+    """Extra cost of Evo-ViT's class-attention recording: each recording block minus the same block without."""
+    extra = 0.0
+    for p, ms in parts:
+        if p.kind == "evo_block_cls":
+            extra += ms - predictor.component(Point("evo_block", p.n, p.k))
+        elif p.kind == "block_cls":
+            extra += ms - predictor.component(Point("block", p.n))
+    return extra
+
+
+def write_section(text: str) -> None:
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    section = f"{START}\n{text.rstrip()}\n{END}\n"
+    if START in old and END in old:
+        new = old[:old.index(START)] + section + old[old.index(END) + len(END):].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(new)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="deit_small_patch16_224")
+    ap.add_argument("--configs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tables", type=Path, help="keep the table here (default: a temporary folder)")
+    ap.add_argument("--quiet-load", type=float, default=1.0, help="wait for a 1-min load average below this")
+    ap.add_argument("--wait", type=float, default=900, help="longest wait for a quiet machine, seconds")
+    ap.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s",
+                        datefmt="%H:%M:%S")
+    if args.configs < 30:
+        logger.warning("the issue's targets are stated over at least 30 configs; running %d", args.configs)
+    tables = args.tables or Path(tempfile.mkdtemp(prefix="vitsearch-bench-"))
+
+    load_profile = wait_for_quiet(args.quiet_load, args.wait)
+    t0 = time.perf_counter()
+    table = profile("cpu", model=args.model, threads=args.threads, tables=tables, restart=True, progress=False)
+    profile_seconds = time.perf_counter() - t0
+    load_after_profile = os.getloadavg()[0]
+
+    load_validate = wait_for_quiet(args.quiet_load, args.wait)
+    t0 = time.perf_counter()
+    result = validate(table, args.configs, seed=args.seed, tables=str(tables), progress=False)
+    validate_seconds = time.perf_counter() - t0
+    load_after_validate = os.getloadavg()[0]
+    s = result.summary
+
+    predictor = Predictor(table)
+    shares: dict[str, list[float]] = {"spvit": [], "evovit": []}
+    rec_shares: list[float] = []
+    for row in result.rows:
+        pred = predictor.predict(row["config"])
+        shares[row["method"]].append(pred.selection_ms / pred.total_ms)
+        if row["method"] == "evovit":
+            rec_shares.append(recording_ms(predictor, pred.parts) / pred.total_ms)
+    dense = predictor.predict("none").total_ms
+    overhead = next(r.median_ms for p, r in table.rows.items() if p.kind == "overhead")
+    rt = table.meta["runtime"]
+
+    checks = {"profile_seconds": profile_seconds <= TARGETS["profile_seconds"],
+              "median_abs_error_pct": s["median_abs_error_pct"] <= TARGETS["median_abs_error_pct"],
+              "within_10pct": s["within_10pct"] >= TARGETS["within_10pct"],
+              "kendall_tau": s["kendall_tau"] >= TARGETS["kendall_tau"]}
+    mark = {True: "met", False: "**missed**"}
+    worst = sorted(result.rows, key=lambda r: -abs(r["error_pct"]))[:3]
+    lines = [
+        "## Latency prediction from per-device tables (issue 3)",
+        "",
+        f"`{' '.join(['.venv/bin/python', 'benchmarks/latency_prediction.py', *sys.argv[1:]])}` "
+        f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.model} (random weights), batch 1, "
+        f"onnxruntime {rt.get('version')} CPU, {args.threads} intra-op threads, {os.cpu_count()} cores "
+        f"({rt.get('processor') or rt.get('machine')}), vitsearch {__version__}.",
+        f"The machine is shared: 1-min load average {load_profile:.2f} -> {load_after_profile:.2f} while profiling, "
+        f"{load_validate:.2f} -> {load_after_validate:.2f} while validating.",
+        "",
+        "| metric | measured | target | |",
+        "|---|---|---|---|",
+        f"| full table profile ({len(table.rows)} components) | {profile_seconds:.0f} s | <= 300 s | "
+        f"{mark[checks['profile_seconds']]} |",
+        f"| median abs error ({s['count']} configs, both methods) | {s['median_abs_error_pct']:.2f}% | <= 5% | "
+        f"{mark[checks['median_abs_error_pct']]} |",
+        f"| configs within 10% | {100 * s['within_10pct']:.0f}% | >= 90% | {mark[checks['within_10pct']]} |",
+        f"| Kendall tau (predicted vs measured) | {s['kendall_tau']:.3f} | >= 0.85 | {mark[checks['kendall_tau']]} |",
+        f"| p95 abs error | {s['p95_abs_error_pct']:.2f}% | | |",
+        f"| mean signed error (bias) | {s['mean_error_pct']:+.2f}% | | |",
+        "",
+        f"Measured latencies ranged {min(r['measured_ms'] for r in result.rows):.1f}-"
+        f"{max(r['measured_ms'] for r in result.rows):.1f} ms (dense model predicted at {dense:.1f} ms); "
+        f"validation took {validate_seconds:.0f} s. Largest errors: "
+        + ", ".join(f"`{r['config']}` {r['error_pct']:+.1f}%" for r in worst) + ".",
+        f"The per-call runtime overhead (an Identity graph) was {1000 * overhead:.1f} µs; it is subtracted from "
+        "every component and counted once per model.",
+        "",
+        "**What token selection costs** (share of the predicted latency of the pruned models above):",
+        f"SPViT selectors with packaging: median {100 * np.median(shares['spvit']):.1f}% "
+        f"(range {100 * min(shares['spvit']):.1f}-{100 * max(shares['spvit']):.1f}%); "
+        f"Evo-ViT stage entry/exit (argsort, gathers, representative token): median "
+        f"{100 * np.median(shares['evovit']):.1f}%, plus {100 * np.median(rec_shares):.1f}% for recording the "
+        "class-token attention that ranks the tokens.",
+        "",
+        f"Scatter plot: `{Path('benchmarks') / 'latency_prediction_scatter.png'}`.",
+    ]
+    text = "\n".join(lines)
+    if not args.no_results:
+        shutil.copy(result.paths["png"], ROOT / "benchmarks" / "latency_prediction_scatter.png")
+        write_section(text)
+    print(text)
+    record = {"benchmark": "latency_prediction", "model": args.model, "threads": args.threads,
+              "profile_seconds": round(profile_seconds, 1), "components": len(table.rows),
+              "configs": s["count"], "median_abs_error_pct": round(s["median_abs_error_pct"], 3),
+              "p95_abs_error_pct": round(s["p95_abs_error_pct"], 3), "within_10pct": s["within_10pct"],
+              "kendall_tau": round(s["kendall_tau"], 4), "mean_error_pct": round(s["mean_error_pct"], 3),
+              "selection_share_median": {m: round(float(np.median(v)), 4) for m, v in shares.items()},
+              "evovit_recording_share_median": round(float(np.median(rec_shares)), 4),
+              "load": [round(load_profile, 2), round(load_after_profile, 2), round(load_validate, 2),
+                       round(load_after_validate, 2)],
+              "targets_met": checks}
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Profiling on the local onnxruntime device: a complete table with provenance, and resume after a kill."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vitsearch.errors import VitsearchError
+from vitsearch.latency import grid, profile
+from vitsearch.latency import table as T
+from vitsearch.models import create_model, geometry
+
+from .conftest import QUICK, TINY_GRID, TINY_KWARGS, TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_profile_writes_a_complete_table_with_provenance(tiny_table):
+    assert set(tiny_table.rows) == set(grid(tiny_table.geometry, TINY_GRID))
+    meta = tiny_table.meta
+    assert meta["complete"] is True and meta["threads"] == 1 and meta["batch"] == 1 and meta["precision"] == "fp32"
+    assert meta["runtime"]["runtime"] == "onnxruntime" and meta["runtime"]["version"]
+    assert meta["device"]["name"] == "cpu" and meta["geometry"]["key"] == tiny_table.geometry.key
+    for key in ("date", "vitsearch_version", "settings", "grid", "model"):
+        assert key in meta
+    assert all(r.median_ms >= 0 and r.repeats > 0 for r in tiny_table.rows.values())
+    blocks = {p.n: r for p, r in tiny_table.rows.items() if p.kind == "block"}
+    assert all(r.steps == tiny_table.geometry.depth for r in blocks.values())
+    overhead = next(r for p, r in tiny_table.rows.items() if p.kind == "overhead")
+    # every other row has the overhead taken out of each call before dividing by the steps
+    for r in blocks.values():
+        assert r.median_ms == pytest.approx(max(0.0, (r.raw_median_ms - overhead.raw_median_ms) / r.steps), rel=1e-4)
+
+
+def test_interrupted_profile_resumes_and_keeps_its_rows(tmp_path):
+    """Kill a profile (SIGKILL, mid-write possibly) once it has measured a few rows; running it again measures
+    only what is missing, and the rows measured before are kept as they were."""
+    args = dict(model=TINY_MODEL, model_kwargs=TINY_KWARGS, threads=1, tables=str(tmp_path), grid_spec=TINY_GRID,
+                settings=QUICK, progress=False)
+    code = ("from vitsearch.latency import profile, GridSpec, MeasureSettings\n"
+            f"profile('cpu', model={TINY_MODEL!r}, model_kwargs={TINY_KWARGS!r}, threads=1, tables={str(tmp_path)!r}, "
+            f"grid_spec=GridSpec(**{TINY_GRID.__dict__!r}), settings=MeasureSettings(**{QUICK.__dict__!r}), "
+            "progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    csv_files: list[Path] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        csv_files = list(tmp_path.glob("cpu/*.csv"))
+        if csv_files and len(csv_files[0].read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert csv_files, "the profile wrote no rows before the deadline"
+    with T.RowWriter(csv_files[0]) as w:  # recovers from a line cut short
+        before = dict(w.rows)
+    total = len(grid(geometry(create_model(TINY_MODEL, **TINY_KWARGS)), TINY_GRID))
+    assert 5 <= len(before) < total, "killed mid-profile"
+
+    table = profile("cpu", **args)
+    assert len(table.rows) == total and table.meta["complete"] is True
+    for point, row in before.items():
+        assert table.rows[point] == row
+
+    with pytest.raises(VitsearchError, match="profiled with threads 1, not 2.*--restart"):
+        profile("cpu", **{**args, "threads": 2})
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(VitsearchError, match="batch must be a positive integer"):
+        profile("cpu", batch=0, tables=tmp_path)
+    with pytest.raises(VitsearchError, match="unknown device 'gpu9'"):
+        profile("gpu9", tables=tmp_path)
