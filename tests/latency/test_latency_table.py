@@ -26,9 +26,9 @@ def _meta(geom, batch=1):
 
 
 def _rows():
-    return [T.Row(Point("overhead", 17), 1, 0.01, 0.02, 0.005, 10, 0.01, True),
-            T.Row(Point("block", 17), 2, 0.5, 0.6, 0.1, 10, 1.01, True),
-            T.Row(Point("spvit_select", 16, 8), 1, 0.05, 0.06, 0.01, 10, 0.06, None)]
+    return [T.Row(Point("overhead", 17), 1, 0.01, 0.02, 0.005, 10, p10_ms=0.008, raw_median_ms=0.01, stable=True),
+            T.Row(Point("block", 17), 2, 0.5, 0.6, 0.1, 10, p10_ms=0.45, raw_median_ms=1.01, stable=True),
+            T.Row(Point("spvit_select", 16, 8), 1, 0.05, 0.06, 0.01, 10)]
 
 
 def test_round_trip(tmp_path, geom):

@@ -61,6 +61,8 @@ class Predictor:
         grouped: dict[str, dict[int, float]] = defaultdict(dict)
         for point, row in table.rows.items():
             value = getattr(row, statistic)
+            if value != value:  # NaN: an older table without this column
+                raise VitsearchError(f"table {table.path} has no {statistic} for {point}: re-profile to use it")
             if point.kind == "spvit_select":
                 ks, vs = self._2d.setdefault(point.n, ([], []))
                 ks.append(point.k)

@@ -43,8 +43,12 @@ def _row(point: Point, steps: int, stats: Mapping[str, Any], overhead_ms: float)
     low = stats["min_ms"] if low is None else low
     p90 = stats.get("p90_ms")
     p90 = stats["median_ms"] if p90 is None else p90
-    return Row(point, steps, max(0.0, (stats["median_ms"] - sub) / steps), max(0.0, (p90 - sub) / steps),
-               max(0.0, (p90 - low) / steps), int(stats["repeats"]), float(stats["median_ms"]), stats.get("stable"))
+
+    def per_step(ms: float) -> float:
+        return max(0.0, (ms - sub) / steps)
+
+    return Row(point, steps, per_step(stats["median_ms"]), per_step(p90), max(0.0, (p90 - low) / steps),
+               int(stats["repeats"]), per_step(low), float(stats["median_ms"]), stats.get("stable"))
 
 
 def _point_name(p: Point) -> str:

@@ -9,6 +9,8 @@ median_ms      per-step median, the fixed per-call overhead (the ``overhead`` ro
 p90_ms         per-step 90th percentile, overhead subtracted likewise
 spread_ms      per-step p90 - p10 of the raw calls (p90 - min where the runtime reports no p10)
 repeats        timed calls (after warm-up)
+p10_ms         per-step 10th percentile, overhead subtracted (the min where the runtime reports no p10): on a
+               shared machine it is far less inflated by other processes than the median
 raw_median_ms  the median of one whole call as measured, before subtraction and division
 stable         whether the median settled within the runner's tolerance
 =============  ==================================================================================
@@ -33,9 +35,10 @@ from .components import KINDS, Point
 from .devices import folder_name
 
 PRECISION = "fp32"
-COLUMNS = ("kind", "n", "k", "steps", "median_ms", "p90_ms", "spread_ms", "repeats", "raw_median_ms", "stable")
+COLUMNS = ("kind", "n", "k", "steps", "median_ms", "p90_ms", "spread_ms", "repeats", "p10_ms", "raw_median_ms",
+           "stable")
 REQUIRED = ("kind", "n", "k", "steps", "median_ms", "p90_ms", "spread_ms", "repeats")
-LATENCIES = ("median_ms", "p90_ms", "spread_ms")
+LATENCIES = ("median_ms", "p90_ms", "p10_ms")  # statistics a prediction can be made from
 FORMAT = 1
 # Geometry fields a latency depends on: any difference refuses the table. num_classes only changes the head's
 # last matmul, which is noise next to the blocks, so a fine-tuned head can use its base model's table.
@@ -51,14 +54,18 @@ class Row:
     p90_ms: float
     spread_ms: float
     repeats: int
+    p10_ms: float = math.nan
     raw_median_ms: float = math.nan
     stable: bool | None = None
 
     def to_csv(self) -> dict[str, Any]:
+        def opt(v: float) -> str:
+            return "" if math.isnan(v) else f"{v:.6g}"
+
         return {"kind": self.point.kind, "n": self.point.n, "k": self.point.k, "steps": self.steps,
                 "median_ms": f"{self.median_ms:.6g}", "p90_ms": f"{self.p90_ms:.6g}",
-                "spread_ms": f"{self.spread_ms:.6g}", "repeats": self.repeats,
-                "raw_median_ms": f"{self.raw_median_ms:.6g}", "stable": "" if self.stable is None else int(self.stable)}
+                "spread_ms": f"{self.spread_ms:.6g}", "repeats": self.repeats, "p10_ms": opt(self.p10_ms),
+                "raw_median_ms": opt(self.raw_median_ms), "stable": "" if self.stable is None else int(self.stable)}
 
 
 def table_path(tables: str | os.PathLike[str], device: str, geometry: ModelGeometry, batch: int,
@@ -106,10 +113,10 @@ def _parse_row(raw: Mapping[str, str], where: str) -> Row:
     if kind not in KINDS:
         raise VitsearchError(f"{where}: unknown component kind {kind!r} (expected one of {', '.join(KINDS)})")
     stable = (raw.get("stable") or "").strip()
-    raw_median = (raw.get("raw_median_ms") or "").strip()
+    optional = {c: number(c) if (raw.get(c) or "").strip() else math.nan for c in ("p10_ms", "raw_median_ms")}
     return Row(Point(kind, number("n", int), number("k", int)), number("steps", int),
                number("median_ms"), number("p90_ms"), number("spread_ms"), number("repeats", int),
-               float(raw_median) if raw_median else math.nan, bool(int(stable)) if stable else None)
+               optional["p10_ms"], optional["raw_median_ms"], bool(int(stable)) if stable else None)
 
 
 def read_rows(path: Path) -> dict[Point, Row]:
