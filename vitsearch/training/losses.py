@@ -1,0 +1,75 @@
+"""The computation-aware training loss of a pruned candidate.
+
+L = CE + ratio_w · keep-ratio loss + latency_w · latency loss + distill_w · KL(teacher ‖ student) [+ aux_w · CE(aux)]
+
+- keep-ratio loss: per-sample keep fraction of each selector's Gumbel decisions against the schedule's target
+  (DynamicViT's per-sample mean, so each image prunes as much as the fixed-k inference will).
+- latency loss: the device table's latency of the *soft* per-block token counts (mean decisions), a
+  differentiable piecewise-linear read of the table, over the latency of the candidate's schedule; penalised
+  only above it. Selectors whose tokens cost more on this device get pushed harder.
+- assisted CLS loss (Evo-ViT): the auxiliary head on the other pooling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class PiecewiseLinear:
+    """A latency curve ms(tokens) read from a table, differentiable in the token count."""
+
+    def __init__(self, tokens: Sequence[float], ms: Sequence[float]) -> None:
+        order = sorted(range(len(tokens)), key=lambda i: tokens[i])
+        self.x = torch.tensor([float(tokens[i]) for i in order])
+        self.y = torch.tensor([float(ms[i]) for i in order])
+        if len(self.x) < 2:
+            raise ValueError("a latency curve needs at least two profiled token counts")
+
+    def __call__(self, n: torch.Tensor) -> torch.Tensor:
+        n = n.clamp(self.x[0], self.x[-1])
+        i = torch.searchsorted(self.x, n.detach().reshape(1), right=True).clamp(1, len(self.x) - 1)[0]
+        x0, x1, y0, y1 = self.x[i - 1], self.x[i], self.y[i - 1], self.y[i]
+        return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
+
+
+def soft_block_tokens(
+    keep_decisions: Sequence[torch.Tensor], selector_blocks: Sequence[int], *, depth: int, num_prefix: int
+) -> list[torch.Tensor]:
+    """Per-block token counts implied by the soft decisions (B, N) of an SPViT forward: prefix + expected
+    kept patches + one package per selector so far. Differentiable through the straight-through decisions."""
+    n_patches = keep_decisions[0].shape[1] if keep_decisions else 0
+    counts, current, packages = [], None, 0
+    starts = dict(zip(selector_blocks, keep_decisions))
+    for block in range(depth):
+        if block in starts:
+            current, packages = starts[block].sum(dim=1).mean(), packages + 1
+        kept = current if current is not None else torch.tensor(float(n_patches))
+        counts.append(num_prefix + kept + packages)
+    return counts
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    ratio: float = 2.0  # SPViT/DynamicViT's ratio weight
+    latency: float = 1.0
+    distill: float = 0.5  # SPViT/DynamicViT's KL weight
+    aux: float = 0.5  # Evo-ViT: 0.5 CE(cls head) + 0.5 CE(aux head)
+
+
+def keep_ratio_loss(decisions: Sequence[torch.Tensor], targets: Sequence[float]) -> torch.Tensor:
+    terms = [((d.mean(dim=1) - t) ** 2).mean() for d, t in zip(decisions, targets)]
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def latency_loss(soft_tokens: Sequence[torch.Tensor], curve: PiecewiseLinear, target_ms: float) -> torch.Tensor:
+    soft_ms = torch.stack([curve(n) for n in soft_tokens]).sum()
+    return F.relu(soft_ms / target_ms - 1.0) ** 2
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
+                    reduction="batchmean", log_target=True) * t * t
