@@ -8,8 +8,26 @@ for the torch runtime) and measurement settings, **prepare** them on the device 
 the same ``runner.py``. Transport failures raise :class:`VitsearchError` with what to do.
 
 Registry: the built-in ``vitsearch/devices.toml``, extended (and overridden by name) by ``devices.toml`` in
-the tables folder (``latency_tables/devices.toml`` by default). ``ssh://user@host[:port]`` is accepted as a
-device name without an entry.
+the tables folder (``latency_tables/devices.toml`` by default): a project's device list travels with the
+tables measured on those devices. ``ssh://user@host[:port]`` is accepted as a device name without an entry.
+
+Setting up the transports:
+
+- ssh board (Raspberry Pi, Jetson): key-based login must work without a prompt (``ssh-copy-id user@board``),
+  and the board needs ``python3 -m pip install onnxruntime numpy``. For options, add an entry::
+
+      [devices.pi]
+      transport = "ssh"
+      host = "raspberrypi.local"
+      user = "pi"
+      python = "/home/pi/venv/bin/python"   # default: python3
+
+- Android phone (``pixel``): onnxruntime publishes no ``onnxruntime_perf_test`` binary; build it from the
+  onnxruntime sources with the Android NDK (``./build.sh --android --android_sdk_path SDK --android_ndk_path
+  NDK --android_abi arm64-v8a --android_api 27 --config Release``; onnxruntime 1.21 is known to work on
+  phones), then ``adb push onnxruntime_perf_test /data/local/tmp/`` (plus ``libonnxruntime.so`` for a shared
+  build) and ``adb shell chmod +x /data/local/tmp/onnxruntime_perf_test``. Change ``perf_test``,
+  ``ld_library_path`` or ``serial`` in a ``[devices.pixel]`` entry of your devices.toml if they differ.
 """
 from __future__ import annotations
 
