@@ -80,7 +80,7 @@ def candidate_loss(
     if config.method == "evovit" and state.aux_logits is not None:
         parts["aux"] = F.cross_entropy(state.aux_logits, y)
         loss = (1 - weights.aux) * loss + weights.aux * parts["aux"]
-    return loss, {k: float(v) for k, v in parts.items()} | {"total": float(loss)}
+    return loss, {k: float(v.detach()) for k, v in parts.items()} | {"total": float(loss.detach())}
 
 
 def train_candidate(

@@ -1,0 +1,89 @@
+"""The computation-aware loss and brief training, on the real digits data with a small model."""
+import copy
+
+import pytest
+import torch
+
+from vitsearch import pruning
+from vitsearch.data import load_dataset
+from vitsearch.models import create_model
+from vitsearch.training import (LossWeights, PiecewiseLinear, SoftLatency, TrainSettings, keep_ratio_loss,
+                                latency_loss, soft_block_tokens, train_candidate, train_supernet)
+
+
+def test_piecewise_linear_interpolates_and_differentiates():
+    curve = PiecewiseLinear([1, 11, 21], [1.0, 2.0, 4.0])
+    n = torch.tensor(16.0, requires_grad=True)
+    y = curve(n)
+    y.backward()
+    assert float(y.detach()) == pytest.approx(3.0) and float(n.grad) == pytest.approx(0.2)
+    assert float(curve(torch.tensor(11.0))) == pytest.approx(2.0)
+
+
+def test_soft_token_counts_follow_the_decisions():
+    d1 = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])  # 2.5 kept on average
+    d2 = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])  # 1.5
+    counts = soft_block_tokens([d1, d2], [1, 3], depth=4, num_prefix=1)
+    assert [float(c) for c in counts] == [5.0, 1 + 2.5 + 1, 1 + 2.5 + 1, 1 + 1.5 + 2]
+
+
+def test_latency_loss_penalises_only_what_is_over_the_target():
+    curve = PiecewiseLinear([0, 100], [0.0, 10.0])  # 0.1 ms per token
+    under = [torch.tensor(40.0), torch.tensor(40.0)]
+    assert float(latency_loss(under, curve, target_ms=8.0)) == 0.0
+    over = [torch.tensor(60.0, requires_grad=True), torch.tensor(60.0)]
+    loss = latency_loss(over, curve, target_ms=8.0)
+    loss.backward()
+    assert float(loss) == pytest.approx((12 / 8 - 1) ** 2) and float(over[0].grad) > 0
+
+
+def test_keep_ratio_loss_uses_the_per_sample_fraction():
+    d = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    assert float(keep_ratio_loss([d], [0.5])) == pytest.approx((0 + 0.25) / 2)
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    model = create_model("digits", depth=6)
+    return model, load_dataset("digits", model)
+
+
+def _keep_fraction(model, splits) -> float:
+    x, _ = next(iter(splits.loader("train", 128)))
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    return float(pruning.prune_state(model).keep_decisions[0].mean())
+
+
+def test_brief_training_moves_the_selector_to_its_keep_target(small):
+    base, splits = small
+    model = pruning.apply(copy.deepcopy(base), "spvit:3=0.25")
+    before = _keep_fraction(model, splits)
+    settings = TrainSettings(steps=25, batch_size=32, selector_lr=3e-3, weights=LossWeights(ratio=5.0))
+    result = train_candidate(model, base, splits, settings)
+    after = _keep_fraction(model, splits)
+    assert abs(after - 0.25) < abs(before - 0.25) and abs(after - 0.25) < 0.1
+    assert result.steps == 25 and set(result.final_loss) >= {"ce", "distill", "ratio", "total"}
+
+
+def test_the_latency_term_alone_makes_training_prune_more(small):
+    base, splits = small
+    model = pruning.apply(copy.deepcopy(base), "spvit:3=0.25")
+    before = _keep_fraction(model, splits)
+    # No ratio term: only the device's cost pulls the keep fraction down (steep table: 1 ms per token).
+    settings = TrainSettings(steps=25, batch_size=32, selector_lr=3e-3, weights=LossWeights(ratio=0.0, latency=20.0))
+    latency = SoftLatency(PiecewiseLinear([1, 65], [1.0, 65.0]))
+    train_candidate(model, base, splits, settings, latency=latency)
+    assert _keep_fraction(model, splits) < before - 0.1
+
+
+def test_supernet_shares_selectors_across_configs(small):
+    base, splits = small
+    model = copy.deepcopy(base)
+    configs = ["spvit:3=0.5", "spvit:3=0.3,4=0.5", "evovit:3=0.5"]
+    result = train_supernet(model, base, splits, lambda step, rng: [configs[step % 3]], configs,
+                            TrainSettings(steps=3, batch_size=16))
+    assert result.steps == 3 and set(model.token_selectors) == {"3", "4"} and hasattr(model, "head_aux")
