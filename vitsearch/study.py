@@ -446,11 +446,11 @@ def _save_checkpoint(model: nn.Module, config: PruneConfig, path: Path, extra: d
 # ---------------------------------------------------------------------------------------------------------------
 # Running it.
 
-def evaluate_baselines(evaluator: Evaluator, folder: Path) -> list[Candidate]:
+def evaluate_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
     """The unpruned model and uniform keep ratios at the standard placements, evaluated like the candidates.
-    Saved one by one to ``baselines.json``, so an interrupted search keeps those already done."""
-    path = folder / "baselines.json"
-    done = {d["config"]: d for d in json.loads(path.read_text())} if path.exists() else {}
+    Each is stored in the study's storage as it finishes, so an interrupted search keeps those already done
+    and workers sharing a database share them too."""
+    done = {k[len("baseline:"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline:")}
     configs = [("unpruned", PruneConfig())] + [("uniform", c) for c in evaluator.setup.space.baselines()]
     out: list[Candidate] = []
     for kind, config in configs:
@@ -459,8 +459,8 @@ def evaluate_baselines(evaluator: Evaluator, folder: Path) -> list[Candidate]:
             continue
         cand = evaluator.evaluate(config, kind)
         cand.feasible = cand.predicted_ms <= evaluator.setup.budget_ms
+        study.set_user_attr(f"baseline:{config}", cand.to_dict())
         out.append(cand)
-        _write_json(path, [c.to_dict() for c in out])
         logger.info("baseline %s: accuracy %.4f, %.3f ms", config, cand.accuracy, cand.predicted_ms)
     return out
 
@@ -551,7 +551,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
     study = open_study(settings, setup.folder)
     recover_stale_trials(study)
     evaluator = Evaluator(setup, settings)
-    baselines = evaluate_baselines(evaluator, setup.folder)
+    baselines = evaluate_baselines(evaluator, study)
 
     finished = (optuna.trial.TrialState.COMPLETE,)
     done = len(study.get_trials(deepcopy=False, states=finished))
@@ -565,7 +565,9 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(make_objective(evaluator), callbacks=[
-            optuna.study.MaxTrialsCallback(settings.trials, states=finished), tick], n_trials=settings.trials - done,
+            # Running trials count too: workers sharing a database stop together at settings.trials.
+            optuna.study.MaxTrialsCallback(settings.trials, states=finished + (optuna.trial.TrialState.RUNNING,)),
+            tick], n_trials=settings.trials - done,
             gc_after_trial=True)
         bar.close()
     trials = collect(study, setup)
