@@ -9,7 +9,7 @@ from vitsearch.latency import kendall_tau, random_configs, validate
 from vitsearch.latency.validate import scatter_info, summarise
 from vitsearch.models import create_model, geometry
 
-from .conftest import TINY_KWARGS, TINY_MODEL
+from .conftest import TINY_KWARGS
 
 
 def test_kendall_tau():

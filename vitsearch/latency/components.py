@@ -39,13 +39,11 @@ import torch
 import torch.nn as nn
 
 from ..config import PruneConfig, token_schedule
-from ..errors import VitsearchError
 from ..models import ModelGeometry, geometry
 from ..pruning import apply, evovit, spvit
 from ..pruning.patch import PrunedViTMixin
 
 KINDS = ("overhead", "embed", "block", "block_cls", "spvit_select", "evo_stage", "evo_block", "evo_block_cls", "head")
-CHAINED = ("block", "block_cls", "evo_block", "evo_block_cls")  # measured as a chain of all blocks
 
 
 @dataclass(frozen=True, order=True)

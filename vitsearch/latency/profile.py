@@ -26,7 +26,7 @@ from ..errors import VitsearchError
 from ..models import create_model, geometry
 from . import artefacts as art
 from . import table as table_mod
-from .components import CHAINED, ComponentGraph, GridSpec, Point, component_graphs, grid
+from .components import ComponentGraph, GridSpec, Point, component_graphs, grid
 from .devices import Artefact, Device, MeasureSettings, open_device, resolve
 from .table import LatencyTable, Row, RowWriter
 
