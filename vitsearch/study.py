@@ -260,6 +260,7 @@ def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
         "space": setup.space.to_dict(), "strategy": settings.strategy, "versions": _versions(),
         "objectives": ["accuracy (maximise)", "predicted latency ms (minimise)"], "metric": "top1",
     }
+    record = json.loads(json.dumps(record, default=str))  # compare as it reads back: tuples become lists
     path = setup.folder / "study.json"
     if path.exists():
         old = json.loads(path.read_text())

@@ -130,6 +130,7 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
                 loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)
                 (loss / len(configs)).backward()
             optimizer.step()
+    prune_state(model).reset()  # drop the last forward's graph-holding tensors (and let the model deepcopy)
     model.eval()
     seconds = time.perf_counter() - start
     logger.debug("trained %d steps in %.1f s: %s", settings.steps, seconds, parts)

@@ -1,0 +1,115 @@
+"""The search end to end on the digits default: a coarse real latency table, a few briefly trained trials."""
+import json
+
+import optuna
+import pytest
+
+from vitsearch.errors import VitsearchError
+from vitsearch.latency.components import GridSpec
+from vitsearch.latency.devices import MeasureSettings
+from vitsearch.latency.profile import profile
+from vitsearch.pareto import dominates
+from vitsearch.study import SearchSettings, run_search, summary
+from vitsearch.training import TrainSettings
+
+FAST = TrainSettings(steps=2, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """A real but coarse CPU table for the digits geometry (the search reads it; no profiling inside tests)."""
+    folder = tmp_path_factory.mktemp("latency_tables")
+    profile("cpu", model="digits", tables=folder, progress=False,
+            grid_spec=GridSpec(block_points=6, head_points=3, select_rows=4, select_cols=2, stage_points=3),
+            settings=MeasureSettings(warmup=2, min_repeats=5, max_repeats=20, max_seconds=0.5))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    """The digits space with one uniform baseline per method, to keep the tests short."""
+    from vitsearch.space import default_space_file
+
+    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.8, 0.7, 0.6, 0.5]", "keep = [0.5]")
+    path = tmp_path_factory.mktemp("space") / "digits.toml"
+    path.write_text(text)
+    return path
+
+
+def settings(tmp_path, tables, space, **kw) -> SearchSettings:
+    base = dict(budget="95%", trials=3, train=FAST, reports=str(tmp_path / "reports"), tables=str(tables),
+                space=str(space), max_train=128, max_val=96)
+    return SearchSettings(**{**base, **kw})
+
+
+def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, tables, space):
+    result = run_search(settings(tmp_path, tables, space), progress=False)
+    folder = result.folder
+    for name in ("study.json", "trials.csv", "trials.json", "front.csv", "front.json", "baselines.json", "journal.log"):
+        assert (folder / name).is_file(), name
+    trials = json.loads((folder / "trials.json").read_text())
+    assert len(trials) == 3 and len({t["trial"] for t in trials}) == 3
+    front = json.loads((folder / "front.json").read_text())
+    for f in front:
+        assert f["feasible"] and f["predicted_ms"] <= result.budget_ms
+        assert (folder / f["checkpoint"]).is_file()
+        assert not any(dominates((t["accuracy"], t["predicted_ms"]), (f["accuracy"], f["predicted_ms"]))
+                       for t in trials if t["accuracy"] is not None and t["feasible"])
+    assert len(list((folder / "checkpoints").glob("trial_*.pt"))) == len(front)
+    baselines = json.loads((folder / "baselines.json").read_text())
+    assert baselines[0]["kind"] == "unpruned" and [b["config"] for b in baselines[1:]] == [
+        "spvit:3=0.5,5=0.5,7=0.5", "evovit:3=0.5,5=0.5,7=0.5"]
+    record = json.loads((folder / "study.json").read_text())
+    assert record["budget"] == "95%" and record["sha256"] and record["versions"]["optuna"].startswith(("4", "5"))
+    assert summary(result)["trials"] == 3
+
+
+def test_rerunning_a_study_continues_without_repeating_trials(tmp_path, tables, space):
+    first = run_search(settings(tmp_path, tables, space, study="resume"), progress=False)
+    again = run_search(settings(tmp_path, tables, space, study="resume", trials=5), progress=False)
+    before = {c.trial: (c.config, c.accuracy) for c in first.trials}
+    after = {c.trial: (c.config, c.accuracy) for c in again.trials}
+    assert len(after) == 5 and all(after[k] == v for k, v in before.items())
+
+
+def test_a_budget_below_the_fastest_config_names_the_minimum(tmp_path, tables, space):
+    with pytest.raises(VitsearchError, match=r"below the fastest config .* at least [0-9.]+ ms"):
+        run_search(settings(tmp_path, tables, space, budget="1%"), progress=False)
+
+
+def test_a_study_with_no_feasible_trial_says_so(tmp_path, tables, space):
+    from vitsearch.study import fastest_config, load_base, load_predictor
+    from vitsearch.space import default_space_file, load_space
+
+    s = settings(tmp_path, tables, space)
+    base, _ = load_base(s)
+    predictor = load_predictor(s, base, progress=False)
+    _, fastest_ms = fastest_config(load_space(space, depth=len(base.blocks)), predictor)
+    result = run_search(settings(tmp_path, tables, space, budget=f"{fastest_ms + 1e-5:.6f}ms", trials=2, study="tight"),
+                        progress=False)
+    assert result.best is None and result.front == []
+    assert json.loads((result.folder / "front.json").read_text()) == []
+    assert all(c.status.startswith("rejected") for c in result.trials)
+
+
+def test_changing_the_settings_of_an_existing_study_is_refused(tmp_path, tables, space):
+    run_search(settings(tmp_path, tables, space, study="fixed", trials=1), progress=False)
+    with pytest.raises(VitsearchError, match="different budget_ms"):
+        run_search(settings(tmp_path, tables, space, study="fixed", trials=1, budget="90%"), progress=False)
+
+
+def test_a_device_without_a_table_says_how_to_profile_it(tmp_path, tables, space):
+    with pytest.raises(VitsearchError, match="vitsearch profile --device pixel"):
+        run_search(settings(tmp_path, tables, space, device="pixel"), progress=False)
+
+
+def test_an_unreachable_database_is_a_clear_error(tmp_path, tables, space):
+    with pytest.raises(VitsearchError, match="cannot open the study storage at 127.0.0.1:9/"):
+        run_search(settings(tmp_path, tables, space, storage="postgresql://nobody@127.0.0.1:9/none"), progress=False)
+
+
+def test_weight_sharing_evaluates_candidates_from_one_supernet(tmp_path, tables, space):
+    result = run_search(settings(tmp_path, tables, space, strategy="shared", shared_steps=3, trials=3), progress=False)
+    assert (result.folder / "supernet.pt").is_file()
+    trained = [c for c in result.trials if c.accuracy is not None]
+    assert all(c.train_seconds == 0.0 for c in trained)  # no per-candidate steps by default
