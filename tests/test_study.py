@@ -1,5 +1,12 @@
 """The search end to end on the digits default: a coarse real latency table, a few briefly trained trials."""
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import optuna
 import pytest
@@ -113,3 +120,89 @@ def test_weight_sharing_evaluates_candidates_from_one_supernet(tmp_path, tables,
     assert (result.folder / "supernet.pt").is_file()
     trained = [c for c in result.trials if c.accuracy is not None]
     assert all(c.train_seconds == 0.0 for c in trained)  # no per-candidate steps by default
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+
+# Many workers, one study: two worker processes share a real PostgreSQL server started on loopback.
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def _pg_tool(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(PG_BIN.glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A throwaway PostgreSQL cluster on 127.0.0.1, trust auth, removed afterwards."""
+    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
+    if not (initdb and pg_ctl):
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL server binaries are missing: .ci/run installs Debian's postgresql package")
+        pytest.skip("PostgreSQL server binaries (Debian package postgresql) are not installed")
+    root = Path(tempfile.mkdtemp(prefix="vitsearch-pg-"))  # outside pytest's root-only tmp tree
+    data, port = root / "data", _free_port()
+    # postgres refuses to run as root: run the server as the postgres user when we are root.
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        os.chmod(root, 0o755)
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)
+    run(initdb, "-D", str(data), "-U", "vitsearch", "--auth=trust", "-E", "UTF8")
+    run(pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "-o",
+        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}", "start")
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="vitsearch", dbname="postgres")
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        conn.cursor().execute("CREATE DATABASE studies")
+        conn.close()
+        yield f"postgresql://vitsearch@127.0.0.1:{port}/studies"
+    finally:
+        run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+WORKER = """
+import sys
+from vitsearch.study import SearchSettings, run_search
+from vitsearch.training import TrainSettings
+run_search(SearchSettings(budget="95%", trials=4, study="shared-db", storage=sys.argv[1], reports=sys.argv[2],
+                          tables=sys.argv[3], space=sys.argv[4], max_train=128, max_val=96,
+                          train=TrainSettings(steps=2, batch_size=16)), progress=False)
+"""
+
+
+def test_two_workers_record_every_trial_exactly_once(postgres, tmp_path, tables, space):
+    args = [postgres, str(tmp_path / "reports"), str(tables), str(space)]
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared-db", storage=postgres.replace("postgresql://", "postgresql+psycopg2://"))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    numbers = [t.number for t in complete]
+    assert len(complete) >= 4 and len(set(numbers)) == len(numbers)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers took trials
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    recorded = json.loads((tmp_path / "reports" / "shared-db" / "trials.json").read_text())
+    # The last worker to finish wrote every trial of the study, each once.
+    assert sorted(r["trial"] for r in recorded) == sorted(numbers)
