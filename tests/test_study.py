@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -126,6 +127,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -206,3 +208,53 @@ def test_two_workers_record_every_trial_exactly_once(postgres, tmp_path, tables,
     recorded = json.loads((tmp_path / "reports" / "shared-db" / "trials.json").read_text())
     # The last worker to finish wrote every trial of the study, each once.
     assert sorted(r["trial"] for r in recorded) == sorted(numbers)
+
+
+KILLABLE = """
+import sys
+from vitsearch.study import SearchSettings, run_search
+from vitsearch.training import TrainSettings
+run_search(SearchSettings(budget="95%", trials=4, study="killed", reports=sys.argv[1], tables=sys.argv[2],
+                          space=sys.argv[3], max_train=128, max_val=96, train=TrainSettings(steps=12, batch_size=16)),
+           progress=False)
+"""
+
+
+def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp_path, tables, space):
+    import signal
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    reports = tmp_path / "reports"
+    worker = subprocess.Popen([sys.executable, "-c", KILLABLE, str(reports), str(tables), str(space)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal, deadline, before = reports / "killed" / "journal.log", time.time() + 600, []
+    try:
+        while time.time() < deadline and worker.poll() is None:
+            time.sleep(0.5)
+            if not journal.exists():
+                continue
+            study = optuna.load_study(study_name="killed", storage=JournalStorage(JournalFileBackend(str(journal))))
+            done = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                    if t.user_attrs.get("accuracy") is not None]
+            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            if done and running and "config" in running[0].user_attrs:
+                worker.send_signal(signal.SIGKILL)
+                before = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                killed = running[0]
+                break
+    finally:
+        worker.kill()
+        worker.wait()
+    assert before, "the worker finished or never reached a trained trial before the deadline"
+    result = run_search(settings(tmp_path, tables, space, study="killed", trials=4,
+                                 train=TrainSettings(steps=12, batch_size=16)), progress=False)
+    after = {c.trial: (str(c.config), c.accuracy, c.predicted_ms) for c in result.trials}
+    for t in before:  # every trial completed before the kill is there, unchanged, and was not run again
+        assert after[t.number] == (t.user_attrs["config"], t.user_attrs.get("accuracy"), t.user_attrs["predicted_ms"])
+    study = optuna.load_study(study_name="killed", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert study.trials[killed.number].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params  # the interrupted config ran again
+    assert len(result.trials) == 4

@@ -329,7 +329,7 @@ def recover_stale_trials(study: Any) -> int:
             continue
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=True)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         recovered += 1
         logger.warning("trial %d was interrupted (worker %s is gone): it is run again", t.number, worker)
     return recovered

@@ -210,3 +210,10 @@ def test_torch_runtime_measures_modules(tmp_path):
     events = list(device.measure([Artefact("lin", module=torch.nn.Linear(8, 8), inputs=(torch.randn(2, 8),))], QUICK))
     assert events[0]["event"] == "runtime" and events[0]["runtime"] == "torch"
     assert events[1]["event"] == "result" and events[1]["median_ms"] > 0
+
+
+def test_torch_runtime_profiles_a_table(tmp_path):
+    table = profile("torch-cpu", model=TINY_MODEL, model_kwargs=TINY_KWARGS, threads=1, tables=tmp_path,
+                    grid_spec=TINY_GRID, settings=QUICK, progress=False)
+    assert table.meta["runtime"]["runtime"] == "torch" and table.path.parent.name == "torch-cpu"
+    assert Predictor(table).predict("evovit:1=0.5").total_ms > 0
