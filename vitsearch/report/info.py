@@ -1,0 +1,298 @@
+"""What each plot shows, as data: pure functions of loaded studies, tested without drawing (optuna's split between
+``_get_pareto_front_info`` and the plotting function). Units are converted here (accuracy in percent), so the
+drawing functions in :mod:`vitsearch.report.draw` only draw.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from ..errors import VitsearchError
+from ..pareto import dominated_by_front, pareto_front
+from .load import Entry, Study
+
+METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy"}
+
+
+def metric_label(metric: str) -> str:
+    return f"{METRIC_NAMES.get(metric, metric)} (%)"
+
+
+def latency_label(study: Study) -> str:
+    return f"predicted latency (ms, batch {study.batch})"
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    y: float  # accuracy in percent
+    label: str  # the config
+    trial: int | None = None
+
+
+@dataclass(frozen=True)
+class ParetoInfo:
+    """Accuracy against one cost (latency or GMACs) for one study."""
+
+    trained: list[Point]  # feasible trained trials
+    infeasible: list[Point]  # trained, yet over budget (drawn grey)
+    rejected: list[float]  # costs of trials rejected before training: no accuracy, drawn as grey ticks on the axis
+    front: list[Point]  # the Pareto front of ``trained``, by ascending cost
+    step_x: list[float]  # the front as a step line: the best accuracy reachable at each cost
+    step_y: list[float]
+    budget: float | None  # the latency budget (None on a GMACs axis)
+    unpruned: Point | None
+    uniform: list[Point]
+    uniform_matched: list[bool]  # per uniform baseline: matched or beaten by the front
+    x_label: str
+    y_label: str
+    title: str
+    # The view: the trained trials, the budget and the unpruned model with a margin. A baseline far slower or far
+    # less accurate would squash the region a decision is made in; what lies outside is counted in ``outside``.
+    x_view: tuple[float, float] | None = None
+    y_view: tuple[float, float] | None = None
+    outside: str = ""
+
+
+def view_box(xs: Sequence[float], ys: Sequence[float], margin: float = 0.08, min_y_span: float = 2.0
+             ) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """Limits around the points with a margin (``min_y_span`` accuracy points at least), or None for no points."""
+    if not xs or not ys:
+        return None
+    x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
+    x_span = (x_hi - x_lo) or abs(x_hi) * 0.1 or 1.0
+    y_pad = max(y_hi - y_lo, min_y_span) * margin + max(0.0, min_y_span - (y_hi - y_lo)) / 2
+    return (x_lo - margin * x_span, x_hi + margin * x_span), (y_lo - y_pad, y_hi + y_pad)
+
+
+def _outside(uniform: Sequence[Point], rejected: Sequence[float], box: tuple[tuple[float, float], tuple[float, float]]
+             ) -> str:
+    (x_lo, x_hi), (y_lo, y_hi) = box
+    n_uniform = sum(not (x_lo <= p.x <= x_hi and y_lo <= p.y <= y_hi) for p in uniform)
+    n_rejected = sum(not (x_lo <= x <= x_hi) for x in rejected)
+    parts = [f"{n} {what}{'s' if n > 1 else ''}" for n, what in ((n_uniform, "uniform baseline"),
+                                                                   (n_rejected, "rejected trial")) if n]
+    return f"{' and '.join(parts)} outside this view (see the tables)" if parts else ""
+
+
+def front_steps(front: Sequence[Point], right: float | None = None) -> tuple[list[float], list[float]]:
+    """The front as a staircase (points by ascending cost): accuracy holds until the next, more accurate point,
+    and the last level runs on to ``right`` (the budget, or the slowest trial) when it lies further out."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, p in enumerate(front):
+        if i:
+            xs.append(p.x)
+            ys.append(front[i - 1].y)
+        xs.append(p.x)
+        ys.append(p.y)
+    if front and right is not None and right > front[-1].x:
+        xs.append(right)
+        ys.append(front[-1].y)
+    return xs, ys
+
+
+def _point(e: Entry, cost: Callable[[Entry], float | None]) -> Point | None:
+    x = cost(e)
+    if x is None or e.accuracy is None:
+        return None
+    return Point(float(x), 100.0 * e.accuracy, e.config, e.trial)
+
+
+def _front_of(points: Sequence[Point]) -> list[Point]:
+    return [points[i] for i in pareto_front([(p.y, p.x) for p in points])]
+
+
+def _latency(e: Entry) -> float:
+    return e.predicted_ms
+
+
+def _gmacs(e: Entry) -> float | None:
+    return e.gmacs
+
+
+def pareto_info(study: Study, *, cost: str = "latency") -> ParetoInfo:
+    """All trials against predicted latency (``cost="latency"``) or GMACs (``cost="gmacs"``): feasible ones, the
+    infeasible, the front as a step line, the budget (latency only) and the baselines."""
+    if cost not in ("latency", "gmacs"):
+        raise ValueError(f"cost must be 'latency' or 'gmacs', got {cost!r}")
+    of = _latency if cost == "latency" else _gmacs
+    trained, infeasible, rejected = [], [], []
+    for t in study.trials:
+        p = _point(t, of)
+        if p is not None:
+            (trained if t.feasible else infeasible).append(p)
+        elif cost == "latency":
+            rejected.append(t.predicted_ms)
+    front = _front_of(trained)
+    budget = study.budget_ms if cost == "latency" else None
+    # The staircase runs on to the budget: up to it, the front's last config is the best one can ship.
+    right = budget if budget is not None else max((p.x for p in trained), default=None)
+    step_x, step_y = front_steps(front, right)
+    unpruned = _point(study.unpruned, of) if study.unpruned else None
+    uniform = [p for p in (_point(b, of) for b in study.baselines if b.kind == "uniform") if p is not None]
+    matched = [dominated_by_front([(f.y, f.x) for f in front], (u.y, u.x)) for u in uniform]
+    x_label = latency_label(study) if cost == "latency" else "GMACs per image (10⁹ multiply-accumulates)"
+    core = trained + infeasible + ([unpruned] if unpruned else [])
+    box = view_box([p.x for p in core] + ([budget] if budget is not None else []), [p.y for p in core]) \
+        if trained or infeasible else None
+    return ParetoInfo(trained, infeasible, rejected, front, step_x, step_y, budget, unpruned, uniform, matched,
+                      x_label, metric_label(study.metric),
+                      f"{study.name}: {study.model} on {study.device}, budget {study.meta.get('budget', '?')}",
+                      *(box or (None, None)), _outside(uniform, rejected, box) if box else "")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One study in an overlay."""
+
+    label: str
+    points: list[Point]  # feasible trained trials
+    front: list[Point]
+    step_x: list[float]
+    step_y: list[float]
+    budget: float | None
+    unpruned: Point | None
+
+
+@dataclass(frozen=True)
+class OverlayInfo:
+    series: list[Series]
+    x_label: str
+    y_label: str
+    skipped: list[str] = field(default_factory=list)  # studies left out, with the reason
+
+
+def comparable_key(study: Study) -> tuple[str, tuple[str, ...], str]:
+    """What must match for accuracies and latencies of two studies to share axes."""
+    return study.metric, study.objectives, str(study.meta.get("dataset", "?"))
+
+
+def check_comparable(studies: Sequence[Study]) -> None:
+    """Refuse to overlay studies that measure different things: the same point would mean different numbers."""
+    groups: dict[tuple, list[str]] = {}
+    for s in studies:
+        groups.setdefault(comparable_key(s), []).append(s.name)
+    if len(groups) > 1:
+        described = "; ".join(f"{', '.join(names)}: metric {k[0]}, objectives {list(k[1])}, dataset {k[2]}"
+                              for k, names in groups.items())
+        raise VitsearchError(f"these studies measure different things and cannot share one chart ({described}): "
+                             "overlay only studies with the same metric, objectives and dataset; plot the others "
+                             "separately")
+
+
+def series_label(study: Study, all_studies: Sequence[Study]) -> str:
+    """The study name, plus what tells it apart from the others (device, budget, methods, batch)."""
+    parts = [study.device, f"budget {study.meta.get('budget', '?')}", "+".join(study.methods)]
+    if len({s.batch for s in all_studies}) > 1:
+        parts.append(f"batch {study.batch}")
+    return f"{study.name} ({', '.join(parts)})"
+
+
+def overlay_info(studies: Sequence[Study]) -> OverlayInfo:
+    """Several studies' trials and fronts on one accuracy-latency chart. Studies with different metrics,
+    objectives or data sets are refused; those with no trained trial yet are left out, with the reason."""
+    if not studies:
+        raise VitsearchError("name at least one study to plot")
+    check_comparable(studies)
+    series, skipped = [], []
+    for s in studies:
+        info = pareto_info(s)
+        if not info.trained:
+            skipped.append(f"{s.name}: no trained trial within budget yet")
+            continue
+        series.append(Series(series_label(s, studies), info.trained, info.front, info.step_x, info.step_y,
+                             info.budget, info.unpruned))
+    if not series:
+        raise VitsearchError("nothing to plot: " + "; ".join(skipped))
+    batches = {s.batch for s in studies}
+    x_label = latency_label(studies[0]) if len(batches) == 1 else "predicted latency (ms per batch)"
+    return OverlayInfo(series, x_label, metric_label(studies[0].metric), skipped)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    lines: list[tuple[str, list[int]]]  # (label, tokens entering each block)
+    reference: list[int]  # the unpruned model's tokens per block
+    x_label: str = "block index"
+    y_label: str = "tokens entering the block"
+
+
+def token_info(studies: Sequence[Study]) -> TokenInfo:
+    """Per-block token counts of each study's front configs (labelled with the study when there are several),
+    against the unpruned model."""
+    lines = []
+    for s in studies:
+        for e in s.front:
+            if e.block_tokens:
+                label = f"{e.config} ({100 * (e.accuracy or 0):.1f}%, {e.predicted_ms:.3g} ms)"
+                lines.append((f"{s.name}: {label}" if len(studies) > 1 else label, list(e.block_tokens)))
+    reference: list[int] = []
+    for s in studies:
+        if s.unpruned is not None and s.unpruned.block_tokens:
+            reference = list(s.unpruned.block_tokens)
+            break
+        g = s.geometry
+        if g.get("depth") and g.get("num_patches") is not None:
+            reference = [int(g["num_patches"]) + int(g.get("num_prefix_tokens", 1))] * int(g["depth"])
+            break
+    return TokenInfo(lines, reference)
+
+
+@dataclass(frozen=True)
+class FlopsInfo:
+    """Accuracy vs GMACs beside accuracy vs latency: where counting FLOPs would choose differently."""
+
+    latency: ParetoInfo
+    gmacs: ParetoInfo
+    only_on_latency_front: list[str]  # configs the latency front keeps but a GMACs front would drop
+    only_on_gmacs_front: list[str]  # configs a GMACs front keeps that are not fastest for their accuracy
+    kendall_tau: float  # rank agreement of GMACs and predicted latency over the trained trials
+
+
+def flops_info(study: Study) -> FlopsInfo:
+    from ..latency.validate import kendall_tau  # deferred: the latency package imports torch and timm
+
+    lat, mac = pareto_info(study, cost="latency"), pareto_info(study, cost="gmacs")
+    on_lat, on_mac = {p.label for p in lat.front}, {p.label for p in mac.front}
+    both = [t for t in study.trials if t.trained and t.feasible and t.gmacs is not None]
+    tau = kendall_tau([t.gmacs for t in both], [t.predicted_ms for t in both]) if len(both) > 1 else float("nan")
+    return FlopsInfo(lat, mac, sorted(on_lat - on_mac), sorted(on_mac - on_lat), tau)
+
+
+@dataclass(frozen=True)
+class ValidationPanel:
+    statistic: str  # "median", or "10th percentile" (far less inflated by other load on a shared machine)
+    series: dict[str, tuple[list[float], list[float]]]  # method -> (measured ms, predicted ms)
+    lo: float
+    hi: float
+    summary: dict  # median |error|, within 10%, Kendall tau... (see vitsearch.latency.validate.summarise)
+
+
+@dataclass(frozen=True)
+class ValidationInfo:
+    panels: list[ValidationPanel]  # medians first, then 10th percentiles where the table has them
+
+
+def _numbers(rows: Sequence[dict], predicted: str, measured: str) -> list[dict]:
+    out = [{"method": r.get("method", "?"), "predicted_ms": r.get(predicted), "measured_ms": r.get(measured)}
+           for r in rows]
+    return [r for r in out if isinstance(r["predicted_ms"], float) and isinstance(r["measured_ms"], float)]
+
+
+def validation_info(study: Study) -> ValidationInfo | None:
+    """Predicted vs measured whole models from the latency table's validation, or None when it was not run."""
+    from ..latency.validate import scatter_info  # deferred: the latency package imports torch and timm
+
+    v = study.validation
+    if v is None:
+        return None
+    panels = []
+    for statistic, predicted, measured, summary in (
+            ("median", "predicted_ms", "measured_ms", v.summary),
+            ("10th percentile", "predicted_p10_ms", "measured_p10_ms", v.summary.get("p10"))):
+        rows = _numbers(v.rows, predicted, measured)
+        if rows and summary:
+            data = scatter_info(rows)  # the same data the profile command's own validation plot shows
+            panels.append(ValidationPanel(statistic, data["series"], data["lo"], data["hi"], dict(summary)))
+    return ValidationInfo(panels) if panels else None

@@ -1,0 +1,255 @@
+"""A study folder read back for reporting: provenance, trials, front, baselines, finalized models, and the latency
+table's validation.
+
+The folder is the contract (see :mod:`vitsearch.study`): ``study.json``, ``trials.json``, ``front.json``,
+``baselines.json``, and when a config has been finalized (issue 6) ``finalized.json``. Every record becomes an
+:class:`Entry`; a measured latency, where one exists for a config (finalized models, or the table's own validation
+of the same config), is attached to every entry of that config, so tables show "measured" where known.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..config import PruneConfig
+from ..errors import VitsearchError
+
+logger = logging.getLogger(__name__)
+
+STUDY_FILE = "study.json"
+# Files a study folder may hold, by the entries they list; only study.json is required.
+ENTRY_FILES = ("trials", "front", "baselines", "finalized")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One evaluated config as a report shows it: a search trial, a baseline or a finalized model."""
+
+    config: str  # normalised by PruneConfig, e.g. "spvit:3=0.7,6=0.5"
+    method: str
+    kind: str  # "search", "unpruned", "uniform" or "finalized"
+    predicted_ms: float
+    accuracy: float | None  # None: rejected before training (over budget)
+    gmacs: float | None
+    feasible: bool  # within the budget (and the selector limit)
+    blocks: tuple[int, ...]  # selector placement
+    keep: tuple[float, ...]  # keep ratio per selector
+    block_tokens: tuple[int, ...]  # tokens entering each block
+    trial: int | None = None
+    status: str = ""
+    checkpoint: str | None = None
+    measured_ms: float | None = None  # end-to-end on the study's device, where someone measured this config
+    measured_source: str | None = None  # "finalized" or "validation"
+    extra: Mapping[str, Any] = field(default_factory=dict)  # fields this report does not know (kept, not shown)
+
+    @property
+    def trained(self) -> bool:
+        return self.accuracy is not None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, default_kind: str = "search") -> "Entry":
+        """An entry from a ``Candidate.to_dict`` record; placement and method always come from the config string."""
+        config = PruneConfig.parse(record["config"])  # the one normaliser: a bad string fails here, by name
+        known = {f for f in cls.__dataclass_fields__} | {"train_seconds", "selection_ms"}
+        measured = _float_or_none(record.get("measured_ms"))
+        return cls(
+            config=str(config), method=config.method, kind=str(record.get("kind") or default_kind),
+            predicted_ms=float(record["predicted_ms"]), accuracy=_float_or_none(record.get("accuracy")),
+            gmacs=_float_or_none(record.get("gmacs")), feasible=bool(record.get("feasible", True)),
+            blocks=tuple(config.keep), keep=tuple(config.keep.values()),
+            block_tokens=tuple(int(n) for n in record.get("block_tokens") or ()),
+            trial=None if record.get("trial") is None else int(record["trial"]), status=str(record.get("status", "")),
+            checkpoint=record.get("checkpoint"), measured_ms=measured,
+            measured_source=str(record.get("measured_source", default_kind)) if measured is not None else None,
+            extra={k: v for k, v in record.items() if k not in known})
+
+
+def _float_or_none(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+@dataclass(frozen=True)
+class TableValidation:
+    """The latency table's own check, predicted vs measured whole models (``vitsearch profile --validate N``)."""
+
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    paths: dict[str, Path]
+
+
+@dataclass
+class Study:
+    folder: Path
+    meta: dict[str, Any]  # study.json: the resolved configuration and provenance
+    trials: list[Entry]
+    front: list[Entry]
+    baselines: list[Entry]
+    finalized: list[Entry]
+    validation: TableValidation | None
+    notes: list[str]  # what is missing and why, for the report to say
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("study") or self.folder.name)
+
+    @property
+    def metric(self) -> str:
+        return str(self.meta.get("metric", "top1"))
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return tuple(self.meta.get("objectives") or ())
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model", "?"))
+
+    @property
+    def device(self) -> str:
+        return str(self.meta.get("device", "?"))
+
+    @property
+    def batch(self) -> int:
+        return int(self.meta.get("batch", 1))
+
+    @property
+    def budget_ms(self) -> float | None:
+        return _float_or_none(self.meta.get("budget_ms"))
+
+    @property
+    def unpruned_ms(self) -> float | None:
+        return _float_or_none(self.meta.get("unpruned_ms"))
+
+    @property
+    def unpruned(self) -> Entry | None:
+        return next((b for b in self.baselines if b.kind == "unpruned"), None)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple((self.meta.get("space") or {}).get("methods") or sorted({t.method for t in self.trials}))
+
+    @property
+    def geometry(self) -> dict[str, Any]:
+        return dict((self.meta.get("latency_table_meta") or {}).get("geometry") or {})
+
+
+def existing_studies(reports: str | Path) -> list[str]:
+    """Names of the study folders under ``reports`` (those with a study.json)."""
+    root = Path(reports)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob(f"*/{STUDY_FILE}"))
+
+
+def study_folder(study: str | Path, reports: str | Path = "reports") -> Path:
+    """The folder a study argument names: a path to a study folder, or a name under ``reports``."""
+    candidates = [Path(study)] if Path(study).is_dir() else []
+    candidates.append(Path(reports) / str(study))
+    for folder in candidates:
+        if (folder / STUDY_FILE).is_file():
+            return folder
+    for folder in candidates:
+        if folder.is_dir():
+            raise VitsearchError(f"{folder} is not a study folder: it has no {STUDY_FILE} (vitsearch search writes one)")
+    names = existing_studies(reports)
+    listing = ("existing studies: " + ", ".join(names)) if names else "it holds no studies yet: run vitsearch search"
+    raise VitsearchError(f"no study {str(study)!r} in {reports}/: {listing} (or pass --reports DIR, or a study folder's path)")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise VitsearchError(f"{path} is not valid JSON ({e}): the study folder is damaged; re-run the search "
+                             "with the same settings to rewrite it") from None
+
+
+def _read_entries(path: Path, default_kind: str) -> list[Entry]:
+    records = _read_json(path)
+    if not isinstance(records, list):
+        raise VitsearchError(f"{path} should hold a list of candidate records, found {type(records).__name__}")
+    try:
+        return [Entry.from_record(r, default_kind=default_kind) for r in records]
+    except (KeyError, TypeError, ValueError) as e:
+        raise VitsearchError(f"{path} has a record without a readable {e}: expected the fields of "
+                             "vitsearch.study.Candidate.to_dict (config, predicted_ms, accuracy, ...)") from None
+
+
+def load_validation(table: str | Path | None) -> TableValidation | None:
+    """The validation files beside a latency table (see :mod:`vitsearch.latency.validate`), or None."""
+    if not table:
+        return None
+    stem = Path(table).with_suffix("")
+    paths = {kind: stem.with_name(f"{stem.name}.validation.{kind}") for kind in ("json", "csv", "png")}
+    if not (paths["json"].is_file() and paths["csv"].is_file()):
+        return None
+    with open(paths["csv"], newline="") as f:
+        rows = [_numeric_row(r) for r in csv.DictReader(f)]
+    return TableValidation(summary=_read_json(paths["json"]), rows=rows, paths=paths)
+
+
+def _numeric_row(row: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        try:
+            out[key] = float(value) if key.endswith(("_ms", "_pct", "_share")) and value != "" else value
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _measured(finalized: Sequence[Entry], validation: TableValidation | None) -> dict[str, tuple[float, str]]:
+    """config -> (measured ms, where it was measured). A finalized model's own measurement wins."""
+    out: dict[str, tuple[float, str]] = {}
+    for row in validation.rows if validation else ():
+        if isinstance(row.get("measured_ms"), float):
+            out[str(PruneConfig.parse(row["config"]))] = (row["measured_ms"], "validation")
+    for entry in finalized:
+        if entry.measured_ms is not None:
+            out[entry.config] = (entry.measured_ms, "finalized")
+    return out
+
+
+def load_study(study: str | Path, reports: str | Path = "reports") -> Study:
+    """Read a study folder (by name under ``reports``, or by path). Missing results are not an error: a search
+    that has not completed a trial yet gives a Study without trials, and ``notes`` says what is missing."""
+    folder = study_folder(study, reports)
+    meta = _read_json(folder / STUDY_FILE)
+    if not isinstance(meta, dict):
+        raise VitsearchError(f"{folder / STUDY_FILE} should hold an object of study settings")
+    notes: list[str] = []
+    lists: dict[str, list[Entry]] = {}
+    for name in ENTRY_FILES:
+        path = folder / f"{name}.json"
+        kind = {"trials": "search", "front": "search", "baselines": "uniform", "finalized": "finalized"}[name]
+        lists[name] = _read_entries(path, kind) if path.is_file() else []
+    if not (folder / "trials.json").is_file():
+        notes.append("no trials.json: the search has not finished (it is written when the search ends); "
+                     "run or resume it with the same settings")
+    elif not lists["trials"]:
+        notes.append("the search completed no trials")
+    table = meta.get("latency_table")
+    validation = load_validation(table)
+    if validation is None and table:
+        settings = meta.get("settings") or {}
+        notes.append(f"no validation beside the latency table {table}: run vitsearch profile --device "
+                     f"{meta.get('device', 'DEVICE')} --model {meta.get('model', 'MODEL')} --batch {meta.get('batch', 1)} "
+                     f"--tables {settings.get('tables', Path(table).parent.parent)} --validate 20 "
+                     "to measure whole models against it")
+    measured = _measured(lists["finalized"], validation)
+
+    def with_measured(entries: list[Entry]) -> list[Entry]:
+        return [replace(e, measured_ms=measured[e.config][0], measured_source=measured[e.config][1])
+                if e.config in measured and e.measured_ms is None else e for e in entries]
+
+    return Study(folder=folder, meta=meta, trials=with_measured(lists["trials"]), front=with_measured(lists["front"]),
+                 baselines=with_measured(lists["baselines"]), finalized=lists["finalized"], validation=validation,
+                 notes=notes)
