@@ -1,4 +1,5 @@
-"""Loading study folders, the report documents, the CLI's report and plot commands, and the HTML as Chromium shows it."""
+"""Loading study folders, the report documents, the CLI's report and plot commands, and the HTML as Chromium
+shows it."""
 from __future__ import annotations
 
 import contextlib
@@ -97,7 +98,8 @@ def test_the_markdown_report_has_the_decision_the_front_and_the_provenance(writt
            "91.00%) at 1.550 ms predicted, 1.29× faster than unpruned (2.000 ms)." in md
     assert "not `evovit:3=0.7,5=0.7,7=0.7`" in md  # the uniform baseline the search did not match
     # The front table: method, placement, per-layer tokens, accuracy, predicted and measured latency, GMACs, speedup.
-    assert "| 1 | spvit | 3: 0.7, 6: 0.7 | 65×3 · 47×3 · 35×2 | 88.00 | -3.00 | 1.400 | 1.470 | 0.406 | 1.43× |" in md
+    assert ("| 1 | spvit | 3: 0.7, 6: 0.7 | 65×3 · 47×3 · 35×2 | 88.00 | -3.00 | 1.400 | 1.470 | 0.406 | 1.43× |"
+            in md)
     assert "| 0 | spvit | 3: 0.5 | 65×3 · 34×5 | 80.00 | -11.00 | 1.200 | — |" in md
     # The finalized row: measured vs predicted, and a field this report does not know yet, as a column.
     assert "## Finalized models" in md and "| 1.550 | 1.610 | — | 1.29× | -3.7 | 0.71 |" in md
@@ -142,7 +144,8 @@ window.addEventListener("load", () => {
 
 
 def chromium_shows(chromium: str, page: str, folder: Path) -> dict[str, str]:
-    """What the probe saw when headless Chromium rendered ``page`` from ``folder`` (a copy elsewhere: self-contained)."""
+    """What the probe saw when headless Chromium rendered ``page`` from ``folder`` (a copy elsewhere, as the page
+    must be self-contained)."""
     probe = folder / "probe.html"
     probe.write_text(page.replace("</body>", PROBE + "</body>"))
     with tempfile.TemporaryDirectory() as profile:

@@ -158,10 +158,12 @@ def study_folder(study: str | Path, reports: str | Path = "reports") -> Path:
             return folder
     for folder in candidates:
         if folder.is_dir():
-            raise VitsearchError(f"{folder} is not a study folder: it has no {STUDY_FILE} (vitsearch search writes one)")
+            raise VitsearchError(f"{folder} is not a study folder: it has no {STUDY_FILE} "
+                                 "(vitsearch search writes one)")
     names = existing_studies(reports)
     listing = ("existing studies: " + ", ".join(names)) if names else "it holds no studies yet: run vitsearch search"
-    raise VitsearchError(f"no study {str(study)!r} in {reports}/: {listing} (or pass --reports DIR, or a study folder's path)")
+    raise VitsearchError(f"no study {str(study)!r} in {reports}/: {listing} "
+                         "(or pass --reports DIR, or a study folder's path)")
 
 
 def _read_json(path: Path) -> Any:
@@ -241,7 +243,8 @@ def load_study(study: str | Path, reports: str | Path = "reports") -> Study:
     if validation is None and table:
         settings = meta.get("settings") or {}
         notes.append(f"no validation beside the latency table {table}: run vitsearch profile --device "
-                     f"{meta.get('device', 'DEVICE')} --model {meta.get('model', 'MODEL')} --batch {meta.get('batch', 1)} "
+                     f"{meta.get('device', 'DEVICE')} --model {meta.get('model', 'MODEL')} "
+                     f"--batch {meta.get('batch', 1)} "
                      f"--tables {settings.get('tables', Path(table).parent.parent)} --validate 20 "
                      "to measure whole models against it")
     measured = _measured(lists["finalized"], validation)

@@ -151,8 +151,10 @@ def headline(study: Study) -> str:
     if not study.trials:
         return "**This study has no completed trials yet**, so there is no front to choose from. " + \
             " ".join(study.notes[:1])
+    over = sum(1 for t in study.trials if not t.trained and "over budget" in t.status)
+    why = "predicted over the budget" if over == rejected else f"{over} predicted over the budget"
     parts = [f"{len(study.trials)} completed trials: {len(trained)} trained, {rejected} rejected before training "
-             f"(predicted over the budget); {len(study.front)} on the Pareto front."]
+             f"({why}); {len(study.front)} on the Pareto front."]
     best = max((t for t in trained if t.feasible), key=lambda t: (t.accuracy, -t.predicted_ms), default=None)
     unpruned = study.unpruned
     if best is None:
@@ -164,7 +166,8 @@ def headline(study: Study) -> str:
             text += f" ({fmt_delta(best.accuracy, unpruned.accuracy)} points vs unpruned {fmt_acc(unpruned.accuracy)}%)"
         text += f" at {fmt_ms(best.predicted_ms)} ms predicted"
         if study.unpruned_ms:
-            text += f", {fmt_speedup(best.predicted_ms, study.unpruned_ms)} faster than unpruned ({fmt_ms(study.unpruned_ms)} ms)"
+            text += (f", {fmt_speedup(best.predicted_ms, study.unpruned_ms)} faster than unpruned "
+                     f"({fmt_ms(study.unpruned_ms)} ms)")
         parts.append(text + ".")
     uniform = [b for b in study.baselines if b.kind == "uniform" and b.feasible and b.accuracy is not None]
     if uniform and study.front:
@@ -185,18 +188,22 @@ def settings_table(study: Study) -> Table:
     fastest = m.get("fastest") or {}
     rows = [
         ["study", f"{study.name} (created {m.get('created', '?')})"],
-        ["model", f"{m.get('model', '?')}, weights {m.get('checkpoint', '?')} (sha256 {str(m.get('sha256', '?'))[:16]}…)"],
+        ["model", f"{m.get('model', '?')}, weights {m.get('checkpoint', '?')} "
+                  f"(sha256 {str(m.get('sha256', '?'))[:16]}…)"],
         ["dataset", str(m.get("dataset_description") or m.get("dataset", "?"))],
-        ["device", f"{m.get('device', '?')}: {dev.get('description', '?')}; {rt.get('runtime', dev.get('runtime', '?'))} "
+        ["device", f"{m.get('device', '?')}: {dev.get('description', '?')}; "
+                   f"{rt.get('runtime', dev.get('runtime', '?'))} "
                    f"{rt.get('version', '')}, threads {tm.get('threads', '?')}"
                    + (f", {rt['cpus']} CPUs on {rt.get('host', '?')}" if rt.get("cpus") else "")],
-        ["latency table", f"{m.get('latency_table', '?')} ({geo.get('key', '?')}, batch {tm.get('batch', m.get('batch', '?'))}, "
+        ["latency table", f"{m.get('latency_table', '?')} ({geo.get('key', '?')}, "
+                          f"batch {tm.get('batch', m.get('batch', '?'))}, "
                           f"{tm.get('precision', '?')}, profiled {tm.get('date', '?')})"],
         ["budget", f"{m.get('budget', '?')} = {fmt_ms(study.budget_ms)} ms (unpruned {fmt_ms(study.unpruned_ms)} ms; "
                    f"fastest config the space allows: {fastest.get('config', '?')} at {fmt_ms(fastest.get('ms'))} ms)"],
         ["search space", f"methods {', '.join(space.get('methods', []))}; selectors at blocks "
                          f"{space.get('blocks', '?')}, at most {space.get('max_selectors', '?')}; keep "
-                         f"{space.get('keep_min', '?')}..{space.get('keep_max', '?')} step {space.get('keep_step', '?')}"
+                         f"{space.get('keep_min', '?')}..{space.get('keep_max', '?')} "
+                         f"step {space.get('keep_step', '?')}"
                          f" ({space.get('source', 'built-in space')})"],
         ["baselines", f"uniform keep {space.get('baseline_keep', '?')} at blocks {space.get('baseline_blocks', '?')}"],
         ["strategy", f"{m.get('strategy', '?')}, sampler {s.get('sampler', '?')}, seed {s.get('seed', '?')}, "
@@ -257,7 +264,8 @@ def validation_text(study: Study) -> str:
                 f"{100 * x['within_10pct']:.0f}% within 10%, mean error {x['mean_error_pct']:+.1f}%, rank agreement "
                 f"(Kendall tau) {x['kendall_tau']:.3f}")
 
-    text = (f"{s.get('count', len(v.rows))} random pruned models measured end to end on {s.get('device', {}).get('name', '?')} "
+    device = (s.get("device") or {}).get("name", "?")
+    text = (f"{s.get('count', len(v.rows))} random pruned models measured end to end on {device} "
             f"({v.paths['json']}, {s.get('date', '?')}): medians: {line(s)}.")
     if s.get("p10"):
         text += f" 10th percentiles (less inflated by other load on the machine): {line(s['p10'])}."
@@ -286,8 +294,8 @@ def build_figures(study: Study, folder: Path) -> list[Figure]:
     tokens = token_info([study])
     if tokens.lines:
         add("tokens", "Tokens per block of the front's configs", (
-            "How many tokens enter each block for every Pareto-front config, against the unpruned model (dashed): where "
-            "this device's front spends its budget."), draw.draw_tokens(tokens))
+            "How many tokens enter each block for every Pareto-front config, against the unpruned model (dashed): "
+            "where this device's front spends its budget."), draw.draw_tokens(tokens))
     flops = flops_info(study)
     if flops.latency.trained and flops.gmacs.trained:
         left, _ = draw.draw_flops(flops)
@@ -364,7 +372,8 @@ def to_markdown(title: str, doc: Sequence[Section], folder: Path) -> str:
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1180px;
        padding: 0 1rem; color: #1d1d1f; }
-h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2rem; }
+h1 { font-size: 1.6rem; }
+h2 { font-size: 1.25rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2rem; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: 13px; }
 th, td { border: 1px solid #d5d5d5; padding: .25rem .5rem; text-align: left; vertical-align: top; }
 th { background: #f3f4f6; } tbody tr:nth-child(even) { background: #fafafa; }
@@ -422,8 +431,9 @@ def to_html(title: str, doc: Sequence[Section]) -> str:
             elif isinstance(block, Figure):
                 data = base64.b64encode(block.files["png"].read_bytes()).decode("ascii")
                 parts.append(f'<figure id="fig-{block.name}"><img src="data:image/png;base64,{data}" '
-                             f'alt="{html.escape(block.title)}"><figcaption><strong>{html.escape(block.title)}.</strong> '
-                             f"{html.escape(block.caption)}</figcaption></figure>")
+                             f'alt="{html.escape(block.title)}"><figcaption>'
+                             f"<strong>{html.escape(block.title)}.</strong> {html.escape(block.caption)}"
+                             "</figcaption></figure>")
             else:
                 parts.append(f"<p>{_inline(block)}</p>")
         parts.append("</details></section>" if section.collapsed else "</section>")
