@@ -148,3 +148,10 @@ def test_an_empty_study_draws_a_chart_that_says_so(reports):
     ax = draw_pareto(pareto_info(load_study(write_study(reports, "empty", with_results=False))))
     assert [t.get_text() for t in ax.texts] == ["no completed trials yet"]
     assert not math.isnan(ax.get_xlim()[0])
+
+
+def test_saving_a_figure_twice_gives_the_same_bytes(drawings, tmp_path):
+    axes, files = drawings
+    again = save_figure(axes["pareto"][0].figure, tmp_path / "again")
+    for fmt in ("png", "svg"):
+        assert again[fmt].read_bytes() == files["pareto"][fmt].read_bytes()  # rebuilt reports diff cleanly

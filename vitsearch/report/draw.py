@@ -26,12 +26,16 @@ def new_axes(figsize: tuple[float, float] = (7.0, 4.8), ncols: int = 1, **kwargs
 def save_figure(fig: Any, stem: Path, formats: Sequence[str] = ("png", "svg"), dpi: int = 120) -> dict[str, Path]:
     """Write ``stem.png`` and ``stem.svg`` (or the given formats); SVGs carry no date, so a rebuilt report whose
     data did not change is byte-identical."""
+    import matplotlib
+
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = {}
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
         metadata = {"Date": None} if fmt == "svg" else None
-        fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata)
+        # A fixed salt: SVG element ids are otherwise random per run.
+        with matplotlib.rc_context({"svg.hashsalt": "vitsearch"}):
+            fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata)
         paths[fmt] = path
     return paths
 
