@@ -1,0 +1,52 @@
+"""`vitsearch profile` / `vitsearch predict`: results on stdout ending in JSON, bad input as one message."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vitsearch.cli import main
+from vitsearch.latency import grid
+from vitsearch.latency import table as T
+from vitsearch.models import create_model, geometry
+
+
+@pytest.fixture(scope="module")
+def digits_tables(tmp_path_factory):
+    """A made-up table for the digits model (the CLI's default), so predict runs without profiling."""
+    tables = tmp_path_factory.mktemp("tables")
+    g = geometry(create_model("digits"))
+    rows = [T.Row(p, 1, 0.01 * p.n + 0.001 * p.k + 0.05, 0.02 * p.n, 0.0, 5) for p in grid(g)]
+    meta = {"device": {"name": "cpu"}, "geometry": g.to_dict(), "batch": 1, "runtime": {}, "threads": 1}
+    T.save(T.table_path(tables, "cpu", g, 1), meta, rows)
+    return tables
+
+
+def test_predict_prints_a_summary_and_json(digits_tables, capsys):
+    assert main(["predict", "--device", "cpu", "--config", "spvit:3=0.7,5=0.7", "--tables", str(digits_tables)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "ms predicted" in out[0]
+    record = json.loads(out[-1])
+    assert record["latency_ms"] > 0 and record["config"] == "spvit:3=0.7,5=0.7" and "spvit_select" in record["by_kind_ms"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "--device", "nope", "--config", "spvit:3=0.7"], "unknown device 'nope': known devices are"),
+    (["predict", "--config", "spvit:3=much"], "cannot read selector '3=much'"),
+    (["predict", "--config", "spvit:30=0.5"], "selector at block 30 does not exist"),
+    (["predict", "--config", "spvit:3=0.7", "--batch", "8"], "no latency table at"),
+    (["profile", "--batch", "0"], "batch must be a positive integer"),
+    (["profile", "--validate", "-3"], "--validate takes a number"),
+])
+def test_bad_input_is_one_message(digits_tables, capsys, argv, message):
+    assert main([*argv, "--tables", str(digits_tables)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_the_installed_entry_point_exits_nonzero_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vitsearch", "predict", "--device", "ssh://", "--config", "none",
+                           "--tables", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "cannot read ssh device" in done.stderr and "Traceback" not in done.stderr

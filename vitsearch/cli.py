@@ -1,0 +1,427 @@
+"""The ``vitsearch`` command line: a thin layer over the library.
+
+Each command is a small :class:`Command` subclass listed in :data:`COMMANDS`; add a command by writing one and
+appending it there. :func:`main` is the only place that sets up logging and turns bad input into one
+``error: ...`` line (exit code 2) instead of a traceback (``--debug`` shows it).
+"""
+from __future__ import annotations
+
+import abc
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import VitsearchError
+
+logger = logging.getLogger("vitsearch")
+
+EXIT_BAD_INPUT = 2  # the same code argparse uses for a bad command line
+
+
+class Command(abc.ABC):
+    """One subcommand: ``name`` and ``help`` for the parser, then ``add_arguments`` and ``run``.
+
+    ``run`` returns the exit code; it raises :class:`VitsearchError` for bad input and prints its results
+    (a human summary, and where a script may want it, a last line of JSON).
+    """
+
+    name: str
+    help: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add this command's options to its subparser."""
+
+    @abc.abstractmethod
+    def run(self, args: argparse.Namespace) -> int:
+        """Run with the parsed arguments and return the exit code."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name a model, shared by every command that takes one."""
+    from .models import DIGITS
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DIGITS, metavar="NAME",
+                       help=f"timm ViT/DeiT name, e.g. deit_small_patch16_224 (default: {DIGITS}, the built-in "
+                            "digits model, trained and cached on first use)")
+    group.add_argument("--checkpoint", type=Path, metavar="PATH",
+                       help="weights to load (.pt/.pth state_dict or .safetensors); never unpickles code")
+    group.add_argument("--num-classes", type=int, metavar="N",
+                       help="classes of the model's head (default: read from the checkpoint, else the model's)")
+    group.add_argument("--pretrained", action="store_true",
+                       help="download timm's pretrained weights (needs the Hugging Face Hub)")
+
+
+def model_from_args(args: argparse.Namespace, *, weights: bool = True) -> Any:
+    """The model the model options name. With ``weights``, the digits model without a checkpoint is the cached
+    trained base model; otherwise a model without checkpoint or ``--pretrained`` is randomly initialised."""
+    from .models import DIGITS, DIGITS_ARCH, create_model
+
+    is_digits = args.model in (DIGITS, DIGITS_ARCH)
+    pretrained = args.checkpoint is None and (args.pretrained or (weights and is_digits))
+    if weights and args.checkpoint is None and not pretrained:
+        logger.warning("no --checkpoint or --pretrained for %s: its weights are random", args.model)
+    return create_model(args.model, checkpoint=args.checkpoint, pretrained=pretrained, num_classes=args.num_classes)
+
+
+def print_json(record: dict[str, Any]) -> None:
+    """The last line of a command's output: one JSON object for scripts."""
+    print(json.dumps(record, sort_keys=True))
+
+
+class PretrainCommand(Command):
+    name = "pretrain"
+    help = "train (once) and cache the built-in digits base model"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+                            help="cache root (default: $VITSEARCH_CACHE or ~/.cache/vitsearch)")
+        parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .pretrain import base_model
+
+        _, meta = base_model(root=args.cache_dir, retrain=args.retrain)
+        source = "cached" if meta["cached"] else f"trained in {meta['train_seconds']:.1f} s"
+        print(f"digits base model ({source}): {meta['path']}")
+        print(f"  held-out accuracy {100 * meta['val_accuracy']:.2f}% on {meta['dataset']}")
+        print(f"  created {meta['created']} with torch {meta['versions']['torch']}, timm {meta['versions']['timm']}")
+        print_json({"path": meta["path"], "val_accuracy": meta["val_accuracy"], "cached": meta["cached"],
+                    "train_seconds": meta["train_seconds"], "settings_key": meta["settings_key"]})
+        return 0
+
+
+class InfoCommand(Command):
+    name = "info"
+    help = "show a model's geometry (and check that a checkpoint fits it)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_model_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .models import file_sha256, geometry
+
+        model = model_from_args(args, weights=False)  # the geometry needs no trained weights
+        geo = geometry(model)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{args.model}: {type(model).__name__}, {params / 1e6:.2f} M parameters")
+        print(f"  {geo.depth} blocks, embed dim {geo.embed_dim}, {geo.num_heads} heads, MLP ratio {geo.mlp_ratio:g}")
+        print(f"  input {geo.in_chans}x{geo.img_size[0]}x{geo.img_size[1]}, patch {geo.patch_size[0]}x"
+              f"{geo.patch_size[1]}: {geo.num_patches} patch tokens + {geo.num_prefix_tokens} prefix token(s)")
+        print(f"  {geo.num_classes} classes; latency table key {geo.key}")
+        record: dict[str, Any] = {"model": args.model, "parameters": params, "geometry": geo.to_dict()}
+        if args.checkpoint is not None:
+            record["checkpoint"] = {"path": str(args.checkpoint.resolve()), "sha256": file_sha256(args.checkpoint)}
+            print(f"  checkpoint {args.checkpoint} loads cleanly (sha256 {record['checkpoint']['sha256'][:16]}...)")
+        print_json(record)
+        return 0
+
+
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name a latency table: device, model geometry, batch, tables folder."""
+    from .models import DIGITS
+
+    parser.add_argument("--device", default="cpu", metavar="NAME",
+                        help="device name from the registry (cpu, cuda, torch-cpu, pixel, your own in "
+                             "<tables>/devices.toml) or ssh://user@host[:port] (default: cpu)")
+    parser.add_argument("--model", default=DIGITS, metavar="NAME",
+                        help=f"timm ViT/DeiT whose geometry is profiled; weights do not matter (default: {DIGITS})")
+    parser.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default: 1)")
+    parser.add_argument("--tables", type=Path, default=Path("latency_tables"), metavar="DIR",
+                        help="latency tables folder (default: latency_tables)")
+
+
+class ProfileCommand(Command):
+    name = "profile"
+    help = "measure a model's components on a device into a latency table (resumes an interrupted profile)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_table_arguments(parser)
+        parser.add_argument("--threads", type=int, default=0, metavar="T",
+                            help="runtime intra-op threads (default: 0, the runtime's choice)")
+        parser.add_argument("--validate", type=int, default=0, metavar="N",
+                            help="then measure N random pruned models end to end against the table's prediction")
+        parser.add_argument("--restart", action="store_true", help="discard an existing table and start over")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the validation configs (default: 0)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .latency import profile, validate
+
+        if args.validate < 0:
+            raise VitsearchError(f"--validate takes a number of configs >= 0, got {args.validate}")
+        table = profile(args.device, model=args.model, batch=args.batch, threads=args.threads, tables=args.tables,
+                        restart=args.restart, progress=sys.stderr.isatty())
+        rt = table.meta["runtime"]
+        print(f"latency table {table.path}: {len(table.rows)} components of {table.geometry.key} at batch "
+              f"{table.batch} on {table.device} ({rt.get('runtime')} {rt.get('version')}, threads "
+              f"{table.meta['threads']}), profiled in {table.meta.get('profile_seconds', 0):.0f} s")
+        record: dict[str, Any] = {"table": str(table.path), "components": len(table.rows),
+                                  "profile_seconds": table.meta.get("profile_seconds")}
+        if args.validate:
+            result = validate(table, args.validate, seed=args.seed, tables=str(args.tables),
+                              progress=sys.stderr.isatty())
+            s = result.summary
+            print(f"validation on {s['count']} random configs: median |error| {s['median_abs_error_pct']:.1f}%, "
+                  f"p95 {s['p95_abs_error_pct']:.1f}%, {100 * s['within_10pct']:.0f}% within 10%, "
+                  f"Kendall tau {s['kendall_tau']:.3f}; saved to {result.paths['json']} and "
+                  f"{result.paths['png'].name}")
+            record["validation"] = {k: s[k] for k in ("count", "median_abs_error_pct", "p95_abs_error_pct",
+                                                      "within_10pct", "kendall_tau", "mean_error_pct")}
+        print_json(record)
+        return 0
+
+
+class PredictCommand(Command):
+    name = "predict"
+    help = "predict a pruning config's latency on a device from its latency table"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--config", required=True, metavar="SPEC",
+                            help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' or 'none'")
+        add_table_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .latency import predict
+
+        pred = predict(args.config, device=args.device, model=args.model, batch=args.batch, tables=args.tables)
+        print(f"{pred.config} on {args.device}: {pred.total_ms:.3f} ms predicted "
+              f"(token selection {pred.selection_ms:.3f} ms, {100 * pred.selection_ms / pred.total_ms:.1f}%)")
+        for kind, ms in sorted(pred.by_kind().items(), key=lambda kv: -kv[1]):
+            print(f"  {kind:<14} {ms:9.3f} ms")
+        print_json({"config": str(pred.config), "device": args.device, "model": args.model, "batch": args.batch,
+                    "latency_ms": pred.total_ms, "selection_ms": pred.selection_ms, "by_kind_ms": pred.by_kind()})
+        return 0
+
+
+class ExportCommand(Command):
+    name = "export"
+    help = "export a pruned model to ONNX (static shapes) and check it against onnxruntime"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_model_arguments(parser)
+        parser.add_argument("--config", default="none", metavar="SPEC",
+                            help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' (default: none)")
+        parser.add_argument("--output", "-o", type=Path, required=True, metavar="PATH", help="ONNX file to write")
+        parser.add_argument("--batch", type=int, default=1, metavar="B", help="static batch size (default: 1)")
+        parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: vitsearch's, 18)")
+        parser.add_argument("--dynamo", action="store_true",
+                            help="use the torch.export-based exporter (slower) instead of the TorchScript one")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .config import PruneConfig
+        from .export import export_model
+        from .flops import count_macs
+        from .models import file_sha256
+        from .pruning import apply
+
+        config = PruneConfig.parse(args.config)  # a bad config fails before the model is built
+        model = apply(model_from_args(args), config)
+        meta: dict[str, Any] = {"model": args.model}
+        if args.checkpoint is not None:
+            meta["checkpoint"] = {"path": str(args.checkpoint.resolve()), "sha256": file_sha256(args.checkpoint)}
+        result = export_model(model, args.output, batch=args.batch, opset=args.opset, dynamo=args.dynamo,
+                              metadata=meta)
+        macs = count_macs(model, batch=args.batch)
+        size_mb = result.path.stat().st_size / 1e6
+        print(f"{args.model} [{model.prune_config}] -> {result.path} ({size_mb:.1f} MB, {result.provenance['exporter']}"
+              f" opset {result.provenance['opset']}, exported in {result.export_seconds:.1f} s)")
+        print(f"  input {'x'.join(map(str, result.input_shape))}, output {'x'.join(map(str, result.output_shape))}; "
+              f"tokens per block {list(model.token_schedule.block_tokens)}")
+        print(f"  {macs.gmacs / args.batch:.3f} GMACs per image ({macs.matmul / args.batch / 1e9:.3f} in matmuls)")
+        print(f"  onnxruntime matches PyTorch: max abs diff {result.max_abs_diff:.2e} (tolerance {result.tolerance:.1e})")
+        print_json({**result.to_dict(), "model": args.model, "config": str(model.prune_config),
+                    "block_tokens": list(model.token_schedule.block_tokens), "gmacs": macs.gmacs / args.batch,
+                    "size_mb": round(size_mb, 3)})
+        return 0
+
+
+class ReportCommand(Command):
+    name = "report"
+    help = "write a study's report (report.md and a self-contained report.html, figures as PNG and SVG)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("study", metavar="STUDY", help="study name under --reports, or a study folder's path")
+        parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
+                            help="folder of study folders (default: reports)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .report import load_study, summary, write_report
+
+        study = load_study(args.study, args.reports)
+        files = write_report(study)
+        print(f"report of {study.name}: {len(study.trials)} trials, {len(study.front)} on the Pareto front")
+        for note in study.notes:
+            print(f"  note: {note}")
+        print(f"  {files.markdown}\n  {files.html}")
+        for name, paths in files.figures.items():
+            print(f"  {name}: {', '.join(str(p) for p in paths.values())}")
+        print_json(summary(study, files))
+        return 0
+
+
+class PlotCommand(Command):
+    name = "plot"
+    help = "overlay several studies' accuracy-latency trials and Pareto fronts on one chart"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("studies", nargs="+", metavar="STUDY",
+                            help="study names under --reports, or study folders' paths")
+        parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
+                            help="folder of study folders (default: reports)")
+        parser.add_argument("--output", "-o", type=Path, metavar="FILE",
+                            help="chart to write: .png, .svg or .pdf; without a suffix both .png and .svg "
+                                 "(default: the study's figures/overlay, or <reports>/overlay-<names>)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .report import plot_overlay
+
+        files, skipped = plot_overlay(args.studies, args.reports, args.output)
+        for reason in skipped:
+            print(f"  left out: {reason}")
+        print(f"overlay of {len(args.studies) - len(skipped)} studies: {', '.join(str(p) for p in files.values())}")
+        print_json({"files": {fmt: str(p) for fmt, p in files.items()}, "studies": args.studies, "skipped": skipped})
+        return 0
+
+
+class SearchCommand(Command):
+    name = "search"
+    help = "search selector placement and keep ratios under a latency budget (Optuna, accuracy vs latency)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .study import SAMPLERS, STRATEGIES, SearchSettings
+        from .training import TrainSettings
+
+        d, t = SearchSettings(), TrainSettings()
+        parser.add_argument("--budget", default=d.budget,
+                            help="latency budget: 30ms, '30 ms', 0.03s, or a share of the unpruned model's latency "
+                                 f"on the device like 60%% (default: {d.budget.replace('%', '%%')})")
+        parser.add_argument("--model", default=d.model, metavar="NAME",
+                            help="timm ViT/DeiT name (default: digits, the built-in model, trained once if missing)")
+        parser.add_argument("--checkpoint", metavar="PATH", help="base weights (.pt state_dict or .safetensors)")
+        parser.add_argument("--dataset", default=d.dataset, metavar="DATA",
+                            help="'digits' (built in) or an ImageFolder directory (ImageNet layout)")
+        parser.add_argument("--max-train", type=int, metavar="N", help="use a seeded subset of N training images")
+        parser.add_argument("--max-val", type=int, metavar="N", help="use a seeded subset of N held-out images")
+        parser.add_argument("--device", default=d.device, metavar="NAME",
+                            help="device whose latency table predicts latency (default: cpu, profiled if missing)")
+        parser.add_argument("--batch", type=int, default=d.batch, metavar="B", help="batch size of the latency (default: 1)")
+        parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
+        parser.add_argument("--trials", type=int, default=d.trials, metavar="N", help=f"candidates (default: {d.trials})")
+        parser.add_argument("--space", metavar="TOML", help="search-space file (default: search/<family>.toml)")
+        parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
+                            help="brief: train each candidate; shared: weight sharing (default: %(default)s)")
+        parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler (default: tpe)")
+        parser.add_argument("--steps", type=int, default=t.steps, help=f"training steps per candidate (default: {t.steps})")
+        parser.add_argument("--batch-size", type=int, default=t.batch_size, help="training batch size")
+        parser.add_argument("--lr", type=float, default=t.lr, help=f"backbone learning rate (default: {t.lr:g})")
+        parser.add_argument("--selector-lr", type=float, default=t.selector_lr,
+                            help=f"selector learning rate (default: {t.selector_lr:g})")
+        parser.add_argument("--ratio-weight", type=float, default=t.weights.ratio, help="keep-ratio loss weight")
+        parser.add_argument("--latency-weight", type=float, default=t.weights.latency, help="latency loss weight")
+        parser.add_argument("--distill-weight", type=float, default=t.weights.distill, help="distillation weight")
+        parser.add_argument("--shared-steps", type=int, default=d.shared_steps, help="supernet steps (shared strategy)")
+        parser.add_argument("--shared-finetune-steps", type=int, default=d.shared_finetune_steps,
+                            help="extra steps per candidate after the supernet (shared strategy)")
+        parser.add_argument("--storage", metavar="URL",
+                            help="Optuna storage for many workers, e.g. postgresql://user@host/db "
+                                 "(default: a journal file in the study folder)")
+        parser.add_argument("--resume", action="store_true",
+                            help="continue an interrupted study (re-running the same study name does the same)")
+        parser.add_argument("--seed", type=int, default=d.seed)
+        parser.add_argument("--reports", default=d.reports, metavar="DIR", help="reports folder (default: reports)")
+        parser.add_argument("--tables", default=d.tables, metavar="DIR", help="latency tables (default: latency_tables)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .study import SearchSettings, run_search, summary
+        from .training import LossWeights, TrainSettings
+
+        weights = LossWeights(ratio=args.ratio_weight, latency=args.latency_weight, distill=args.distill_weight)
+        train = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, selector_lr=args.selector_lr,
+                              weights=weights, seed=args.seed)
+        settings = SearchSettings(
+            budget=args.budget, model=args.model, checkpoint=str(args.checkpoint) if args.checkpoint else None,
+            dataset=args.dataset, device=args.device, batch=args.batch, study=args.study, trials=args.trials,
+            space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
+            shared_finetune_steps=args.shared_finetune_steps, storage=args.storage, sampler=args.sampler,
+            seed=args.seed, max_train=args.max_train, max_val=args.max_val, reports=args.reports, tables=args.tables)
+        folder = Path(settings.reports) / settings.name()
+        if args.resume and not (folder / "study.json").is_file():
+            raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
+        result = run_search(settings, progress=True)
+        record = summary(result)
+        unpruned = next((b for b in result.baselines if b.kind == "unpruned"), None)
+        print(f"study {result.folder}: {record['trials']} trials, {record['trained']} trained, "
+              f"{len(result.front)} on the Pareto front")
+        print(f"  budget {args.budget} = {result.budget_ms:.3f} ms on {args.device}; unpruned {result.unpruned_ms:.3f} ms"
+              + (f", accuracy {100 * unpruned.accuracy:.2f}%" if unpruned and unpruned.accuracy is not None else ""))
+        best = result.best
+        if best is None:
+            print("  no candidate met the budget: see trials.csv for how far over budget each one was")
+        else:
+            print(f"  best under budget: {best.config}  accuracy {100 * best.accuracy:.2f}%  "
+                  f"{best.predicted_ms:.3f} ms ({result.unpruned_ms / best.predicted_ms:.2f}x faster)  "
+                  f"{best.gmacs:.4f} GMACs  tokens per block {list(best.block_tokens)}")
+        for kind in ("uniform",):
+            rows = [b for b in result.baselines if b.kind == kind and b.feasible]
+            if rows:
+                top = max(rows, key=lambda b: (b.accuracy, -b.predicted_ms))
+                print(f"  best uniform baseline under budget: {top.config}  accuracy {100 * top.accuracy:.2f}%  "
+                      f"{top.predicted_ms:.3f} ms")
+        print_json(record)
+        return 0
+
+
+COMMANDS: list[type[Command]] = [PretrainCommand, InfoCommand, ProfileCommand, PredictCommand, ExportCommand,
+                                 SearchCommand, ReportCommand, PlotCommand]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitsearch", description="Hardware-aware token-pruning search for Vision Transformers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command_cls in COMMANDS:
+        command = command_cls()
+        command_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(command_parser)
+        command_parser.set_defaults(handler=command)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(levelname)s %(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
+    logger.handlers[:] = [handler]  # main() may run several times in one process (tests): never stack handlers
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help / --version (0) and on a bad command line (2)
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    _setup_logging(args)
+    try:
+        return args.handler.run(args)
+    except (VitsearchError, FileNotFoundError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

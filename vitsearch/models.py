@@ -1,0 +1,302 @@
+"""Models: any timm ViT/DeiT by name, checkpoints loaded safely, and the geometry that keys latency tables.
+
+Token pruning here patches timm's plain :class:`~timm.models.vision_transformer.VisionTransformer` (one token
+sequence, class/prefix tokens in front), so :func:`create_model` refuses every other architecture up front.
+The embedded default model ``"digits"`` (timm name ``vit_digits``) is a small ViT for the built-in digits data
+set; its trained weights come from :mod:`vitsearch.pretrain`.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import timm
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from .errors import VitsearchError
+
+logger = logging.getLogger(__name__)
+
+DIGITS = "digits"  # the embedded default model, an alias of DIGITS_ARCH
+DIGITS_ARCH = "vit_digits"
+
+# The digits ViT: 32x32 grey canvases in patches of 4 give 64 patch tokens, most of them background, which
+# is what token pruning removes. Depth 8 leaves room for selectors at blocks >= 3.
+DIGITS_MODEL_ARGS: dict[str, Any] = dict(
+    img_size=32,
+    patch_size=4,
+    in_chans=1,
+    num_classes=10,
+    embed_dim=64,
+    depth=8,
+    num_heads=4,
+    mlp_ratio=4.0,
+    class_token=True,
+    global_pool="token",
+)
+
+# The data contract of vit_digits travels with the model (model.pretrained_cfg), like every timm model's:
+# pixels in [0, 1] normalised to [-1, 1], one channel.
+default_cfgs = generate_default_cfgs({
+    DIGITS_ARCH: dict(
+        url="",
+        num_classes=10,
+        input_size=(1, 32, 32),
+        pool_size=None,
+        crop_pct=1.0,
+        interpolation="bilinear",
+        fixed_input_size=True,
+        mean=(0.5,),
+        std=(0.5,),
+        first_conv="patch_embed.proj",
+        classifier="head",
+        license="apache-2.0",
+    ),
+})
+
+
+@register_model
+def vit_digits(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """The embedded digits ViT. ``pretrained=True`` loads the cached base model (trained on first use)."""
+    model = build_model_with_cfg(VisionTransformer, DIGITS_ARCH, False, **{**DIGITS_MODEL_ARGS, **kwargs})
+    if pretrained:
+        from .pretrain import base_model  # deferred: pretrain imports this module
+
+        trained, _ = base_model()
+        load_state_dict(model, trained.state_dict(), source="the cached digits base model")
+    return model
+
+
+def _canonical_name(name: str) -> str:
+    return DIGITS_ARCH if name == DIGITS else name
+
+
+def _suggest(name: str) -> str:
+    candidates = [DIGITS, *timm.list_models("*vit*")]
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    if close:
+        return "did you mean " + ", ".join(close) + "?"
+    return "list the ViT models with: python -c \"import timm; print(timm.list_models('*vit*'))\""
+
+
+def check_model_name(name: str) -> None:
+    """Raise a VitsearchError unless ``name`` is a timm model built on the plain VisionTransformer.
+
+    Builds the model on the meta device (no memory, no init compute, no download) to check its class.
+    """
+    arch = _canonical_name(name)
+    if not timm.is_model(arch):
+        raise VitsearchError(f"unknown model {name!r}: {_suggest(name)}")
+    with torch.device("meta"):
+        probe = timm.create_model(arch, pretrained=False)
+    if not isinstance(probe, VisionTransformer):
+        raise VitsearchError(
+            f"model {name!r} is a {type(probe).__name__}, not a plain ViT: token pruning here needs a timm "
+            f"VisionTransformer (ViT / DeiT, e.g. deit_small_patch16_224, vit_tiny_patch16_224, {DIGITS})")
+
+
+def create_model(
+    name: str,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    num_classes: int | None = None,
+    **kwargs: Any,
+) -> VisionTransformer:
+    """A timm ViT/DeiT by name (``"digits"`` is the embedded default), in eval mode.
+
+    ``checkpoint`` loads a state_dict (``.safetensors``, or a PyTorch file read with ``weights_only=True``);
+    when ``num_classes`` is not given it is read from the checkpoint's head, so a fine-tuned checkpoint
+    just works. ``pretrained`` downloads timm's weights, or for ``"digits"`` loads the cached base model.
+    Extra keyword arguments go to ``timm.create_model`` (e.g. ``img_size=32, patch_size=8``).
+    """
+    check_model_name(name)
+    arch = _canonical_name(name)
+    state_dict = None
+    if checkpoint is not None:
+        if pretrained:
+            raise VitsearchError("give either a checkpoint or pretrained weights, not both")
+        state_dict = read_checkpoint(checkpoint)
+        if num_classes is None:
+            num_classes = _head_classes(state_dict)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    except VitsearchError:
+        raise
+    except TypeError as e:  # an architecture argument the model does not take
+        raise VitsearchError(f"cannot build {name!r} with {kwargs}: {e}") from e
+    except Exception as e:  # network, hub and cache failures all surface here; the user's fix is the same
+        if not pretrained:
+            raise
+        raise VitsearchError(
+            f"could not load pretrained weights for {name!r}: {e}. Download them on a machine with access to "
+            "the Hugging Face Hub, or pass --checkpoint with a local file") from e
+    if state_dict is not None:
+        load_state_dict(model, state_dict, source=str(checkpoint), name=name)
+    model.eval()
+    logger.debug("created %s (%s), checkpoint=%s, pretrained=%s", name, type(model).__name__, checkpoint, pretrained)
+    return model
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a ``.safetensors`` file or a PyTorch file, without running pickled code.
+
+    Accepts a raw state_dict or a dict holding it under ``model`` / ``state_dict`` / ``model_state``, and strips
+    the ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) prefixes.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise VitsearchError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:
+            raise VitsearchError(
+                f"checkpoint {str(path)!r} is a .safetensors file but the safetensors package is not installed: "
+                "pip install safetensors") from e
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own SafetensorError for any malformed file
+            raise VitsearchError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from e
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise VitsearchError(
+                f"checkpoint {str(path)!r} holds Python objects besides tensors, which are not loaded for safety "
+                "(weights_only=True). Re-save just the weights: torch.save(ckpt['model'], 'weights.pt')") from e
+        except (RuntimeError, EOFError, OSError) as e:
+            raise VitsearchError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint: {e}") from e
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "model_state"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise VitsearchError(
+            f"checkpoint {str(path)!r} is not a state_dict: expected a dict of tensors, or a dict with one "
+            "under 'model', 'state_dict' or 'model_state'")
+    return {_strip_prefixes(k): v for k, v in obj.items()}
+
+
+def _strip_prefixes(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def _head_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    head = state_dict.get("head.weight")
+    return int(head.shape[0]) if head is not None and head.ndim == 2 else None
+
+
+def load_state_dict(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str, name: str | None = None,
+) -> None:
+    """Load strictly; on any mismatch raise one VitsearchError that lists what differs and what to do."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+              for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {source!r} does not fit model {name or type(model).__name__!r}:"]
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                more = f" (and {len(items) - 5} more)" if len(items) > 5 else ""
+                lines.append(f"  {label}: {', '.join(items[:5])}{more}")
+        lines.append("Pass the --model the checkpoint was trained as (and --num-classes if its head differs).")
+        raise VitsearchError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a checkpoint, recorded in provenance so a study names exactly the weights it used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What latency and FLOPs depend on; :attr:`key` names the latency table measured for it."""
+
+    embed_dim: int
+    num_heads: int
+    depth: int
+    mlp_ratio: float  # hidden width of the MLP / embed_dim
+    patch_size: tuple[int, int]  # (height, width)
+    img_size: tuple[int, int]  # (height, width)
+    in_chans: int
+    num_prefix_tokens: int  # class (+ distillation / register) tokens, never pruned
+    num_patches: int
+    num_classes: int
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens entering the first block."""
+        return self.num_prefix_tokens + self.num_patches
+
+    @property
+    def key(self) -> str:
+        """Filesystem-safe id, e.g. ``d384-h6-l12-m4-p16-i224-c3``."""
+        return (f"d{self.embed_dim}-h{self.num_heads}-l{self.depth}-m{self.mlp_ratio:g}"
+                f"-p{_size(self.patch_size)}-i{_size(self.img_size)}-c{self.in_chans}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["patch_size"], d["img_size"] = list(self.patch_size), list(self.img_size)
+        d["key"] = self.key
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelGeometry":
+        fields = {k: v for k, v in d.items() if k != "key"}
+        fields["patch_size"], fields["img_size"] = tuple(d["patch_size"]), tuple(d["img_size"])
+        return cls(**fields)
+
+
+def _size(hw: tuple[int, int]) -> str:
+    return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}"
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def geometry(model: torch.nn.Module) -> ModelGeometry:
+    """Read the geometry from a timm VisionTransformer's modules (not its constructor arguments)."""
+    if not isinstance(model, VisionTransformer):
+        raise VitsearchError(f"geometry needs a timm VisionTransformer, got {type(model).__name__}")
+    try:
+        block = model.blocks[0]
+        pe = model.patch_embed
+        embed_dim = int(model.embed_dim)
+        return ModelGeometry(
+            embed_dim=embed_dim,
+            num_heads=int(block.attn.num_heads),
+            depth=len(model.blocks),
+            mlp_ratio=round(block.mlp.fc1.out_features / embed_dim, 4),
+            patch_size=_pair(pe.patch_size),
+            img_size=_pair(pe.img_size),
+            in_chans=int(pe.proj.in_channels),
+            num_prefix_tokens=int(model.num_prefix_tokens),
+            num_patches=int(pe.num_patches),
+            num_classes=int(model.num_classes),
+        )
+    except (AttributeError, IndexError, TypeError) as e:
+        raise VitsearchError(
+            f"cannot read the geometry of this {type(model).__name__}: {e}. vitsearch supports timm ViTs built "
+            f"from the standard Block/Attention/Mlp (tested with timm {timm.__version__})") from e

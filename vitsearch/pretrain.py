@@ -1,0 +1,210 @@
+"""The digits base model: trained once on the built-in digits data, cached by its settings, loaded from then on.
+
+The cache lives in ``$VITSEARCH_CACHE`` (default ``~/.cache/vitsearch``) under
+``base_models/digits-<hash of the settings>/``: ``model.pt`` (a plain state_dict, loadable with
+``weights_only=True``) and ``meta.json`` (settings, held-out accuracy, package versions, date). A run writes
+into a temporary folder and renames it into place, so an interrupted training never leaves a broken entry, and a
+file lock makes concurrent callers wait for one training instead of each running their own.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+from timm.models.vision_transformer import VisionTransformer
+from tqdm import tqdm
+
+from . import __version__
+from .data import DatasetSplits, DigitsSpec, digits_splits
+from .errors import VitsearchError
+from .models import DIGITS, DIGITS_MODEL_ARGS, create_model, load_state_dict
+
+logger = logging.getLogger(__name__)
+
+# Bump when the training code changes in a way the settings below do not capture, so old caches are not reused.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Everything that determines the trained weights; its hash keys the cache."""
+
+    model: dict[str, Any] = field(default_factory=lambda: dict(DIGITS_MODEL_ARGS))  # vit_digits architecture
+    data: DigitsSpec = DigitsSpec()
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3  # AdamW peak, reached after the warm-up, then cosine decay to 0
+    warmup_epochs: int = 2
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    augment: bool = True  # re-place each digit on its canvas every epoch (see data.translate_within_canvas)
+    seed: int = 0
+    threads: int = 1  # fixed so results repeat across machines; 1 because OpenMP threads on a busy CPU stall each other
+    recipe: int = RECIPE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """``$VITSEARCH_CACHE``, or ``~/.cache/vitsearch``."""
+    return Path(os.environ.get("VITSEARCH_CACHE") or Path.home() / ".cache" / "vitsearch").expanduser()
+
+
+def base_model_dir(settings: PretrainSettings | None = None, root: str | Path | None = None) -> Path:
+    """Where the model trained with ``settings`` is cached under ``root`` (default :func:`cache_dir`)."""
+    settings = settings or PretrainSettings()
+    return Path(root or cache_dir()).expanduser() / "base_models" / f"{DIGITS}-{settings.key}"
+
+
+def base_model(
+    settings: PretrainSettings | None = None, *, root: str | Path | None = None, retrain: bool = False,
+) -> tuple[VisionTransformer, dict[str, Any]]:
+    """The trained digits model (eval mode) and its metadata, trained and cached on first use."""
+    settings = settings or PretrainSettings()
+    target = base_model_dir(settings, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if retrain and target.exists():
+            shutil.rmtree(target)
+        if not (target / "meta.json").is_file():
+            logger.info("training the digits base model (settings %s) into %s", settings.key, target)
+            model, meta = train_base_model(settings)
+            _write_atomically(target, model, meta)
+            meta["cached"] = False
+        else:
+            meta = json.loads((target / "meta.json").read_text())
+            meta["cached"] = True
+            model = create_model(DIGITS, num_classes=settings.model["num_classes"], **_arch_kwargs(settings))
+            state = torch.load(target / "model.pt", map_location="cpu", weights_only=True)
+            load_state_dict(model, state, source=str(target / "model.pt"), name=DIGITS)
+            logger.info("digits base model from cache %s (val accuracy %.2f%%)", target, 100 * meta["val_accuracy"])
+    meta["path"] = str(target)
+    model.eval()
+    return model, meta
+
+
+def _arch_kwargs(settings: PretrainSettings) -> dict[str, Any]:
+    return {k: v for k, v in settings.model.items() if k != "num_classes"}
+
+
+def _write_atomically(target: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        torch.save(model.state_dict(), tmp / "model.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, target)  # atomic on one file system; target does not exist (checked under the lock)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_base_model(settings: PretrainSettings | None = None) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Train vit_digits from scratch on the digits train split; returns the model and its metadata."""
+    settings = settings or PretrainSettings()
+    if settings.epochs < 1:
+        raise VitsearchError(f"epochs must be at least 1, got {settings.epochs}")
+    torch.manual_seed(settings.seed)
+    model = create_model(DIGITS, num_classes=settings.model["num_classes"], **_arch_kwargs(settings))
+    splits = digits_splits(model, settings.data)
+    train_x, train_y = splits.train.images, splits.train.labels  # type: ignore[attr-defined]
+    generator = torch.Generator().manual_seed(settings.seed)
+    steps_per_epoch = math.ceil(len(train_y) / settings.batch_size)
+    total, warmup = settings.epochs * steps_per_epoch, settings.warmup_epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup, total))
+
+    start = time.perf_counter()
+    with _torch_threads(settings.threads):
+        bar = tqdm(range(settings.epochs), desc="pretrain digits", unit="epoch", disable=None, leave=False)
+        for epoch in bar:
+            model.train()
+            order = torch.randperm(len(train_y), generator=generator)
+            total_loss = 0.0
+            for i in range(0, len(order), settings.batch_size):
+                idx = order[i:i + settings.batch_size]
+                x, y = train_x[idx], train_y[idx]
+                if settings.augment and splits.augment is not None:
+                    x = splits.augment(x, generator)
+                loss = F.cross_entropy(model(x), y, label_smoothing=settings.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{total_loss / len(train_y):.3f}")
+            if logger.isEnabledFor(logging.DEBUG):  # a learning curve for whoever tunes the recipe; uses no RNG
+                logger.debug("epoch %d/%d: train loss %.4f, val accuracy %.4f", epoch + 1, settings.epochs,
+                             total_loss / len(train_y), evaluate(model, splits))
+        seconds = time.perf_counter() - start
+        val_accuracy = evaluate(model, splits)
+    logger.info("digits base model trained in %.1f s: val accuracy %.2f%%", seconds, 100 * val_accuracy)
+    meta = {
+        "model": DIGITS,
+        "settings": settings.to_dict(),
+        "settings_key": settings.key,
+        "val_accuracy": val_accuracy,
+        "train_seconds": round(seconds, 2),
+        "dataset": splits.description,
+        "dataset_provenance": dict(splits.provenance),
+        "versions": _versions(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    model.eval()
+    return model, meta
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, splits: DatasetSplits, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy on the held-out val split."""
+    model.eval()
+    correct = total = 0
+    for x, y in splits.loader("val", batch_size):
+        correct += int((model(x).argmax(dim=-1) == y).sum())
+        total += len(y)
+    return correct / total
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import sklearn
+    import timm
+
+    return {"vitsearch": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version()}
