@@ -7,7 +7,7 @@ from vitsearch.space import default_space_file, load_space
 
 
 def test_builtin_spaces_skip_the_first_three_blocks():
-    for model, depth in (("digits", 8), ("deit_small_patch16_224", 12)):
+    for model, depth in (("digits", 12), ("deit_small_patch16_224", 12)):
         space = load_space(default_space_file(model), depth=depth)
         assert space.blocks[0] == 3 and space.blocks[-1] < depth
         assert set(space.methods) == {"spvit", "evovit"}

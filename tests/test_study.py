@@ -39,7 +39,7 @@ def space(tmp_path_factory):
     from vitsearch.space import default_space_file
 
     text = default_space_file("digits").read_text().replace("keep = [0.9, 0.8, 0.7, 0.6, 0.5]", "keep = [0.5]")
-    path = tmp_path_factory.mktemp("space") / "digits.toml"
+    path = tmp_path_factory.mktemp("space") / "vit.toml"
     path.write_text(text)
     return path
 
@@ -66,7 +66,7 @@ def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, ta
     assert len(list((folder / "checkpoints").glob("trial_*.pt"))) == len(front)
     baselines = json.loads((folder / "baselines.json").read_text())
     assert baselines[0]["kind"] == "unpruned" and [b["config"] for b in baselines[1:]] == [
-        "spvit:3=0.5,5=0.5,7=0.5", "evovit:3=0.5,5=0.5,7=0.5"]
+        "spvit:3=0.5,6=0.5,9=0.5", "evovit:3=0.5,6=0.5,9=0.5"]
     record = json.loads((folder / "study.json").read_text())
     assert record["budget"] == "95%" and record["sha256"] and record["versions"]["optuna"].startswith(("4", "5"))
     assert summary(result)["trials"] == 3

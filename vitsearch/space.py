@@ -59,7 +59,8 @@ class SearchSpace:
 
 
 def default_space_file(model_name: str) -> Path:
-    return SPACES_DIR / ("digits.toml" if model_name in ("digits", "vit_digits") else "vit.toml")
+    """Every model vitsearch prunes is a plain ViT (the digits model included): one family, one file."""
+    return SPACES_DIR / "vit.toml"
 
 
 def load_space(path: str | Path, *, depth: int) -> SearchSpace:
