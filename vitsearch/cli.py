@@ -375,8 +375,87 @@ class SearchCommand(Command):
         return 0
 
 
+class FinalizeCommand(Command):
+    name = "finalize"
+    help = ("train a chosen config of a study with its method's full schedule, export it to ONNX and measure it "
+            "on the study's device (resumes an interrupted finalize)")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .finalize import SCHEDULES, FinalizeSettings
+
+        d = FinalizeSettings()
+        parser.add_argument("study", metavar="STUDY", help="study name under --reports, or a study folder's path")
+        which = parser.add_mutually_exclusive_group(required=True)
+        which.add_argument("--trial", type=int, action="append", metavar="N",
+                           help="trial number to finalize (repeat for several)")
+        which.add_argument("--pareto", action="store_true", help="finalize every trial on the Pareto front")
+        parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
+                            help="folder of study folders (default: reports)")
+        parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default: {d.steps})")
+        parser.add_argument("--epochs", type=float, metavar="E", help="train E epochs instead of --steps")
+        parser.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
+        parser.add_argument("--lr", type=float, default=d.lr, help=f"backbone learning rate (default: {d.lr:g})")
+        parser.add_argument("--selector-lr", type=float, default=d.selector_lr,
+                            help=f"selector / aux head learning rate (default: {d.selector_lr:g})")
+        parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
+        parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                            help="progressive: SPViT layer-to-phase / Evo-ViT layer-to-stage; plain: the whole "
+                                 "config from the first step (default: %(default)s)")
+        parser.add_argument("--switch", metavar="S1,S2,...",
+                            help="phase boundaries as shares of the steps (SPViT: one per selector phase after the "
+                                 "first; Evo-ViT: one, the end of every-block selection); default: evenly spaced, "
+                                 f"Evo-ViT {d.evo_switch:g}")
+        parser.add_argument("--merge-tol", type=float, default=d.merge_tol, metavar="T",
+                            help="SPViT: neighbouring selectors whose keep ratios differ by at most T share a phase "
+                                 "(default: 0, one selector per phase)")
+        parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K",
+                            help="save resumable training state every K steps (and at every phase boundary)")
+        parser.add_argument("--measure-only", action="store_true",
+                            help="only (re)measure already finalized models on the study's device")
+        parser.add_argument("--restart", action="store_true", help="discard earlier finalize results and train afresh")
+        parser.add_argument("--seed", type=int, default=d.seed)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .finalize import FinalizeSettings, finalize
+        from .training import LossWeights
+
+        if args.steps < 1 or (args.epochs is not None and args.epochs <= 0) or args.checkpoint_every < 1:
+            raise VitsearchError("--steps, --epochs and --checkpoint-every must be positive")
+        try:
+            switch = None if args.switch is None else tuple(float(v) for v in args.switch.split(","))
+        except ValueError:
+            raise VitsearchError(f"--switch takes shares of the steps like 0.3,0.6, got {args.switch!r}") from None
+        settings = FinalizeSettings(
+            steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, selector_lr=args.selector_lr,
+            warmup_steps=args.warmup_steps, weights=LossWeights(), schedule=args.schedule, switch=switch,
+            merge_tol=args.merge_tol, checkpoint_every=args.checkpoint_every, seed=args.seed)
+        results = finalize(args.study, None if args.pareto else args.trial, settings, reports=args.reports,
+                           measure_only=args.measure_only, restart=args.restart, progress=sys.stderr.isatty())
+        for f in results:
+            r = f.record
+
+            def pct(v: Any) -> str:
+                return "-" if v is None else f"{100 * v:.2f}%"
+
+            measured = "not measured" if r["measured_ms"] is None else f"measured {r['measured_ms']:.3f} ms"
+            print(f"trial {r['trial']} {r['config']}: accuracy {pct(r['accuracy'])} (brief {pct(r['accuracy_brief'])}, "
+                  f"training-free {pct(r['accuracy_training_free'])}); {measured}, predicted "
+                  f"{r['predicted_ms']:.3f} ms; {r['gmacs']:.4f} GMACs; {r['steps']} steps in {r['seconds']:.0f} s")
+            print(f"  {r['schedule']} schedule: {r['phases']}")
+            print(f"  ONNX {f.folder / 'model.onnx'} (onnxruntime vs PyTorch max diff {r['onnx_max_diff']:.2e})")
+        errors = [f.measure_error for f in results if f.measure_error]
+        if errors:
+            raise VitsearchError(" ".join(errors))
+        print_json({"study": str(results[0].folder.parent.parent) if results else str(args.study),
+                    "finalized": [{k: f.record.get(k) for k in ("trial", "config", "accuracy", "accuracy_brief",
+                                                                  "accuracy_training_free", "predicted_ms",
+                                                                  "measured_ms", "gmacs", "steps", "onnx")}
+                                  for f in results]})
+        return 0
+
+
 COMMANDS: list[type[Command]] = [PretrainCommand, InfoCommand, ProfileCommand, PredictCommand, ExportCommand,
-                                 SearchCommand, ReportCommand, PlotCommand]
+                                 SearchCommand, ReportCommand, PlotCommand, FinalizeCommand]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,255 @@
+"""Finalizing a chosen config: the methods' schedules, resume, ONNX, measurement, finalized.json, bad input."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from vitsearch import finalize as fin
+from vitsearch.cli import main
+from vitsearch.config import PruneConfig
+from vitsearch.errors import VitsearchError
+from vitsearch.export import example_input, run_onnxruntime
+from vitsearch.latency.components import GridSpec
+from vitsearch.latency.devices import MeasureSettings
+from vitsearch.latency.profile import profile
+from vitsearch.pruning import apply
+from vitsearch.report import load_study
+from vitsearch.study import SearchSettings, run_search
+from vitsearch.training import TrainSettings
+
+FAST = TrainSettings(steps=2, batch_size=16)
+TINY = fin.FinalizeSettings(steps=6, batch_size=16, warmup_steps=1, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """A real but coarse CPU table for the digits geometry (as in test_study)."""
+    folder = tmp_path_factory.mktemp("latency_tables")
+    profile("cpu", model="digits", tables=folder, progress=False,
+            grid_spec=GridSpec(block_points=6, head_points=3, select_rows=4, select_cols=2, stage_points=3),
+            settings=MeasureSettings(warmup=2, min_repeats=5, max_repeats=20, max_seconds=0.5))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    from vitsearch.space import default_space_file
+
+    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.8, 0.7, 0.6, 0.5]", "keep = [0.5]")
+    path = tmp_path_factory.mktemp("space") / "vit.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def made_study(tmp_path_factory, tables, space):
+    """A real small study; tests finalize copies of it."""
+    reports = tmp_path_factory.mktemp("reports")
+    result = run_search(SearchSettings(budget="95%", trials=3, train=FAST, reports=str(reports), tables=str(tables),
+                                       space=str(space), max_train=128, max_val=96, study="small"), progress=False)
+    assert result.front, "the fixture study needs a trial on the front"
+    return result.folder
+
+
+@pytest.fixture
+def study(made_study, tmp_path):
+    folder = tmp_path / "small"
+    shutil.copytree(made_study, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ctx(made_study):
+    return fin.open_study(made_study)
+
+
+def front_trial(folder) -> int:
+    return json.loads((folder / "front.json").read_text())[0]["trial"]
+
+
+def edit_meta(folder, **changes) -> None:
+    meta = json.loads((folder / "study.json").read_text())
+    meta.update(changes)
+    (folder / "study.json").write_text(json.dumps(meta))
+
+
+# The schedule as data ----------------------------------------------------------------------------------------
+
+def test_spvit_plan_inserts_one_selector_per_phase_in_block_order():
+    phases = fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.7,9=0.6"), TINY, 9)
+    assert [(p.start, p.end, str(p.config)) for p in phases] == [
+        (0, 3, "spvit:3=0.8"), (3, 6, "spvit:3=0.8,6=0.7"), (6, 9, "spvit:3=0.8,6=0.7,9=0.6")]
+    merged = fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.75,9=0.5"), fin.FinalizeSettings(merge_tol=0.05), 10)
+    assert [str(p.config) for p in merged] == ["spvit:3=0.8,6=0.75", "spvit:3=0.8,6=0.75,9=0.5"]
+    switched = fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.7"), fin.FinalizeSettings(switch=(0.25,)), 8)
+    assert [(p.start, p.end) for p in switched] == [(0, 2), (2, 8)]
+
+
+def test_evovit_plan_selects_at_every_block_first_then_stage_wise():
+    phases = fin.plan(PruneConfig.parse("evovit:4=0.5,8=0.5"), fin.FinalizeSettings(evo_switch=0.25), 8)
+    assert [(p.start, p.end, p.every_block, str(p.config)) for p in phases] == [
+        (0, 2, True, "evovit:4=0.5,8=0.5"), (2, 8, False, "evovit:4=0.5,8=0.5")]
+    plain = fin.plan(PruneConfig.parse("evovit:4=0.5"), fin.FinalizeSettings(schedule="plain"), 8)
+    assert [(p.start, p.end, p.every_block) for p in plain] == [(0, 8, False)]
+
+
+def test_bad_switch_points_are_refused():
+    with pytest.raises(VitsearchError, match="gives 1 switch point.*3 phases"):
+        fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.7,9=0.6"), fin.FinalizeSettings(switch=(0.5,)), 9)
+    with pytest.raises(VitsearchError, match="increase strictly"):
+        fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.7,9=0.6"), fin.FinalizeSettings(switch=(0.6, 0.3)), 9)
+
+
+# Training through the schedule -------------------------------------------------------------------------------
+
+def _recording_apply(monkeypatch):
+    """What the training loop really applies to the model at each step."""
+    applied = []
+
+    def record(model, config, *, evo_every_block=False):
+        applied.append((str(PruneConfig.parse(config)), evo_every_block))
+        return apply(model, config, evo_every_block=evo_every_block)
+
+    monkeypatch.setattr(fin, "apply", record)
+    return applied
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("spvit:3=0.8,6=0.7,9=0.6", [("spvit:3=0.8", False)] * 2 + [("spvit:3=0.8,6=0.7", False)] * 2
+     + [("spvit:3=0.8,6=0.7,9=0.6", False)] * 2),
+    ("evovit:4=0.5,8=0.6", [("evovit:4=0.5,8=0.6", True)] * 3 + [("evovit:4=0.5,8=0.6", False)] * 3),
+])
+def test_training_applies_the_schedule_step_by_step(ctx, tmp_path, monkeypatch, spec, expected):
+    config = PruneConfig.parse(spec)
+    model = apply(fin.copy.deepcopy(ctx.base), config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    applied = _recording_apply(monkeypatch)
+    fin.train_schedule(model, ctx.base, ctx.splits, config, fin.plan(config, TINY, 6), TINY, latency=ctx.latency,
+                       state_path=tmp_path / "state.pt", progress=False)
+    per_step = applied[1:-1]  # first: every selector before the optimiser; last: the whole config for inference
+    assert per_step == expected
+    assert applied[-1] == (spec, False) and model.prune_config == config and not model.evo_every_block
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("blocks.") for k in changed)  # the rest of the network fine-tunes too
+    if config.method == "spvit":
+        assert {k.split(".")[1] for k in changed if k.startswith("token_selectors.")} == {"3", "6", "9"}
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights(ctx, tmp_path):
+    config = PruneConfig.parse("spvit:3=0.8,6=0.7")
+    phases = fin.plan(config, TINY, 6)
+
+    def run(state_path, on_step=None):
+        model = apply(fin.copy.deepcopy(ctx.base), config)
+        fin.train_schedule(model, ctx.base, ctx.splits, config, phases, TINY, latency=ctx.latency,
+                           state_path=state_path, on_step=on_step, progress=False)
+        return model
+
+    reference = run(tmp_path / "a.pt")
+
+    def stop(step, phase):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.pt", stop)
+    saved = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert saved["step"] == 4  # the last checkpoint before the interruption
+    steps_run = []
+    resumed = run(tmp_path / "b.pt", lambda step, phase: steps_run.append(step))
+    assert steps_run == [4, 5]
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(VitsearchError, match="different settings.*--restart"):
+        fin.train_schedule(apply(fin.copy.deepcopy(ctx.base), config), ctx.base, ctx.splits, config, phases,
+                           fin.FinalizeSettings(steps=6, lr=1.0), latency=ctx.latency, state_path=tmp_path / "b.pt",
+                           progress=False)
+
+
+# The whole command -------------------------------------------------------------------------------------------
+
+def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
+    trial = front_trial(study)
+    rc = main(["finalize", str(study), "--trial", str(trial), "--steps", "4", "--batch-size", "16",
+               "--warmup-steps", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = json.loads((study / "finalized.json").read_text())
+    assert len(rows) == 1
+    row = rows[0]
+    brief = next(t for t in json.loads((study / "trials.json").read_text()) if t["trial"] == trial)
+    assert row["trial"] == trial and row["config"] == brief["config"] and row["accuracy_brief"] == brief["accuracy"]
+    assert 0 <= row["accuracy"] <= 1 and 0 <= row["accuracy_training_free"] <= 1
+    assert row["measured_ms"] > 0 and row["predicted_ms"] > 0 and row["gmacs"] > 0 and row["steps"] == 4
+    assert row["onnx_max_diff"] < 1e-3
+    # The ONNX file is the trained model, static shapes, matching PyTorch.
+    model = apply(fin.copy.deepcopy(fin.open_study(study).base), brief["config"])
+    model.load_state_dict(torch.load(study / row["checkpoint"], weights_only=True)["state_dict"])
+    model.eval()
+    x = example_input(model)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(torch.from_numpy(run_onnxruntime(study / row["onnx"], [x])[0]), expected,
+                               atol=1e-4, rtol=1e-4)
+    assert not (study / "finalized" / f"trial_{trial:04d}" / "state.pt").exists()
+    # The report shows it.
+    finalized = load_study(study).finalized
+    assert [e.config for e in finalized] == [brief["config"]] and finalized[0].measured_ms == row["measured_ms"]
+    assert finalized[0].extra["accuracy_training_free"] == row["accuracy_training_free"]
+    assert json.loads(out.strip().splitlines()[-1])["finalized"][0]["trial"] == trial
+
+
+def _error(capsys, argv) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_a_missing_or_rejected_trial_lists_the_front(study, capsys):
+    front = ", ".join(str(t["trial"]) for t in json.loads((study / "front.json").read_text()))
+    err = _error(capsys, ["finalize", str(study), "--trial", "999"])
+    assert "no trial 999" in err and f"front's trials are {front}" in err
+    trials = json.loads((study / "trials.json").read_text())
+    trials[0].update(feasible=False, accuracy=None, status="rejected before training: over budget by 1 ms")
+    (study / "trials.json").write_text(json.dumps(trials))
+    err = _error(capsys, ["finalize", str(study), "--trial", str(trials[0]["trial"])])
+    assert "cannot be finalized" in err and "over budget" in err and "front's trials are" in err
+
+
+def test_a_moved_or_changed_base_checkpoint_is_named(study, tmp_path, capsys):
+    meta = json.loads((study / "study.json").read_text())
+    copy_path = tmp_path / "base.pt"
+    shutil.copy(meta["checkpoint"], copy_path)
+    edit_meta(study, checkpoint=str(copy_path))
+    with open(copy_path, "ab") as f:
+        f.write(b"\0")
+    err = _error(capsys, ["finalize", str(study), "--pareto"])
+    assert f"{copy_path} has changed" in err
+    copy_path.unlink()
+    err = _error(capsys, ["finalize", str(study), "--pareto"])
+    assert f"{copy_path} has moved" in err
+
+
+def test_an_unreachable_device_keeps_the_model_and_the_measurement_can_be_retried(study, capsys):
+    trial = front_trial(study)
+    edit_meta(study, device="ssh://nobody@127.0.0.1:9")
+    argv = ["finalize", str(study), "--trial", str(trial), "--steps", "2", "--batch-size", "16", "--warmup-steps", "1"]
+    err = _error(capsys, argv)
+    assert "--measure-only" in err and "127.0.0.1" in err
+    row = json.loads((study / "finalized.json").read_text())[0]
+    assert row["measured_ms"] is None and row["measure_error"] and row["accuracy"] is not None
+    model_pt = study / row["checkpoint"]
+    stamp = model_pt.stat().st_mtime_ns
+    edit_meta(study, device="cpu")
+    assert main(argv[:4] + ["--measure-only"]) == 0
+    row = json.loads((study / "finalized.json").read_text())[0]
+    assert row["measured_ms"] > 0 and row["measure_error"] is None
+    assert model_pt.stat().st_mtime_ns == stamp  # not trained again
+
+
+def test_measure_only_without_a_finalized_model_says_what_to_do(study, capsys):
+    err = _error(capsys, ["finalize", str(study), "--trial", str(front_trial(study)), "--measure-only"])
+    assert "without --measure-only first" in err
