@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from vitsearch import __version__  # noqa: E402
 from vitsearch.latency import Point, Predictor, profile, validate  # noqa: E402
+from vitsearch.latency.validate import summarise  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 START, END = "<!-- latency_prediction:start -->", "<!-- latency_prediction:end -->"
@@ -62,6 +63,63 @@ def recording_ms(predictor: Predictor, parts) -> float:
     return extra
 
 
+def paired_check(model_name: str, configs: list[str], threads: int, folder: Path) -> dict:
+    """Additivity measured within one run: for each config, the whole model and the very component graphs the
+    table sums, timed back to back in one runner call (two interleaved rounds). Load on a shared machine
+    drifts by 2x within minutes; timed together, whole and parts see the same load, so this measures the
+    error of summing components itself, apart from the drift between profiling and validating."""
+    import collections
+
+    import torch
+
+    from vitsearch.export import export_onnx
+    from vitsearch.latency import artefacts as art
+    from vitsearch.latency.components import component_graphs, components_of
+    from vitsearch.latency.devices import Artefact, MeasureSettings, open_device
+    from vitsearch.models import create_model, geometry
+    from vitsearch.pruning import apply
+
+    torch.manual_seed(0)
+    net = create_model(model_name)
+    g = geometry(net)
+    graphs = component_graphs(net)
+    device = open_device("cpu")
+    settings = MeasureSettings(threads=threads, warmup=2, min_repeats=5, max_repeats=30, max_seconds=4.0)
+    x = torch.randn(1, g.in_chans, *g.img_size)
+    templates: dict = {}
+    out = []
+    for i, config in enumerate(configs):
+        for f in folder.iterdir():
+            if f.suffix == ".onnx" and not f.stem.endswith("template"):
+                f.unlink()
+        apply(net, config)
+        uses = collections.Counter(components_of(config, g))
+        arts = [Artefact("whole", onnx=export_onnx(net, (x,), folder / "whole.onnx", check=False))]
+        for p in uses:
+            if p.kind not in templates:
+                path = art.export_kind(graphs[p.kind], p, folder)
+                templates[p.kind] = art.load_template(path.rename(folder / f"{p.kind}.template.onnx"))
+            name = f"{p.kind}-{p.n}-{p.k}"
+            spec_path = art.specialise(templates[p.kind], [t.shape for t in graphs[p.kind].example(p)],
+                                       folder / f"{name}.onnx")
+            arts.append(Artefact(name, onnx=spec_path, files=tuple(folder.glob(f"{p.kind}.weights"))))
+        runs: dict = collections.defaultdict(list)
+        for event in device.measure(arts + arts, settings):
+            if event["event"] == "result":
+                runs[event["name"]].append(event["median_ms"])
+        estimates, wholes = [], []
+        for r in range(2):
+            overhead = runs["overhead-%d-0" % g.num_tokens][r]
+            total = overhead + sum(c * (runs[f"{p.kind}-{p.n}-{p.k}"][r] - overhead) / graphs[p.kind].steps
+                                   for p, c in uses.items() if p.kind != "overhead")
+            estimates.append(total)
+            wholes.append(runs["whole"][r])
+        out.append({"config": config, "sum_ms": float(np.mean(estimates)), "whole_ms": float(np.mean(wholes))})
+        logger.info("paired %d/%d %s: parts %.1f ms, whole %.1f ms", i + 1, len(configs), config,
+                    out[-1]["sum_ms"], out[-1]["whole_ms"])
+    return {"rows": out}
+
+
 def write_section(text: str) -> None:
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     section = f"{START}\n{text.rstrip()}\n{END}\n"
@@ -81,6 +139,7 @@ def main() -> int:
     ap.add_argument("--tables", type=Path, help="keep the table here (default: a temporary folder)")
     ap.add_argument("--quiet-load", type=float, default=1.0, help="wait for a 1-min load average below this")
     ap.add_argument("--wait", type=float, default=900, help="longest wait for a quiet machine, seconds")
+    ap.add_argument("--paired", type=int, default=10, help="configs for the within-one-run additivity check")
     ap.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s",
@@ -109,6 +168,13 @@ def main() -> int:
     load_after_validate = os.getloadavg()[0]
     s = result.summary
     low = s.get("p10")
+
+    paired_rows = []
+    if args.paired:
+        with tempfile.TemporaryDirectory(prefix="vitsearch-paired-") as tmp:
+            paired_rows = paired_check(args.model, [r["config"] for r in result.rows[:args.paired]], args.threads,
+                                       Path(tmp))["rows"]
+    paired = summarise([r["sum_ms"] for r in paired_rows], [r["whole_ms"] for r in paired_rows]) if paired_rows else None
 
     predictor = Predictor(table)
     shares: dict[str, list[float]] = {"spvit": [], "evovit": []}
@@ -154,6 +220,12 @@ def main() -> int:
         + (f"median abs error {low['median_abs_error_pct']:.2f}%, {100 * low['within_10pct']:.0f}% within 10%, "
            f"Kendall tau {low['kendall_tau']:.3f}, bias {low['mean_error_pct']:+.2f}%." if low else "not available."),
         "",
+        ("Additivity within one run (whole model and the component graphs the table sums for it, timed back to "
+         f"back in one runner call, {paired['count']} configs): median abs error {paired['median_abs_error_pct']:.2f}%, "
+         f"{100 * paired['within_10pct']:.0f}% within 10%, Kendall tau {paired['kendall_tau']:.3f}, bias "
+         f"{paired['mean_error_pct']:+.2f}%. This is the error of the method itself; the gap to the table-based "
+         "numbers above is the load drifting between profiling and validating." if paired else ""),
+        "",
         f"Measured latencies ranged {min(r['measured_ms'] for r in result.rows):.1f}-"
         f"{max(r['measured_ms'] for r in result.rows):.1f} ms (dense model predicted at {dense:.1f} ms); "
         f"validation took {validate_seconds:.0f} s. Largest errors: "
@@ -185,6 +257,7 @@ def main() -> int:
               "load": [round(load_profile, 2), round(load_after_profile, 2), round(load_validate, 2),
                        round(load_after_validate, 2)],
               "p10": {k: round(v, 4) for k, v in low.items()} if low else None,
+              "paired": {k: round(v, 4) for k, v in paired.items()} if paired else None,
               "targets_met": checks}
     print(json.dumps(record))
     return 0
