@@ -36,7 +36,11 @@ def tables(tmp_path_factory):
 def space(tmp_path_factory):
     from vitsearch.space import default_space_file
 
+    # Selectors early and keeping at most half, so every trial is well within the budget and the front is never
+    # empty, however noisy the coarse table on a busy machine.
     text = default_space_file("digits").read_text().replace("keep = [0.9, 0.8, 0.7, 0.6, 0.5]", "keep = [0.5]")
+    text = text.replace("last_block = -2", "last_block = 6").replace("keep_max = 0.95", "keep_max = 0.5")
+    assert "last_block = 6" in text and "keep_max = 0.5" in text
     path = tmp_path_factory.mktemp("space") / "vit.toml"
     path.write_text(text)
     return path
@@ -141,7 +145,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(ctx, tmp_path):
     phases = fin.plan(config, TINY, 6)
 
     def run(state_path, on_step=None):
-        model = apply(fin.copy.deepcopy(ctx.base), config)
+        model = fin.fresh_model(ctx.base, config)
         fin.train_schedule(model, ctx.base, ctx.splits, config, phases, TINY, latency=ctx.latency,
                            state_path=state_path, on_step=on_step, progress=False)
         return model
@@ -204,8 +208,9 @@ def _error(capsys, argv) -> str:
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
-    return err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    return errors[0]
 
 
 def test_a_missing_or_rejected_trial_lists_the_front(study, capsys):

@@ -146,6 +146,14 @@ def describe(phases: Sequence[Phase]) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Training with resumable checkpoints.
 
+def fresh_model(base: nn.Module, config: PruneConfig, seed: int = 0) -> nn.Module:
+    """A copy of ``base`` patched for ``config``; its new selectors / aux head initialised from ``seed``, so a run
+    (and one resumed from its checkpoint) starts from the same weights every time."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return apply(copy.deepcopy(base), config)
+
+
 @dataclass
 class TrainOutcome:
     steps: int
@@ -176,7 +184,9 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
     optimizer = torch.optim.AdamW(param_groups(model, train), weight_decay=train.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator().manual_seed(settings.seed)
-    identity = {"config": str(config), "settings": json.loads(json.dumps(settings.to_dict())), "steps": steps}
+    # What must match for a saved state to continue this run (how often it is saved need not).
+    recipe = {k: v for k, v in settings.to_dict().items() if k != "checkpoint_every"}
+    identity = {"config": str(config), "settings": json.loads(json.dumps(recipe)), "steps": steps}
     start_step, seconds_before, parts = 0, 0.0, {}
     rng_state: torch.Tensor | None = None
     if state_path.is_file():
@@ -418,7 +428,7 @@ def finalize_trial(ctx: StudyContext, trial: int, settings: FinalizeSettings = F
         raise VitsearchError(f"trial {trial} has no finalized model to measure in {out}: run finalize without "
                              "--measure-only first")
 
-    model = apply(copy.deepcopy(ctx.base), config)
+    model = fresh_model(ctx.base, config, settings.seed)
     if not model_path.is_file():
         steps = settings.steps if settings.epochs is None else max(1, math.ceil(
             settings.epochs * len(ctx.splits.train) / settings.batch_size))
@@ -437,9 +447,7 @@ def finalize_trial(ctx: StudyContext, trial: int, settings: FinalizeSettings = F
     model.load_state_dict(saved["state_dict"])
     model.eval()
     if previous is None or not onnx_path.is_file():
-        with torch.random.fork_rng():
-            torch.manual_seed(settings.seed)  # SPViT's untrained selectors: random, but reproducibly so
-            free = apply(copy.deepcopy(ctx.base), config)
+        free = fresh_model(ctx.base, config, settings.seed)  # SPViT's selectors untrained: as initialised
         export = export_model(model, onnx_path, batch=int(ctx.meta["batch"]),
                               metadata={"study": ctx.folder.name, "trial": trial, "base_sha256": ctx.meta["sha256"]})
         g = token_schedule(config, depth=len(ctx.base.blocks), num_patches=ctx.base.patch_embed.num_patches,
