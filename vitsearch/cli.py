@@ -417,7 +417,6 @@ class FinalizeCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from .finalize import FinalizeSettings, finalize
-        from .training import LossWeights
 
         if args.steps < 1 or (args.epochs is not None and args.epochs <= 0) or args.checkpoint_every < 1:
             raise VitsearchError("--steps, --epochs and --checkpoint-every must be positive")
@@ -427,16 +426,15 @@ class FinalizeCommand(Command):
             raise VitsearchError(f"--switch takes shares of the steps like 0.3,0.6, got {args.switch!r}") from None
         settings = FinalizeSettings(
             steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, selector_lr=args.selector_lr,
-            warmup_steps=args.warmup_steps, weights=LossWeights(), schedule=args.schedule, switch=switch,
+            warmup_steps=args.warmup_steps, schedule=args.schedule, switch=switch,
             merge_tol=args.merge_tol, checkpoint_every=args.checkpoint_every, seed=args.seed)
         results = finalize(args.study, None if args.pareto else args.trial, settings, reports=args.reports,
                            measure_only=args.measure_only, restart=args.restart, progress=sys.stderr.isatty())
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{100 * v:.2f}%"
+
         for f in results:
             r = f.record
-
-            def pct(v: Any) -> str:
-                return "-" if v is None else f"{100 * v:.2f}%"
-
             measured = "not measured" if r["measured_ms"] is None else f"measured {r['measured_ms']:.3f} ms"
             print(f"trial {r['trial']} {r['config']}: accuracy {pct(r['accuracy'])} (brief {pct(r['accuracy_brief'])}, "
                   f"training-free {pct(r['accuracy_training_free'])}); {measured}, predicted "
