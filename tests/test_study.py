@@ -44,14 +44,32 @@ def space(tmp_path_factory):
     return path
 
 
-def settings(tmp_path, tables, space, **kw) -> SearchSettings:
-    base = dict(budget="95%", trials=3, train=FAST, reports=str(tmp_path / "reports"), tables=str(tables),
-                space=str(space), max_train=128, max_val=96)
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Base weights for the digits architecture. Random: these tests check the search's mechanics, and
+    the pretrained model's accuracy is tested where it is made (test_pretrain)."""
+    import torch
+
+    from vitsearch.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base") / "digits.pt"
+    torch.save(create_model("digits").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tables, space, checkpoint):
+    return {"tables": str(tables), "space": str(space), "checkpoint": str(checkpoint)}
+
+
+def settings(tmp_path, env, **kw) -> SearchSettings:
+    base = dict(budget="95%", trials=3, train=FAST, reports=str(tmp_path / "reports"), max_train=128, max_val=96, **env)
     return SearchSettings(**{**base, **kw})
 
 
-def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, tables, space):
-    result = run_search(settings(tmp_path, tables, space), progress=False)
+def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, env):
+    result = run_search(settings(tmp_path, env), progress=False)
     folder = result.folder
     for name in ("study.json", "trials.csv", "trials.json", "front.csv", "front.json", "baselines.json", "journal.log"):
         assert (folder / name).is_file(), name
@@ -72,52 +90,52 @@ def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, ta
     assert summary(result)["trials"] == 3
 
 
-def test_rerunning_a_study_continues_without_repeating_trials(tmp_path, tables, space):
-    first = run_search(settings(tmp_path, tables, space, study="resume"), progress=False)
-    again = run_search(settings(tmp_path, tables, space, study="resume", trials=5), progress=False)
+def test_rerunning_a_study_continues_without_repeating_trials(tmp_path, env):
+    first = run_search(settings(tmp_path, env, study="resume"), progress=False)
+    again = run_search(settings(tmp_path, env, study="resume", trials=5), progress=False)
     before = {c.trial: (c.config, c.accuracy) for c in first.trials}
     after = {c.trial: (c.config, c.accuracy) for c in again.trials}
     assert len(after) == 5 and all(after[k] == v for k, v in before.items())
 
 
-def test_a_budget_below_the_fastest_config_names_the_minimum(tmp_path, tables, space):
+def test_a_budget_below_the_fastest_config_names_the_minimum(tmp_path, env):
     with pytest.raises(VitsearchError, match=r"below the fastest config .* at least [0-9.]+ ms"):
-        run_search(settings(tmp_path, tables, space, budget="1%"), progress=False)
+        run_search(settings(tmp_path, env, budget="1%"), progress=False)
 
 
-def test_a_study_with_no_feasible_trial_says_so(tmp_path, tables, space):
+def test_a_study_with_no_feasible_trial_says_so(tmp_path, env):
     from vitsearch.study import fastest_config, load_base, load_predictor
     from vitsearch.space import default_space_file, load_space
 
-    s = settings(tmp_path, tables, space)
+    s = settings(tmp_path, env)
     base, _ = load_base(s)
     predictor = load_predictor(s, base, progress=False)
-    _, fastest_ms = fastest_config(load_space(space, depth=len(base.blocks)), predictor)
-    result = run_search(settings(tmp_path, tables, space, budget=f"{fastest_ms + 1e-5:.6f}ms", trials=2, study="tight"),
+    _, fastest_ms = fastest_config(load_space(env["space"], depth=len(base.blocks)), predictor)
+    result = run_search(settings(tmp_path, env, budget=f"{fastest_ms + 1e-5:.6f}ms", trials=2, study="tight"),
                         progress=False)
     assert result.best is None and result.front == []
     assert json.loads((result.folder / "front.json").read_text()) == []
     assert all(c.status.startswith("rejected") for c in result.trials)
 
 
-def test_changing_the_settings_of_an_existing_study_is_refused(tmp_path, tables, space):
-    run_search(settings(tmp_path, tables, space, study="fixed", trials=1), progress=False)
+def test_changing_the_settings_of_an_existing_study_is_refused(tmp_path, env):
+    run_search(settings(tmp_path, env, study="fixed", trials=1), progress=False)
     with pytest.raises(VitsearchError, match="different budget_ms"):
-        run_search(settings(tmp_path, tables, space, study="fixed", trials=1, budget="90%"), progress=False)
+        run_search(settings(tmp_path, env, study="fixed", trials=1, budget="90%"), progress=False)
 
 
-def test_a_device_without_a_table_says_how_to_profile_it(tmp_path, tables, space):
+def test_a_device_without_a_table_says_how_to_profile_it(tmp_path, env):
     with pytest.raises(VitsearchError, match="vitsearch profile --device pixel"):
-        run_search(settings(tmp_path, tables, space, device="pixel"), progress=False)
+        run_search(settings(tmp_path, env, device="pixel"), progress=False)
 
 
-def test_an_unreachable_database_is_a_clear_error(tmp_path, tables, space):
+def test_an_unreachable_database_is_a_clear_error(tmp_path, env):
     with pytest.raises(VitsearchError, match="cannot open the study storage at 127.0.0.1:9/"):
-        run_search(settings(tmp_path, tables, space, storage="postgresql://nobody@127.0.0.1:9/none"), progress=False)
+        run_search(settings(tmp_path, env, storage="postgresql://nobody@127.0.0.1:9/none"), progress=False)
 
 
-def test_weight_sharing_evaluates_candidates_from_one_supernet(tmp_path, tables, space):
-    result = run_search(settings(tmp_path, tables, space, strategy="shared", shared_steps=3, trials=3), progress=False)
+def test_weight_sharing_evaluates_candidates_from_one_supernet(tmp_path, env):
+    result = run_search(settings(tmp_path, env, strategy="shared", shared_steps=3, trials=3), progress=False)
     assert (result.folder / "supernet.pt").is_file()
     trained = [c for c in result.trials if c.accuracy is not None]
     assert all(c.train_seconds == 0.0 for c in trained)  # no per-candidate steps by default
@@ -188,13 +206,13 @@ import sys
 from vitsearch.study import SearchSettings, run_search
 from vitsearch.training import TrainSettings
 run_search(SearchSettings(budget="95%", trials=4, study="shared-db", storage=sys.argv[1], reports=sys.argv[2],
-                          tables=sys.argv[3], space=sys.argv[4], max_train=128, max_val=96,
+                          tables=sys.argv[3], space=sys.argv[4], checkpoint=sys.argv[5], max_train=128, max_val=96,
                           train=TrainSettings(steps=2, batch_size=16)), progress=False)
 """
 
 
-def test_two_workers_record_every_trial_exactly_once(postgres, tmp_path, tables, space):
-    args = [postgres, str(tmp_path / "reports"), str(tables), str(space)]
+def test_two_workers_record_every_trial_exactly_once(postgres, tmp_path, env):
+    args = [postgres, str(tmp_path / "reports"), env["tables"], env["space"], env["checkpoint"]]
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
@@ -215,24 +233,25 @@ import sys
 from vitsearch.study import SearchSettings, run_search
 from vitsearch.training import TrainSettings
 run_search(SearchSettings(budget="95%", trials=4, study="killed", reports=sys.argv[1], tables=sys.argv[2],
-                          space=sys.argv[3], max_train=128, max_val=96, train=TrainSettings(steps=12, batch_size=16)),
+                          space=sys.argv[3], checkpoint=sys.argv[4], max_train=128, max_val=96,
+                          train=TrainSettings(steps=30, batch_size=16)),
            progress=False)
 """
 
 
-def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp_path, tables, space):
+def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp_path, env):
     import signal
 
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     reports = tmp_path / "reports"
-    worker = subprocess.Popen([sys.executable, "-c", KILLABLE, str(reports), str(tables), str(space)],
+    worker = subprocess.Popen([sys.executable, "-c", KILLABLE, str(reports), env["tables"], env["space"], env["checkpoint"]],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal, deadline, before = reports / "killed" / "journal.log", time.time() + 600, []
     try:
         while time.time() < deadline and worker.poll() is None:
-            time.sleep(0.5)
+            time.sleep(0.2)
             if not journal.exists():
                 continue
             study = optuna.load_study(study_name="killed", storage=JournalStorage(JournalFileBackend(str(journal))))
@@ -248,8 +267,8 @@ def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp
         worker.kill()
         worker.wait()
     assert before, "the worker finished or never reached a trained trial before the deadline"
-    result = run_search(settings(tmp_path, tables, space, study="killed", trials=4,
-                                 train=TrainSettings(steps=12, batch_size=16)), progress=False)
+    result = run_search(settings(tmp_path, env, study="killed", trials=4,
+                                 train=TrainSettings(steps=30, batch_size=16)), progress=False)
     after = {c.trial: (str(c.config), c.accuracy, c.predicted_ms) for c in result.trials}
     for t in before:  # every trial completed before the kill is there, unchanged, and was not run again
         assert after[t.number] == (t.user_attrs["config"], t.user_attrs.get("accuracy"), t.user_attrs["predicted_ms"])

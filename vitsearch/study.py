@@ -297,19 +297,25 @@ def open_study(settings: SearchSettings, folder: Path) -> Any:
                                directions=["maximize", "minimize"], load_if_exists=True)
 
 
-def _rdb_storage(url: str) -> Any:
+def _rdb_storage(url: str, attempts: int = 3) -> Any:
     import optuna
     import sqlalchemy.exc
 
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"connect_timeout": 10}}
-                                          if "postgresql" in url else {})
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as e:
-        safe = url.split("@")[-1]
-        raise VitsearchError(f"cannot open the study storage at {safe}: {str(e).splitlines()[0]}. "
-                             "Check the database URL, that the server is running and reachable") from None
+    kwargs = {"connect_args": {"connect_timeout": 10}} if "postgresql" in url else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers starting together on a fresh database race to create Optuna's schema: the loser retries.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0 + random.random())
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as e:
+            safe = url.split("@")[-1]
+            raise VitsearchError(f"cannot open the study storage at {safe}: {str(e).splitlines()[0]}. "
+                                 "Check the database URL, that the server is running and reachable") from None
 
 
 def _worker_id() -> str:

@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainSettings:
-    steps: int = 60  # brief: ranks candidates; finalize trains the chosen one longer
-    batch_size: int = 64
+    steps: int = 40  # brief: ranks candidates; finalize trains the chosen one longer
+    batch_size: int = 32  # small batches: more updates for the same compute, and the search must fit in minutes
     lr: float = 1e-4  # backbone: fine-tunes gently around the base checkpoint
     selector_lr: float = 1e-3  # new selector (and aux head) weights learn from scratch
     weight_decay: float = 0.05
