@@ -68,6 +68,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=12, help="trials of the study if --search makes it")
     parser.add_argument("--search", action="store_true", help="run the study's search first if it is missing")
     parser.add_argument("--steps", type=int, default=fin.FinalizeSettings().steps)
+    parser.add_argument("--wait", type=float, default=120, help="seconds to wait for a quiet machine first")
+    parser.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md alone (smoke runs)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="[%(levelname)s] %(message)s")
@@ -85,7 +87,7 @@ def main() -> int:
     best = best_trial(ctx)
     config = PruneConfig.parse(best["config"])
     settings = fin.FinalizeSettings(steps=args.steps)
-    load = wait_for_quiet(1.5, 120)
+    load = wait_for_quiet(1.5, args.wait)
     done = fin.finalize_trial(ctx, int(best["trial"]), settings, restart=True, progress=not args.quiet)
     row = done.record
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +145,8 @@ def main() -> int:
         "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in checks.items()) + ".",
     ]
     text = "\n".join(lines)
-    write_section("finalize", text)
+    if not args.no_results:
+        write_section("finalize", text)
     print(text)
     print(json.dumps(record, default=str))
     return 0
