@@ -460,8 +460,8 @@ def finalize_trial(ctx: StudyContext, trial: int, settings: FinalizeSettings = F
             "block_tokens": list(g.block_tokens), "schedule": saved["settings"]["schedule"],
             "phases": saved["phases"], "steps": saved["steps"], "seconds": round(saved["seconds"], 1),
             "onnx": str(onnx_path.relative_to(ctx.folder)), "onnx_max_diff": export.max_abs_diff,
-            "checkpoint": str(model_path.relative_to(ctx.folder)), "base_sha256": ctx.meta["sha256"],
-            "settings": saved["settings"],
+            "checkpoint": str(model_path.relative_to(ctx.folder)),
+            "settings": saved["settings"],  # the base's sha256 travels in the ONNX metadata and study.json
         }
         _store(ctx.folder, previous)  # the trained model is recorded before the device is touched
     row = dict(previous)
