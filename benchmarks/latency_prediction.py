@@ -30,26 +30,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import wait_for_quiet, write_section  # noqa: E402
 from vitsearch import __version__  # noqa: E402
 from vitsearch.latency import Point, Predictor, profile, validate  # noqa: E402
 from vitsearch.latency.validate import summarise  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-START, END = "<!-- latency_prediction:start -->", "<!-- latency_prediction:end -->"
 TARGETS = {"profile_seconds": 300.0, "median_abs_error_pct": 5.0, "within_10pct": 0.90, "kendall_tau": 0.85}
 logger = logging.getLogger("benchmark")
-
-
-def wait_for_quiet(threshold: float, limit: float) -> float:
-    """Wait until the 1-minute load average is below ``threshold`` (at most ``limit`` s); return the load."""
-    start = time.monotonic()
-    load = os.getloadavg()[0]
-    while load >= threshold and time.monotonic() - start < limit:
-        time.sleep(10)
-        load = os.getloadavg()[0]
-    if load >= threshold:
-        logger.warning("load average still %.2f after %.0f s: measuring anyway (results will be noisier)", load, limit)
-    return load
 
 
 def recording_ms(predictor: Predictor, parts) -> float:
@@ -118,16 +105,6 @@ def paired_check(model_name: str, configs: list[str], threads: int, folder: Path
         logger.info("paired %d/%d %s: parts %.1f ms, whole %.1f ms", i + 1, len(configs), config,
                     out[-1]["sum_ms"], out[-1]["whole_ms"])
     return {"rows": out}
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{START}\n{text.rstrip()}\n{END}\n"
-    if START in old and END in old:
-        new = old[:old.index(START)] + section + old[old.index(END) + len(END):].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(new)
 
 
 def main() -> int:
@@ -254,7 +231,7 @@ def main() -> int:
     text = "\n".join(lines)
     if not args.no_results:
         shutil.copy(result.paths["png"], ROOT / "benchmarks" / "latency_prediction_scatter.png")
-        write_section(text)
+        write_section("latency_prediction", text)
     print(text)
     record = {"benchmark": "latency_prediction", "model": args.model, "threads": args.threads,
               "profile_seconds": round(profile_seconds, 1), "components": len(table.rows),
