@@ -232,7 +232,7 @@ KILLABLE = """
 import sys
 from vitsearch.study import SearchSettings, run_search
 from vitsearch.training import TrainSettings
-run_search(SearchSettings(budget="95%", trials=4, study="killed", reports=sys.argv[1], tables=sys.argv[2],
+run_search(SearchSettings(budget="95%", trials=8, study="killed", reports=sys.argv[1], tables=sys.argv[2],
                           space=sys.argv[3], checkpoint=sys.argv[4], max_train=128, max_val=96,
                           train=TrainSettings(steps=30, batch_size=16)),
            progress=False)
@@ -246,8 +246,9 @@ def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp
     from optuna.storages.journal import JournalFileBackend
 
     reports = tmp_path / "reports"
+    log = tmp_path / "worker.log"
     worker = subprocess.Popen([sys.executable, "-c", KILLABLE, str(reports), env["tables"], env["space"], env["checkpoint"]],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
     journal, deadline, before = reports / "killed" / "journal.log", time.time() + 600, []
     try:
         while time.time() < deadline and worker.poll() is None:
@@ -266,8 +267,8 @@ def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp
     finally:
         worker.kill()
         worker.wait()
-    assert before, "the worker finished or never reached a trained trial before the deadline"
-    result = run_search(settings(tmp_path, env, study="killed", trials=4,
+    assert before, f"the worker finished or never reached a trained trial in time:\n{log.read_text()[-3000:]}"
+    result = run_search(settings(tmp_path, env, study="killed", trials=8,
                                  train=TrainSettings(steps=30, batch_size=16)), progress=False)
     after = {c.trial: (str(c.config), c.accuracy, c.predicted_ms) for c in result.trials}
     for t in before:  # every trial completed before the kill is there, unchanged, and was not run again
@@ -276,4 +277,4 @@ def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp
     assert study.trials[killed.number].state == optuna.trial.TrialState.FAIL
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
     assert len(retries) == 1 and retries[0].params == killed.params  # the interrupted config ran again
-    assert len(result.trials) == 4
+    assert len(result.trials) == 8

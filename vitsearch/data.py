@@ -35,8 +35,11 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 class DigitsSpec:
     """How the digits canvases are made; part of the digits base model's cache key."""
 
-    canvas: int = 32  # side of the blank square canvas, in pixels
+    canvas: int = 64  # side of the blank square canvas, in pixels
     scale: int = 2  # 8x8 digits are upscaled (nearest) to 16x16: big enough to span several patches
+    # Digits sit on a grid of this many pixels (the model's patch size), so each patch holds the same quarter of
+    # a digit wherever it is: a ViT learns from 1,438 images what to attend to, not every sub-patch shift.
+    step: int = 8
     val_fraction: float = 0.2  # held-out share of each class
     seed: int = 0  # fixes both the placements and the split
 
@@ -172,7 +175,8 @@ def digits_canvases(spec: DigitsSpec = DigitsSpec()) -> tuple[torch.Tensor, torc
     glyphs = glyphs.repeat_interleave(spec.scale, 1).repeat_interleave(spec.scale, 2)  # (N, g, g)
     rng = np.random.default_rng(spec.seed)
     n, g = len(glyphs), spec.glyph
-    positions = rng.integers(0, spec.canvas - g + 1, size=(n, 2))  # top-left corner (row, col) of each digit
+    cells = (spec.canvas - g) // spec.step + 1
+    positions = rng.integers(0, cells, size=(n, 2)) * spec.step  # top-left corner (row, col) of each digit
     images = torch.zeros(n, 1, spec.canvas, spec.canvas)
     for i, (r, c) in enumerate(positions):
         images[i, 0, r:r + g, c:c + g] = glyphs[i]
@@ -189,13 +193,14 @@ def digits_splits(model: torch.nn.Module, spec: DigitsSpec = DigitsSpec()) -> Da
     val = TensorImageDataset(prepared[val_idx], labels[val_idx])
     background = tuple((-m / s) for m, s in zip(cfg["mean"], cfg["std"]))  # a blank pixel, normalised
     description = (f"digits: scikit-learn load_digits (1,797 real 8x8 hand-written digits), upscaled {spec.scale}x "
-                   f"at seeded positions on {spec.canvas}x{spec.canvas} canvases; {len(train)} train / {len(val)} val "
+                   f"at seeded {spec.step}-pixel grid positions on {spec.canvas}x{spec.canvas} canvases; "
+                   f"{len(train)} train / {len(val)} val "
                    f"(stratified, seed {spec.seed}); input {tuple(cfg['input_size'])}")
     provenance = {"name": DIGITS, "source": "sklearn.datasets.load_digits", **asdict(spec),
                   "input_size": list(cfg["input_size"]), "mean": list(cfg["mean"]), "std": list(cfg["std"]),
                   "train_size": len(train), "val_size": len(val), "num_classes": 10}
     return DatasetSplits(DIGITS, train, val, 10, tuple(str(d) for d in range(10)), description, provenance,
-                         augment=functools.partial(translate_within_canvas, background=background))
+                         augment=functools.partial(translate_within_canvas, background=background, step=spec.step))
 
 
 def _prepare(images: torch.Tensor, cfg: Mapping[str, Any]) -> torch.Tensor:
@@ -210,11 +215,12 @@ def _prepare(images: torch.Tensor, cfg: Mapping[str, Any]) -> torch.Tensor:
 
 
 def translate_within_canvas(images: torch.Tensor, generator: torch.Generator, *,
-                            background: Sequence[float]) -> torch.Tensor:
+                            background: Sequence[float], step: int = 1) -> torch.Tensor:
     """Move each image's content to a random place where it still fits, filling with ``background``.
 
     The digits' training augmentation: placements seen in training then cover the canvas, not just the 1,437
     fixed ones, which a ViT with learned position embeddings needs to generalise to held-out placements.
+    Shifts are multiples of ``step`` (the model's input pixels), so grid-aligned content stays aligned.
     """
     bg = torch.tensor(background, dtype=images.dtype).view(1, -1, 1, 1)
     out = bg.expand_as(images).clone()
@@ -228,9 +234,10 @@ def translate_within_canvas(images: torch.Tensor, generator: torch.Generator, *,
             out[i] = images[i]
             continue
         r0, r1, c0, c1 = int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
-        nr = int(torch.randint(0, H - (r1 - r0) + 1, (1,), generator=generator))
-        nc = int(torch.randint(0, W - (c1 - c0) + 1, (1,), generator=generator))
-        out[i, :, nr:nr + r1 - r0, nc:nc + c1 - c0] = images[i, :, r0:r1, c0:c1]
+        # Shift (dr, dc) by multiples of step, keeping the content inside the canvas.
+        dr = step * int(torch.randint(-(r0 // step), (H - r1) // step + 1, (1,), generator=generator))
+        dc = step * int(torch.randint(-(c0 // step), (W - c1) // step + 1, (1,), generator=generator))
+        out[i, :, r0 + dr:r1 + dr, c0 + dc:c1 + dc] = images[i, :, r0:r1, c0:c1]
     return out
 
 
