@@ -47,11 +47,24 @@ def space(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def made_study(tmp_path_factory, tables, space):
+def checkpoint(tmp_path_factory):
+    """Random base weights for the digits architecture (as in test_study): these tests check finalize's
+    mechanics; the pretrained model is tested where it is made."""
+    from vitsearch.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base") / "digits.pt"
+    torch.save(create_model("digits").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def made_study(tmp_path_factory, tables, space, checkpoint):
     """A real small study; tests finalize copies of it."""
     reports = tmp_path_factory.mktemp("reports")
     result = run_search(SearchSettings(budget="95%", trials=3, train=FAST, reports=str(reports), tables=str(tables),
-                                       space=str(space), max_train=128, max_val=96, study="small"), progress=False)
+                                       space=str(space), checkpoint=str(checkpoint), max_train=128, max_val=96,
+                                       study="small"), progress=False)
     assert result.front, "the fixture study needs a trial on the front"
     return result.folder
 
