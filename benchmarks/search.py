@@ -93,7 +93,7 @@ def main() -> int:
         verdict["shared_meets_targets"] = (verdict["shared_hv_gap"] <= TARGETS["shared_hv_gap"]
                                            and verdict["shared_time_ratio"] <= TARGETS["shared_time_ratio"])
 
-    lines = [f"## Search on the digits default (issue 4)",
+    lines = ["## Search on the digits default (issue 4)",
              "", f"`.venv/bin/python benchmarks/search.py --trials {args.trials} --budget {args.budget}` — "
              f"vitsearch {__version__}, {platform.processor() or platform.machine()}, load average {load:.2f} at start, "
              f"{time.strftime('%Y-%m-%d')}.", "",

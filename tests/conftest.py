@@ -41,3 +41,28 @@ def run_cli():
                               timeout=timeout, env=env)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tables(tmp_path_factory) -> Path:
+    """A real but coarse CPU latency table for the digits geometry, profiled once for the search and finalize
+    tests (they read it; none of them profiles)."""
+    from vitsearch.latency.components import GridSpec
+    from vitsearch.latency.devices import MeasureSettings
+    from vitsearch.latency.profile import profile
+
+    folder = tmp_path_factory.mktemp("latency_tables")
+    profile("cpu", model="digits", tables=folder, progress=False,
+            grid_spec=GridSpec(block_points=6, head_points=3, select_rows=4, select_cols=2, stage_points=3),
+            settings=MeasureSettings(warmup=2, min_repeats=5, max_repeats=20, max_seconds=0.5))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """Random base weights for the digits architecture: the search and finalize tests check mechanics; the
+    pretrained model's accuracy is tested where it is made (test_pretrain)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base") / "digits.pt"
+    torch.save(create_model("digits").state_dict(), path)
+    return path

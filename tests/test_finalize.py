@@ -10,9 +10,6 @@ from vitsearch.cli import main
 from vitsearch.config import PruneConfig
 from vitsearch.errors import VitsearchError
 from vitsearch.export import example_input, run_onnxruntime
-from vitsearch.latency.components import GridSpec
-from vitsearch.latency.devices import MeasureSettings
-from vitsearch.latency.profile import profile
 from vitsearch.pruning import apply
 from vitsearch.report import load_study
 from vitsearch.study import SearchSettings, run_search
@@ -20,16 +17,6 @@ from vitsearch.training import TrainSettings
 
 FAST = TrainSettings(steps=2, batch_size=16)
 TINY = fin.FinalizeSettings(steps=6, batch_size=16, warmup_steps=1, checkpoint_every=2)
-
-
-@pytest.fixture(scope="module")
-def tables(tmp_path_factory):
-    """A real but coarse CPU table for the digits geometry (as in test_study)."""
-    folder = tmp_path_factory.mktemp("latency_tables")
-    profile("cpu", model="digits", tables=folder, progress=False,
-            grid_spec=GridSpec(block_points=6, head_points=3, select_rows=4, select_cols=2, stage_points=3),
-            settings=MeasureSettings(warmup=2, min_repeats=5, max_repeats=20, max_seconds=0.5))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +30,6 @@ def space(tmp_path_factory):
     assert "last_block = 6" in text and "keep_max = 0.5" in text
     path = tmp_path_factory.mktemp("space") / "vit.toml"
     path.write_text(text)
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Random base weights for the digits architecture (as in test_study): these tests check finalize's
-    mechanics; the pretrained model is tested where it is made."""
-    from vitsearch.models import create_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("base") / "digits.pt"
-    torch.save(create_model("digits").state_dict(), path)
     return path
 
 

@@ -13,24 +13,11 @@ import optuna
 import pytest
 
 from vitsearch.errors import VitsearchError
-from vitsearch.latency.components import GridSpec
-from vitsearch.latency.devices import MeasureSettings
-from vitsearch.latency.profile import profile
 from vitsearch.pareto import dominates
 from vitsearch.study import SearchSettings, run_search, summary
 from vitsearch.training import TrainSettings
 
 FAST = TrainSettings(steps=2, batch_size=16)
-
-
-@pytest.fixture(scope="module")
-def tables(tmp_path_factory):
-    """A real but coarse CPU table for the digits geometry (the search reads it; no profiling inside tests)."""
-    folder = tmp_path_factory.mktemp("latency_tables")
-    profile("cpu", model="digits", tables=folder, progress=False,
-            grid_spec=GridSpec(block_points=6, head_points=3, select_rows=4, select_cols=2, stage_points=3),
-            settings=MeasureSettings(warmup=2, min_repeats=5, max_repeats=20, max_seconds=0.5))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +28,6 @@ def space(tmp_path_factory):
     text = default_space_file("digits").read_text().replace("keep = [0.9, 0.8, 0.7, 0.6, 0.5]", "keep = [0.5]")
     path = tmp_path_factory.mktemp("space") / "vit.toml"
     path.write_text(text)
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Base weights for the digits architecture. Random: these tests check the search's mechanics, and
-    the pretrained model's accuracy is tested where it is made (test_pretrain)."""
-    import torch
-
-    from vitsearch.models import create_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("base") / "digits.pt"
-    torch.save(create_model("digits").state_dict(), path)
     return path
 
 
@@ -105,7 +78,7 @@ def test_a_budget_below_the_fastest_config_names_the_minimum(tmp_path, env):
 
 def test_a_study_with_no_feasible_trial_says_so(tmp_path, env):
     from vitsearch.study import fastest_config, load_base, load_predictor
-    from vitsearch.space import default_space_file, load_space
+    from vitsearch.space import load_space
 
     s = settings(tmp_path, env)
     base, _ = load_base(s)
@@ -139,14 +112,6 @@ def test_weight_sharing_evaluates_candidates_from_one_supernet(tmp_path, env):
     assert (result.folder / "supernet.pt").is_file()
     trained = [c for c in result.trials if c.accuracy is not None]
     assert all(c.train_seconds == 0.0 for c in trained)  # no per-candidate steps by default
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 
 
