@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitsearch.data import digits_canvases, load_dataset
+from vitsearch.data import check_num_classes, digits_canvases, load_dataset, stratified_split, translate_within_canvas
 from vitsearch.errors import VitsearchError
 from vitsearch.models import create_model
 
@@ -54,3 +54,108 @@ def test_digits_sit_on_the_patch_grid_of_a_larger_canvas():
     assert background > 0.9  # most of every canvas is background: what token pruning removes
     rows = (images[:, 0] > 0).any(dim=2).float().argmax(dim=1)  # first ink row of each digit
     assert torch.unique(rows % 8).numel() < 8  # placements are multiples of the patch, not every offset
+
+
+# --- the digits splits --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_model():
+    return create_model("digits")
+
+
+@pytest.fixture(scope="module")
+def digits(digits_model):
+    return load_dataset("digits", digits_model)
+
+
+def test_digits_splits_are_stratified_disjoint_and_complete(digits):
+    train, val = digits.train, digits.val
+    assert len(train) + len(val) == 1797 and abs(len(val) / 1797 - 0.2) < 0.01
+    assert digits.num_classes == 10 and digits.classes == tuple("0123456789")
+    for split in (train, val):  # every class in both, in proportion
+        counts = torch.bincount(split.labels, minlength=10)
+        assert counts.min() >= 0.9 * counts.max()
+    assert "load_digits" in digits.description and str(len(val)) in digits.description
+    assert digits.provenance["train_size"] == len(train)
+
+
+def test_digits_are_deterministic(digits, digits_model):
+    again = load_dataset("digits", digits_model)
+    assert torch.equal(again.train.images, digits.train.images) and torch.equal(again.val.labels, digits.val.labels)
+    other_seed = load_dataset("digits", digits_model, seed=1)
+    assert not torch.equal(other_seed.val.labels, digits.val.labels)
+
+
+def test_digits_are_normalised_for_the_model(digits, digits_model):
+    x, y = digits.val[0]
+    assert x.shape == (1, *digits_model.patch_embed.img_size) and isinstance(y, int)
+    images = digits.val.images
+    assert images.min() == -1.0 and images.max() <= 1.0  # pixels in [0, 1], mean 0.5 / std 0.5 (vit_digits cfg)
+    assert digits_model(images[:4]).shape == (4, 10)
+
+
+def test_digits_for_a_three_channel_model_of_another_size(tiny_vit):
+    splits = load_dataset("digits", tiny_vit)
+    x, _ = splits.train[0]
+    assert x.shape == (3, 32, 32)
+    check_num_classes(splits, create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10))
+
+
+def test_augmentation_moves_the_digit_and_keeps_it_whole(digits):
+    x = digits.train.images[:16]
+    out = digits.augment(x, torch.Generator().manual_seed(0))
+    again = digits.augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and out.shape == x.shape
+    assert not torch.equal(out, x)
+    torch.testing.assert_close((out + 1).sum(dim=(1, 2, 3)), (x + 1).sum(dim=(1, 2, 3)))  # no ink lost
+
+
+def test_translate_keeps_blank_images_and_stays_on_the_step_grid():
+    img = torch.full((2, 1, 16, 16), -1.0)
+    img[0, 0, 4:8, 8:12] = 1.0
+    out = translate_within_canvas(img, torch.Generator().manual_seed(3), background=(-1.0,), step=4)
+    assert torch.equal(out[1], img[1])
+    r, c = torch.nonzero(out[0, 0] > 0).min(dim=0).values.tolist()
+    assert r % 4 == 0 and c % 4 == 0 and (out[0] > 0).sum() == 16
+
+
+def test_stratified_split_keeps_one_of_each_class_out():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert sorted(labels[val]) == [0, 1] and set(train) | set(val) == set(range(6)) and not set(train) & set(val)
+    with pytest.raises(VitsearchError, match="outside"):
+        stratified_split(labels, 1.5, seed=0)
+
+
+def test_class_count_mismatch_says_what_to_pass(digits, tiny_vit):
+    with pytest.raises(VitsearchError, match="--num-classes 10"):
+        check_num_classes(digits, tiny_vit)
+
+
+# --- more ImageFolder cases ---------------------------------------------------------------------------------------
+
+def test_image_folder_split_is_deterministic_and_subsets_are_seeded(tmp_path, tiny_vit):
+    _write_images(tmp_path / "pets", per_class=5)
+    splits = load_dataset(tmp_path / "pets", tiny_vit)
+    assert splits.name == "pets" and "ImageFolder" in splits.description and "2 classes" in splits.description
+    assert load_dataset(tmp_path / "pets", tiny_vit).val.indices == splits.val.indices
+    small = load_dataset(tmp_path / "pets", tiny_vit, max_train=3, max_val=1)
+    assert (len(small.train), len(small.val)) == (3, 1) and "subset" in small.description
+
+
+def test_image_folder_for_a_grey_model(tmp_path):
+    _write_images(tmp_path / "ds", per_class=2, size=70)
+    x, _ = load_dataset(tmp_path / "ds", create_model("digits", num_classes=2)).train[0]
+    assert x.shape == (1, 64, 64)
+
+
+def test_more_bad_image_folders(tmp_path, tiny_vit):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(VitsearchError, match="not a folder"):
+        load_dataset(tmp_path / "file.txt", tiny_vit)
+    _write_images(tmp_path / "mixed" / "train", classes=("a", "b"), per_class=2)
+    _write_images(tmp_path / "mixed" / "val", classes=("a", "c"), per_class=1)
+    with pytest.raises(VitsearchError, match="different classes"):
+        load_dataset(tmp_path / "mixed", tiny_vit)
+    with pytest.raises(VitsearchError, match="does not exist.*ImageNet-style"):
+        load_dataset(tmp_path / "nowhere", tiny_vit)

@@ -478,7 +478,6 @@ def _setup_logging(args: argparse.Namespace) -> None:
     handler.setFormatter(logging.Formatter("[%(levelname)s %(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
     logger.handlers[:] = [handler]  # main() may run several times in one process (tests): never stack handlers
     logger.setLevel(level)
-    logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,8 +5,8 @@ tensors sized and normalised the way the given model expects (timm's ``pretraine
 description. Splits are seeded and stratified, so every run sees the same images in the same split.
 
 The digits data: scikit-learn's 1,797 real 8x8 hand-written digits (shipped with scikit-learn, no download),
-each upscaled and pasted at a seeded random place on a larger blank canvas. Most patches are then background,
-which is the redundancy token pruning removes.
+each upscaled and pasted at a seeded random place of a patch-aligned grid on a larger blank canvas. Most patches
+are then background, which is the redundancy token pruning removes.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class DigitsSpec:
     """How the digits canvases are made; part of the digits base model's cache key."""
 
     canvas: int = 64  # side of the blank square canvas, in pixels
-    scale: int = 2  # 8x8 digits are upscaled (nearest) to 16x16: big enough to span several patches
+    scale: int = 2  # 8x8 digits are upscaled (nearest) to 16x16: 2x2 patches of vit_digits, each a quarter digit
     # Digits sit on a grid of this many pixels (the model's patch size), so each patch holds the same quarter of
     # a digit wherever it is: a ViT learns from 1,438 images what to attend to, not every sub-patch shift.
     step: int = 8
@@ -150,7 +150,8 @@ def model_input(model: torch.nn.Module) -> dict[str, Any]:
 
 # --- digits -----------------------------------------------------------------------------------------------------
 
-def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) with ``val_fraction`` of every class in val (at least one where a class has two)."""
     if not 0.0 < val_fraction < 1.0:
         raise VitsearchError(f"val fraction {val_fraction:g} is outside (0, 1)")
@@ -218,7 +219,7 @@ def translate_within_canvas(images: torch.Tensor, generator: torch.Generator, *,
                             background: Sequence[float], step: int = 1) -> torch.Tensor:
     """Move each image's content to a random place where it still fits, filling with ``background``.
 
-    The digits' training augmentation: placements seen in training then cover the canvas, not just the 1,437
+    The digits' training augmentation: placements seen in training then cover the canvas, not just the 1,438
     fixed ones, which a ViT with learned position embeddings needs to generalise to held-out placements.
     Shifts are multiples of ``step`` (the model's input pixels), so grid-aligned content stays aligned.
     """

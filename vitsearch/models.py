@@ -81,11 +81,11 @@ def _canonical_name(name: str) -> str:
 
 
 def _suggest(name: str) -> str:
-    candidates = [DIGITS, *timm.list_models("*vit*")]
+    candidates = [DIGITS, *timm.list_models(["*vit*", "*deit*"])]  # the ViT family, where a typo most likely came from
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     if close:
         return "did you mean " + ", ".join(close) + "?"
-    return "list the ViT models with: python -c \"import timm; print(timm.list_models('*vit*'))\""
+    return "list the ViT models with: python -c \"import timm; print(timm.list_models(['*vit*', '*deit*']))\""
 
 
 def check_model_name(name: str) -> None:
@@ -173,6 +173,10 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            # torch reports both a disallowed class and a file that is no pickle at all as UnpicklingError.
+            if "Unsupported global" not in str(e):
+                raise VitsearchError(
+                    f"checkpoint {str(path)!r} is not a PyTorch checkpoint (cannot unpickle it)") from e
             raise VitsearchError(
                 f"checkpoint {str(path)!r} holds Python objects besides tensors, which are not loaded for safety "
                 "(weights_only=True). Re-save just the weights: torch.save(ckpt['model'], 'weights.pt')") from e
@@ -212,13 +216,14 @@ def load_state_dict(
     shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
               for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
     if missing or unexpected or shapes:
-        lines = [f"checkpoint {source!r} does not fit model {name or type(model).__name__!r}:"]
+        parts = []  # one line, so the CLI's "error: ..." stays a single message
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
             if items:
                 more = f" (and {len(items) - 5} more)" if len(items) > 5 else ""
-                lines.append(f"  {label}: {', '.join(items[:5])}{more}")
-        lines.append("Pass the --model the checkpoint was trained as (and --num-classes if its head differs).")
-        raise VitsearchError("\n".join(lines))
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise VitsearchError(
+            f"checkpoint {source!r} does not fit model {name or type(model).__name__!r}: {'; '.join(parts)}. "
+            "Pass the --model the checkpoint was trained as (and --num-classes if its head differs)")
     model.load_state_dict(state_dict, strict=True)
 
 

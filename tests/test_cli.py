@@ -1,0 +1,84 @@
+"""The CLI layer: commands from the registry, summaries ending in one JSON line, and errors without tracebacks."""
+import json
+import logging
+
+import pytest
+import torch
+
+from vitsearch.cli import COMMANDS, build_parser, main
+from vitsearch.errors import VitsearchError
+from vitsearch.models import create_model
+
+
+def _json_tail(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_every_registered_command_is_a_subcommand():
+    names = [c.name for c in COMMANDS]
+    assert len(names) == len(set(names)) and {"pretrain", "info"} <= set(names)
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(names)
+    assert all(c.help for c in COMMANDS)
+
+
+def test_info_prints_the_geometry_and_a_json_line(capsys):
+    assert main(["info", "--model", "vit_tiny_patch16_224"]) == 0
+    out = capsys.readouterr().out
+    assert "12 blocks, embed dim 192, 3 heads" in out and "196 patch tokens + 1 prefix" in out
+    record = _json_tail(out)
+    assert record["geometry"]["key"] == "d192-h3-l12-m4-p16-i224-c3" and record["parameters"] > 5e6
+
+
+def test_info_checks_a_checkpoint_and_reports_its_hash(tmp_path, capsys):
+    path = tmp_path / "ft.pt"
+    torch.save(create_model("digits", num_classes=4).state_dict(), path)
+    assert main(["info", "--model", "digits", "--checkpoint", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "loads cleanly" in out
+    record = _json_tail(out)
+    assert record["geometry"]["num_classes"] == 4 and len(record["checkpoint"]["sha256"]) == 64
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["info", "--model", "vit_tiny_patch16_224", "--checkpoint", "/no/such/file.pt"], "does not exist"),
+    (["info", "--model", "swin_tiny_patch4_window7_224"], "not a plain ViT"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback():
+    with pytest.raises(VitsearchError, match="unknown model"):
+        main(["--debug", "info", "--model", "no_such_vit"])
+
+
+def test_command_line_errors_and_version(capsys):
+    assert main([]) == 2  # a command is required
+    assert main(["info", "--no-such-option"]) == 2
+    assert main(["--version"]) == 0
+    assert "vitsearch" in capsys.readouterr().out
+
+
+def test_logging_is_set_up_once_per_main():
+    for _ in range(2):
+        main(["-q", "info", "--model", "digits"])
+    vitsearch_logger = logging.getLogger("vitsearch")
+    assert len(vitsearch_logger.handlers) == 1 and vitsearch_logger.level == logging.WARNING
+
+
+def test_pretrain_reports_the_cached_base_model(digits_base, capsys):
+    _, meta = digits_base
+    assert main(["pretrain"]) == 0
+    out = capsys.readouterr().out
+    record = _json_tail(out)
+    assert record["cached"] and record["path"] == meta["path"] and record["val_accuracy"] >= 0.95
+    assert "held-out accuracy" in out
+
+
+def test_python_dash_m_runs_the_cli(run_cli):
+    result = run_cli("info", "--model", "digits")
+    assert result.returncode == 0, result.stderr
+    assert _json_tail(result.stdout)["geometry"]["in_chans"] == 1
