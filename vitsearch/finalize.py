@@ -41,7 +41,7 @@ from .config import PruneConfig, token_schedule
 from .errors import VitsearchError
 from .pruning import apply, prune_state
 from .training import LossWeights, SoftLatency, TrainSettings, accuracy, candidate_loss
-from .training.brief import _batches, _lr_factor, param_groups
+from .training.brief import _batches, next_batch, param_groups, set_lr
 
 logger = logging.getLogger(__name__)
 
@@ -221,14 +221,8 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
             phase = next(p for p in phases if p.start <= step < p.end)
             if on_step is not None:
                 on_step(step, phase)
-            factor = _lr_factor(step, train.warmup_steps, steps)
-            for g, lr in zip(optimizer.param_groups, base_lrs):
-                g["lr"] = lr * factor
-            x, y = next(batches)
-            if splits.augment is not None:
-                x = splits.augment(x, generator)
-            with torch.no_grad():
-                teacher_logits = teacher(x)
+            set_lr(optimizer, base_lrs, step, train.warmup_steps, steps)
+            x, y, teacher_logits = next_batch(batches, splits, teacher, generator)
             apply(model, phase.config, evo_every_block=phase.every_block)
             model.train()
             optimizer.zero_grad(set_to_none=True)

@@ -114,14 +114,8 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
     with _seeded(settings.seed):
         batches = _batches(splits, settings.batch_size, settings.seed)
         for step in range(settings.steps):
-            factor = _lr_factor(step, settings.warmup_steps, settings.steps)
-            for g, lr in zip(optimizer.param_groups, base_lrs):
-                g["lr"] = lr * factor
-            x, y = next(batches)
-            if splits.augment is not None:
-                x = splits.augment(x, generator)
-            with torch.no_grad():
-                teacher_logits = teacher(x)
+            set_lr(optimizer, base_lrs, step, settings.warmup_steps, settings.steps)
+            x, y, teacher_logits = next_batch(batches, splits, teacher, generator)
             optimizer.zero_grad(set_to_none=True)
             configs = configs_of_step(step)
             for config in configs:
@@ -156,6 +150,23 @@ def _batches(splits, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor,
     while True:
         yield from splits.loader("train", batch_size, shuffle=True, seed=seed + epoch)
         epoch += 1
+
+
+def next_batch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], splits, teacher: nn.Module,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next training batch, augmented, with the teacher's logits for distillation."""
+    x, y = next(batches)
+    if splits.augment is not None:
+        x = splits.augment(x, generator)
+    with torch.no_grad():
+        return x, y, teacher(x)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], step: int, warmup: int, total: int) -> None:
+    """Linear warm-up, then cosine decay to 0, applied to every parameter group's base learning rate."""
+    factor = _lr_factor(step, warmup, total)
+    for g, lr in zip(optimizer.param_groups, base_lrs):
+        g["lr"] = lr * factor
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
