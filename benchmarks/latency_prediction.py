@@ -52,7 +52,7 @@ def recording_ms(predictor: Predictor, parts) -> float:
 
 def paired_check(model_name: str, configs: list[str], threads: int, folder: Path) -> dict:
     """Additivity measured within one run: for each config, the whole model and the very component graphs the
-    table sums, timed back to back in one runner call (two interleaved rounds). Load on a shared machine
+    table sums, timed in one runner call (interleaved passes). Load on a shared machine
     drifts by 2x within minutes; timed together, whole and parts see the same load, so this measures the
     error of summing components itself, apart from the drift between profiling and validating."""
     import collections
@@ -90,18 +90,11 @@ def paired_check(model_name: str, configs: list[str], threads: int, folder: Path
             spec_path = art.specialise(templates[p.kind], [t.shape for t in graphs[p.kind].example(p)],
                                        folder / f"{name}.onnx")
             arts.append(Artefact(name, onnx=spec_path, files=tuple(folder.glob(f"{p.kind}.weights"))))
-        runs: dict = collections.defaultdict(list)
-        for event in device.measure(arts + arts, settings):
-            if event["event"] == "result":
-                runs[event["name"]].append(event["median_ms"])
-        estimates, wholes = [], []
-        for r in range(2):
-            overhead = runs["overhead-%d-0" % g.num_tokens][r]
-            total = overhead + sum(c * (runs[f"{p.kind}-{p.n}-{p.k}"][r] - overhead) / graphs[p.kind].steps
-                                   for p, c in uses.items() if p.kind != "overhead")
-            estimates.append(total)
-            wholes.append(runs["whole"][r])
-        out.append({"config": config, "sum_ms": float(np.mean(estimates)), "whole_ms": float(np.mean(wholes))})
+        runs = {e["name"]: e["median_ms"] for e in device.measure(arts, settings) if e["event"] == "result"}
+        overhead = runs["overhead-%d-0" % g.num_tokens]
+        total = overhead + sum(c * (runs[f"{p.kind}-{p.n}-{p.k}"] - overhead) / graphs[p.kind].steps
+                               for p, c in uses.items() if p.kind != "overhead")
+        out.append({"config": config, "sum_ms": total, "whole_ms": runs["whole"]})
         logger.info("paired %d/%d %s: parts %.1f ms, whole %.1f ms", i + 1, len(configs), config,
                     out[-1]["sum_ms"], out[-1]["whole_ms"])
     return {"rows": out}

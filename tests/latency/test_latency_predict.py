@@ -110,3 +110,25 @@ def test_every_kind_exports_and_specialises_to_the_torch_output(tmp_path, model)
             expected = expected if isinstance(expected, tuple) else (expected,)
             for o, e in zip(outs, expected):
                 np.testing.assert_allclose(o, e.numpy(), atol=1e-5, err_msg=f"{kind} at {p}")
+
+
+def test_monotone_fit_removes_only_inversions():
+    from vitsearch.latency.predict import monotone
+
+    assert monotone([1.0, 2.0, 5.0]) == [1.0, 2.0, 5.0]  # a real step up is kept
+    assert monotone([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]  # a noisy inversion is pooled
+    assert monotone([4.0, 3.0, 2.0]) == pytest.approx([3.0, 3.0, 3.0])
+
+
+def test_noisy_block_rows_never_predict_more_tokens_as_faster(tmp_path, synthetic):
+    """A table whose block row at a larger count was measured faster (noise) still predicts non-decreasing
+    latency in the token count."""
+    rows = list(synthetic.rows.values())
+    blocks = sorted((r for r in rows if r.point.kind == "block"), key=lambda r: r.point.n)
+    slow = blocks[1]
+    noisy = [T.Row(r.point, r.steps, r.median_ms * (3 if r is slow else 1), r.p90_ms, r.spread_ms, r.repeats)
+             for r in rows]
+    predictor = Predictor(T.save(tmp_path / "noisy.csv", synthetic.meta, noisy))
+    lo, hi = blocks[0].point.n, blocks[-1].point.n
+    values = [predictor.component(Point("block", n)) for n in range(lo, hi + 1)]
+    assert all(b >= a for a, b in zip(values, values[1:]))

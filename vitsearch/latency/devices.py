@@ -68,6 +68,7 @@ class MeasureSettings:
     max_repeats: int = 300
     max_seconds: float = 3.0  # per artefact, warm-up included
     rel_tol: float = 0.01  # stable: the median moved by less than this between two rounds
+    passes: int = 3  # interleaved passes over the artefacts of one call, samples pooled (see runner.py)
 
 
 @dataclass
@@ -467,7 +468,7 @@ class TorchDevice(Device):
             yield {"event": "runtime", "runtime": "torch", "version": torch.__version__, "provider": device.type,
                    "threads": torch.get_num_threads(), "host": os.uname().nodename,
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-            for a in artefacts:
+            def make_call(a: Artefact) -> Any:
                 module = a.module.to(device).eval()
                 inputs = tuple(t.to(device) for t in a.inputs)
 
@@ -475,10 +476,10 @@ class TorchDevice(Device):
                     module(*inputs)
                     sync()
 
-                with torch.inference_mode():
-                    stats = runner.time_calls(call, settings.warmup, settings.min_repeats, settings.max_repeats,
-                                              settings.max_seconds, settings.rel_tol)
-                yield {"event": "result", "name": a.name, **stats}
+                return call
+
+            with torch.inference_mode():
+                yield from runner.time_interleaved([(a.name, a) for a in artefacts], make_call, asdict(settings))
         finally:
             torch.set_num_threads(previous)
 

@@ -1,7 +1,8 @@
 """Predicted latency of a pruning config: the sum of its components' latencies from a device's table.
 
 A config's components come from :func:`~vitsearch.latency.components.components_of` (what patch.py runs for
-it); each is looked up in the table, interpolating linearly between profiled token counts. The ``overhead``
+it); each is looked up in the table, interpolating linearly between profiled token counts (along a
+non-decreasing fit of each kind's points, see :func:`monotone`). The ``overhead``
 component (one runtime call's fixed cost) is counted once, as a whole model pays it once, while every other
 row already has it subtracted. A count outside the profiled grid is refused, never extrapolated.
 """
@@ -71,7 +72,7 @@ class Predictor:
                 grouped[point.kind][getattr(point, _AXIS[point.kind])] = value
         for kind, values in grouped.items():
             xs = sorted(values)
-            self._1d[kind] = (xs, [values[x] for x in xs])
+            self._1d[kind] = (xs, monotone([values[x] for x in xs]))
         for n, (ks, vs) in list(self._2d.items()):
             order = sorted(range(len(ks)), key=ks.__getitem__)
             self._2d[n] = ([ks[i] for i in order], [vs[i] for i in order])
@@ -135,6 +136,21 @@ class Predictor:
         config = PruneConfig.parse(config)
         parts = tuple((p, self.component(p)) for p in components_of(config, self.geometry))
         return Prediction(config, sum(ms for _, ms in parts), parts)
+
+
+def monotone(ys: list[float]) -> list[float]:
+    """The closest non-decreasing sequence to ``ys`` in least squares (pool adjacent violators).
+
+    More tokens never cost less, but on a shared machine neighbouring grid points are measured at different
+    moments, and noise can order them the wrong way; an inversion would tell the search that keeping more
+    tokens is faster. Real steps up (a GEMM tile or the thread pool kicking in) are kept."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for y in ys:
+        blocks.append([y, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, c1), (m2, c2) = blocks.pop(-2), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(int(c))]
 
 
 def predict(config: PruneConfig | str, *, device: str, model: str = "digits", batch: int = 1,

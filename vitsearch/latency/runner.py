@@ -10,7 +10,7 @@ file, so every transport measures the same way.
 The manifest (JSON)::
 
     {"threads": 2, "provider": "cpu", "warmup": 5, "min_repeats": 10, "max_repeats": 300,
-     "max_seconds": 3.0, "rel_tol": 0.01, "models": [{"name": "block-n197", "path": "block-n197.onnx"}, ...]}
+     "max_seconds": 3.0, "rel_tol": 0.01, "passes": 3, "models": [{"name": "block-n197", "path": "block-n197.onnx"}, ...]}
 
 ``path`` is relative to the manifest's folder. Output, one JSON object per line on stdout:
 ``{"event": "runtime", ...}`` first (runtime version, host, threads), then per model either
@@ -22,6 +22,11 @@ Measurement: inputs are bound once (IOBinding) so no call copies tensors into or
 the per-call overhead small and equal for every graph; ``warmup`` calls are thrown away; then calls are timed
 in rounds of ``min_repeats`` until the median of all samples moves by less than ``rel_tol`` between two
 rounds (stable), ``max_repeats`` samples are taken, or ``max_seconds`` have passed.
+
+With ``"passes": P`` (default 1) the models are timed in P interleaved passes (each with 1/P of the repeat and
+time budget, a fresh session and its own warm-up) and every model's samples are pooled. On a shared machine
+speed drifts by tens of percent within minutes; interleaving spreads each model's samples over the whole call,
+so models measured in one call see the same machine instead of whatever moment their turn came.
 """
 from __future__ import annotations
 
@@ -82,11 +87,18 @@ def summarise(samples_ms: list, warmup: int, stable: bool, seconds: float) -> di
 def time_calls(call, warmup: int, min_repeats: int, max_repeats: int, max_seconds: float, rel_tol: float) -> dict:
     """Time ``call()`` (any callable) with the stopping rule described in the module docstring."""
     start = time.perf_counter()
+    samples, stable = sample_calls(call, warmup, min_repeats, max_repeats, max_seconds, rel_tol)
+    return summarise(samples, warmup, stable, time.perf_counter() - start)
+
+
+def sample_calls(call, warmup: int, min_repeats: int, max_repeats: int, max_seconds: float,
+                 rel_tol: float) -> tuple:
+    """The timed samples (ms) of ``call()`` and whether their median became stable."""
+    start = time.perf_counter()
     for _ in range(warmup):
         call()
     samples: list = []
     previous = None
-    stable = False
     while True:
         for _ in range(max(1, min_repeats)):
             t0 = time.perf_counter_ns()
@@ -94,24 +106,49 @@ def time_calls(call, warmup: int, min_repeats: int, max_repeats: int, max_second
             samples.append((time.perf_counter_ns() - t0) / 1e6)
         median = float(np.median(samples))
         if previous is not None and abs(median - previous) <= rel_tol * median:
-            stable = True
-            break
+            return samples, True
         previous = median
         if len(samples) >= max_repeats or time.perf_counter() - start >= max_seconds:
-            break
-    return summarise(samples, warmup, stable, time.perf_counter() - start)
+            return samples, False
 
 
-def measure(path: str, cfg: dict) -> dict:
+def time_interleaved(items: list, make_call, cfg: dict):
+    """Time every ``(name, source)`` of ``items`` in ``cfg["passes"]`` interleaved passes (module docstring);
+    ``make_call(source)`` builds a fresh callable for each pass. Yields one result or error event per name."""
+    passes = max(1, int(cfg.get("passes", 1)))
+    warmup, min_repeats = int(cfg.get("warmup", 5)), int(cfg.get("min_repeats", 10))
+    max_repeats = max(min_repeats, -(-int(cfg.get("max_repeats", 300)) // passes))
+    max_seconds, rel_tol = float(cfg.get("max_seconds", 3.0)) / passes, float(cfg.get("rel_tol", 0.01))
+    pooled = {name: [] for name, _ in items}
+    stable = dict.fromkeys(pooled, True)
+    seconds = dict.fromkeys(pooled, 0.0)
+    for _ in range(passes):
+        for name, source in items:
+            if name not in pooled:
+                continue
+            t0 = time.perf_counter()
+            try:
+                samples, ok = sample_calls(make_call(source), warmup, min_repeats, max_repeats, max_seconds, rel_tol)
+            except Exception as e:  # report and go on: one bad graph must not lose the others' measurements
+                del pooled[name]
+                yield {"event": "error", "name": name, "message": f"{type(e).__name__}: {e}"}
+                continue
+            pooled[name] += samples
+            stable[name] = stable[name] and ok
+            seconds[name] += time.perf_counter() - t0
+    for name, samples in pooled.items():
+        yield {"event": "result", "name": name, **summarise(samples, warmup, stable[name], seconds[name])}
+
+
+def session_call(path: str, cfg: dict):
+    """A fresh session for ``path`` with inputs and outputs bound once; returns its run call."""
     sess = session(path, int(cfg.get("threads", 0)), cfg.get("provider", "cpu"))
     binding = sess.io_binding()
     for name, value in inputs_for(sess).items():
         binding.bind_cpu_input(name, value)
     for out in sess.get_outputs():
         binding.bind_output(out.name)
-    return time_calls(lambda: sess.run_with_iobinding(binding), int(cfg.get("warmup", 5)),
-                      int(cfg.get("min_repeats", 10)), int(cfg.get("max_repeats", 300)),
-                      float(cfg.get("max_seconds", 3.0)), float(cfg.get("rel_tol", 0.01)))
+    return lambda: sess.run_with_iobinding(binding)
 
 
 def runtime_info(cfg: dict) -> dict:
@@ -133,17 +170,12 @@ def main(argv: list) -> int:
         sys.stderr.write(f"unknown provider {cfg.get('provider')!r}: expected one of {sorted(PROVIDERS)}\n")
         return 2
     emit(runtime_info(cfg))
+    items = [(item["name"], os.path.join(root, item["path"])) for item in cfg["models"]]
     failed = 0
-    for item in cfg["models"]:
-        try:
-            stats = measure(os.path.join(root, item["path"]), cfg)
-        except Exception as e:  # report and go on: one bad graph must not lose the others' measurements
-            failed += 1
-            emit({"event": "error", "name": item["name"], "message": f"{type(e).__name__}: {e}"})
-            continue
-        emit({"event": "result", "name": item["name"], **stats})
+    for event in time_interleaved(items, lambda path: session_call(path, cfg), cfg):
+        failed += event["event"] == "error"
+        emit(event)
     return 1 if failed else 0
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))

@@ -152,7 +152,8 @@ def apply(model: nn.Module, config: "PruneConfig | str | dict", *, evo_every_blo
         for step in schedule.selectors:
             if str(step.block) not in model.token_selectors:
                 model.token_selectors[str(step.block)] = spvit.MultiHeadTokenSelector(
-                    model.embed_dim, model.blocks[0].attn.num_heads).to(device=ref.device, dtype=ref.dtype)
+                    model.embed_dim, model.blocks[0].attn.num_heads, keep_prior=step.n_keep / step.n_in,
+                ).to(device=ref.device, dtype=ref.dtype)
     if config.method == "evovit" and not hasattr(model, "head_aux"):
         model.head_aux = copy.deepcopy(model.head)  # starts as the main head, so the aux loss starts sensible
     model.prune_config, model.token_schedule, model.evo_every_block = config, schedule, evo_every_block

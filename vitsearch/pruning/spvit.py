@@ -33,7 +33,9 @@ class GroupedLinear(nn.Module):
 class MultiHeadTokenSelector(nn.Module):
     """Per-head keep/drop logits, head-importance weights, aggregated per-token keep score."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, keep_prior: float = 0.5) -> None:
+        """``keep_prior``: the keep probability every token starts with. Brief training is tens of steps, too few
+        for a selector that starts at 1/2 to reach a target far from it, so it starts at its target."""
         super().__init__()
         hd = dim // num_heads
         self.num_heads, self.head_dim = num_heads, hd
@@ -47,6 +49,9 @@ class MultiHeadTokenSelector(nn.Module):
         hidden = max(num_heads // 2, 1)
         # Head importance, SE style: each head's mean activation per token -> a weight in (0, 1) per head.
         self.head_gate = nn.Sequential(nn.Linear(num_heads, hidden), nn.GELU(), nn.Linear(hidden, num_heads), nn.Sigmoid())
+        p = min(max(keep_prior, 1e-3), 1 - 1e-3)
+        with torch.no_grad():  # softmax([b, -b]) keeps with probability sigmoid(2b) = p
+            self.out[-1].bias.copy_(torch.tensor([0.5, -0.5]) * math.log(p / (1 - p)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, C) patch tokens; mask: (B, N) tokens still alive (the global context pools over them).
