@@ -25,8 +25,8 @@ def space(tmp_path_factory):
 
     # Selectors early and keeping at most half, so every trial is well within the budget and the front is never
     # empty, however noisy the coarse table on a busy machine.
-    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.8, 0.7, 0.6, 0.5]", "keep = [0.5]")
-    text = text.replace("last_block = -2", "last_block = 6").replace("keep_max = 0.95", "keep_max = 0.5")
+    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.7, 0.5, 0.3]", "keep = [0.5]")
+    text = text.replace("last_block = -2", "last_block = 6").replace("keep_max = 0.9", "keep_max = 0.5")
     assert "last_block = 6" in text and "keep_max = 0.5" in text
     path = tmp_path_factory.mktemp("space") / "vit.toml"
     path.write_text(text)

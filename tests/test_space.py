@@ -14,6 +14,13 @@ def test_builtin_spaces_skip_the_first_three_blocks():
         assert all(c.method in space.methods for c in space.baselines())
 
 
+def test_the_digits_model_has_its_own_space():
+    assert default_space_file("digits").name == "digits.toml"
+    assert default_space_file("deit_small_patch16_224").name == "vit.toml"
+    digits = load_space(default_space_file("digits"), depth=12)
+    assert digits.keep_min < load_space(default_space_file("deit_tiny_patch16_224"), depth=12).keep_min
+
+
 def test_suggest_and_params_of_round_trip_through_optuna():
     space = load_space(default_space_file("deit_small_patch16_224"), depth=12)
     config = PruneConfig("spvit", {3: 0.7, 6: 0.5, 9: 0.35})
@@ -25,6 +32,7 @@ def test_suggest_and_params_of_round_trip_through_optuna():
     for _ in range(20):
         c = space.suggest(study.ask())
         assert set(c.keep) <= set(space.blocks)
+        assert len(c.keep) <= space.max_selectors  # surplus flags are dropped, never a wasted trial
         assert all(space.keep_min - 1e-9 <= r <= space.keep_max + 1e-9 for r in c.keep.values())
 
 

@@ -25,7 +25,7 @@ def space(tmp_path_factory):
     """The digits space with one uniform baseline per method, to keep the tests short."""
     from vitsearch.space import default_space_file
 
-    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.8, 0.7, 0.6, 0.5]", "keep = [0.5]")
+    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.7, 0.5, 0.3]", "keep = [0.5]")
     path = tmp_path_factory.mktemp("space") / "vit.toml"
     path.write_text(text)
     return path
@@ -47,7 +47,7 @@ def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, en
     for name in ("study.json", "trials.csv", "trials.json", "front.csv", "front.json", "baselines.json", "journal.log"):
         assert (folder / name).is_file(), name
     trials = json.loads((folder / "trials.json").read_text())
-    assert len(trials) == 3 and len({t["trial"] for t in trials}) == 3
+    assert sum(t["accuracy"] is not None for t in trials) == 3 and len({t["trial"] for t in trials}) == len(trials)
     front = json.loads((folder / "front.json").read_text())
     for f in front:
         assert f["feasible"] and f["predicted_ms"] <= result.budget_ms
@@ -60,7 +60,7 @@ def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, en
         "spvit:3=0.5,6=0.5,9=0.5", "evovit:3=0.5,6=0.5,9=0.5"]
     record = json.loads((folder / "study.json").read_text())
     assert record["budget"] == "95%" and record["sha256"] and record["versions"]["optuna"].startswith(("4", "5"))
-    assert summary(result)["trials"] == 3
+    assert summary(result)["trained"] == 3  # trials counts trained candidates; rejections are extra
 
 
 def test_rerunning_a_study_continues_without_repeating_trials(tmp_path, env):
@@ -68,7 +68,7 @@ def test_rerunning_a_study_continues_without_repeating_trials(tmp_path, env):
     again = run_search(settings(tmp_path, env, study="resume", trials=5), progress=False)
     before = {c.trial: (c.config, c.accuracy) for c in first.trials}
     after = {c.trial: (c.config, c.accuracy) for c in again.trials}
-    assert len(after) == 5 and all(after[k] == v for k, v in before.items())
+    assert sum(acc is not None for _, acc in after.values()) == 5 and all(after[k] == v for k, v in before.items())
 
 
 def test_a_budget_below_the_fastest_config_names_the_minimum(tmp_path, env):
@@ -84,8 +84,8 @@ def test_a_study_with_no_feasible_trial_says_so(tmp_path, env):
     base, _ = load_base(s)
     predictor = load_predictor(s, base, progress=False)
     _, fastest_ms = fastest_config(load_space(env["space"], depth=len(base.blocks)), predictor)
-    result = run_search(settings(tmp_path, env, budget=f"{fastest_ms + 1e-5:.6f}ms", trials=2, study="tight"),
-                        progress=False)
+    result = run_search(settings(tmp_path, env, budget=f"{fastest_ms + 1e-5:.6f}ms", trials=2, study="tight",
+                                 max_attempts=6), progress=False)
     assert result.best is None and result.front == []
     assert json.loads((result.folder / "front.json").read_text()) == []
     assert all(c.status.startswith("rejected") for c in result.trials)
@@ -242,4 +242,4 @@ def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp
     assert study.trials[killed.number].state == optuna.trial.TrialState.FAIL
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
     assert len(retries) == 1 and retries[0].params == killed.params  # the interrupted config ran again
-    assert len(result.trials) == 8
+    assert sum(c.accuracy is not None for c in result.trials) == 8

@@ -310,7 +310,7 @@ class SearchCommand(Command):
                             help="device whose latency table predicts latency (default: cpu, profiled if missing)")
         parser.add_argument("--batch", type=int, default=d.batch, metavar="B", help="batch size of the latency (default: 1)")
         parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
-        parser.add_argument("--trials", type=int, default=d.trials, metavar="N", help=f"candidates (default: {d.trials})")
+        parser.add_argument("--trials", type=int, default=d.trials, metavar="N", help=f"candidates to train; those over budget are rejected first and not counted (default: {d.trials})")
         parser.add_argument("--space", metavar="TOML", help="search-space file (default: search/<family>.toml)")
         parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
                             help="brief: train each candidate; shared: weight sharing (default: %(default)s)")

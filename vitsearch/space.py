@@ -31,13 +31,15 @@ class SearchSpace:
 
     def suggest(self, trial: Any) -> PruneConfig:
         """Sample a config with an Optuna trial. The space is the same for every trial (a use flag and a keep
-        ratio per block), which TPE and NSGA-II model best; too many selectors is a constraint, not a resample."""
+        ratio per block), which TPE and NSGA-II model best. Flags beyond ``max_selectors`` are dropped, counting
+        from the input: a fixed map from parameters to configs, so no trial is wasted on a config the space
+        does not allow (with eight blocks, two random flag sets in three would have more than three selectors)."""
         method = trial.suggest_categorical("method", list(self.methods))
         keep = {}
         for b in self.blocks:
             use = trial.suggest_categorical(f"use_{b}", [True, False])
             ratio = trial.suggest_float(f"keep_{b}", self.keep_min, self.keep_max, step=self.keep_step)
-            if use:
+            if use and len(keep) < self.max_selectors:
                 keep[b] = ratio
         return PruneConfig(method=method, keep=keep)
 
@@ -59,8 +61,9 @@ class SearchSpace:
 
 
 def default_space_file(model_name: str) -> Path:
-    """Every model vitsearch prunes is a plain ViT (the digits model included): one family, one file."""
-    return SPACES_DIR / "vit.toml"
+    """The family's file: the embedded digits model has its own (see search/digits.toml), every other model
+    vitsearch prunes is a plain timm ViT/DeiT."""
+    return SPACES_DIR / ("digits.toml" if model_name in ("digits", "vit_digits") else "vit.toml")
 
 
 def load_space(path: str | Path, *, depth: int) -> SearchSpace:

@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,7 +46,8 @@ class SearchSettings:
     device: str = "cpu"
     batch: int = 1  # batch size the latency is predicted for
     study: str | None = None  # name of the study folder under ``reports``; derived from the settings if None
-    trials: int = 24  # candidates to complete (rejected ones count: they are decided, not skipped)
+    trials: int = 24  # candidates to train; those over budget are rejected before training and not counted
+    max_attempts: int | None = None  # stop after this many candidates in all, trained or not (None: 10 x trials, >= 100)
     space: str | None = None  # search-space TOML; search/<family>.toml by default
     strategy: str = "brief"  # "brief": train every candidate; "shared": weight sharing
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -524,6 +525,15 @@ def collect(study: Any, setup: Setup) -> list[Candidate]:
     return out
 
 
+def _trained(study: Any, complete: Sequence[Any] | None = None) -> int:
+    """Completed trials that were trained (``trials`` counts these; rejections before training cost nothing)."""
+    import optuna
+
+    if complete is None:
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return sum(t.user_attrs.get("accuracy") is not None for t in complete)
+
+
 def _constraints(trial: Any) -> dict[str, float]:
     return {k.split(":", 1)[1]: v for k, v in trial.system_attrs.items() if k.startswith("constraints:")}
 
@@ -561,21 +571,29 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
     baselines = evaluate_baselines(evaluator, study)
 
     finished = (optuna.trial.TrialState.COMPLETE,)
-    done = len(study.get_trials(deepcopy=False, states=finished))
+    done = _trained(study)
     if done < settings.trials:
         bar = tqdm(total=settings.trials, initial=done, desc=f"search {settings.name()}", unit="trial", disable=not progress)
+        attempts = settings.max_attempts or max(100, 10 * settings.trials)
 
         def tick(study: Any, trial: Any) -> None:
-            bar.update(1)
             acc = trial.user_attrs.get("accuracy")
+            if acc is not None:
+                bar.update(1)
             bar.set_postfix(config=trial.user_attrs.get("config", "?"), acc=f"{acc:.3f}" if acc is not None else "-")
+            complete = study.get_trials(deepcopy=False, states=finished)
+            # Running trials count too: workers sharing a database stop together at settings.trials.
+            running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+            if _trained(study, complete) + running >= settings.trials:
+                study.stop()
+            elif len(complete) >= attempts:
+                logger.warning("stopping after %d candidates: only %d of them fit the budget of %.3f ms; a larger "
+                               "budget or a search space with lower keep ratios finds more", len(complete),
+                               _trained(study, complete), setup.budget_ms)
+                study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(make_objective(evaluator), callbacks=[
-            # Running trials count too: workers sharing a database stop together at settings.trials.
-            optuna.study.MaxTrialsCallback(settings.trials, states=finished + (optuna.trial.TrialState.RUNNING,)),
-            tick], n_trials=settings.trials - done,
-            gc_after_trial=True)
+        study.optimize(make_objective(evaluator), callbacks=[tick], gc_after_trial=True)
         bar.close()
     trials = collect(study, setup)
     front = write_results(setup, trials, baselines)
