@@ -51,7 +51,7 @@ def run(strategy: str, args: argparse.Namespace) -> dict:
     return {
         "strategy": strategy, "seconds": round(seconds, 1), "trials": len(result.trials),
         "trained": sum(c.accuracy is not None for c in result.trials),
-        "trials_per_hour": round(3600 * len(result.trials) / seconds, 1),
+        "trials_per_hour": round(3600 * sum(c.accuracy is not None for c in result.trials) / seconds, 1),
         "hypervolume": hypervolume(front, ref_latency=ref),
         "baseline_hypervolume": hypervolume([(b.accuracy, b.predicted_ms) for b in uniform], ref_latency=ref),
         "baselines_not_dominated": undominated,
@@ -97,7 +97,7 @@ def main() -> int:
              "", f"`.venv/bin/python benchmarks/search.py --trials {args.trials} --budget {args.budget}` — "
              f"vitsearch {__version__}, {platform.processor() or platform.machine()}, load average {load:.2f} at start, "
              f"{time.strftime('%Y-%m-%d')}.", "",
-             "| strategy | wall s | trials | trained | trials/h | front HV | uniform HV | best under budget | acc | drop (pts) |",
+             "| strategy | wall s | candidates | trained | trained/h | front HV | uniform HV | best under budget | acc | drop (pts) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs.values():
         b = r["best"] or {}

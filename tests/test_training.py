@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vitsearch import pruning
+from vitsearch.config import PruneConfig
 from vitsearch.data import load_dataset
 from vitsearch.models import create_model
 from vitsearch.training import (LossWeights, PiecewiseLinear, SoftLatency, TrainSettings, keep_ratio_loss,
@@ -58,9 +59,14 @@ def _keep_fraction(model, splits) -> float:
     return float(pruning.prune_state(model).keep_decisions[0].mean())
 
 
+def _selector_at_half_asked_for_a_quarter(base):
+    """A selector created for keep 1/2 (so it starts there), then asked to keep 1/4."""
+    return pruning.apply(pruning.apply(copy.deepcopy(base), "spvit:3=0.5"), "spvit:3=0.25")
+
+
 def test_brief_training_moves_the_selector_to_its_keep_target(small):
     base, splits = small
-    model = pruning.apply(copy.deepcopy(base), "spvit:3=0.25")
+    model = _selector_at_half_asked_for_a_quarter(base)
     before = _keep_fraction(model, splits)
     settings = TrainSettings(steps=25, batch_size=32, selector_lr=3e-3, weights=LossWeights(ratio=5.0))
     result = train_candidate(model, base, splits, settings)
@@ -71,7 +77,7 @@ def test_brief_training_moves_the_selector_to_its_keep_target(small):
 
 def test_the_latency_term_alone_makes_training_prune_more(small):
     base, splits = small
-    model = pruning.apply(copy.deepcopy(base), "spvit:3=0.25")
+    model = _selector_at_half_asked_for_a_quarter(base)
     before = _keep_fraction(model, splits)
     # No ratio term: only the device's cost pulls the keep fraction down (steep table: 1 ms per token).
     settings = TrainSettings(steps=25, batch_size=32, selector_lr=3e-3, weights=LossWeights(ratio=0.0, latency=20.0))
@@ -87,3 +93,24 @@ def test_supernet_shares_selectors_across_configs(small):
     result = train_supernet(model, base, splits, lambda step, rng: [configs[step % 3]], configs,
                             TrainSettings(steps=3, batch_size=16))
     assert result.steps == 3 and set(model.token_selectors) == {"3", "4"} and hasattr(model, "head_aux")
+
+
+def test_fresh_candidates_start_from_the_same_selectors_whatever_ran_before(tiny_vit):
+    from vitsearch.training import fresh_model
+
+    a = fresh_model(tiny_vit, PruneConfig.parse("spvit:1=0.5"), seed=3)
+    torch.randn(100)  # other work consumes the global generator in between
+    b = fresh_model(tiny_vit, PruneConfig.parse("spvit:1=0.5"), seed=3)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert not hasattr(tiny_vit, "token_selectors")  # the base model is left as it was
+
+
+def test_a_new_selector_starts_at_its_target_keep_ratio(tiny_vit):
+    from vitsearch.training import fresh_model
+
+    model = fresh_model(tiny_vit, PruneConfig.parse("spvit:1=0.25"))
+    x = torch.randn(4, 16, tiny_vit.embed_dim)
+    with torch.no_grad():
+        _, p_keep = model.token_selectors["1"](x)
+    assert abs(float(p_keep.mean()) - 0.25) < 0.1  # not 1/2: brief training starts where it must end

@@ -40,7 +40,7 @@ import torch.nn as nn
 from .config import PruneConfig, token_schedule
 from .errors import VitsearchError
 from .pruning import apply, prune_state
-from .training import LossWeights, SoftLatency, TrainSettings, accuracy, candidate_loss
+from .training import LossWeights, SoftLatency, TrainSettings, accuracy, candidate_loss, fresh_model
 from .training.brief import _batches, next_batch, param_groups, set_lr
 
 logger = logging.getLogger(__name__)
@@ -145,14 +145,6 @@ def describe(phases: Sequence[Phase]) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Training with resumable checkpoints.
-
-def fresh_model(base: nn.Module, config: PruneConfig, seed: int = 0) -> nn.Module:
-    """A copy of ``base`` patched for ``config``; its new selectors / aux head initialised from ``seed``, so a run
-    (and one resumed from its checkpoint) starts from the same weights every time."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return apply(copy.deepcopy(base), config)
-
 
 @dataclass
 class TrainOutcome:

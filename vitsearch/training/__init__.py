@@ -1,7 +1,7 @@
 """Training pruned candidates: the computation-aware loss, brief per-candidate fine-tuning, weight sharing."""
-from .brief import (SoftLatency, TrainResult, TrainSettings, accuracy, candidate_loss, train_candidate,
-                    train_supernet)
+from .brief import (SoftLatency, TrainResult, TrainSettings, accuracy, candidate_loss, fresh_model,
+                    train_candidate, train_supernet)
 from .losses import LossWeights, PiecewiseLinear, keep_ratio_loss, latency_loss, soft_block_tokens
 
 __all__ = ["TrainSettings", "TrainResult", "SoftLatency", "train_candidate", "train_supernet", "candidate_loss",
-           "accuracy", "LossWeights", "PiecewiseLinear", "keep_ratio_loss", "latency_loss", "soft_block_tokens"]
+           "fresh_model", "accuracy", "LossWeights", "PiecewiseLinear", "keep_ratio_loss", "latency_loss", "soft_block_tokens"]

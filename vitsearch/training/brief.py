@@ -131,6 +131,16 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
     return TrainResult(settings.steps, seconds, parts)
 
 
+def fresh_model(base: nn.Module, config: PruneConfig, seed: int = 0) -> nn.Module:
+    """A copy of ``base`` patched for ``config``; its new selectors / aux head initialised from ``seed``, so a
+    candidate (and a run resumed from its checkpoint) starts from the same weights whatever ran before it."""
+    import copy
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return apply(copy.deepcopy(base), config)
+
+
 def param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
     new = [p for n, p in model.named_parameters() if n.startswith(("token_selectors.", "head_aux."))]
     new_ids = {id(p) for p in new}
