@@ -84,13 +84,6 @@ def summarise(samples_ms: list, warmup: int, stable: bool, seconds: float) -> di
             "stable": bool(stable), "seconds": round(seconds, 3)}
 
 
-def time_calls(call, warmup: int, min_repeats: int, max_repeats: int, max_seconds: float, rel_tol: float) -> dict:
-    """Time ``call()`` (any callable) with the stopping rule described in the module docstring."""
-    start = time.perf_counter()
-    samples, stable = sample_calls(call, warmup, min_repeats, max_repeats, max_seconds, rel_tol)
-    return summarise(samples, warmup, stable, time.perf_counter() - start)
-
-
 def sample_calls(call, warmup: int, min_repeats: int, max_repeats: int, max_seconds: float,
                  rel_tol: float) -> tuple:
     """The timed samples (ms) of ``call()`` and whether their median became stable."""
