@@ -41,7 +41,7 @@ from .config import PruneConfig, token_schedule
 from .errors import VitsearchError
 from .pruning import apply, prune_state
 from .training import LossWeights, SoftLatency, TrainSettings, accuracy, candidate_loss, fresh_model
-from .training.brief import _batches, next_batch, param_groups, set_lr
+from .training.brief import _batches, _seeded, next_batch, param_groups, set_lr
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +202,7 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
                       "seconds": seconds_before + time.perf_counter() - started}, state_path)
 
     bar = tqdm(total=steps, initial=start_step, desc=f"finalize {config}", unit="step", disable=not progress)
-    with torch.random.fork_rng():
-        torch.manual_seed(settings.seed)
+    with _seeded(settings.seed):
         if rng_state is not None:
             torch.set_rng_state(rng_state)
         batches = _batches(splits, settings.batch_size, settings.seed)

@@ -584,14 +584,15 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
                 bar.update(1)
             bar.set_postfix(config=trial.user_attrs.get("config", "?"), acc=f"{acc:.3f}" if acc is not None else "-")
             complete = study.get_trials(deepcopy=False, states=finished)
+            trained = _trained(study, complete)
             # Running trials count too: workers sharing a database stop together at settings.trials.
             running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-            if _trained(study, complete) + running >= settings.trials:
+            if trained + running >= settings.trials:
                 study.stop()
             elif len(complete) >= attempts:
                 logger.warning("stopping after %d candidates: only %d of them fit the budget of %.3f ms; a larger "
-                               "budget or a search space with lower keep ratios finds more", len(complete),
-                               _trained(study, complete), setup.budget_ms)
+                               "budget or a search space with lower keep ratios finds more", len(complete), trained,
+                               setup.budget_ms)
                 study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)

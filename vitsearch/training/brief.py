@@ -9,6 +9,7 @@ Two strategies share one loss and one step:
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -134,10 +135,7 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
 def fresh_model(base: nn.Module, config: PruneConfig, seed: int = 0) -> nn.Module:
     """A copy of ``base`` patched for ``config``; its new selectors / aux head initialised from ``seed``, so a
     candidate (and a run resumed from its checkpoint) starts from the same weights whatever ran before it."""
-    import copy
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with _seeded(seed):
         return apply(copy.deepcopy(base), config)
 
 
