@@ -337,7 +337,9 @@ def choose_trial(ctx: StudyContext, trial: int) -> dict[str, Any]:
 
 def measure(onnx_path: Path, model: nn.Module, ctx: StudyContext) -> dict[str, Any]:
     """Time the exported model end to end on the study's device with the latency table's settings (threads,
-    warm-up, repeats), as the table's validation does. Raises VitsearchError when the device cannot be used."""
+    warm-up, repeats), as the table's validation does: beside the drift reference where the table has one, so
+    the result is also given at the table's speed. Raises VitsearchError when the device cannot be used."""
+    from .latency import reference as ref
     from .latency.devices import Artefact, MeasureSettings, open_device
 
     table_meta = ctx.predictor.table.meta
@@ -345,25 +347,34 @@ def measure(onnx_path: Path, model: nn.Module, ctx: StudyContext) -> dict[str, A
     device = open_device(ctx.meta["device"], tables)
     settings = dataclasses.replace(MeasureSettings(**table_meta.get("settings", {})),
                                    threads=int(table_meta.get("threads", 0)))
+    batch = int(ctx.meta["batch"])
     if device.needs == "torch":
         from .export import example_input
 
-        artefact = Artefact("finalized", module=copy.deepcopy(model).eval(),
-                            inputs=(example_input(model, int(ctx.meta["batch"])),))
+        artefact = Artefact("finalized", module=copy.deepcopy(model).eval(), inputs=(example_input(model, batch),))
     else:
         artefact = Artefact("finalized", onnx=onnx_path)
     runtime: dict[str, Any] = {}
+    reference = None
     try:
-        for event in device.measure([artefact], settings):
+        if ctx.predictor.reference_ms is not None:
+            reference = ref.Reference.build(device, ctx.base, batch)
+        for event, ref_ms in ref.measure(device, [artefact], settings, reference):
             if event["event"] == "runtime":
                 runtime = {k: v for k, v in event.items() if k != "event"}
             elif event["event"] == "error":
                 raise VitsearchError(f"measuring on {device.name} failed: {event['message']}")
             else:
+                scale = ref.factor(ctx.predictor.reference_ms, ref_ms)
                 return {"measured_ms": event["median_ms"], "measured_p90_ms": event.get("p90_ms"),
+                        "measured_reference_ms": ref_ms,
+                        "measured_at_table_speed_ms": None if scale is None else event["median_ms"] * scale,
                         "measured_runtime": runtime.get("runtime"), "measured_threads": runtime.get("threads")}
     except OSError as e:
         raise VitsearchError(f"cannot reach device {device.name}: {e}") from e
+    finally:
+        if reference is not None:
+            reference.close()
     raise VitsearchError(f"device {device.name} returned no measurement")
 
 

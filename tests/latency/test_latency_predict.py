@@ -132,3 +132,20 @@ def test_noisy_block_rows_never_predict_more_tokens_as_faster(tmp_path, syntheti
     lo, hi = blocks[0].point.n, blocks[-1].point.n
     values = [predictor.component(Point("block", n)) for n in range(lo, hi + 1)]
     assert all(b >= a for a, b in zip(values, values[1:]))
+
+
+def test_rows_are_scaled_to_the_tables_reference_speed(tmp_path, synthetic):
+    """Rows measured while the machine ran at half speed (their call's reference took twice as long) are halved
+    back to the table's speed, the median of the references; a table without references is read as stored."""
+    rows = list(synthetic.rows.values())
+    slow_kinds = {"block", "head"}  # as if profiled in a slow minute: every latency doubled, reference too
+    scaled = [T.Row(r.point, r.steps, r.median_ms * (2 if r.point.kind in slow_kinds else 1), r.p90_ms,
+                    r.spread_ms, r.repeats, ref_ms=2.0 if r.point.kind in slow_kinds else 1.0) for r in rows]
+    predictor = Predictor(T.save(tmp_path / "drift.csv", synthetic.meta, scaled))
+    assert predictor.reference_ms == 1.0  # most rows ran at speed 1
+    plain = Predictor(synthetic)
+    assert plain.reference_ms is None
+    for config in CONFIGS:
+        assert predictor.predict(config).total_ms == pytest.approx(plain.predict(config).total_ms)
+    reloaded = T.load(tmp_path / "drift.csv")
+    assert {r.ref_ms for r in reloaded.rows.values()} == {1.0, 2.0}

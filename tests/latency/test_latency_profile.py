@@ -10,6 +10,7 @@ import pytest
 
 from vitsearch.errors import VitsearchError
 from vitsearch.latency import grid, profile
+from vitsearch.latency.components import Point
 from vitsearch.latency import table as T
 from vitsearch.models import create_model, geometry
 
@@ -33,6 +34,16 @@ def test_profile_writes_a_complete_table_with_provenance(tiny_table):
     # every other row has the overhead taken out of each call before dividing by the steps
     for r in blocks.values():
         assert r.median_ms == pytest.approx(max(0.0, (r.raw_median_ms - overhead.raw_median_ms) / r.steps), rel=1e-4)
+
+
+def test_every_call_times_the_drift_reference(tiny_table):
+    """Each kind's call also timed the dense block chain; rows of one call share its reference, and the
+    reference is the same graph as the block row at every token (so it costs about as much)."""
+    refs = {p.kind: {r.ref_ms for q, r in tiny_table.rows.items() if q.kind == p.kind} for p in tiny_table.rows}
+    assert all(len(v) == 1 and next(iter(v)) > 0 for v in refs.values())  # one call per kind, one reference each
+    g = tiny_table.geometry
+    full = tiny_table.rows[Point("block", g.num_prefix_tokens + g.num_patches)]
+    assert full.raw_median_ms / 3 < full.ref_ms < 3 * full.raw_median_ms
 
 
 def test_interrupted_profile_resumes_and_keeps_its_rows(tmp_path):

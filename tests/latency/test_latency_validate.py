@@ -6,6 +6,7 @@ import json
 import pytest
 
 from vitsearch.latency import kendall_tau, random_configs, validate
+from vitsearch.latency.predict import Predictor
 from vitsearch.latency.validate import scatter_info, summarise
 from vitsearch.models import create_model, geometry
 
@@ -45,3 +46,8 @@ def test_validate_saves_results_beside_the_table(tiny_table):
         assert key in saved
     info = scatter_info(result.rows)
     assert set(info["series"]) == {"spvit", "evovit"} and info["lo"] <= info["hi"]
+    # each model is also given at the table's speed, through the reference timed in its own call
+    table_ref = Predictor(tiny_table).reference_ms
+    for r in result.rows:
+        assert r["measured_at_table_speed_ms"] == pytest.approx(r["measured_ms"] * table_ref / r["reference_ms"])
+    assert saved["reference_ms"] == table_ref and saved["drift_corrected"]["count"] == 4

@@ -221,4 +221,4 @@ def test_a_real_search_folder_renders(tmp_path):
     md = files.markdown.read_text()
     assert "8 completed trials: 5 trained, 3 rejected before training" in md
     assert "| 5 | evovit | 5: 0.4, 6: 0.85 | 65×5 · 28 · 25×2 | 52.09 |" in md
-    assert "10th percentiles (less inflated by other load on the machine): median |error| 13.1%" in md
+    assert "medians as measured: median |error| 45.1%" in md  # a table validated before drift references

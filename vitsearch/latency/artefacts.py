@@ -21,6 +21,7 @@ import torch
 from ..errors import VitsearchError
 from ..export import DEFAULT_OPSET
 from .components import ComponentGraph, Point
+from .devices import Artefact
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,23 @@ def specialise(template: onnx.ModelProto, shapes: Sequence[Sequence[int]], path:
 
 def load_template(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=False)
+
+
+def point_name(p: Point) -> str:
+    return f"{p.kind}-n{p.n}-k{p.k}"
+
+
+def for_points(needs: str, graph: ComponentGraph, points: Sequence[Point], folder: Path) -> list[Artefact]:
+    """What a device of kind ``needs`` ("onnx" or "torch") times for ``graph`` at each of ``points``: one
+    export of the kind into ``folder``, specialised per point; or the module itself with its inputs."""
+    if needs == "torch":
+        return [Artefact(point_name(p), module=graph.module, inputs=graph.example(p)) for p in points]
+    template_path = export_kind(graph, points[len(points) // 2], folder)
+    weights = tuple(sorted(folder.glob(f"{graph.kind}.weights")))
+    template = load_template(template_path)
+    return [Artefact(point_name(p), onnx=specialise(template, [t.shape for t in graph.example(p)],
+                                                    folder / f"{point_name(p)}.onnx"), files=weights)
+            for p in points]
 
 
 def export_model(model: torch.nn.Module, batch: int, path: Path) -> Path:

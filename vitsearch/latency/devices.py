@@ -186,12 +186,15 @@ def open_device(spec: DeviceSpec | str, tables: str | os.PathLike[str] = "latenc
 
 # Local and ssh: the runner over a transport -------------------------------------------------------------------
 
-def _manifest(artefacts: Sequence[Artefact], settings: MeasureSettings, provider: str) -> dict[str, Any]:
+def _manifest(artefacts: Sequence[Artefact], settings: MeasureSettings, provider: str, *,
+              absolute: bool = False) -> dict[str, Any]:
+    """The runner's manifest; paths are the files' names (copied beside it), or ``absolute`` on this machine."""
     for a in artefacts:
         if a.onnx is None:
             raise ValueError(f"artefact {a.name} has no ONNX graph")
     return {**asdict(settings), "provider": provider,
-            "models": [{"name": a.name, "path": a.onnx.name} for a in artefacts]}
+            "models": [{"name": a.name, "path": str(a.onnx.resolve()) if absolute else a.onnx.name}
+                       for a in artefacts]}
 
 
 def _stream(cmd: list[str], what: str, timeout: float | None, hint: str = "") -> Iterator[dict[str, Any]]:
@@ -227,11 +230,8 @@ class LocalDevice(Device):
     def measure(self, artefacts: Sequence[Artefact], settings: MeasureSettings) -> Iterator[dict[str, Any]]:
         if not artefacts:
             return
-        folder = artefacts[0].onnx.parent
-        if any(a.onnx.parent != folder for a in artefacts):
-            raise ValueError("local artefacts of one call must share a folder")
-        with tempfile.NamedTemporaryFile("w", suffix=".json", dir=folder, delete=False) as f:
-            json.dump(_manifest(artefacts, settings, self.spec.get("provider", "cpu")), f)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(_manifest(artefacts, settings, self.spec.get("provider", "cpu"), absolute=True), f)
         try:
             yield from _stream([sys.executable, str(RUNNER), f.name], f"the runner on {self.name}", None)
         finally:

@@ -5,11 +5,16 @@ it); each is looked up in the table, interpolating linearly between profiled tok
 non-decreasing fit of each kind's points, see :func:`monotone`). The ``overhead``
 component (one runtime call's fixed cost) is counted once, as a whole model pays it once, while every other
 row already has it subtracted. A count outside the profiled grid is refused, never extrapolated.
+
+Where the table records the drift reference of each row's call (``ref_ms``, see :mod:`.reference`), every
+row is first scaled to the table's reference speed (the median of those references), so kinds profiled in a
+slow minute and kinds profiled in a fast one add up on one scale.
 """
 from __future__ import annotations
 
 import bisect
 import os
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +62,9 @@ class Predictor:
         if statistic not in table_mod.LATENCIES:
             raise ValueError(f"statistic must be one of {table_mod.LATENCIES}")
         self.table, self.statistic = table, statistic
+        refs = [row.ref_ms for row in table.rows.values()]
+        drift = bool(refs) and all(r > 0 for r in refs)  # NaN > 0 is False: an older table without references
+        self.reference_ms: float | None = statistics.median(refs) if drift else None
         self._1d: dict[str, tuple[list[int], list[float]]] = {}
         self._2d: dict[int, tuple[list[int], list[float]]] = {}  # spvit_select: n -> (k values, latencies)
         grouped: dict[str, dict[int, float]] = defaultdict(dict)
@@ -64,6 +72,8 @@ class Predictor:
             value = getattr(row, statistic)
             if value != value:  # NaN: an older table without this column
                 raise VitsearchError(f"table {table.path} has no {statistic} for {point}: re-profile to use it")
+            if self.reference_ms is not None:
+                value *= self.reference_ms / row.ref_ms
             if point.kind == "spvit_select":
                 ks, vs = self._2d.setdefault(point.n, ([], []))
                 ks.append(point.k)

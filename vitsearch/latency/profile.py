@@ -2,22 +2,25 @@
 
 Order: the ``overhead`` graph first (every other row has its median subtracted), then one kind at a time:
 export the kind once, specialise it to each pending grid point, measure them all in one runner call, and
-append each row to the CSV the moment its result arrives. Rows already in the table are skipped, so an
+append each row to the CSV the moment its result arrives. Every call also times the drift reference
+(:mod:`vitsearch.latency.reference`), recorded with each row. Rows already in the table are skipped, so an
 interrupted profile resumes where it stopped; the metadata must match (same device, runtime, threads, batch
 and geometry), else ``restart=True`` starts over.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import logging
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
@@ -27,7 +30,9 @@ from ..models import create_model, geometry
 from . import artefacts as art
 from . import table as table_mod
 from .components import ComponentGraph, GridSpec, Point, component_graphs, grid
-from .devices import Artefact, Device, MeasureSettings, open_device, resolve
+from .devices import Device, MeasureSettings, open_device, resolve
+from .reference import Reference
+from .reference import measure as measure_with_reference
 from .table import LatencyTable, Row, RowWriter
 
 logger = logging.getLogger(__name__)
@@ -35,7 +40,7 @@ logger = logging.getLogger(__name__)
 ORDER = ("overhead", "embed", "head", "block", "block_cls", "evo_block", "evo_block_cls", "evo_stage", "spvit_select")
 
 
-def _row(point: Point, steps: int, stats: Mapping[str, Any], overhead_ms: float) -> Row:
+def _row(point: Point, steps: int, stats: Mapping[str, Any], overhead_ms: float, ref_ms: float | None) -> Row:
     """Per-step latencies with the per-call overhead taken out (clamped at 0: a component can be cheaper
     than the timing noise of the overhead, never negative)."""
     sub = 0.0 if point.kind == "overhead" else overhead_ms
@@ -48,24 +53,8 @@ def _row(point: Point, steps: int, stats: Mapping[str, Any], overhead_ms: float)
         return max(0.0, (ms - sub) / steps)
 
     return Row(point, steps, per_step(stats["median_ms"]), per_step(p90), max(0.0, (p90 - low) / steps),
-               int(stats["repeats"]), per_step(low), float(stats["median_ms"]), stats.get("stable"))
-
-
-def _point_name(p: Point) -> str:
-    return f"{p.kind}-n{p.n}-k{p.k}"
-
-
-def _artefacts(device: Device, g: ComponentGraph, points: Sequence[Point], folder: Path) -> list[Artefact]:
-    if device.needs == "torch":
-        return [Artefact(_point_name(p), module=g.module, inputs=g.example(p)) for p in points]
-    template_path = art.export_kind(g, points[len(points) // 2], folder)
-    weights = tuple(sorted(f for f in folder.glob(f"{g.kind}.weights")))
-    template = art.load_template(template_path)
-    out = []
-    for p in points:
-        path = art.specialise(template, [t.shape for t in g.example(p)], folder / f"{_point_name(p)}.onnx")
-        out.append(Artefact(_point_name(p), onnx=path, files=weights))
-    return out
+               int(stats["repeats"]), per_step(low), float(stats["median_ms"]), stats.get("stable"),
+               math.nan if ref_ms is None else ref_ms)
 
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
@@ -137,11 +126,13 @@ def profile(
         _check_settings(old_meta, meta, path)
     graphs = component_graphs(net, batch)
     start = time.perf_counter()
-    with RowWriter(path) as writer:
+    with RowWriter(path) as writer, contextlib.ExitStack() as cleanup:
         pending = [p for p in grid(g, grid_spec) if p not in writer.rows]
+        reference = cleanup.enter_context(contextlib.closing(Reference.build(dev, net, batch))) if pending else None
         logger.info("profiling %s on %s: %d of %d grid points to measure (%s)", g.key, device, len(pending),
                     len(grid(g, grid_spec)), path)
-        failures = _measure_all(dev, graphs, pending, writer, settings, meta, old_meta, path, progress)
+        failures = _measure_all(dev, graphs, reference, pending, writer, settings, meta, old_meta, path,
+                                progress)
         rows = dict(writer.rows)
     elapsed = time.perf_counter() - start
     final = table_mod.load(path) if table_mod.meta_path(path).exists() else None
@@ -164,7 +155,8 @@ def _settings_for(graph: ComponentGraph, settings: MeasureSettings) -> MeasureSe
     return replace(settings, warmup=min(settings.warmup, 2), min_repeats=max(3, settings.min_repeats // 2))
 
 
-def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], pending: list[Point], writer: RowWriter,
+def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], reference: Reference | None, pending: list[Point],
+                 writer: RowWriter,
                  settings: MeasureSettings, meta: dict[str, Any], old_meta: Mapping[str, Any] | None, path: Path,
                  progress: bool) -> list[tuple[str, str]]:
     from tqdm.auto import tqdm
@@ -183,11 +175,11 @@ def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], pending: lis
                 raise VitsearchError(f"the overhead graph could not be measured on {dev.name}, so no component can be")
             bar.set_postfix_str(f"exporting {kind}")
             t0 = time.perf_counter()
-            arts = _artefacts(dev, graphs[kind], points, folder)
+            arts = art.for_points(dev.needs, graphs[kind], points, folder)
             t1 = time.perf_counter()
             by_name = {a.name: p for a, p in zip(arts, points)}
             bar.set_postfix_str(kind)
-            for event in dev.measure(arts, _settings_for(graphs[kind], settings)):
+            for event, ref_ms in measure_with_reference(dev, arts, _settings_for(graphs[kind], settings), reference):
                 if event["event"] == "runtime":
                     meta["runtime"] = {k: v for k, v in event.items() if k != "event"}
                     if old_meta is not None:
@@ -199,7 +191,7 @@ def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], pending: lis
                 elif event["event"] == "result":
                     p = by_name[event["name"]]
                     steps = graphs[kind].steps
-                    writer.append(_row(p, steps, event, 0.0 if overhead is None else overhead.raw_median_ms))
+                    writer.append(_row(p, steps, event, 0.0 if overhead is None else overhead.raw_median_ms, ref_ms))
                     bar.update(1)
                 else:
                     failures.append((event["name"], event.get("message", "")))

@@ -13,6 +13,8 @@ p10_ms         per-step 10th percentile, overhead subtracted (the min where the 
                shared machine it is far less inflated by other processes than the median
 raw_median_ms  the median of one whole call as measured, before subtraction and division
 stable         whether the median settled within the runner's tolerance
+ref_ms         the drift reference's median in the call that measured this row (see
+               :mod:`vitsearch.latency.reference`); the predictor scales the row by the table's reference over it
 =============  ==================================================================================
 
 The ``.json`` beside it records provenance: device, runtime and version, threads, batch, precision, date,
@@ -36,7 +38,7 @@ from .devices import folder_name
 
 PRECISION = "fp32"
 COLUMNS = ("kind", "n", "k", "steps", "median_ms", "p90_ms", "spread_ms", "repeats", "p10_ms", "raw_median_ms",
-           "stable")
+           "stable", "ref_ms")
 REQUIRED = ("kind", "n", "k", "steps", "median_ms", "p90_ms", "spread_ms", "repeats")
 LATENCIES = ("median_ms", "p90_ms", "p10_ms")  # statistics a prediction can be made from
 FORMAT = 1
@@ -57,6 +59,7 @@ class Row:
     p10_ms: float = math.nan
     raw_median_ms: float = math.nan
     stable: bool | None = None
+    ref_ms: float = math.nan
 
     def to_csv(self) -> dict[str, Any]:
         def opt(v: float) -> str:
@@ -65,7 +68,8 @@ class Row:
         return {"kind": self.point.kind, "n": self.point.n, "k": self.point.k, "steps": self.steps,
                 "median_ms": f"{self.median_ms:.6g}", "p90_ms": f"{self.p90_ms:.6g}",
                 "spread_ms": f"{self.spread_ms:.6g}", "repeats": self.repeats, "p10_ms": opt(self.p10_ms),
-                "raw_median_ms": opt(self.raw_median_ms), "stable": "" if self.stable is None else int(self.stable)}
+                "raw_median_ms": opt(self.raw_median_ms), "stable": "" if self.stable is None else int(self.stable),
+                "ref_ms": opt(self.ref_ms)}
 
 
 def table_path(tables: str | os.PathLike[str], device: str, geometry: ModelGeometry, batch: int,
@@ -113,10 +117,12 @@ def _parse_row(raw: Mapping[str, str], where: str) -> Row:
     if kind not in KINDS:
         raise VitsearchError(f"{where}: unknown component kind {kind!r} (expected one of {', '.join(KINDS)})")
     stable = (raw.get("stable") or "").strip()
-    optional = {c: number(c) if (raw.get(c) or "").strip() else math.nan for c in ("p10_ms", "raw_median_ms")}
+    optional = {c: number(c) if (raw.get(c) or "").strip() else math.nan
+                for c in ("p10_ms", "raw_median_ms", "ref_ms")}
     return Row(Point(kind, number("n", int), number("k", int)), number("steps", int),
                number("median_ms"), number("p90_ms"), number("spread_ms"), number("repeats", int),
-               optional["p10_ms"], optional["raw_median_ms"], bool(int(stable)) if stable else None)
+               optional["p10_ms"], optional["raw_median_ms"], bool(int(stable)) if stable else None,
+               optional["ref_ms"])
 
 
 def read_rows(path: Path) -> dict[Point, Row]:

@@ -4,6 +4,9 @@ Each config is applied to the table's model, exported whole (static shapes, as d
 table's device with the table's threads through the same runner. Saved beside the table:
 ``<table>.validation.csv`` (one row per config), ``.validation.json`` (summary and provenance) and
 ``.validation.png`` (predicted vs measured scatter).
+
+Every runner call also times the drift reference (:mod:`.reference`), so each model is reported as measured and
+at the table's reference speed; the summary compares the prediction with both (``drift_corrected``: the latter).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from ..models import ModelGeometry, create_model
 from ..pruning import apply
 from .devices import Artefact, MeasureSettings, open_device
 from .predict import Predictor
+from .reference import Reference, factor as drift_factor
+from .reference import measure as measure_with_reference
 from .table import LatencyTable
 
 logger = logging.getLogger(__name__)
@@ -134,12 +139,9 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
     dev = open_device(meta["device"]["name"], tables)
     settings = replace(settings or MeasureSettings(**meta.get("settings", {})), threads=int(meta["threads"]))
     predictor = Predictor(table)
-    # The same comparison on the 10th percentiles: far less inflated than medians when other processes share
-    # the machine, so it tells prediction error from measurement noise.
-    has_p10 = all(not math.isnan(r.p10_ms) for r in table.rows.values())
-    low_predictor = Predictor(table, "p10_ms") if has_p10 else None
     torch.manual_seed(0)
     net = create_model(meta["model"], **dict(model_kwargs or {}))
+    reference = Reference.build(dev, net, table.batch) if predictor.reference_ms is not None else None
     configs = random_configs(count, table.geometry, seed=seed)
     batch = table.batch
     g = table.geometry
@@ -161,7 +163,7 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
                 else:
                     arts.append(Artefact(name, onnx=export_onnx(net, (x,), folder / f"{name}.onnx", check=False)))
                 by_name[name] = config
-            for event in dev.measure(arts, settings):
+            for event, ref_ms in measure_with_reference(dev, arts, settings, reference):
                 if event["event"] == "runtime":
                     runtime = {k: v for k, v in event.items() if k != "event"}
                 elif event["event"] == "error":
@@ -170,10 +172,12 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
                     config = by_name[event["name"]]
                     pred = predictor.predict(config)
                     low = event.get("p10_ms")
+                    scale = drift_factor(predictor.reference_ms, ref_ms)
                     rows.append({"config": str(config), "method": config.method, "predicted_ms": pred.total_ms,
                                  "measured_ms": event["median_ms"], "measured_p90_ms": event.get("p90_ms"),
                                  "error_pct": 100.0 * (pred.total_ms - event["median_ms"]) / event["median_ms"],
-                                 "predicted_p10_ms": low_predictor.predict(config).total_ms if low_predictor else None,
+                                 "reference_ms": ref_ms,
+                                 "measured_at_table_speed_ms": None if scale is None else event["median_ms"] * scale,
                                  "measured_p10_ms": event["min_ms"] if low is None else low,
                                  "selection_ms": pred.selection_ms,
                                  "selection_share": pred.selection_ms / pred.total_ms})
@@ -183,9 +187,13 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
     finally:
         bar.close()
         shutil.rmtree(folder, ignore_errors=True)
+        if reference is not None:
+            reference.close()
+    at_speed = [r["measured_at_table_speed_ms"] for r in rows]
     summary = {**summarise([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
-               "p10": summarise([r["predicted_p10_ms"] for r in rows], [r["measured_p10_ms"] for r in rows])
-               if low_predictor else None,
+               "drift_corrected": summarise([r["predicted_ms"] for r in rows], at_speed)
+               if rows and None not in at_speed else None,
+               "reference_ms": predictor.reference_ms,
                "selection_share_median": {m: float(np.median([r["selection_share"] for r in rows if r["method"] == m]))
                                           for m in sorted({r["method"] for r in rows})},
                "table": str(table.path), "device": meta["device"], "runtime": runtime, "threads": meta["threads"],

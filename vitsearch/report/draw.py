@@ -159,8 +159,8 @@ def draw_flops(info: FlopsInfo, axes: Sequence[Any] | None = None) -> tuple[Any,
 
 
 def draw_validation(info: ValidationInfo, axes: Sequence[Any] | None = None) -> tuple[Any, ...]:
-    """Predicted vs measured latency of whole models, one panel per statistic (the chart ``vitsearch profile
-    --validate`` saves, with the 10th percentiles beside the medians)."""
+    """Predicted vs measured median latency of whole models: as measured, and at the table's speed where the
+    table has drift references (the chart ``vitsearch profile --validate`` saves, with its drift-corrected twin)."""
     from ..latency.validate import plot_scatter
 
     if axes is None:
@@ -168,6 +168,6 @@ def draw_validation(info: ValidationInfo, axes: Sequence[Any] | None = None) -> 
         axes = new_axes((5.2 * n, 5.4), ncols=n) if n > 1 else [new_axes((5.2, 5.4))]
     for ax, panel in zip(axes, info.panels):
         plot_scatter({"series": panel.series, "lo": panel.lo, "hi": panel.hi}, panel.summary, ax)
-        ax.set_title(f"{panel.statistic}s: {ax.get_title()}", fontsize=9)
-        ax.set(xlabel=f"measured latency, {panel.statistic} (ms)", ylabel=f"predicted latency, {panel.statistic} (ms)")
+        ax.set_title(f"{panel.statistic}: {ax.get_title()}", fontsize=9)
+        ax.set(xlabel=f"measured median latency, {panel.statistic} (ms)", ylabel="predicted latency (ms)")
     return tuple(axes)

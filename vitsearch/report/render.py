@@ -247,10 +247,17 @@ def finalized_table(study: Study) -> Table:
     # Fields of finalized records this report does not know (issue 6 may add some) become extra columns.
     extra = sorted({k for e in study.finalized for k, v in e.extra.items() if isinstance(v, (int, float, str))})
     rows = []
+
+    def error(predicted: float, measured: Any) -> str:
+        return f"{100 * (predicted - measured) / measured:+.1f}" if isinstance(measured, float) else DASH
+
     for e, row in zip(study.finalized, entry_rows(study.finalized, study)):
-        error = DASH if e.measured_ms is None else f"{100 * (e.predicted_ms - e.measured_ms) / e.measured_ms:+.1f}"
-        rows.append(row + [error] + [str(e.extra.get(k, DASH)) for k in extra])
-    return Table(entry_headers(study, "trial") + ["prediction error (%)"] + extra, rows, note=MEASURED_NOTE)
+        rows.append(row + [error(e.predicted_ms, e.measured_ms),
+                           error(e.predicted_ms, e.extra.get("measured_at_table_speed_ms"))]
+                    + [str(e.extra.get(k, DASH)) for k in extra])
+    return Table(entry_headers(study, "trial") + ["prediction error (%)", "at the table's speed (%)"] + extra, rows,
+                 note=MEASURED_NOTE + " At the table's speed: the measurement scaled by the drift reference timed "
+                                      "beside it (the machine's own speed change since profiling taken out).")
 
 
 def validation_text(study: Study) -> str:
@@ -266,9 +273,10 @@ def validation_text(study: Study) -> str:
 
     device = (s.get("device") or {}).get("name", "?")
     text = (f"{s.get('count', len(v.rows))} random pruned models measured end to end on {device} "
-            f"({v.paths['json']}, {s.get('date', '?')}): medians: {line(s)}.")
-    if s.get("p10"):
-        text += f" 10th percentiles (less inflated by other load on the machine): {line(s['p10'])}."
+            f"({v.paths['json']}, {s.get('date', '?')}): medians as measured: {line(s)}.")
+    if s.get("drift_corrected"):
+        text += (f" At the table's speed (each measurement scaled by the drift reference timed beside it, which takes "
+                 f"out the machine's own speed changes since profiling): {line(s['drift_corrected'])}.")
     return text
 
 
@@ -308,8 +316,9 @@ def build_figures(study: Study, folder: Path) -> list[Figure]:
     if val is not None:
         add("validation", "Latency table validation: predicted vs measured", (
             "Random pruned whole models, latency predicted from the table against measured end to end on the device; "
-            "the band is ±10%." + (" Right: the same comparison on 10th percentiles, which other load on the "
-                                   "machine inflates far less than medians." if len(val.panels) > 1 else "")),
+            "the band is ±10%." + (" Right: the measurements at the table's speed (scaled by the drift reference "
+                                   "timed beside each), which takes out the machine's own speed changes."
+                                   if len(val.panels) > 1 else "")),
             draw.draw_validation(val)[0])
     return figures
 

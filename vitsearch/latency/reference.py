@@ -1,0 +1,97 @@
+"""The drift reference: one fixed graph timed in every runner call, so that calls made minutes apart can be put
+on one speed scale.
+
+A shared machine's speed drifts by tens of percent within minutes (benchmarks/RESULTS.md, issue 3): a table's
+kinds are measured one call after another, and a whole model is measured later still, so each saw a different
+machine. Every call of a profile, a validation or a finalize measurement therefore also times the model's dense
+backbone (the ``block`` chain at every token: a fixed graph of the geometry, and the bulk of any model's time)
+interleaved with its own graphs. The table keeps each row's call reference (column ``ref_ms``); the predictor
+scales every row to the table's reference speed (the median of its rows' references), and a measurement is
+reported both as measured and at the table's speed: ``measured x table reference / call reference``.
+A device whose speed does not drift (a phone with pinned clocks, a quiet board) gets a factor near 1.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch.nn as nn
+
+from .artefacts import for_points
+from .components import Point, component_graphs
+from .devices import Artefact, Device, MeasureSettings
+
+logger = logging.getLogger(__name__)
+
+NAME = "__reference__"
+
+
+KIND = "reference"  # its files are named after it, so they never clash with the block kind's beside them
+
+
+def point(model: nn.Module) -> Point:
+    from ..models import geometry
+
+    g = geometry(model)
+    return Point(KIND, g.num_prefix_tokens + g.num_patches)
+
+
+@dataclass
+class Reference:
+    """The reference artefact of ``model``'s geometry for one device, exported once into its own folder."""
+
+    artefact: Artefact
+    folder: Path
+
+    @classmethod
+    def build(cls, device: Device, model: nn.Module, batch: int) -> "Reference":
+        folder = Path(tempfile.mkdtemp(prefix="vitsearch-reference-"))
+        net = copy.deepcopy(model)  # component_graphs patches and re-modes its model; the caller's stays as it is
+        graph = dataclasses.replace(component_graphs(net, batch)["block"], kind=KIND)
+        (artefact,) = for_points(device.needs, graph, [point(net)], folder)
+        artefact.name = NAME
+        return cls(artefact, folder)
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def measure(device: Device, artefacts: Sequence[Artefact], settings: MeasureSettings,
+            reference: Reference | None) -> Iterator[tuple[dict[str, Any], float | None]]:
+    """``device.measure`` with the reference timed first in the same call: yields each of the call's own events
+    with the reference's median (ms) in that call, None where there is no reference or it failed."""
+    if reference is None:
+        for event in device.measure(artefacts, settings):
+            yield event, None
+        return
+    ref_ms: float | None = None
+    seen, held = False, []
+    for event in device.measure([reference.artefact, *artefacts], settings):
+        if event.get("name") == NAME:
+            seen = True
+            if event["event"] == "result":
+                ref_ms = float(event["median_ms"])
+            else:
+                logger.warning("the drift reference failed on %s: %s", device.name, event.get("message"))
+            yield from ((e, ref_ms) for e in held)
+            held = []
+        elif event["event"] == "runtime" or seen:
+            yield event, ref_ms
+        else:  # a transport that reports out of order: hold results until the reference is known
+            held.append(event)
+    yield from ((e, ref_ms) for e in held)
+
+
+def factor(table_ref_ms: float | None, call_ref_ms: float | None) -> float | None:
+    """What turns a time measured in a call into the table's speed; None where either reference is missing."""
+    if not table_ref_ms or not call_ref_ms or math.isnan(table_ref_ms) or math.isnan(call_ref_ms):
+        return None
+    return table_ref_ms / call_ref_ms
