@@ -1,20 +1,19 @@
-"""The drift reference: one fixed graph timed beside every measurement, so that measurements made minutes
-apart can be put on one speed scale.
+"""The drift reference: one fixed graph timed in every runner call, so that calls made minutes apart can be put
+on one speed scale.
 
 A shared machine's speed drifts by tens of percent within minutes (benchmarks/RESULTS.md, issue 3): a table's
-kinds are measured one after another, and a whole model is measured later still, so each saw a different
-machine. Every call of a profile, a validation or a finalize measurement therefore also sends the reference (one
-transformer block of the model at every token: a fixed graph of the geometry), which the runner times just
-before each timed call of every other graph (``runner.REFERENCE``); each result carries the median of its
-paired reference calls (``ref_ms``). The table keeps it per row; the predictor scales every row to the table's
-reference speed (the median of its rows' references), and a measurement is reported both as measured and at the
-table's speed: ``measured x table reference / paired reference``. A transport that cannot pair (adb's perf
-tool) times the reference once in the call, and that stands for every graph of the call. A device whose speed
-does not drift (a phone with pinned clocks, a quiet board) gets factors near 1.
+kinds are measured one call after another, and a whole model is measured later still, so each saw a different
+machine. Every call of a profile, a validation or a finalize measurement therefore also times the model's dense
+backbone (the ``block`` chain at every token: a fixed graph of the geometry, and the bulk of any model's time)
+interleaved with its own graphs. The table keeps each row's call reference (column ``ref_ms``); the predictor
+scales every row to the table's reference speed (the median of its rows' references), and a measurement is
+reported both as measured and at the table's speed: ``measured x table reference / call reference``.
+A device whose speed does not drift (a phone with pinned clocks, a quiet board) gets a factor near 1.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import tempfile
@@ -24,14 +23,14 @@ from typing import Any, Iterator, Sequence
 
 import torch.nn as nn
 
-import torch
-
 from .artefacts import for_points
-from .components import ComponentGraph, Point
+from .components import Point, component_graphs
 from .devices import Artefact, Device, MeasureSettings
-from .runner import REFERENCE as NAME
 
 logger = logging.getLogger(__name__)
+
+NAME = "__reference__"
+
 
 KIND = "reference"  # its files are named after it, so they never clash with the block kind's beside them
 
@@ -53,11 +52,9 @@ class Reference:
     @classmethod
     def build(cls, device: Device, model: nn.Module, batch: int) -> "Reference":
         folder = Path(tempfile.mkdtemp(prefix="vitsearch-reference-"))
-        block = nn.Sequential(copy.deepcopy(model.blocks[0])).eval()  # one block: cheap to pair with every call
-        dim = int(model.embed_dim)
-        example = torch.randn(batch, point(model).n, dim, generator=torch.Generator().manual_seed(0))
-        graph = ComponentGraph(KIND, block, 1, lambda p: (example,), ((),))
-        (artefact,) = for_points(device.needs, graph, [point(model)], folder)
+        net = copy.deepcopy(model)  # component_graphs patches and re-modes its model; the caller's stays as it is
+        graph = dataclasses.replace(component_graphs(net, batch)["block"], kind=KIND)
+        (artefact,) = for_points(device.needs, graph, [point(net)], folder)
         artefact.name = NAME
         return cls(artefact, folder)
 
@@ -69,9 +66,8 @@ class Reference:
 
 def measure(device: Device, artefacts: Sequence[Artefact], settings: MeasureSettings,
             reference: Reference | None) -> Iterator[tuple[dict[str, Any], float | None]]:
-    """``device.measure`` with the reference in the same call: yields each of the call's own events with the
-    reference's median (ms) paired with it, or in the call where the transport cannot pair; None where there is
-    no reference or it failed."""
+    """``device.measure`` with the reference timed first in the same call: yields each of the call's own events
+    with the reference's median (ms) in that call, None where there is no reference or it failed."""
     if reference is None:
         for event in device.measure(artefacts, settings):
             yield event, None
@@ -87,8 +83,8 @@ def measure(device: Device, artefacts: Sequence[Artefact], settings: MeasureSett
                 logger.warning("the drift reference failed on %s: %s", device.name, event.get("message"))
             yield from ((e, ref_ms) for e in held)
             held = []
-        elif event["event"] == "runtime" or seen or "ref_ms" in event:
-            yield event, event.get("ref_ms", ref_ms)
+        elif event["event"] == "runtime" or seen:
+            yield event, ref_ms
         else:  # a transport that reports out of order: hold results until the reference is known
             held.append(event)
     yield from ((e, ref_ms) for e in held)

@@ -27,11 +27,6 @@ With ``"passes": P`` (default 1) the models are timed in P interleaved passes (e
 time budget, a fresh session and its own warm-up) and every model's samples are pooled. On a shared machine
 speed drifts by tens of percent within minutes; interleaving spreads each model's samples over the whole call,
 so models measured in one call see the same machine instead of whatever moment their turn came.
-
-A model named ``__reference__`` is the drift reference (vitsearch/latency/reference.py): it is not timed on its
-own turn but once before every timed call of every other model, and each model's result carries ``ref_ms``,
-the median of the reference calls paired with its own. Drift slower than one call pair (milliseconds) then
-moves a model and its ``ref_ms`` together, and their ratio stays put.
 """
 from __future__ import annotations
 
@@ -89,36 +84,25 @@ def summarise(samples_ms: list, warmup: int, stable: bool, seconds: float) -> di
             "stable": bool(stable), "seconds": round(seconds, 3)}
 
 
-REFERENCE = "__reference__"
-
-
-def _timed(call) -> float:
-    t0 = time.perf_counter_ns()
-    call()
-    return (time.perf_counter_ns() - t0) / 1e6
-
-
 def sample_calls(call, warmup: int, min_repeats: int, max_repeats: int, max_seconds: float,
-                 rel_tol: float, ref_call=None) -> tuple:
-    """The timed samples (ms) of ``call()``, those of ``ref_call()`` timed just before each (empty without
-    one), and whether the median of the samples became stable."""
+                 rel_tol: float) -> tuple:
+    """The timed samples (ms) of ``call()`` and whether their median became stable."""
     start = time.perf_counter()
     for _ in range(warmup):
         call()
     samples: list = []
-    ref_samples: list = []
     previous = None
     while True:
         for _ in range(max(1, min_repeats)):
-            if ref_call is not None:
-                ref_samples.append(_timed(ref_call))
-            samples.append(_timed(call))
+            t0 = time.perf_counter_ns()
+            call()
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
         median = float(np.median(samples))
         if previous is not None and abs(median - previous) <= rel_tol * median:
-            return samples, ref_samples, True
+            return samples, True
         previous = median
         if len(samples) >= max_repeats or time.perf_counter() - start >= max_seconds:
-            return samples, ref_samples, False
+            return samples, False
 
 
 def time_interleaved(items: list, make_call, cfg: dict):
@@ -128,45 +112,25 @@ def time_interleaved(items: list, make_call, cfg: dict):
     warmup, min_repeats = int(cfg.get("warmup", 5)), int(cfg.get("min_repeats", 10))
     max_repeats = max(min_repeats, -(-int(cfg.get("max_repeats", 300)) // passes))
     max_seconds, rel_tol = float(cfg.get("max_seconds", 3.0)) / passes, float(cfg.get("rel_tol", 0.01))
-    reference = next((source for name, source in items if name == REFERENCE), None)
-    timed = [(name, source) for name, source in items if name != REFERENCE or len(items) == 1]
-    pooled = {name: [] for name, _ in timed}
-    paired = {name: [] for name, _ in timed}
+    pooled = {name: [] for name, _ in items}
     stable = dict.fromkeys(pooled, True)
     seconds = dict.fromkeys(pooled, 0.0)
-    errors = []
     for _ in range(passes):
-        ref_call = None
-        if reference is not None and len(timed) < len(items):
-            try:
-                ref_call = make_call(reference)
-                for _ in range(warmup):
-                    ref_call()
-            except Exception as e:  # the models are still timed, unpaired
-                errors.append({"event": "error", "name": REFERENCE, "message": f"{type(e).__name__}: {e}"})
-                reference = ref_call = None
-        for name, source in timed:
+        for name, source in items:
             if name not in pooled:
                 continue
             t0 = time.perf_counter()
             try:
-                samples, ref_samples, ok = sample_calls(make_call(source), warmup, min_repeats, max_repeats,
-                                                        max_seconds, rel_tol, ref_call)
+                samples, ok = sample_calls(make_call(source), warmup, min_repeats, max_repeats, max_seconds, rel_tol)
             except Exception as e:  # report and go on: one bad graph must not lose the others' measurements
                 del pooled[name]
-                errors.append({"event": "error", "name": name, "message": f"{type(e).__name__}: {e}"})
+                yield {"event": "error", "name": name, "message": f"{type(e).__name__}: {e}"}
                 continue
             pooled[name] += samples
-            paired[name] += ref_samples
             stable[name] = stable[name] and ok
             seconds[name] += time.perf_counter() - t0
-    yield from errors
-    every_ref = [t for name in pooled for t in paired[name]]
-    if every_ref:
-        yield {"event": "result", "name": REFERENCE, **summarise(every_ref, warmup, True, 0.0)}
     for name, samples in pooled.items():
-        ref = {"ref_ms": float(np.median(paired[name]))} if paired[name] else {}
-        yield {"event": "result", "name": name, **summarise(samples, warmup, stable[name], seconds[name]), **ref}
+        yield {"event": "result", "name": name, **summarise(samples, warmup, stable[name], seconds[name])}
 
 
 def session_call(path: str, cfg: dict):
