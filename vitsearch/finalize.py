@@ -18,7 +18,8 @@ every phase boundary and every ``checkpoint_every`` steps under ``reports/<study
 interrupted finalize resumes where it stopped and ends with the same weights as an uninterrupted one.
 
 Then the model is exported to ONNX with static token counts (checked against PyTorch in onnxruntime) and timed
-on the study's device like the latency table's validation; the record lands in ``finalized.json``, which
+on the study's device like the latency table's validation (beside the drift reference, so it is recorded both as
+measured and at the table's speed, see ``latency/reference.py``); the record lands in ``finalized.json``, which
 ``vitsearch report`` shows. An unreachable device keeps the trained model: re-running (or ``measure_only``)
 retries the measurement alone.
 """

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import logging
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,6 @@ from .devices import Artefact, Device, MeasureSettings
 logger = logging.getLogger(__name__)
 
 NAME = "__reference__"
-
-
 KIND = "reference"  # its files are named after it, so they never clash with the block kind's beside them
 
 
@@ -59,8 +58,6 @@ class Reference:
         return cls(artefact, folder)
 
     def close(self) -> None:
-        import shutil
-
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
