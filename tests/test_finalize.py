@@ -164,7 +164,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(ctx, tmp_path):
 def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
     trial = front_trial(study)
     rc = main(["finalize", str(study), "--trial", str(trial), "--steps", "4", "--batch-size", "16",
-               "--warmup-steps", "1"])
+               "--warmup-steps", "1", "--aux-weight", "0.2"])
     out = capsys.readouterr().out
     assert rc == 0, out
     rows = json.loads((study / "finalized.json").read_text())
@@ -174,7 +174,11 @@ def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
     assert row["trial"] == trial and row["config"] == brief["config"] and row["accuracy_brief"] == brief["accuracy"]
     assert 0 <= row["accuracy"] <= 1 and 0 <= row["accuracy_training_free"] <= 1
     assert row["measured_ms"] > 0 and row["predicted_ms"] > 0 and row["gmacs"] > 0 and row["steps"] == 4
-    assert row["onnx_max_diff"] < 1e-3
+    assert row["onnx_max_diff"] < 1e-3 and row["settings"]["weights"]["aux"] == 0.2
+    # timed beside the drift reference: also given at the table's speed
+    reference_ms = fin.open_study(study).predictor.reference_ms
+    assert row["measured_at_table_speed_ms"] == pytest.approx(
+        row["measured_ms"] * reference_ms / row["measured_reference_ms"])
     # The ONNX file is the trained model, static shapes, matching PyTorch.
     model = apply(fin.copy.deepcopy(fin.open_study(study).base), brief["config"])
     model.load_state_dict(torch.load(study / row["checkpoint"], weights_only=True)["state_dict"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -398,6 +399,9 @@ class FinalizeCommand(Command):
         parser.add_argument("--selector-lr", type=float, default=d.selector_lr,
                             help=f"selector / aux head learning rate (default: {d.selector_lr:g})")
         parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
+        parser.add_argument("--distill-weight", type=float, default=d.weights.distill, help="distillation weight")
+        parser.add_argument("--aux-weight", type=float, default=d.weights.aux,
+                            help="Evo-ViT: share of the assisted head's loss (default: %(default)s, the paper's)")
         parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                             help="progressive: SPViT layer-to-phase / Evo-ViT layer-to-stage; plain: the whole "
                                  "config from the first step (default: %(default)s)")
@@ -427,6 +431,7 @@ class FinalizeCommand(Command):
         settings = FinalizeSettings(
             steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, selector_lr=args.selector_lr,
             warmup_steps=args.warmup_steps, schedule=args.schedule, switch=switch,
+            weights=dataclasses.replace(FinalizeSettings().weights, distill=args.distill_weight, aux=args.aux_weight),
             merge_tol=args.merge_tol, checkpoint_every=args.checkpoint_every, seed=args.seed)
         results = finalize(args.study, None if args.pareto else args.trial, settings, reports=args.reports,
                            measure_only=args.measure_only, restart=args.restart, progress=sys.stderr.isatty())
@@ -436,6 +441,8 @@ class FinalizeCommand(Command):
         for f in results:
             r = f.record
             measured = "not measured" if r["measured_ms"] is None else f"measured {r['measured_ms']:.3f} ms"
+            if r.get("measured_at_table_speed_ms") is not None:
+                measured += f" ({r['measured_at_table_speed_ms']:.3f} ms at the table's speed)"
             print(f"trial {r['trial']} {r['config']}: accuracy {pct(r['accuracy'])} (brief {pct(r['accuracy_brief'])}, "
                   f"training-free {pct(r['accuracy_training_free'])}); {measured}, predicted "
                   f"{r['predicted_ms']:.3f} ms; {r['gmacs']:.4f} GMACs; {r['steps']} steps in {r['seconds']:.0f} s")
@@ -447,7 +454,8 @@ class FinalizeCommand(Command):
         print_json({"study": str(results[0].folder.parent.parent) if results else str(args.study),
                     "finalized": [{k: f.record.get(k) for k in ("trial", "config", "accuracy", "accuracy_brief",
                                                                   "accuracy_training_free", "predicted_ms",
-                                                                  "measured_ms", "gmacs", "steps", "onnx")}
+                                                                  "measured_ms", "measured_at_table_speed_ms",
+                                                                  "gmacs", "steps", "onnx")}
                                   for f in results]})
         return 0
 
