@@ -155,10 +155,9 @@ def _settings_for(graph: ComponentGraph, settings: MeasureSettings) -> MeasureSe
     return replace(settings, warmup=min(settings.warmup, 2), min_repeats=max(3, settings.min_repeats // 2))
 
 
-def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], reference: Reference | None, pending: list[Point],
-                 writer: RowWriter,
-                 settings: MeasureSettings, meta: dict[str, Any], old_meta: Mapping[str, Any] | None, path: Path,
-                 progress: bool) -> list[tuple[str, str]]:
+def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], reference: Reference | None,
+                 pending: list[Point], writer: RowWriter, settings: MeasureSettings, meta: dict[str, Any],
+                 old_meta: Mapping[str, Any] | None, path: Path, progress: bool) -> list[tuple[str, str]]:
     from tqdm.auto import tqdm
 
     failures: list[tuple[str, str]] = []
