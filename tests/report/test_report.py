@@ -81,7 +81,8 @@ def written(tmp_path_factory) -> Written:
     it: drawing every figure is the slow part of a report."""
     reports = tmp_path_factory.mktemp("written") / "reports"
     write_study(reports, "s", finalized=[{"config": "evovit:4=0.8", "predicted_ms": 1.55, "measured_ms": 1.61,
-                                          "accuracy": 0.905, "trial": 2, "untrained_accuracy": 0.71}])
+                                          "measured_at_table_speed_ms": 1.5, "accuracy": 0.905, "trial": 2,
+                                          "untrained_accuracy": 0.71}])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["report", "s", "--reports", str(reports)]) == 0
@@ -101,8 +102,9 @@ def test_the_markdown_report_has_the_decision_the_front_and_the_provenance(writt
     assert ("| 1 | spvit | 3: 0.7, 6: 0.7 | 65×3 · 47×3 · 35×2 | 88.00 | -3.00 | 1.400 | 1.470 | 0.406 | 1.43× |"
             in md)
     assert "| 0 | spvit | 3: 0.5 | 65×3 · 34×5 | 80.00 | -11.00 | 1.200 | — |" in md
-    # The finalized row: measured vs predicted, and a field this report does not know yet, as a column.
-    assert "## Finalized models" in md and "| 1.550 | 1.610 | — | 1.29× | -3.7 | 0.71 |" in md
+    # The finalized row: measured vs predicted, as measured and at the table's speed, and the fields this report
+    # does not know yet, as columns.
+    assert "## Finalized models" in md and "| 1.550 | 1.610 | — | 1.29× | -3.7 | +3.3 | 1.5 | 0.71 |" in md
     for figure in ("pareto", "tokens", "flops", "validation"):
         assert f"](figures/{figure}.png)" in md and f"[SVG](figures/{figure}.svg)" in md
         assert written.files.figures[figure]["png"].is_file() and written.files.figures[figure]["svg"].is_file()
