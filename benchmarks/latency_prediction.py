@@ -10,7 +10,11 @@ class-attention recording) costs in a pruned model.
 The machine is shared: before each phase the script waits (up to --wait seconds) for the 1-minute load
 average to drop below --quiet-load, and records the load it actually ran under.
 
-    .venv/bin/python benchmarks/latency_prediction.py [--configs 30] [--threads 2] [--tables DIR]
+    .venv/bin/python benchmarks/latency_prediction.py [--configs 30] [--threads 1] [--tables DIR]
+
+One intra-op thread by default: on two cores shared with other processes, two onnxruntime threads stall each
+other whenever anything else runs (the same models measured twice minutes apart then differ by 9.5% median),
+while one thread leaves a core to everything else (3.7%); see RESULTS.md.
 
 Writes its section of benchmarks/RESULTS.md (replacing an earlier one), prints a summary and a last JSON line.
 """
@@ -104,7 +108,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="deit_small_patch16_224")
     ap.add_argument("--configs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tables", type=Path, help="keep the table here (default: a temporary folder)")
     ap.add_argument("--quiet-load", type=float, default=1.0, help="wait for a 1-min load average below this")
