@@ -4,8 +4,8 @@ Profiles the full table for DeiT-S geometry (random weights) at batch 1 with onn
 then measures at least 30 random SPViT and Evo-ViT configs end to end and compares them with the table's
 prediction. Targets: profile <= 5 min; median |error| <= 5%, >= 90% of configs within 10%, Kendall tau >= 0.85.
 Then measures the same models a second time: how well two measurements agree is the floor under any
-prediction's error on this machine. Also reports what token selection (SPViT selectors with packaging, Evo-ViT stage bookkeeping and its
-class-attention recording) costs in a pruned model.
+prediction's error on this machine. Also reports what token selection (SPViT selectors with packaging, Evo-ViT
+stage bookkeeping and its class-attention recording) costs in a pruned model.
 
 The machine is shared: before each phase the script waits (up to --wait seconds) for the 1-minute load
 average to drop below --quiet-load, and records the load it actually ran under.

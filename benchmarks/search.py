@@ -48,10 +48,10 @@ def run(strategy: str, args: argparse.Namespace) -> dict:
     undominated = [str(b.config) for b in uniform if b.predicted_ms < ref
                    and not dominated_by_front(front, (b.accuracy, b.predicted_ms))]
     best = result.best
+    trained = sum(c.accuracy is not None for c in result.trials)
     return {
-        "strategy": strategy, "seconds": round(seconds, 1), "trials": len(result.trials),
-        "trained": sum(c.accuracy is not None for c in result.trials),
-        "trials_per_hour": round(3600 * sum(c.accuracy is not None for c in result.trials) / seconds, 1),
+        "strategy": strategy, "seconds": round(seconds, 1), "trials": len(result.trials), "trained": trained,
+        "trials_per_hour": round(3600 * trained / seconds, 1),
         "hypervolume": hypervolume(front, ref_latency=ref),
         "baseline_hypervolume": hypervolume([(b.accuracy, b.predicted_ms) for b in uniform], ref_latency=ref),
         "baselines_not_dominated": undominated,

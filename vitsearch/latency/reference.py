@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import torch.nn as nn
 
+from ..models import geometry
 from .artefacts import for_points
 from .components import Point, component_graphs
 from .devices import Artefact, Device, MeasureSettings
@@ -35,8 +35,6 @@ KIND = "reference"  # its files are named after it, so they never clash with the
 
 
 def point(model: nn.Module) -> Point:
-    from ..models import geometry
-
     g = geometry(model)
     return Point(KIND, g.num_prefix_tokens + g.num_patches)
 
@@ -63,32 +61,19 @@ class Reference:
 
 def measure(device: Device, artefacts: Sequence[Artefact], settings: MeasureSettings,
             reference: Reference | None) -> Iterator[tuple[dict[str, Any], float | None]]:
-    """``device.measure`` with the reference timed first in the same call: yields each of the call's own events
-    with the reference's median (ms) in that call, None where there is no reference or it failed."""
-    if reference is None:
-        for event in device.measure(artefacts, settings):
-            yield event, None
-        return
+    """``device.measure`` with the reference first in the same call: yields each of the call's own events with
+    the reference's median (ms) in that call, None where there is no reference or it failed. Every transport
+    reports results in artefact order, so the reference's comes before any other result."""
     ref_ms: float | None = None
-    seen, held = False, []
-    for event in device.measure([reference.artefact, *artefacts], settings):
-        if event.get("name") == NAME:
-            seen = True
-            if event["event"] == "result":
-                ref_ms = float(event["median_ms"])
-            else:
-                logger.warning("the drift reference failed on %s: %s", device.name, event.get("message"))
-            yield from ((e, ref_ms) for e in held)
-            held = []
-        elif event["event"] == "runtime" or seen:
+    for event in device.measure([reference.artefact, *artefacts] if reference else artefacts, settings):
+        if event.get("name") != NAME:
             yield event, ref_ms
-        else:  # a transport that reports out of order: hold results until the reference is known
-            held.append(event)
-    yield from ((e, ref_ms) for e in held)
+        elif event["event"] == "result":
+            ref_ms = float(event["median_ms"])
+        else:
+            logger.warning("the drift reference failed on %s: %s", device.name, event.get("message"))
 
 
 def factor(table_ref_ms: float | None, call_ref_ms: float | None) -> float | None:
     """What turns a time measured in a call into the table's speed; None where either reference is missing."""
-    if not table_ref_ms or not call_ref_ms or math.isnan(table_ref_ms) or math.isnan(call_ref_ms):
-        return None
-    return table_ref_ms / call_ref_ms
+    return table_ref_ms / call_ref_ms if table_ref_ms and call_ref_ms else None

@@ -12,7 +12,7 @@ The manifest (JSON)::
     {"threads": 2, "provider": "cpu", "warmup": 5, "min_repeats": 10, "max_repeats": 300,
      "max_seconds": 3.0, "rel_tol": 0.01, "passes": 3, "models": [{"name": "block-n197", "path": "block-n197.onnx"}, ...]}
 
-``path`` is relative to the manifest's folder. Output, one JSON object per line on stdout:
+``path`` is relative to the manifest's folder, or absolute. Output, one JSON object per line on stdout:
 ``{"event": "runtime", ...}`` first (runtime version, host, threads), then per model either
 ``{"event": "result", "name": ..., "median_ms": ..., "p10_ms": ..., "p90_ms": ..., "mean_ms": ...,
 "std_ms": ..., "min_ms": ..., "repeats": ..., "warmup": ..., "stable": true}`` or
@@ -169,6 +169,7 @@ def main(argv: list) -> int:
         failed += event["event"] == "error"
         emit(event)
     return 1 if failed else 0
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
