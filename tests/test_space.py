@@ -36,6 +36,13 @@ def test_suggest_and_params_of_round_trip_through_optuna():
         assert all(space.keep_min - 1e-9 <= r <= space.keep_max + 1e-9 for r in c.keep.values())
 
 
+def test_every_selector_count_is_sampled_often():
+    space = load_space(default_space_file("digits"), depth=12)  # eight blocks, up to three selectors
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    counts = [len(space.suggest(study.ask()).keep) for _ in range(90)]
+    assert all(counts.count(n) >= 15 for n in (1, 2, 3))  # about 30 each; eight free flags gave 1 in 3%
+
+
 @pytest.mark.parametrize("body, message", [
     ("[space]\nfirst_block = 3\nlast_block = 20\n", "do not fit"),
     ("[space]\nkeep_min = 0\n", "keep ratios"),

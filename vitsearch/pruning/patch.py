@@ -73,7 +73,8 @@ class PrunedViTMixin:
         alive = x.new_ones(x.shape[0], N)  # (B, N) patches not pruned so far
         for i, blk in enumerate(self.blocks):
             if i in steps:
-                alive, pkg = spvit.prune_soft(self.token_selectors[str(i)], x[:, P:P + N], alive)
+                alive, pkg = spvit.prune_soft(self.token_selectors[str(i)], x[:, P:P + N], alive,
+                                              steps[i].n_keep / steps[i].n_in)
                 x = torch.cat([x, pkg], dim=1)  # packages are appended and always attended to
                 state.keep_decisions.append(alive)
                 state.keep_targets.append(steps[i].n_keep / N)

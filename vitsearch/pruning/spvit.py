@@ -34,8 +34,9 @@ class MultiHeadTokenSelector(nn.Module):
     """Per-head keep/drop logits, head-importance weights, aggregated per-token keep score."""
 
     def __init__(self, dim: int, num_heads: int, keep_prior: float = 0.5) -> None:
-        """``keep_prior``: the keep probability every token starts with. Brief training is tens of steps, too few
-        for a selector that starts at 1/2 to reach a target far from it, so it starts at its target."""
+        """``keep_prior``: the keep probability ``p_keep`` every token starts with (the selector's target). The
+        training decisions are drawn around the target whatever the level (:func:`prune_soft`); ``p_keep`` also
+        weights the package, which then starts from the target's weights."""
         super().__init__()
         hd = dim // num_heads
         self.num_heads, self.head_dim = num_heads, hd
@@ -77,6 +78,11 @@ class MultiHeadTokenSelector(nn.Module):
         return log_score, p_keep
 
 
+def keep_margin(log_score: torch.Tensor) -> torch.Tensor:
+    """(B, N, 2) aggregated log scores -> (B, N) keep log-odds: a hard Gumbel decision keeps with sigmoid of it."""
+    return log_score[..., 0] - log_score[..., 1]
+
+
 def package(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The package token: the average of x (B, N, C) weighted by ``weights`` (B, N), zero where all are zero.
     Returns (B, 1, C)."""
@@ -85,21 +91,35 @@ def package(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inference: keep the ``n_keep`` highest-scoring patches of (B, N, C) and package the rest.
-    Returns (kept (B, n_keep, C), package (B, 1, C))."""
-    _, p_keep = selector(patches)  # (B, N)
-    idx = p_keep.topk(n_keep, dim=1).indices  # (B, K)
+    """Inference: keep the ``n_keep`` patches of (B, N, C) with the highest keep log-odds, package the rest.
+
+    Ranked by the keep log-odds training draws its decisions from (:func:`prune_soft`), not by ``p_keep``, the
+    head-weighted mean of probabilities that weights the package: the two orders differ, and a selector trained
+    to one ranks badly by the other. Returns (kept (B, n_keep, C), package (B, 1, C))."""
+    log_score, p_keep = selector(patches)  # (B, N, 2), (B, N)
+    idx = keep_margin(log_score).topk(n_keep, dim=1).indices  # (B, K)
     kept = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, C)
     dropped = torch.ones_like(p_keep).scatter(1, idx, 0.0)  # (B, N) 1 = packaged
     return kept, package(patches, dropped * p_keep)
 
 
 def prune_soft(
-    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, tau: float = 1.0
+    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float, tau: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training: hard Gumbel-softmax decisions (straight-through) on the patches still alive.
-    patches: (B, N, C); alive: (B, N). Returns (new alive mask (B, N), package (B, 1, C))."""
+    """Training: hard Gumbel-softmax decisions (straight-through) on the patches still alive, keeping about
+    ``keep`` of them. patches: (B, N, C); alive: (B, N). Returns (new alive mask (B, N), package (B, 1, C)).
+
+    A token's keep log-odds are its margin relative to the mean over the alive tokens, plus the log-odds of
+    ``keep``: the level is pinned at the target and only the ranking is learned, which is all top-k inference
+    uses. With a free level (the paper's) the first gradients raise every token's keep score at once, training
+    keeps far more tokens than inference will, and the tens of steps of a brief training end before the ratio
+    loss pulls the level back: on the digits default such selectors ranked the digit's own patches last."""
     log_score, p_keep = selector(patches, alive)
-    decision = F.gumbel_softmax(log_score, tau=tau, hard=True)[..., 0] * alive  # (B, N)
+    margin = keep_margin(log_score)  # (B, N)
+    mean = (margin * alive).sum(dim=1, keepdim=True) / alive.sum(dim=1, keepdim=True).clamp_min(1.0)
+    keep = min(max(keep, 1e-3), 1 - 1e-3)
+    centred = margin - mean + math.log(keep / (1 - keep))
+    logits = torch.stack([centred, torch.zeros_like(centred)], dim=-1)  # (B, N, 2) [keep, drop]
+    decision = F.gumbel_softmax(logits, tau=tau, hard=True)[..., 0] * alive  # (B, N)
     dropped = alive - decision  # newly pruned by this selector
     return decision, package(patches, dropped * p_keep)
