@@ -94,8 +94,8 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
     """Inference: keep the ``n_keep`` patches of (B, N, C) with the highest keep log-odds, package the rest.
 
     Ranked by the keep log-odds training draws its decisions from (:func:`prune_soft`), not by ``p_keep``, the
-    head-weighted mean of probabilities that weights the package: the two orders differ, and a selector trained
-    to one ranks badly by the other. Returns (kept (B, n_keep, C), package (B, 1, C))."""
+    head-weighted mean of probabilities that weights the package: the two orders can differ, and inference should
+    keep what training learned to keep. Returns (kept (B, n_keep, C), package (B, 1, C))."""
     log_score, p_keep = selector(patches)  # (B, N, 2), (B, N)
     idx = keep_margin(log_score).topk(n_keep, dim=1).indices  # (B, K)
     kept = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, C)
@@ -113,7 +113,7 @@ def prune_soft(
     ``keep``: the level is pinned at the target and only the ranking is learned, which is all top-k inference
     uses. With a free level (the paper's) the first gradients raise every token's keep score at once, training
     keeps far more tokens than inference will, and the tens of steps of a brief training end before the ratio
-    loss pulls the level back: on the digits default such selectors ranked the digit's own patches last."""
+    loss pulls the level back: on the digits default such a selector kept 7% of a digit's own patches (chance: 50%)."""
     log_score, p_keep = selector(patches, alive)
     margin = keep_margin(log_score)  # (B, N)
     mean = (margin * alive).sum(dim=1, keepdim=True) / alive.sum(dim=1, keepdim=True).clamp_min(1.0)
