@@ -114,8 +114,7 @@ def main() -> int:
     baselines = json.loads((folder / "baselines.json").read_text())
     unpruned = next(b for b in baselines if b["kind"] == "unpruned")
     # Judged at the table's speed (each measurement scaled by the drift reference timed in its call, see
-    # latency/reference.py);
-    # as measured is reported beside it.
+    # latency/reference.py); as measured is reported beside it.
     raw, predicted = row["measured_ms"], row["predicted_ms"]
     measured = row.get("measured_at_table_speed_ms") or raw
     unpruned_raw = unpruned_measured["measured_ms"]

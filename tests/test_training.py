@@ -8,7 +8,7 @@ from vitsearch import pruning
 from vitsearch.config import PruneConfig
 from vitsearch.data import load_dataset
 from vitsearch.models import create_model
-from vitsearch.training import (LossWeights, PiecewiseLinear, SoftLatency, TrainSettings, keep_ratio_loss,
+from vitsearch.training import (LossWeights, PiecewiseLinear, TrainSettings, keep_ratio_loss,
                                 latency_loss, soft_block_tokens, train_candidate, train_supernet)
 
 
@@ -60,7 +60,7 @@ def _keep_fraction(model, splits) -> float:
 
 
 def _selector_at_half_asked_for_a_quarter(base):
-    """A selector created for keep 1/2 (so it starts there), then asked to keep 1/4."""
+    """A selector created for keep 1/2 (its scores start there), then asked to keep 1/4."""
     return pruning.apply(pruning.apply(copy.deepcopy(base), "spvit:3=0.5"), "spvit:3=0.25")
 
 
