@@ -155,3 +155,34 @@ def test_non_vit_models_are_refused():
 def test_evovit_needs_a_class_token():
     with pytest.raises(VitsearchError, match="class token"):
         pruning.apply(tiny_vit(class_token=False, global_pool="avg"), "evovit:4=0.5")
+
+
+def test_masked_attention_is_the_softmax_over_the_kept_keys_with_bounded_gradients():
+    """A pruned key far above the kept ones (a dropped digit patch) neither leaks into the output nor sends the
+    selector an unbounded straight-through gradient (DynamicViT's max-over-all-keys + eps form sent 1/eps)."""
+    torch.manual_seed(0)
+    attn = torch.randn(2, 3, 5, 5)
+    attn[..., 1] += 60.0  # key 1 dominates every row
+    policy = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 1.0, 1.0]], requires_grad=True)
+    out = pruning.softmax_with_policy(attn, policy)
+    for b in range(2):
+        for q in range(5):
+            seen = policy[b].detach().bool().clone()
+            seen[q] = True  # a query always sees itself
+            expected = torch.zeros(5)
+            expected[seen] = attn[b, :, q, seen].softmax(dim=-1)[0]
+            torch.testing.assert_close(out[b, 0, q], expected)
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.isfinite(policy.grad).all() and policy.grad.abs().max() < 10
+
+
+def test_an_empty_package_is_zero_with_a_finite_gradient():
+    from vitsearch.pruning import spvit
+
+    x = torch.randn(2, 4, 8)
+    weights = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.25, 0.0]], requires_grad=True)
+    pkg = spvit.package(x, weights)
+    assert (pkg[0] == 0).all()
+    torch.testing.assert_close(pkg[1, 0], (0.5 * x[1, 0] + 0.25 * x[1, 2]) / 0.75)
+    pkg.sum().backward()
+    assert torch.isfinite(weights.grad).all() and weights.grad.abs().max() < 100

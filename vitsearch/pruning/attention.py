@@ -17,15 +17,22 @@ TESTED_TIMM = "1.0.31"
 _REQUIRED = ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop", "num_heads", "head_dim", "scale")
 
 
-def softmax_with_policy(attn: torch.Tensor, policy: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Softmax over keys where ``policy`` (B, N) zeroes pruned keys; each query keeps itself so no row is empty.
-    attn: (B, H, N, N) logits."""
-    B, N = policy.shape
+def softmax_with_policy(attn: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
+    """Softmax over the keys ``policy`` (B, N) keeps; each query keeps itself so no row is empty.
+    attn: (B, H, N, N) logits. Forward: exactly the softmax over the kept keys, as if the others were removed.
+
+    DynamicViT's version subtracts the max over *all* keys and adds eps: when a pruned key stands far above every
+    kept one (a dropped digit patch), the kept sum underflows, the row turns uniform over all keys, pruned ones
+    included, and the straight-through gradient to the policy reaches 1/eps (measured 3e8 on the digits default,
+    enough to flip an earlier selector's ranking). Here the max is over the kept keys and a pruned key's exponent
+    is capped at 0, so its gradient is at most what the strongest kept key would get."""
+    N = policy.shape[1]
     eye = torch.eye(N, dtype=attn.dtype, device=attn.device)
     key_policy = policy[:, None, None, :]  # (B, 1, 1, N)
-    mask = key_policy + (1.0 - key_policy) * eye  # (B, 1, N, N)
-    w = (attn - attn.amax(dim=-1, keepdim=True)).exp() * mask
-    return (w + eps / N) / (w.sum(dim=-1, keepdim=True) + eps)
+    mask = key_policy + (1.0 - key_policy) * eye  # (B, 1, N, N), straight-through 0/1
+    top = attn.masked_fill(mask.detach() < 0.5, float("-inf")).amax(dim=-1, keepdim=True)
+    w = (attn - top).clamp_max(0.0).exp() * mask  # the sum is >= 1: the top kept key contributes exp(0)
+    return w / w.sum(dim=-1, keepdim=True)
 
 
 class PrunableAttention(Attention):

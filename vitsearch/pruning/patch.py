@@ -71,15 +71,19 @@ class PrunedViTMixin:
         P, N, state = self.num_prefix_tokens, self.token_schedule.num_patches, self._vitsearch
         steps = {s.block: s for s in self.token_schedule.selectors}
         alive = x.new_ones(x.shape[0], N)  # (B, N) patches not pruned so far
+        packaged: list[torch.Tensor] = []  # per selector so far (B, 1): 1 if its package holds any token
         for i, blk in enumerate(self.blocks):
             if i in steps:
-                alive, pkg = spvit.prune_soft(self.token_selectors[str(i)], x[:, P:P + N], alive,
-                                              steps[i].n_keep / steps[i].n_in)
-                x = torch.cat([x, pkg], dim=1)  # packages are appended and always attended to
+                kept, pkg = spvit.prune_soft(self.token_selectors[str(i)], x[:, P:P + N], alive,
+                                             steps[i].n_keep / steps[i].n_in)
+                # A draw that pruned nothing has an empty package: masked out, since inference never has one
+                # (attending to a zero token, it sent the selectors gradients of the tokens' scale, ~100).
+                packaged.append(((alive - kept).detach().sum(dim=1, keepdim=True) > 0).to(x.dtype))
+                alive = kept
+                x = torch.cat([x, pkg], dim=1)  # packages are appended and attended to from then on
                 state.keep_decisions.append(alive)
                 state.keep_targets.append(steps[i].n_keep / N)
-                extra = x.new_ones(x.shape[0], x.shape[1] - P - N)
-                state.policy = torch.cat([x.new_ones(x.shape[0], P), alive, extra], dim=1)  # (B, P + N + S)
+                state.policy = torch.cat([x.new_ones(x.shape[0], P), alive, *packaged], dim=1)  # (B, P + N + S)
             state.block_tokens.append(x.shape[1])
             x = blk(x)
         return x

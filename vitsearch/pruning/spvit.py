@@ -87,7 +87,10 @@ def package(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The package token: the average of x (B, N, C) weighted by ``weights`` (B, N), zero where all are zero.
     Returns (B, 1, C)."""
     total = weights.sum(dim=1, keepdim=True)  # (B, 1)
-    return (weights[..., None] * x).sum(dim=1, keepdim=True) / total[..., None].clamp_min(1e-6)
+    # An empty package (a training draw that pruned nothing) divides by 1, not by a tiny clamp, whose gradient
+    # x / 1e-6 blew up every selector upstream; the model also masks such a package out of attention.
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    return (weights[..., None] * x).sum(dim=1, keepdim=True) / total[..., None]
 
 
 def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
