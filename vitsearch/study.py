@@ -501,6 +501,13 @@ def make_objective(evaluator: Evaluator) -> Callable[[Any], tuple[float, float]]
                    f"{len(config.keep)} selectors (allowed 1..{setup.space.max_selectors})")
             trial.set_user_attr("status", f"rejected before training: {why}")
             return 0.0, pred.total_ms  # infeasible by its constraints, so never on the front
+        earlier = _trained_with(trial.study, str(config))
+        if earlier is not None:
+            # TPE re-suggests configs of a small discrete space; the seeded training would repeat itself exactly.
+            # The earlier result is returned, so the sampler sees it again, and this trial is not counted as trained.
+            trial.set_user_attr("same_as", earlier.number)
+            trial.set_user_attr("status", f"same config as trial {earlier.number}: not trained again")
+            return tuple(earlier.values)
         cand = evaluator.evaluate(config, "search", trial=trial.number, checkpoint_name=f"trial_{trial.number:04d}.pt")
         for key in ("accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status"):
             trial.set_user_attr(key, getattr(cand, key))
@@ -511,11 +518,14 @@ def make_objective(evaluator: Evaluator) -> Callable[[Any], tuple[float, float]]
 
 
 def collect(study: Any, setup: Setup) -> list[Candidate]:
-    """Every completed trial as a Candidate, in trial order."""
+    """Every completed trial as a Candidate, in trial order; repeats of a trained config are left out (they hold
+    nothing new, and their trial number stays in the storage with ``same_as``)."""
     import optuna
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "same_as" in t.user_attrs:
+            continue
         config = PruneConfig.parse(t.user_attrs.get("config", "none"))
         feasible = all(v <= 0 for v in _constraints(t).values())
         out.append(Candidate(
@@ -525,6 +535,14 @@ def collect(study: Any, setup: Setup) -> list[Candidate]:
             status=t.user_attrs.get("status", "trained"), block_tokens=tuple(t.user_attrs.get("block_tokens", ())),
             selection_ms=float(t.user_attrs.get("selection_ms", 0.0)), checkpoint=t.user_attrs.get("checkpoint")))
     return out
+
+
+def _trained_with(study: Any, config: str) -> Any:
+    """The first completed, trained trial of ``config`` in ``study``, if any."""
+    import optuna
+
+    return next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                 if t.user_attrs.get("config") == config and t.user_attrs.get("accuracy") is not None), None)
 
 
 def _trained(study: Any, complete: Sequence[Any] | None = None) -> int:
@@ -590,9 +608,9 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
             if trained + running >= settings.trials:
                 study.stop()
             elif len(complete) >= attempts:
-                logger.warning("stopping after %d candidates: only %d of them fit the budget of %.3f ms; a larger "
-                               "budget or a search space with lower keep ratios finds more", len(complete), trained,
-                               setup.budget_ms)
+                logger.warning("stopping after %d candidates: only %d of them fit the budget of %.3f ms and were "
+                               "new configs; a larger budget or a larger search space finds more", len(complete),
+                               trained, setup.budget_ms)
                 study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
