@@ -174,6 +174,12 @@ def test_masked_attention_is_the_softmax_over_the_kept_keys_with_bounded_gradien
             torch.testing.assert_close(out[b, 0, q], expected)
     (out * torch.randn_like(out)).sum().backward()
     assert torch.isfinite(policy.grad).all() and policy.grad.abs().max() < 10
+    logits = torch.randn(2, 3, 5, 5, requires_grad=True)  # nothing pruned: the plain softmax, gradients included
+    plain = logits.detach().clone().requires_grad_()
+    weights = torch.randn(2, 3, 5, 5)
+    (pruning.softmax_with_policy(logits, torch.ones(2, 5)) * weights).sum().backward()
+    (plain.softmax(dim=-1) * weights).sum().backward()
+    torch.testing.assert_close(logits.grad, plain.grad)
 
 
 def test_an_empty_package_is_zero_with_a_finite_gradient():
