@@ -247,21 +247,21 @@ def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp
 
 
 def test_a_config_suggested_again_is_not_trained_again(tmp_path, env):
-    """A space of one config (and the empty one, rejected): the first trial of it trains it, the sampler's repeats
-    reuse its result and are not counted, so the search stops at its attempt limit with one trained trial."""
-    text = Path(env["space"]).read_text().replace("max_selectors = 3", "max_selectors = 1")
-    text = text.replace('methods = ["spvit", "evovit"]', 'methods = ["spvit"]').replace("last_block = -2", "last_block = 3")
-    text = text.replace("keep_min = 0.1", "keep_min = 0.5").replace("keep_max = 0.9", "keep_max = 0.5")
-    space = tmp_path / "one.toml"
-    space.write_text(text)
-    result = run_search(settings(tmp_path, {**env, "space": str(space)}, trials=2, study="one", max_attempts=10,
-                                 budget="100%"), progress=False)
-    trained = [c for c in result.trials if c.accuracy is not None]
-    assert [str(c.config) for c in trained] == ["spvit:3=0.5"]  # repeats are not candidates; rejections may be
-    storage = optuna.load_study(study_name="one", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(result.folder / "journal.log"))))
-    first = storage.trials[trained[0].trial]
-    repeats = [t for t in storage.trials if t.user_attrs.get("config") == "spvit:3=0.5" and t.number != first.number]
-    assert repeats and all(t.user_attrs["same_as"] == first.number and t.values == first.values
-                           and "accuracy" not in t.user_attrs for t in repeats)
-    assert {c.trial for c in result.trials}.isdisjoint(t.number for t in repeats)
+    """A trained config enqueued twice more (as TPE re-suggests one in a discrete space): both repeats reuse its
+    result, are not counted as trained and are left out of the study's candidates."""
+    from vitsearch.space import load_space
+
+    first = run_search(settings(tmp_path, env, trials=1, study="again"), progress=False)
+    done = next(c for c in first.trials if c.accuracy is not None)
+    storage = optuna.load_study(study_name="again", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(first.folder / "journal.log"))))
+    params = load_space(env["space"], depth=12).params_of(done.config)
+    attempts = len(storage.trials) + 2  # stop right after the two repeats
+    for _ in range(2):
+        storage.enqueue_trial(params)
+    again = run_search(settings(tmp_path, env, trials=2, study="again", max_attempts=attempts), progress=False)
+    assert [(c.trial, c.accuracy) for c in again.trials] == [(c.trial, c.accuracy) for c in first.trials]
+    repeats = storage.trials[-2:]
+    assert all(t.user_attrs["config"] == str(done.config) and t.user_attrs["same_as"] == done.trial
+               and t.values == storage.trials[done.trial].values and "accuracy" not in t.user_attrs
+               for t in repeats)

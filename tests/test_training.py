@@ -102,7 +102,7 @@ def test_soft_decisions_keep_the_target_share_whatever_the_level_and_favour_high
     assert float(kept[:, :4].sum()) == 0 and float(kept[:, 4:].mean()) == pytest.approx(0.5, abs=0.1)
 
 
-def test_a_later_selector_does_not_turn_the_first_against_the_digit(digits_base):
+def test_a_later_selector_does_not_turn_the_first_against_the_digit(digits_base, monkeypatch):
     """On the trained digits model, the first of two selectors gets a gradient that keeps the digit's own patches
     (4 of 64 on each canvas). Masked attention that underflowed sent it 1e3-1e8 the other way, and after a brief
     training `spvit:3=0.5,6=0.9` kept 4% of the digit's patches at block 3 and 226 of 359 images right."""
@@ -111,9 +111,10 @@ def test_a_later_selector_does_not_turn_the_first_against_the_digit(digits_base)
 
     base, _ = digits_base
     splits = load_dataset("digits", base)
-    x, y = next(iter(splits.loader("train", 64)))
+    x, y = next(iter(splits.loader("train", 64)))  # (64, 1, 64, 64): 8 x 8 patches of 8 pixels
     bg = x.flatten(1).amin(dim=1)[:, None, None, None]
-    digit = ((x - bg).abs() > 1e-5).any(dim=1).reshape(64, 8, 8, 8, 8).any(dim=4).any(dim=2).flatten(1)  # (B, 64)
+    ink = ((x - bg).abs() > 1e-5).any(dim=1)  # (B, 64, 64)
+    digit = ink.reshape(64, 8, 8, 8, 8).any(dim=4).any(dim=2).flatten(1)  # (B, 64 patches)
     model = pruning.apply(copy.deepcopy(base), "spvit:3=0.5,6=0.9").train()
     margins: list[torch.Tensor] = []
     original = spvit.keep_margin
@@ -124,18 +125,16 @@ def test_a_later_selector_does_not_turn_the_first_against_the_digit(digits_base)
         margins.append(margin)
         return margin
 
-    spvit.keep_margin, grads = recorded, []
-    try:
-        torch.manual_seed(0)
-        for _ in range(4):  # a few Gumbel draws
-            margins.clear()
-            with torch.no_grad():
-                teacher = base(x)
-            loss, _ = candidate_loss(model, x, y, teacher, LossWeights())
-            loss.backward()
-            grads.append(margins[0].grad)
-    finally:
-        spvit.keep_margin = original
+    monkeypatch.setattr(spvit, "keep_margin", recorded)
+    torch.manual_seed(0)
+    grads = []
+    for _ in range(4):  # a few Gumbel draws
+        margins.clear()
+        with torch.no_grad():
+            teacher = base(x)
+        loss, _ = candidate_loss(model, x, y, teacher, LossWeights())
+        loss.backward()
+        grads.append(margins[0].grad)
     g = torch.stack(grads).mean(dim=0)  # (B, 64) d loss / d first selector's keep log-odds
     assert torch.isfinite(g).all() and g.abs().max() < 1.0
     assert g[digit].mean() < 0 < g[~digit].mean()  # descent raises the digit's keep odds, lowers the background's
