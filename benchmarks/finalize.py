@@ -42,24 +42,25 @@ from vitsearch import __version__  # noqa: E402
 from vitsearch import finalize as fin  # noqa: E402
 from vitsearch.config import PruneConfig  # noqa: E402
 from vitsearch.pruning import apply  # noqa: E402
-from vitsearch.training import accuracy, train_candidate  # noqa: E402
+from vitsearch.training import accuracy, fresh_model, progressive, train_candidate  # noqa: E402
+from vitsearch.search import SearchSettings  # noqa: E402
 
 TARGETS = {"max_drop_points": 0.5, "latency_share": 0.60, "max_latency_error_pct": 10.0}
 
 
-def best_trials(contexts: list[fin.StudyContext]) -> list[tuple[fin.StudyContext, dict]]:
+def best_trials(contexts: list[fin.FinalizeContext]) -> list[tuple[fin.FinalizeContext, dict]]:
     """The most accurate trained trial within budget of each method over the studies, the faster one on a tie."""
     ok = [(ctx, t) for ctx in contexts for t in ctx.trials if t.get("feasible") and t.get("accuracy") is not None
           and PruneConfig.parse(t["config"]).method != "none"]
     if not ok:
-        raise SystemExit(f"studies {', '.join(str(c.folder) for c in contexts)} have no trained trial within budget")
-    best: dict[str, tuple[fin.StudyContext, dict]] = {}
+        raise SystemExit(f"studies {', '.join(str(c.folder.path) for c in contexts)} have no trained trial within budget")
+    best: dict[str, tuple[fin.FinalizeContext, dict]] = {}
     for ctx, t in sorted(ok, key=lambda pair: (-pair[1]["accuracy"], pair[1]["predicted_ms"])):
         best.setdefault(PruneConfig.parse(t["config"]).method, (ctx, t))
     return [best[m] for m in sorted(best)]
 
 
-def measure_unpruned(ctx: fin.StudyContext, folder: Path) -> dict:
+def measure_unpruned(ctx: fin.FinalizeContext, folder: Path) -> dict:
     from vitsearch.export import export_model
 
     model = apply(copy.deepcopy(ctx.base), PruneConfig()).eval()
@@ -67,21 +68,22 @@ def measure_unpruned(ctx: fin.StudyContext, folder: Path) -> dict:
     return fin.measure(path, model, ctx)
 
 
-def plain_accuracy(ctx: fin.StudyContext, config: PruneConfig, settings: fin.FinalizeSettings, folder: Path) -> float:
+def plain_accuracy(ctx: fin.FinalizeContext, config: PruneConfig, settings: fin.FinalizeSettings, folder: Path) -> float:
     plain = dataclasses.replace(settings, schedule="plain")
-    model = fin.fresh_model(ctx.base, config, settings.seed)
-    fin.train_schedule(model, ctx.base, ctx.splits, config, fin.plan(config, plain, settings.steps), plain,
-                       latency=ctx.latency, state_path=folder / "plain.pt", progress=False)
+    model = fresh_model(ctx.base, config, settings.seed)
+    phases = progressive.plan(config, plain, settings.steps)
+    progressive.train_schedule(model, ctx.base, ctx.splits, config, phases, plain, latency=ctx.latency,
+                               state_path=folder / "plain.pt", progress=False)
     return accuracy(model, ctx.splits)
 
 
-def brief_by_seed(ctx: fin.StudyContext, config: PruneConfig, seeds: int) -> list[float]:
+def brief_by_seed(ctx: fin.FinalizeContext, config: PruneConfig, seeds: int) -> list[float]:
     """The search's brief training of ``config`` again with seeds 0..seeds-1: the spread the search's one number
     (the best of its trials, so biased upwards) comes from."""
-    train = fin._search_settings(ctx.meta).train
+    train = SearchSettings.from_dict(ctx.meta["settings"]).train
     accs = []
     for seed in range(seeds):
-        model = fin.fresh_model(ctx.base, config, seed)
+        model = fresh_model(ctx.base, config, seed)
         train_candidate(model, ctx.base, ctx.splits, dataclasses.replace(train, seed=seed), latency=ctx.latency)
         accs.append(accuracy(model, ctx.splits))
     return accs
@@ -110,14 +112,14 @@ def main() -> int:
             if not args.search:
                 raise SystemExit(f"no study at {Path(args.reports) / study}: run vitsearch search --budget "
                                  f"{args.budget} --study {study} --reports {args.reports} first, or pass --search")
-            from vitsearch.study import SearchSettings, run_search
+            from vitsearch.search import run_search
 
             run_search(SearchSettings(budget=args.budget, trials=args.trials, study=study, reports=args.reports,
                                       tables=args.tables), progress=not args.quiet)
-    contexts = [fin.open_study(Path(args.reports) / study) for study in studies]
+    contexts = [fin.load_context(Path(args.reports) / study) for study in studies]
     ctx = contexts[0]  # the unpruned model is measured once, on the first study's device and table
     settings = fin.FinalizeSettings(steps=args.steps)
-    baselines = json.loads((ctx.folder / "baselines.json").read_text())
+    baselines = ctx.folder.require_records("baselines")
     unpruned = next(b for b in baselines if b["kind"] == "unpruned")
     unpruned_predicted = ctx.predictor.predict(PruneConfig()).total_ms
     load = wait_for_quiet(1.5, args.wait)
@@ -180,13 +182,13 @@ def main() -> int:
     if not args.no_results:
         write_section("finalize", text)
     print(text)
-    print(json.dumps({"studies": [str(c.folder) for c in contexts], "records": records,
+    print(json.dumps({"studies": [str(c.folder.path) for c in contexts], "records": records,
                       "unpruned_measured_ms": unpruned_measured, "met_by": met_by, "load_average": load,
                       "machine": platform.platform(), "vitsearch": __version__}, default=str))
     return 0
 
 
-def finalize_one(ctx: fin.StudyContext, trial: dict, settings: fin.FinalizeSettings, brief_seeds: int,
+def finalize_one(ctx: fin.FinalizeContext, trial: dict, settings: fin.FinalizeSettings, brief_seeds: int,
                  unpruned_accuracy: float, progress: bool) -> dict:
     """Finalize one trial and train its comparisons; the latency checks wait for the unpruned measurement."""
     config = PruneConfig.parse(trial["config"])

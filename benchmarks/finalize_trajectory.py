@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vitsearch import finalize as fin  # noqa: E402
 from vitsearch.config import PruneConfig  # noqa: E402
 from vitsearch.pruning import apply, prune_state  # noqa: E402
-from vitsearch.training import LossWeights, accuracy  # noqa: E402
+from vitsearch.training import LossWeights, accuracy, fresh_model, progressive  # noqa: E402
 
 
 def main() -> int:
@@ -37,11 +37,11 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=100)
     args = ap.parse_args()
 
-    ctx = fin.open_study(args.study, args.reports)
+    ctx = fin.load_context(args.study, args.reports)
     config = PruneConfig.parse(fin.choose_trial(ctx, args.trial)["config"])
     settings = fin.FinalizeSettings(steps=args.steps, lr=args.lr, weights=LossWeights(aux=args.aux_weight),
                                     schedule=args.schedule)
-    model = fin.fresh_model(ctx.base, config, settings.seed)
+    model = fresh_model(ctx.base, config, settings.seed)
     held_out = len(ctx.splits.val)
     correct: dict[int, int] = {}
 
@@ -50,13 +50,14 @@ def main() -> int:
         prune_state(m).reset()
         return round(accuracy(apply(m, config), ctx.splits) * held_out)
 
-    def on_step(step: int, phase: fin.Phase) -> None:
+    def on_step(step: int, phase: progressive.Phase) -> None:
         if step and step % args.every == 0:
             correct[step] = count(model)  # the loop re-applies its phase's config before the step
 
     with tempfile.TemporaryDirectory() as tmp:
-        fin.train_schedule(model, ctx.base, ctx.splits, config, fin.plan(config, settings, args.steps), settings,
-                           latency=ctx.latency, state_path=Path(tmp) / "state.pt", on_step=on_step, progress=False)
+        phases = progressive.plan(config, settings, args.steps)
+        progressive.train_schedule(model, ctx.base, ctx.splits, config, phases, settings, latency=ctx.latency,
+                                   state_path=Path(tmp) / "state.pt", on_step=on_step, progress=False)
     correct[args.steps] = count(model)
     print(json.dumps({"trial": args.trial, "config": str(config), "lr": args.lr, "aux_weight": args.aux_weight,
                       "schedule": args.schedule, "held_out": held_out, "correct_by_step": correct}))

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import wait_for_quiet, write_section  # noqa: E402
 from vitsearch import __version__  # noqa: E402
 from vitsearch.latency import Point, Predictor, profile, validate  # noqa: E402
-from vitsearch.latency.validate import summarise  # noqa: E402
+from vitsearch.stats import summarise  # noqa: E402
 
 TARGETS = {"profile_seconds": 300.0, "median_abs_error_pct": 5.0, "within_10pct": 0.90, "kendall_tau": 0.85}
 logger = logging.getLogger("benchmark")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, wait_for_quiet, write_section  # noqa: E402
 from vitsearch import __version__  # noqa: E402
 from vitsearch.pareto import dominated_by_front, hypervolume  # noqa: E402
-from vitsearch.study import SearchSettings, prepare, run_search  # noqa: E402
+from vitsearch.search import SearchSettings, prepare, run_search  # noqa: E402
 
 TARGETS = {"accuracy_drop_points": 1.0, "shared_hv_gap": 0.02, "shared_time_ratio": 1 / 3}
 

@@ -1,23 +1,48 @@
-"""Shared fixtures: tiny timm ViTs (no downloads) and the trained digits base model.
+"""Shared fixtures: one tiny registered timm ViT (no downloads) and the trained digits base model.
 
-The base model comes from the real cache (``$VITSEARCH_CACHE`` or ``~/.cache/vitsearch``): a fresh clone trains it
-once (about a minute), later runs load it. Tests that exercise the cache itself use their own tmp folders.
+No test writes outside a temporary folder: ``$VITSEARCH_CACHE`` points at a session temporary folder, so the
+digits base model is trained there once per session (about a minute on two cores) and never touches the user's
+cache. Tests that exercise the cache itself use their own tmp folders.
+
+Markers (registered in pyproject.toml): ``slow`` (real searches and training, minutes) and ``server`` (starts
+PostgreSQL, sshd or Chromium; skips where the binaries are missing, fails in CI).
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import timm
 import torch
+from timm.models import register_model
 
 from vitsearch.models import create_model
 
 
+@register_model
+def vitsearch_test_vit(pretrained: bool = False, **kwargs) -> torch.nn.Module:
+    """The tests' tiny ViT, like timm's ``test_vit``: a stock timm VisionTransformer (vit_tiny's config) at 32x32
+    input in 4x4 patches (64 patch tokens), embed 64, 4 heads, 12 blocks, 10 classes; random weights, built in
+    milliseconds. Keyword arguments override any of these."""
+    args = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 12, "num_heads": 4, "num_classes": 10}
+    return timm.create_model("vit_tiny_patch16_224", pretrained=pretrained, **{**args, **kwargs})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """``$VITSEARCH_CACHE`` for the whole session (subprocesses inherit it): the digits model trains in here."""
+    folder = tmp_path_factory.mktemp("vitsearch-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VITSEARCH_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
-def digits_base() -> tuple[torch.nn.Module, dict]:
-    """(model, meta) of the trained digits base model, trained into the cache if missing."""
+def digits_base(cache_dir) -> tuple[torch.nn.Module, dict]:
+    """(model, meta) of the trained digits base model, trained into the session's cache on first use."""
     from vitsearch.pretrain import base_model
 
     return base_model()
@@ -25,9 +50,9 @@ def digits_base() -> tuple[torch.nn.Module, dict]:
 
 @pytest.fixture
 def tiny_vit() -> torch.nn.Module:
-    """vit_tiny at 32x32 input in 8x8 patches: 16 patch tokens, random weights, built in well under a second."""
+    """The test ViT in 8x8 patches (16 patch tokens) with 5 classes, seeded."""
     torch.manual_seed(0)
-    return create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5)
+    return create_model("vitsearch_test_vit", patch_size=8, num_classes=5)
 
 
 @pytest.fixture
@@ -66,3 +91,10 @@ def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("base") / "digits.pt"
     torch.save(create_model("digits").state_dict(), path)
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a server (a fixture below) must say so with the ``server`` marker."""
+    for item in items:
+        if {"postgres", "sshd"} & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("server") is None:
+            raise pytest.UsageError(f"{item.nodeid} starts a server: mark it @pytest.mark.server")

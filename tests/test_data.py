@@ -20,7 +20,7 @@ def _write_images(folder, classes=("cat", "dog"), per_class=5, size=40):
 def test_image_folder_loads_with_the_models_eval_transform(tmp_path):
     _write_images(tmp_path / "train")
     _write_images(tmp_path / "val", per_class=2)
-    model = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=2)
+    model = create_model("vitsearch_test_vit", patch_size=8, num_classes=2)
     splits = load_dataset(tmp_path, model)
     assert splits.classes == ("cat", "dog") and splits.num_classes == 2
     assert (len(splits.train), len(splits.val)) == (10, 4)
@@ -31,7 +31,7 @@ def test_image_folder_loads_with_the_models_eval_transform(tmp_path):
 
 def test_a_flat_image_folder_is_split_by_class(tmp_path):
     _write_images(tmp_path, per_class=10)
-    splits = load_dataset(tmp_path, create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=2))
+    splits = load_dataset(tmp_path, create_model("vitsearch_test_vit", patch_size=8, num_classes=2))
     assert len(splits.train) + len(splits.val) == 20 and len(splits.val) == 4
 
 
@@ -43,7 +43,7 @@ def test_bad_image_folders_are_named(tmp_path, layout):
     if layout == "val only":
         _write_images(root / "val")
     with pytest.raises(VitsearchError) as e:
-        load_dataset(root, create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=2))
+        load_dataset(root, create_model("vitsearch_test_vit", patch_size=8, num_classes=2))
     assert str(root) in str(e.value)
 
 
@@ -98,7 +98,7 @@ def test_digits_for_a_three_channel_model_of_another_size(tiny_vit):
     splits = load_dataset("digits", tiny_vit)
     x, _ = splits.train[0]
     assert x.shape == (3, 32, 32)
-    check_num_classes(splits, create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10))
+    check_num_classes(splits, create_model("vitsearch_test_vit", patch_size=8))
 
 
 def test_augmentation_moves_the_digit_and_keeps_it_whole(digits):

@@ -1,4 +1,5 @@
 """Finalizing a chosen config: the methods' schedules, resume, ONNX, measurement, finalized.json, bad input."""
+import copy
 import json
 import shutil
 
@@ -12,8 +13,10 @@ from vitsearch.errors import VitsearchError
 from vitsearch.export import example_input, run_onnxruntime
 from vitsearch.pruning import apply
 from vitsearch.report import load_study
-from vitsearch.study import SearchSettings, run_search
-from vitsearch.training import TrainSettings
+from vitsearch.search import SearchSettings, run_search
+from vitsearch.training import TrainSettings, fresh_model, progressive
+
+pytestmark = pytest.mark.slow  # a real search, then finalize training
 
 FAST = TrainSettings(steps=2, batch_size=16)
 TINY = fin.FinalizeSettings(steps=6, batch_size=16, warmup_steps=1, checkpoint_every=2)
@@ -21,7 +24,7 @@ TINY = fin.FinalizeSettings(steps=6, batch_size=16, warmup_steps=1, checkpoint_e
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
-    from vitsearch.space import default_space_file
+    from vitsearch.search import default_space_file
 
     # Selectors early and keeping at most half, so every trial is well within the budget and the front is never
     # empty, however noisy the coarse table on a busy machine.
@@ -53,7 +56,7 @@ def study(made_study, tmp_path):
 
 @pytest.fixture(scope="module")
 def ctx(made_study):
-    return fin.open_study(made_study)
+    return fin.load_context(made_study)
 
 
 def front_trial(folder) -> int:
@@ -66,33 +69,6 @@ def edit_meta(folder, **changes) -> None:
     (folder / "study.json").write_text(json.dumps(meta))
 
 
-# The schedule as data ----------------------------------------------------------------------------------------
-
-def test_spvit_plan_inserts_one_selector_per_phase_in_block_order():
-    phases = fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.7,9=0.6"), TINY, 9)
-    assert [(p.start, p.end, str(p.config)) for p in phases] == [
-        (0, 3, "spvit:3=0.8"), (3, 6, "spvit:3=0.8,6=0.7"), (6, 9, "spvit:3=0.8,6=0.7,9=0.6")]
-    merged = fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.75,9=0.5"), fin.FinalizeSettings(merge_tol=0.05), 10)
-    assert [str(p.config) for p in merged] == ["spvit:3=0.8,6=0.75", "spvit:3=0.8,6=0.75,9=0.5"]
-    switched = fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.7"), fin.FinalizeSettings(switch=(0.25,)), 8)
-    assert [(p.start, p.end) for p in switched] == [(0, 2), (2, 8)]
-
-
-def test_evovit_plan_selects_at_every_block_first_then_stage_wise():
-    phases = fin.plan(PruneConfig.parse("evovit:4=0.5,8=0.5"), fin.FinalizeSettings(evo_switch=0.25), 8)
-    assert [(p.start, p.end, p.every_block, str(p.config)) for p in phases] == [
-        (0, 2, True, "evovit:4=0.5,8=0.5"), (2, 8, False, "evovit:4=0.5,8=0.5")]
-    plain = fin.plan(PruneConfig.parse("evovit:4=0.5"), fin.FinalizeSettings(schedule="plain"), 8)
-    assert [(p.start, p.end, p.every_block) for p in plain] == [(0, 8, False)]
-
-
-def test_bad_switch_points_are_refused():
-    with pytest.raises(VitsearchError, match="gives 1 switch point.*3 phases"):
-        fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.7,9=0.6"), fin.FinalizeSettings(switch=(0.5,)), 9)
-    with pytest.raises(VitsearchError, match="increase strictly"):
-        fin.plan(PruneConfig.parse("spvit:3=0.8,6=0.7,9=0.6"), fin.FinalizeSettings(switch=(0.6, 0.3)), 9)
-
-
 # Training through the schedule -------------------------------------------------------------------------------
 
 def _recording_apply(monkeypatch):
@@ -103,7 +79,7 @@ def _recording_apply(monkeypatch):
         applied.append((str(PruneConfig.parse(config)), evo_every_block))
         return apply(model, config, evo_every_block=evo_every_block)
 
-    monkeypatch.setattr(fin, "apply", record)
+    monkeypatch.setattr(progressive, "apply", record)
     return applied
 
 
@@ -114,11 +90,11 @@ def _recording_apply(monkeypatch):
 ])
 def test_training_applies_the_schedule_step_by_step(ctx, tmp_path, monkeypatch, spec, expected):
     config = PruneConfig.parse(spec)
-    model = apply(fin.copy.deepcopy(ctx.base), config)
+    model = apply(copy.deepcopy(ctx.base), config)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     applied = _recording_apply(monkeypatch)
-    fin.train_schedule(model, ctx.base, ctx.splits, config, fin.plan(config, TINY, 6), TINY, latency=ctx.latency,
-                       state_path=tmp_path / "state.pt", progress=False)
+    progressive.train_schedule(model, ctx.base, ctx.splits, config, progressive.plan(config, TINY, 6), TINY,
+                               latency=ctx.latency, state_path=tmp_path / "state.pt", progress=False)
     per_step = applied[1:-1]  # first: every selector before the optimiser; last: the whole config for inference
     assert per_step == expected
     assert applied[-1] == (spec, False) and model.prune_config == config and not model.evo_every_block
@@ -130,12 +106,12 @@ def test_training_applies_the_schedule_step_by_step(ctx, tmp_path, monkeypatch, 
 
 def test_an_interrupted_training_resumes_to_the_same_weights(ctx, tmp_path):
     config = PruneConfig.parse("spvit:3=0.8,6=0.7")
-    phases = fin.plan(config, TINY, 6)
+    phases = progressive.plan(config, TINY, 6)
 
     def run(state_path, on_step=None):
-        model = fin.fresh_model(ctx.base, config)
-        fin.train_schedule(model, ctx.base, ctx.splits, config, phases, TINY, latency=ctx.latency,
-                           state_path=state_path, on_step=on_step, progress=False)
+        model = fresh_model(ctx.base, config)
+        progressive.train_schedule(model, ctx.base, ctx.splits, config, phases, TINY, latency=ctx.latency,
+                                   state_path=state_path, on_step=on_step, progress=False)
         return model
 
     reference = run(tmp_path / "a.pt")
@@ -154,9 +130,9 @@ def test_an_interrupted_training_resumes_to_the_same_weights(ctx, tmp_path):
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
     with pytest.raises(VitsearchError, match="different settings.*--restart"):
-        fin.train_schedule(apply(fin.copy.deepcopy(ctx.base), config), ctx.base, ctx.splits, config, phases,
-                           fin.FinalizeSettings(steps=6, lr=1.0), latency=ctx.latency, state_path=tmp_path / "b.pt",
-                           progress=False)
+        progressive.train_schedule(apply(copy.deepcopy(ctx.base), config), ctx.base, ctx.splits, config, phases,
+                                   fin.FinalizeSettings(steps=6, lr=1.0), latency=ctx.latency,
+                                   state_path=tmp_path / "b.pt", progress=False)
 
 
 # The whole command -------------------------------------------------------------------------------------------
@@ -176,11 +152,11 @@ def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
     assert row["measured_ms"] > 0 and row["predicted_ms"] > 0 and row["gmacs"] > 0 and row["steps"] == 4
     assert row["onnx_max_diff"] < 1e-3 and row["settings"]["weights"]["aux"] == 0.2
     # timed beside the drift reference: also given at the table's speed
-    reference_ms = fin.open_study(study).predictor.reference_ms
+    reference_ms = fin.load_context(study).predictor.reference_ms
     assert row["measured_at_table_speed_ms"] == pytest.approx(
         row["measured_ms"] * reference_ms / row["measured_reference_ms"])
     # The ONNX file is the trained model, static shapes, matching PyTorch.
-    model = apply(fin.copy.deepcopy(fin.open_study(study).base), brief["config"])
+    model = apply(copy.deepcopy(fin.load_context(study).base), brief["config"])
     model.load_state_dict(torch.load(study / row["checkpoint"], weights_only=True)["state_dict"])
     model.eval()
     x = example_input(model)

@@ -15,8 +15,7 @@ CONFIGS = ["none", "spvit:2=0.5,4=0.5", "evovit:2=0.5,4=0.5"]
 
 def tiny_vit(config: str = "none", fused: bool = True, **kw) -> nn.Module:
     torch.manual_seed(0)
-    kw = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 6, "num_heads": 4, "num_classes": 10, **kw}
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw).eval()
+    model = timm.create_model("vitsearch_test_vit", **{"depth": 6, **kw}).eval()
     for blk in model.blocks:
         blk.attn.fused_attn = fused
     return pruning.apply(model, config)

@@ -60,12 +60,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def model_from_args(args: argparse.Namespace, *, weights: bool = True) -> Any:
     """The model the model options name. With ``weights``, the digits model without a checkpoint is the cached
     trained base model; otherwise a model without checkpoint or ``--pretrained`` is randomly initialised."""
-    from .models import DIGITS, DIGITS_ARCH, create_model
+    from .models import DIGITS, DIGITS_ARCH, create_model, load_state_dict
 
     is_digits = args.model in (DIGITS, DIGITS_ARCH)
     pretrained = args.checkpoint is None and (args.pretrained or (weights and is_digits))
     if weights and args.checkpoint is None and not pretrained:
         logger.warning("no --checkpoint or --pretrained for %s: its weights are random", args.model)
+    if pretrained and is_digits:
+        from .pretrain import base_model
+
+        model = create_model(args.model, num_classes=args.num_classes)
+        load_state_dict(model, base_model()[0].state_dict(), source="the cached digits base model")
+        return model
     return create_model(args.model, checkpoint=args.checkpoint, pretrained=pretrained, num_classes=args.num_classes)
 
 
@@ -301,7 +307,7 @@ class SearchCommand(Command):
     help = "search selector placement and keep ratios under a latency budget (Optuna, accuracy vs latency)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from .study import SAMPLERS, STRATEGIES, SearchSettings
+        from .search import SAMPLERS, STRATEGIES, SearchSettings
         from .training import TrainSettings
 
         d, t = SearchSettings(), TrainSettings()
@@ -345,7 +351,8 @@ class SearchCommand(Command):
         parser.add_argument("--tables", default=d.tables, metavar="DIR", help="latency tables (default: latency_tables)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from .study import SearchSettings, run_search, summary
+        from .search import SearchSettings, run_search, summary
+        from .studyfolder import StudyFolder
         from .training import LossWeights, TrainSettings
 
         weights = LossWeights(ratio=args.ratio_weight, latency=args.latency_weight, distill=args.distill_weight)
@@ -357,8 +364,7 @@ class SearchCommand(Command):
             space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
             shared_finetune_steps=args.shared_finetune_steps, storage=args.storage, sampler=args.sampler,
             seed=args.seed, max_train=args.max_train, max_val=args.max_val, reports=args.reports, tables=args.tables)
-        folder = Path(settings.reports) / settings.name()
-        if args.resume and not (folder / "study.json").is_file():
+        if args.resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
             raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
         result = run_search(settings, progress=True)
         record = summary(result)

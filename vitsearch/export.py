@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import torch.nn as nn
 
 from . import __version__
 from .errors import VitsearchError
+from .files import write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +133,7 @@ def export_onnx(
         except onnx.checker.ValidationError as e:
             raise VitsearchError(f"the exported ONNX graph for {type(module).__name__} is invalid: {e}") from e
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, proto.SerializeToString())
     logger.info("exported %s to %s in %.2f s (%s, opset %d)", type(module).__name__, path, seconds,
                 meta["exporter"], opset)
     return path

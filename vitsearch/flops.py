@@ -289,6 +289,11 @@ def count_macs(
 
 # Analytic formula ------------------------------------------------------------------------------------------
 
+def gmacs(model: nn.Module) -> float:
+    """Matmul GMACs of one forward at batch 1: the figure studies record beside latency."""
+    return count_macs(model).matmul / 1e9
+
+
 def block_macs(n: int, embed_dim: int, mlp_hidden: int) -> int:
     """Multiply-adds of one pre-norm ViT block on n tokens of width D:
     qkv 3nD^2 + proj nD^2 + MLP 2nD*hidden + attention QK^T and AV 2n^2 D (= 12nD^2 + 2n^2 D at ratio 4)."""

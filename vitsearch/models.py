@@ -3,7 +3,7 @@
 Token pruning here patches timm's plain :class:`~timm.models.vision_transformer.VisionTransformer` (one token
 sequence, class/prefix tokens in front), so :func:`create_model` refuses every other architecture up front.
 The embedded default model ``"digits"`` (timm name ``vit_digits``) is a small ViT for the built-in digits data
-set; its trained weights come from :mod:`vitsearch.pretrain`.
+set; its trained weights come from :mod:`vitsearch.pretrain`, which builds on this module.
 """
 from __future__ import annotations
 
@@ -66,14 +66,12 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def vit_digits(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """The embedded digits ViT. ``pretrained=True`` loads the cached base model (trained on first use)."""
-    model = build_model_with_cfg(VisionTransformer, DIGITS_ARCH, False, **{**DIGITS_MODEL_ARGS, **kwargs})
+    """The embedded digits ViT (its architecture; the trained weights are :func:`vitsearch.pretrain.base_model`'s,
+    which stands on this module, so the registry does not load them)."""
     if pretrained:
-        from .pretrain import base_model  # deferred: pretrain imports this module
-
-        trained, _ = base_model()
-        load_state_dict(model, trained.state_dict(), source="the cached digits base model")
-    return model
+        raise VitsearchError("the digits model's trained weights come from its cache: use "
+                             "vitsearch.pretrain.base_model() (the CLI loads them for --model digits)")
+    return build_model_with_cfg(VisionTransformer, DIGITS_ARCH, False, **{**DIGITS_MODEL_ARGS, **kwargs})
 
 
 def _canonical_name(name: str) -> str:
@@ -116,7 +114,7 @@ def create_model(
 
     ``checkpoint`` loads a state_dict (``.safetensors``, or a PyTorch file read with ``weights_only=True``);
     when ``num_classes`` is not given it is read from the checkpoint's head, so a fine-tuned checkpoint
-    just works. ``pretrained`` downloads timm's weights, or for ``"digits"`` loads the cached base model.
+    just works. ``pretrained`` downloads timm's weights (the digits model's are :func:`vitsearch.pretrain.base_model`).
     Extra keyword arguments go to ``timm.create_model`` (e.g. ``img_size=32, patch_size=8``).
     """
     check_model_name(name)

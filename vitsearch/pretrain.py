@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -29,10 +28,11 @@ from filelock import FileLock
 from timm.models.vision_transformer import VisionTransformer
 from tqdm import tqdm
 
-from . import __version__
-from .data import DatasetSplits, DigitsSpec, digits_splits
+from . import versions
+from .data import DigitsSpec, digits_splits
 from .errors import VitsearchError
 from .models import DIGITS, DIGITS_MODEL_ARGS, create_model, load_state_dict
+from .training.loop import accuracy, train_steps
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,6 @@ def train_base_model(settings: PretrainSettings | None = None) -> tuple[VisionTr
     steps_per_epoch = math.ceil(len(train_y) / settings.batch_size)
     total, warmup = settings.epochs * steps_per_epoch, settings.warmup_epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup, total))
 
     start = time.perf_counter()
     with _torch_threads(settings.threads):
@@ -154,24 +153,27 @@ def train_base_model(settings: PretrainSettings | None = None) -> tuple[VisionTr
         for epoch in bar:
             model.train()
             order = torch.randperm(len(train_y), generator=generator)
-            total_loss = 0.0
-            for i in range(0, len(order), settings.batch_size):
-                idx = order[i:i + settings.batch_size]
+            first = epoch * steps_per_epoch
+            losses: list[float] = []  # per-sample sums, for the epoch's mean
+
+            def step(i: int) -> dict[str, float]:
+                idx = order[(i - first) * settings.batch_size:(i - first + 1) * settings.batch_size]
                 x, y = train_x[idx], train_y[idx]
                 if settings.augment and splits.augment is not None:
                     x = splits.augment(x, generator)
                 loss = F.cross_entropy(model(x), y, label_smoothing=settings.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total_loss += loss.item() * len(idx)
-            bar.set_postfix(loss=f"{total_loss / len(train_y):.3f}")
+                losses.append(loss.item() * len(idx))
+                return {"ce": losses[-1] / len(idx)}
+
+            train_steps(optimizer, [settings.lr], range(first, first + steps_per_epoch), step, warmup=warmup,
+                        total=total)
+            bar.set_postfix(loss=f"{sum(losses) / len(train_y):.3f}")
             if logger.isEnabledFor(logging.DEBUG):  # a learning curve for whoever tunes the recipe; uses no RNG
                 logger.debug("epoch %d/%d: train loss %.4f, val accuracy %.4f", epoch + 1, settings.epochs,
-                             total_loss / len(train_y), evaluate(model, splits))
+                             sum(losses) / len(train_y), accuracy(model, splits))
         seconds = time.perf_counter() - start
-        val_accuracy = evaluate(model, splits)
+        val_accuracy = accuracy(model, splits)
     logger.info("digits base model trained in %.1f s: val accuracy %.2f%%", seconds, 100 * val_accuracy)
     meta = {
         "model": DIGITS,
@@ -181,34 +183,8 @@ def train_base_model(settings: PretrainSettings | None = None) -> tuple[VisionTr
         "train_seconds": round(seconds, 2),
         "dataset": splits.description,
         "dataset_provenance": dict(splits.provenance),
-        "versions": _versions(),
+        "versions": versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     model.eval()
     return model, meta
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module, splits: DatasetSplits, *, batch_size: int = 256) -> float:
-    """Top-1 accuracy on the held-out val split."""
-    model.eval()
-    correct = total = 0
-    for x, y in splits.loader("val", batch_size):
-        correct += int((model(x).argmax(dim=-1) == y).sum())
-        total += len(y)
-    return correct / total
-
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import sklearn
-    import timm
-
-    return {"vitsearch": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version()}

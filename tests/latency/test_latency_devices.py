@@ -12,7 +12,8 @@ import pytest
 
 from vitsearch.errors import VitsearchError
 from vitsearch.latency import MeasureSettings, Predictor, open_device, parse_perf_test, profile, registry, resolve
-from vitsearch.latency.devices import AdbDevice, Artefact, SshDevice, folder_name
+from vitsearch.latency.devices import AdbDevice, Artefact, SshDevice
+from vitsearch.latency.registry import folder_name
 
 from .conftest import QUICK, TINY_GRID, TINY_KWARGS, TINY_MODEL, require_binary
 
@@ -166,6 +167,7 @@ connect_timeout = 5
     proc.wait(timeout=10)
 
 
+@pytest.mark.server
 def test_ssh_profile_end_to_end(sshd, tiny_table):
     """Profile over ssh: artefacts and runner copied with scp, run with the board's python, rows streamed back."""
     table = profile("board", model=TINY_MODEL, model_kwargs=TINY_KWARGS, threads=1, tables=sshd,
@@ -178,6 +180,7 @@ def test_ssh_profile_end_to_end(sshd, tiny_table):
     assert leftovers == [], "the board's work folder is cleaned up"
 
 
+@pytest.mark.server
 def test_ssh_board_without_onnxruntime_says_what_to_install(sshd, tmp_path):
     spec = resolve("board", sshd)
     spec = type(spec)(spec.name, spec.transport, spec.runtime, spec.description,

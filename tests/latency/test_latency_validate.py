@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from vitsearch.latency import kendall_tau, random_configs, validate
+from vitsearch.latency import random_configs, validate
 from vitsearch.latency.predict import Predictor
-from vitsearch.latency.validate import scatter_info, summarise
+from vitsearch.stats import kendall_tau, scatter_info, summarise
 from vitsearch.models import create_model, geometry
 
 from .conftest import TINY_KWARGS

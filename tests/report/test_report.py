@@ -17,7 +17,7 @@ import pytest
 from vitsearch.cli import main
 from vitsearch.errors import VitsearchError
 from vitsearch.report import ReportFiles, existing_studies, load_study, write_report
-from vitsearch.report.render import fmt_tokens
+from vitsearch.report.tables import fmt_tokens
 
 from .conftest import require_chromium, write_study
 
@@ -158,6 +158,7 @@ def chromium_shows(chromium: str, page: str, folder: Path) -> dict[str, str]:
     return dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
 
 
+@pytest.mark.server
 def test_chromium_shows_the_front_table_and_every_image(written, tmp_path):
     chromium = require_chromium()
     page = written.files.html.read_text()

@@ -6,12 +6,13 @@ from the table, and validate predictions against whole models measured end to en
     vitsearch.latency.validate(table, 30).summary["median_abs_error_pct"]
 """
 from .components import GridSpec, Point, components_of, grid
-from .devices import Artefact, Device, DeviceSpec, MeasureSettings, open_device, parse_perf_test, registry, resolve
+from .devices import Artefact, Device, MeasureSettings, open_device, parse_perf_test
+from .registry import DeviceSpec, registry, resolve
 from .predict import Prediction, Predictor, predict
 from .profile import profile
 from .table import LatencyTable, load, table_path
-from .validate import Validation, kendall_tau, random_configs, validate
+from .validate import Validation, random_configs, validate
 
 __all__ = ["Artefact", "Device", "DeviceSpec", "GridSpec", "LatencyTable", "MeasureSettings", "Point", "Prediction",
-           "Predictor", "Validation", "components_of", "grid", "kendall_tau", "load", "open_device",
+           "Predictor", "Validation", "components_of", "grid", "load", "open_device",
            "parse_perf_test", "predict", "profile", "random_configs", "registry", "resolve", "table_path", "validate"]

@@ -116,6 +116,15 @@ class Predictor:
         xs, ys = self._1d[point.kind]
         return self._interp(point, axis, getattr(point, axis), xs, ys)
 
+    def block_curve(self) -> tuple[list[int], list[float]]:
+        """ms of one stock block at each profiled token count, drift-scaled and monotone like every lookup (what
+        the latency loss differentiates)."""
+        if "block" not in self._1d:
+            raise VitsearchError(f"table {self.table.path} has no block rows: the profile is incomplete; "
+                                 "run vitsearch profile again to finish it")
+        xs, ys = self._1d["block"]
+        return list(xs), list(ys)
+
     def _select(self, point: Point) -> float:
         """Bilinear in (n, relative k): k is placed at the same fraction of [1, n - 1] in the neighbouring rows."""
         ns = sorted(self._2d)
@@ -167,7 +176,7 @@ def predict(config: PruneConfig | str, *, device: str, model: str = "digits", ba
             tables: str | os.PathLike[str] = "latency_tables") -> Prediction:
     """Predicted latency of ``config`` on ``model`` at ``batch`` from ``device``'s table."""
     from ..models import create_model, geometry
-    from .devices import resolve
+    from .registry import resolve
 
     resolve(device, tables)  # an unknown name is refused with the list of known ones
     with _meta_device():

@@ -30,7 +30,8 @@ from ..models import create_model, geometry
 from . import artefacts as art
 from . import table as table_mod
 from .components import ComponentGraph, GridSpec, Point, component_graphs, grid
-from .devices import Device, MeasureSettings, open_device, resolve
+from .devices import Device, MeasureSettings, open_device
+from .registry import resolve
 from .reference import Reference
 from .reference import measure as measure_with_reference
 from .table import LatencyTable, Row, RowWriter

@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import VitsearchError
+from ..files import write_text
 from ..models import ModelGeometry
 from .components import KINDS, Point
-from .devices import folder_name
+from .registry import folder_name
 
 PRECISION = "fp32"
 COLUMNS = ("kind", "n", "k", "steps", "median_ms", "p90_ms", "spread_ms", "repeats", "p10_ms", "raw_median_ms",
@@ -231,9 +232,7 @@ class RowWriter:
 
 
 def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
-    tmp = meta_path(path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, meta_path(path))
+    write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def save(path: str | os.PathLike[str], meta: Mapping[str, Any], rows: Iterable[Row]) -> LatencyTable:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import random
 import shutil
 import tempfile
@@ -29,6 +28,7 @@ from ..config import PruneConfig, token_schedule
 from ..errors import VitsearchError
 from ..models import ModelGeometry, create_model
 from ..pruning import apply
+from ..stats import plot_scatter, scatter_info, summarise
 from .devices import Artefact, MeasureSettings, open_device
 from .predict import Predictor
 from .reference import Reference, factor as drift_factor
@@ -61,70 +61,11 @@ def random_configs(count: int, g: ModelGeometry, *, seed: int = 0, methods: Sequ
     return out
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties in either ranking reduce the denominator)."""
-    n = len(x)
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif dx == dy:
-                concordant += 1
-            else:
-                discordant += 1
-    denom = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return (concordant - discordant) / denom if denom else float("nan")
-
-
-def summarise(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
-    err = 100.0 * (p - m) / m
-    return {"count": int(p.size), "median_abs_error_pct": float(np.median(np.abs(err))),
-            "p95_abs_error_pct": float(np.percentile(np.abs(err), 95)),
-            "within_10pct": float(np.mean(np.abs(err) <= 10.0)), "mean_error_pct": float(err.mean()),
-            "kendall_tau": kendall_tau(p.tolist(), m.tolist())}
-
-
 @dataclass
 class Validation:
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     paths: dict[str, Path]
-
-
-def scatter_info(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """What the scatter plot shows, as data (tested without drawing)."""
-    methods = sorted({r["method"] for r in rows})
-    series = {m: ([r["measured_ms"] for r in rows if r["method"] == m],
-                  [r["predicted_ms"] for r in rows if r["method"] == m]) for m in methods}
-    values = [v for r in rows for v in (r["measured_ms"], r["predicted_ms"])]
-    return {"series": series, "lo": min(values), "hi": max(values)}
-
-
-def plot_scatter(info: Mapping[str, Any], summary: Mapping[str, Any], ax: Any = None) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 5))
-    lo, hi = info["lo"] * 0.95, info["hi"] * 1.05
-    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="predicted = measured")
-    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.2, label="±10%")
-    for method, (measured, predicted) in info["series"].items():
-        ax.scatter(measured, predicted, s=18, label=method)
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
-           title=(f"median |err| {summary['median_abs_error_pct']:.1f}%, "
-                  f"{100 * summary['within_10pct']:.0f}% within 10%, tau {summary['kendall_tau']:.2f}"))
-    ax.legend(loc="upper left", fontsize=8)
-    return ax
 
 
 def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: MeasureSettings | None = None,
@@ -206,8 +147,6 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
 def save(table_path: Path, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> dict[str, Path]:
     import csv
 
-    import matplotlib.pyplot as plt
-
     stem = table_path.with_suffix("")
     paths = {"csv": stem.with_name(stem.name + ".validation.csv"),
              "json": stem.with_name(stem.name + ".validation.json"),
@@ -220,5 +159,4 @@ def save(table_path: Path, rows: Sequence[Mapping[str, Any]], summary: Mapping[s
     ax = plot_scatter(scatter_info(rows), summary)
     ax.figure.tight_layout()
     ax.figure.savefig(paths["png"], dpi=120)
-    plt.close(ax.figure)
     return paths

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..stats import plot_scatter
 from .info import FlopsInfo, OverlayInfo, ParetoInfo, TokenInfo, ValidationInfo
 
 GREY = "#9a9a9a"
@@ -161,8 +162,6 @@ def draw_flops(info: FlopsInfo, axes: Sequence[Any] | None = None) -> tuple[Any,
 def draw_validation(info: ValidationInfo, axes: Sequence[Any] | None = None) -> tuple[Any, ...]:
     """Predicted vs measured median latency of whole models: as measured, and at the table's speed where the
     table has drift references (the chart ``vitsearch profile --validate`` saves, with its drift-corrected twin)."""
-    from ..latency.validate import plot_scatter
-
     if axes is None:
         n = len(info.panels)
         axes = new_axes((5.2 * n, 5.4), ncols=n) if n > 1 else [new_axes((5.2, 5.4))]

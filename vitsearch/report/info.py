@@ -9,7 +9,8 @@ from typing import Callable, Sequence
 
 from ..errors import VitsearchError
 from ..pareto import dominated_by_front, pareto_front
-from .load import Entry, Study
+from ..stats import kendall_tau, scatter_info
+from .load import Entry, StudyRecord
 
 METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy"}
 
@@ -18,7 +19,7 @@ def metric_label(metric: str) -> str:
     return f"{METRIC_NAMES.get(metric, metric)} (%)"
 
 
-def latency_label(study: Study) -> str:
+def latency_label(study: StudyRecord) -> str:
     return f"predicted latency (ms, batch {study.batch})"
 
 
@@ -111,7 +112,7 @@ def _gmacs(e: Entry) -> float | None:
     return e.gmacs
 
 
-def pareto_info(study: Study, *, cost: str = "latency") -> ParetoInfo:
+def pareto_info(study: StudyRecord, *, cost: str = "latency") -> ParetoInfo:
     """All trials against predicted latency (``cost="latency"``) or GMACs (``cost="gmacs"``): feasible ones, the
     infeasible, the front as a step line, the budget (latency only) and the baselines."""
     if cost not in ("latency", "gmacs"):
@@ -163,12 +164,12 @@ class OverlayInfo:
     skipped: list[str] = field(default_factory=list)  # studies left out, with the reason
 
 
-def comparable_key(study: Study) -> tuple[str, tuple[str, ...], str]:
+def comparable_key(study: StudyRecord) -> tuple[str, tuple[str, ...], str]:
     """What must match for accuracies and latencies of two studies to share axes."""
     return study.metric, study.objectives, str(study.meta.get("dataset", "?"))
 
 
-def check_comparable(studies: Sequence[Study]) -> None:
+def check_comparable(studies: Sequence[StudyRecord]) -> None:
     """Refuse to overlay studies that measure different things: the same point would mean different numbers."""
     groups: dict[tuple, list[str]] = {}
     for s in studies:
@@ -181,7 +182,7 @@ def check_comparable(studies: Sequence[Study]) -> None:
                              "separately")
 
 
-def series_label(study: Study, all_studies: Sequence[Study]) -> str:
+def series_label(study: StudyRecord, all_studies: Sequence[StudyRecord]) -> str:
     """The study name, plus what tells it apart from the others (device, budget, methods, batch)."""
     parts = [study.device, f"budget {study.meta.get('budget', '?')}", "+".join(study.methods)]
     if len({s.batch for s in all_studies}) > 1:
@@ -189,7 +190,7 @@ def series_label(study: Study, all_studies: Sequence[Study]) -> str:
     return f"{study.name} ({', '.join(parts)})"
 
 
-def overlay_info(studies: Sequence[Study]) -> OverlayInfo:
+def overlay_info(studies: Sequence[StudyRecord]) -> OverlayInfo:
     """Several studies' trials and fronts on one accuracy-latency chart. Studies with different metrics,
     objectives or data sets are refused; those with no trained trial yet are left out, with the reason."""
     if not studies:
@@ -218,7 +219,7 @@ class TokenInfo:
     y_label: str = "tokens entering the block"
 
 
-def token_info(studies: Sequence[Study]) -> TokenInfo:
+def token_info(studies: Sequence[StudyRecord]) -> TokenInfo:
     """Per-block token counts of each study's front configs (labelled with the study when there are several),
     against the unpruned model."""
     lines = []
@@ -250,9 +251,7 @@ class FlopsInfo:
     kendall_tau: float  # rank agreement of GMACs and predicted latency over the trained trials
 
 
-def flops_info(study: Study) -> FlopsInfo:
-    from ..latency.validate import kendall_tau  # deferred: the latency package imports torch and timm
-
+def flops_info(study: StudyRecord) -> FlopsInfo:
     lat, mac = pareto_info(study, cost="latency"), pareto_info(study, cost="gmacs")
     on_lat, on_mac = {p.label for p in lat.front}, {p.label for p in mac.front}
     both = [t for t in study.trials if t.trained and t.feasible and t.gmacs is not None]
@@ -266,7 +265,7 @@ class ValidationPanel:
     series: dict[str, tuple[list[float], list[float]]]  # method -> (measured ms, predicted ms)
     lo: float
     hi: float
-    summary: dict  # median |error|, within 10%, Kendall tau... (see vitsearch.latency.validate.summarise)
+    summary: dict  # median |error|, within 10%, Kendall tau... (see vitsearch.stats.summarise)
 
 
 @dataclass(frozen=True)
@@ -280,10 +279,8 @@ def _numbers(rows: Sequence[dict], predicted: str, measured: str) -> list[dict]:
     return [r for r in out if isinstance(r["predicted_ms"], float) and isinstance(r["measured_ms"], float)]
 
 
-def validation_info(study: Study) -> ValidationInfo | None:
+def validation_info(study: StudyRecord) -> ValidationInfo | None:
     """Predicted vs measured whole models from the latency table's validation, or None when it was not run."""
-    from ..latency.validate import scatter_info  # deferred: the latency package imports torch and timm
-
     v = study.validation
     if v is None:
         return None

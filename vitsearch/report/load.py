@@ -1,15 +1,14 @@
 """A study folder read back for reporting: provenance, trials, front, baselines, finalized models, and the latency
 table's validation.
 
-The folder is the contract (see :mod:`vitsearch.study`): ``study.json``, ``trials.json``, ``front.json``,
-``baselines.json``, and when a config has been finalized (issue 6) ``finalized.json``. Every record becomes an
-:class:`Entry`; a measured latency, where one exists for a config (finalized models, or the table's own validation
+The folder is the contract, read through :class:`~vitsearch.studyfolder.StudyFolder`: ``study.json``,
+``trials.json``, ``front.json``, ``baselines.json``, and when a config has been finalized ``finalized.json``.
+Every record becomes an :class:`Entry`; a measured latency, where one exists for a config (finalized models, or the table's own validation
 of the same config), is attached to every entry of that config, so tables show "measured" where known.
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -18,12 +17,12 @@ from typing import Any, Mapping, Sequence
 
 from ..config import PruneConfig
 from ..errors import VitsearchError
+from ..studyfolder import StudyFolder, read_json
 
 logger = logging.getLogger(__name__)
 
-STUDY_FILE = "study.json"
-# Files a study folder may hold, by the entries they list; only study.json is required.
-ENTRY_FILES = ("trials", "front", "baselines", "finalized")
+# Files a study folder may hold, with the kind of entry they list by default; only study.json is required.
+ENTRY_KINDS = {"trials": "search", "front": "search", "baselines": "uniform", "finalized": "finalized"}
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class TableValidation:
 
 
 @dataclass
-class Study:
+class StudyRecord:
     folder: Path
     meta: dict[str, Any]  # study.json: the resolved configuration and provenance
     trials: list[Entry]
@@ -141,48 +140,13 @@ class Study:
         return dict((self.meta.get("latency_table_meta") or {}).get("geometry") or {})
 
 
-def existing_studies(reports: str | Path) -> list[str]:
-    """Names of the study folders under ``reports`` (those with a study.json)."""
-    root = Path(reports)
-    if not root.is_dir():
-        return []
-    return sorted(p.parent.name for p in root.glob(f"*/{STUDY_FILE}"))
-
-
-def study_folder(study: str | Path, reports: str | Path = "reports") -> Path:
-    """The folder a study argument names: a path to a study folder, or a name under ``reports``."""
-    candidates = [Path(study)] if Path(study).is_dir() else []
-    candidates.append(Path(reports) / str(study))
-    for folder in candidates:
-        if (folder / STUDY_FILE).is_file():
-            return folder
-    for folder in candidates:
-        if folder.is_dir():
-            raise VitsearchError(f"{folder} is not a study folder: it has no {STUDY_FILE} "
-                                 "(vitsearch search writes one)")
-    names = existing_studies(reports)
-    listing = ("existing studies: " + ", ".join(names)) if names else "it holds no studies yet: run vitsearch search"
-    raise VitsearchError(f"no study {str(study)!r} in {reports}/: {listing} "
-                         "(or pass --reports DIR, or a study folder's path)")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise VitsearchError(f"{path} is not valid JSON ({e}): the study folder is damaged; re-run the search "
-                             "with the same settings to rewrite it") from None
-
-
-def _read_entries(path: Path, default_kind: str) -> list[Entry]:
-    records = _read_json(path)
-    if not isinstance(records, list):
-        raise VitsearchError(f"{path} should hold a list of candidate records, found {type(records).__name__}")
+def _read_entries(folder: StudyFolder, name: str, default_kind: str) -> list[Entry]:
+    records = folder.read_records(name) or []
     try:
         return [Entry.from_record(r, default_kind=default_kind) for r in records]
     except (KeyError, TypeError, ValueError) as e:
-        raise VitsearchError(f"{path} has a record without a readable {e}: expected the fields of "
-                             "vitsearch.study.Candidate.to_dict (config, predicted_ms, accuracy, ...)") from None
+        raise VitsearchError(f"{folder.path / f'{name}.json'} has a record without a readable {e}: expected the "
+                             "fields of vitsearch.search.Candidate.to_dict (config, predicted_ms, accuracy, ...)") from None
 
 
 def load_validation(table: str | Path | None) -> TableValidation | None:
@@ -195,7 +159,7 @@ def load_validation(table: str | Path | None) -> TableValidation | None:
         return None
     with open(paths["csv"], newline="") as f:
         rows = [_numeric_row(r) for r in csv.DictReader(f)]
-    return TableValidation(summary=_read_json(paths["json"]), rows=rows, paths=paths)
+    return TableValidation(summary=read_json(paths["json"]), rows=rows, paths=paths)
 
 
 def _numeric_row(row: Mapping[str, str]) -> dict[str, Any]:
@@ -220,20 +184,14 @@ def _measured(finalized: Sequence[Entry], validation: TableValidation | None) ->
     return out
 
 
-def load_study(study: str | Path, reports: str | Path = "reports") -> Study:
+def load_study(study: str | Path, reports: str | Path = "reports") -> StudyRecord:
     """Read a study folder (by name under ``reports``, or by path). Missing results are not an error: a search
-    that has not completed a trial yet gives a Study without trials, and ``notes`` says what is missing."""
-    folder = study_folder(study, reports)
-    meta = _read_json(folder / STUDY_FILE)
-    if not isinstance(meta, dict):
-        raise VitsearchError(f"{folder / STUDY_FILE} should hold an object of study settings")
+    that has not completed a trial yet gives a StudyRecord without trials, and ``notes`` says what is missing."""
+    folder = StudyFolder.find(study, reports)
+    meta = folder.read_study()
     notes: list[str] = []
-    lists: dict[str, list[Entry]] = {}
-    for name in ENTRY_FILES:
-        path = folder / f"{name}.json"
-        kind = {"trials": "search", "front": "search", "baselines": "uniform", "finalized": "finalized"}[name]
-        lists[name] = _read_entries(path, kind) if path.is_file() else []
-    if not (folder / "trials.json").is_file():
+    lists = {name: _read_entries(folder, name, kind) for name, kind in ENTRY_KINDS.items()}
+    if not (folder.path / "trials.json").is_file():
         notes.append("no trials.json: the search has not finished (it is written when the search ends); "
                      "run or resume it with the same settings")
     elif not lists["trials"]:
@@ -253,6 +211,6 @@ def load_study(study: str | Path, reports: str | Path = "reports") -> Study:
         return [replace(e, measured_ms=measured[e.config][0], measured_source=measured[e.config][1])
                 if e.config in measured and e.measured_ms is None else e for e in entries]
 
-    return Study(folder=folder, meta=meta, trials=with_measured(lists["trials"]), front=with_measured(lists["front"]),
-                 baselines=with_measured(lists["baselines"]), finalized=lists["finalized"], validation=validation,
-                 notes=notes)
+    return StudyRecord(folder=folder.path, meta=meta, trials=with_measured(lists["trials"]),
+                       front=with_measured(lists["front"]), baselines=with_measured(lists["baselines"]),
+                       finalized=lists["finalized"], validation=validation, notes=notes)

@@ -1,7 +1,11 @@
-"""Training pruned candidates: the computation-aware loss, brief per-candidate fine-tuning, weight sharing."""
-from .brief import (SoftLatency, TrainResult, TrainSettings, accuracy, candidate_loss, fresh_model,
+"""Training pruned candidates on one floor (:mod:`.loop`: seeded RNG, batches, learning-rate curve, step loop,
+accuracy): the computation-aware loss (:mod:`.losses`), brief per-candidate fine-tuning and weight sharing
+(:mod:`.brief`), and the progressive schedules finalize trains the chosen config with (:mod:`.progressive`)."""
+from .brief import (SoftLatency, TrainResult, TrainSettings, candidate_loss, fresh_model, param_groups,
                     train_candidate, train_supernet)
+from .loop import accuracy, batches, lr_factor, next_batch, seeded, set_lr, train_steps
 from .losses import LossWeights, PiecewiseLinear, keep_ratio_loss, latency_loss, soft_block_tokens
 
 __all__ = ["TrainSettings", "TrainResult", "SoftLatency", "train_candidate", "train_supernet", "candidate_loss",
-           "fresh_model", "accuracy", "LossWeights", "PiecewiseLinear", "keep_ratio_loss", "latency_loss", "soft_block_tokens"]
+           "fresh_model", "param_groups", "accuracy", "batches", "lr_factor", "next_batch", "seeded", "set_lr",
+           "train_steps", "LossWeights", "PiecewiseLinear", "keep_ratio_loss", "latency_loss", "soft_block_tokens"]

@@ -8,14 +8,12 @@ Two strategies share one loss and one step:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 
 from ..config import PruneConfig
 from ..pruning import apply, prune_state
+from .loop import batches, next_batch, seeded, train_steps
 from .losses import LossWeights, PiecewiseLinear, distill_loss, keep_ratio_loss, latency_loss, soft_block_tokens
 
 logger = logging.getLogger(__name__)
@@ -111,20 +110,22 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
     optimizer = torch.optim.AdamW(param_groups(model, settings), weight_decay=settings.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator().manual_seed(settings.seed)
-    start, parts = time.perf_counter(), {}
-    with _seeded(settings.seed):
-        batches = _batches(splits, settings.batch_size, settings.seed)
-        for step in range(settings.steps):
-            set_lr(optimizer, base_lrs, step, settings.warmup_steps, settings.steps)
-            x, y, teacher_logits = next_batch(batches, splits, teacher, generator)
-            optimizer.zero_grad(set_to_none=True)
-            configs = configs_of_step(step)
+    start = time.perf_counter()
+    with seeded(settings.seed):
+        data = batches(splits, settings.batch_size, settings.seed)
+
+        def step(i: int) -> dict[str, float]:
+            x, y, teacher_logits = next_batch(data, splits, teacher, generator)
+            configs, parts = configs_of_step(i), {}
             for config in configs:
                 apply(model, config, evo_every_block=getattr(model, "evo_every_block", False))
                 model.train()
                 loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)
                 (loss / len(configs)).backward()
-            optimizer.step()
+            return parts
+
+        parts = train_steps(optimizer, base_lrs, range(settings.steps), step, warmup=settings.warmup_steps,
+                            total=settings.steps)
     prune_state(model).reset()  # drop the last forward's graph-holding tensors (and let the model deepcopy)
     model.eval()
     seconds = time.perf_counter() - start
@@ -135,7 +136,7 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
 def fresh_model(base: nn.Module, config: PruneConfig, seed: int = 0) -> nn.Module:
     """A copy of ``base`` patched for ``config``; its new selectors / aux head initialised from ``seed``, so a
     candidate (and a run resumed from its checkpoint) starts from the same weights whatever ran before it."""
-    with _seeded(seed):
+    with seeded(seed):
         return apply(copy.deepcopy(base), config)
 
 
@@ -144,51 +145,3 @@ def param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
     new_ids = {id(p) for p in new}
     base = [p for p in model.parameters() if id(p) not in new_ids]
     return [{"params": base, "lr": settings.lr}, {"params": new, "lr": settings.selector_lr}]
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        yield
-
-
-def _batches(splits, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    epoch = 0
-    while True:
-        yield from splits.loader("train", batch_size, shuffle=True, seed=seed + epoch)
-        epoch += 1
-
-
-def next_batch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], splits, teacher: nn.Module,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The next training batch, augmented, with the teacher's logits for distillation."""
-    x, y = next(batches)
-    if splits.augment is not None:
-        x = splits.augment(x, generator)
-    with torch.no_grad():
-        return x, y, teacher(x)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], step: int, warmup: int, total: int) -> None:
-    """Linear warm-up, then cosine decay to 0, applied to every parameter group's base learning rate."""
-    factor = _lr_factor(step, warmup, total)
-    for g, lr in zip(optimizer.param_groups, base_lrs):
-        g["lr"] = lr * factor
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-@torch.inference_mode()
-def accuracy(model: nn.Module, splits, *, batch_size: int = 256) -> float:
-    """Top-1 on the held-out split with hard (inference) pruning."""
-    model.eval()
-    correct = total = 0
-    for x, y in splits.loader("val", batch_size):
-        correct += int((model(x).argmax(dim=-1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)

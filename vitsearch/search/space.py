@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import PruneConfig
-from .errors import VitsearchError
+from ..config import PruneConfig
+from ..errors import VitsearchError
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search"  # the repository's search/ folder
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search"  # the repository's search/ folder
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ PRUNED = ["spvit:3=0.7,6=0.7,9=0.7", "spvit:2=0.5", "evovit:4=0.5,8=0.5", "evovi
 
 def tiny_vit(**kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    kw = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 12, "num_heads": 4, "num_classes": 10, **kw}
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw).eval()
+    return timm.create_model("vitsearch_test_vit", **kw).eval()
 
 
 @pytest.fixture(scope="module")

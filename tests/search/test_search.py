@@ -14,8 +14,10 @@ import pytest
 
 from vitsearch.errors import VitsearchError
 from vitsearch.pareto import dominates
-from vitsearch.study import SearchSettings, run_search, summary
+from vitsearch.search import SearchSettings, run_search, summary
 from vitsearch.training import TrainSettings
+
+pytestmark = pytest.mark.slow  # real searches, each training a few candidates
 
 FAST = TrainSettings(steps=2, batch_size=16)
 
@@ -23,7 +25,7 @@ FAST = TrainSettings(steps=2, batch_size=16)
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
     """The digits space with one uniform baseline per method, to keep the tests short."""
-    from vitsearch.space import default_space_file
+    from vitsearch.search import default_space_file
 
     text = default_space_file("digits").read_text().replace("keep = [0.9, 0.7, 0.5, 0.3]", "keep = [0.5]")
     path = tmp_path_factory.mktemp("space") / "vit.toml"
@@ -77,8 +79,8 @@ def test_a_budget_below_the_fastest_config_names_the_minimum(tmp_path, env):
 
 
 def test_a_study_with_no_feasible_trial_says_so(tmp_path, env):
-    from vitsearch.study import fastest_config, load_base, load_predictor
-    from vitsearch.space import load_space
+    from vitsearch.search import fastest_config, load_base, load_predictor
+    from vitsearch.search import load_space
 
     s = settings(tmp_path, env)
     base, _ = load_base(s)
@@ -169,7 +171,7 @@ def postgres(tmp_path_factory):
 
 WORKER = """
 import sys
-from vitsearch.study import SearchSettings, run_search
+from vitsearch.search import SearchSettings, run_search
 from vitsearch.training import TrainSettings
 run_search(SearchSettings(budget="95%", trials=4, study="shared-db", storage=sys.argv[1], reports=sys.argv[2],
                           tables=sys.argv[3], space=sys.argv[4], checkpoint=sys.argv[5], max_train=128, max_val=96,
@@ -177,6 +179,7 @@ run_search(SearchSettings(budget="95%", trials=4, study="shared-db", storage=sys
 """
 
 
+@pytest.mark.server
 def test_two_workers_record_every_trial_exactly_once(postgres, tmp_path, env):
     args = [postgres, str(tmp_path / "reports"), env["tables"], env["space"], env["checkpoint"]]
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, *args], stdout=subprocess.PIPE,
@@ -196,7 +199,7 @@ def test_two_workers_record_every_trial_exactly_once(postgres, tmp_path, env):
 
 KILLABLE = """
 import sys
-from vitsearch.study import SearchSettings, run_search
+from vitsearch.search import SearchSettings, run_search
 from vitsearch.training import TrainSettings
 run_search(SearchSettings(budget="95%", trials=8, study="killed", reports=sys.argv[1], tables=sys.argv[2],
                           space=sys.argv[3], checkpoint=sys.argv[4], max_train=128, max_val=96,
@@ -249,7 +252,7 @@ def test_a_search_killed_mid_trial_resumes_with_every_completed_trial_intact(tmp
 def test_a_config_suggested_again_is_not_trained_again(tmp_path, env):
     """A trained config enqueued twice more (as TPE re-suggests one in a discrete space): both repeats reuse its
     result, are not counted as trained and are left out of the study's candidates."""
-    from vitsearch.space import load_space
+    from vitsearch.search import load_space
 
     first = run_search(settings(tmp_path, env, trials=1, study="again"), progress=False)
     done = next(c for c in first.trials if c.accuracy is not None)

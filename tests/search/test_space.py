@@ -3,7 +3,7 @@ import pytest
 
 from vitsearch.config import PruneConfig
 from vitsearch.errors import VitsearchError
-from vitsearch.space import default_space_file, load_space
+from vitsearch.search import default_space_file, load_space
 
 
 def test_builtin_spaces_skip_the_first_three_blocks():

@@ -1,6 +1,6 @@
 import pytest
 
-from vitsearch.budget import Budget, parse_budget
+from vitsearch.search import Budget, parse_budget
 from vitsearch.errors import VitsearchError
 
 

@@ -1,0 +1,156 @@
+"""The house rules, checked on the source with the AST so they stay true.
+
+- no import circle among vitsearch modules. Every import counts, deferred ones inside functions too: a deferred
+  import may save start-up time, never hide a circle (``models`` <-> ``pretrain`` was one). Importing
+  ``a.b.c`` also runs the packages ``a.b`` on the way, so those count as imported too;
+- no module imports another module's ``_private`` names (nor reaches them as ``module._name``);
+- no module over 400 lines except the CLI;
+- the report stands on the study folder and plots alone: nothing in ``vitsearch/report/`` imports ``latency``;
+- library code never chooses a matplotlib backend.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "vitsearch"
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def is_package(name: str) -> bool:
+    return MODULES[name].name == "__init__.py"
+
+
+def absolute(importer: str, level: int, target: str | None) -> str:
+    """The absolute module name of ``from <level dots><target> import ...`` in module ``importer``."""
+    if level == 0:
+        return target or ""
+    base = importer.split(".") if is_package(importer) else importer.split(".")[:-1]
+    base = base[:len(base) - (level - 1)]
+    return ".".join(base + ([target] if target else []))
+
+
+def imports(name: str) -> list[tuple[str, list[str], int]]:
+    """(module, names imported from it, line) for every import statement of module ``name``."""
+    tree = ast.parse(MODULES[name].read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, [], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append((absolute(name, node.level, node.module), [a.name for a in node.names], node.lineno))
+    return out
+
+
+def edges(name: str) -> set[str]:
+    """The vitsearch modules that importing ``name`` runs directly (and the packages on their way)."""
+    out: set[str] = set()
+    own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}  # itself and its packages
+    for module, names, _ in imports(name):
+        if module.split(".")[0] != "vitsearch":
+            continue
+        targets = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES] or [module]
+        if any(f"{module}.{n}" not in MODULES for n in names):
+            targets.append(module)
+        for target in targets:
+            parts = target.split(".")
+            out |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)} - own
+    return out & set(MODULES)
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_circle():
+    graph = {name: edges(name) for name in MODULES}
+    assert graph["vitsearch.finalize"] >= {"vitsearch.search", "vitsearch.studyfolder"}  # the graph is read
+    cycle = find_cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_no_private_name_crosses_a_module():
+    bad = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]):
+        name = module_name(path)
+        tree = ast.parse(path.read_text())
+        module_aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                source = absolute(name, node.level, node.module) if name in MODULES else (node.module or "")
+                if source.split(".")[0] != "vitsearch" or source == name:
+                    continue
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {source}.{a.name}")
+                    if f"{source}.{a.name}" in MODULES:
+                        module_aliases.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                module_aliases |= {a.asname for a in node.names if a.asname and a.name.startswith("vitsearch")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in module_aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} reaches {node.value.id}.{node.attr}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n != "vitsearch.cli"))
+def test_no_module_over_400_lines(name):
+    lines = len(MODULES[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{MODULES[name].relative_to(ROOT)} has {lines} lines: split it by concern"
+
+
+def test_the_report_imports_nothing_from_latency():
+    report = [n for n in MODULES if n.startswith("vitsearch.report")]
+    assert report
+    bad = [f"{n}:{line} imports {module}" for n in report for module, names, line in imports(n)
+           if module.startswith("vitsearch.latency")
+           or (module == "vitsearch" and "latency" in names)]
+    assert not bad, "\n".join(bad)
+
+
+def test_library_code_never_chooses_a_matplotlib_backend():
+    bad = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "use" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "matplotlib":
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and "matplotlib.pyplot" in (
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports pyplot (draw on a Figure)")
+    assert not bad, "\n".join(bad)

@@ -1,0 +1,52 @@
+"""Atomic writes: every artefact is written to a unique temporary file beside it, then renamed into place.
+
+A reader never sees a half-written file, an interrupted write leaves the old file whole, and two writers at once
+each rename a complete file (the last one wins) instead of sharing one fixed ``.tmp`` name.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """An open temporary file in ``path``'s folder that replaces ``path`` when the block ends without error."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the artefact is readable like any other file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic(path) as f:
+        f.write(text)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: str | os.PathLike[str], data: Any, **dumps: Any) -> None:
+    """``data`` as indented JSON (values JSON does not know are written as their ``str``)."""
+    write_text(path, json.dumps(data, indent=2, default=str, **dumps))
+
+
+def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` through a temporary file (checkpoints, resumable training state)."""
+    import torch  # deferred: the report reads study folders without torch
+
+    with atomic(path, "wb") as f:
+        torch.save(obj, f)

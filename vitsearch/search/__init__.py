@@ -1,0 +1,32 @@
+"""The search: an Optuna multi-objective study over selector placement and keep ratios under a latency budget.
+
+Objectives: maximise held-out accuracy, minimise the latency predicted from the device's table. The budget is an
+Optuna constraint (``trial.set_constraint``): a candidate predicted over budget is rejected before any training.
+Everything lands in the study folder (:class:`~vitsearch.studyfolder.StudyFolder`), enough to rebuild the report.
+
+- :mod:`.settings`: :class:`SearchSettings`, and what a search returns (:class:`Candidate`, :class:`SearchResult`);
+- :mod:`.space` and :mod:`.budget`: the search space (``search/*.toml``) and the latency budget;
+- :mod:`.setup`: the base model, data, predictor, space and budget, resolved once (:func:`prepare`);
+- :mod:`.storage`: the Optuna study (journal file or database) and what is read back from it;
+- :mod:`.evaluation`: a config to a :class:`Candidate` (brief training or the shared supernet);
+- :mod:`.running`: baselines, the objective, the results (:func:`run_search`).
+
+```python
+from vitsearch.search import SearchSettings, run_search
+result = run_search(SearchSettings(budget="60%"))   # reports/digits-cpu-60pct-brief/
+```
+"""
+from .budget import Budget, parse_budget
+from .evaluation import Evaluator
+from .running import evaluate_baselines, make_objective, run_search, summary, write_results
+from .settings import SAMPLERS, STRATEGIES, Candidate, SearchResult, SearchSettings
+from .setup import Setup, fastest_config, load_base, load_predictor, prepare, write_provenance
+from .space import SearchSpace, default_space_file, load_space
+from .storage import collect, open_optuna_study, recover_stale_trials
+
+__all__ = [
+    "Budget", "Candidate", "Evaluator", "SAMPLERS", "STRATEGIES", "SearchResult", "SearchSettings", "SearchSpace",
+    "Setup", "collect", "default_space_file", "evaluate_baselines", "fastest_config", "load_base", "load_predictor",
+    "load_space", "make_objective", "open_optuna_study", "parse_budget", "prepare", "recover_stale_trials",
+    "run_search", "summary", "write_provenance", "write_results",
+]

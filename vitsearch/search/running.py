@@ -1,0 +1,138 @@
+"""Running a search: baselines, the Optuna objective, the results written to the study folder."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import optuna
+
+from ..config import PruneConfig
+from ..pareto import pareto_front
+from .evaluation import Evaluator
+from .settings import Candidate, SearchResult, SearchSettings
+from .setup import Setup, prepare, write_provenance
+from .storage import collect, count_trained, open_optuna_study, recover_stale_trials, trained_with, worker_id
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
+    """The unpruned model and uniform keep ratios at the standard placements, evaluated like the candidates.
+    Each is stored in the study's storage as it finishes, so an interrupted search keeps those already done
+    and workers sharing a database share them too."""
+    done = {k[len("baseline:"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline:")}
+    configs = [("unpruned", PruneConfig())] + [("uniform", c) for c in evaluator.setup.space.baselines()]
+    out: list[Candidate] = []
+    for kind, config in configs:
+        if str(config) in done:
+            out.append(Candidate.from_dict(done[str(config)]))
+            continue
+        cand = evaluator.evaluate(config, kind)
+        cand.feasible = cand.predicted_ms <= evaluator.setup.budget_ms
+        study.set_user_attr(f"baseline:{config}", cand.to_dict())
+        out.append(cand)
+        logger.info("baseline %s: accuracy %.4f, %.3f ms", config, cand.accuracy, cand.predicted_ms)
+    return out
+
+
+def make_objective(evaluator: Evaluator) -> Callable[[Any], tuple[float, float]]:
+    setup = evaluator.setup
+
+    def objective(trial: Any) -> tuple[float, float]:
+        trial.set_user_attr("worker", worker_id())
+        config = setup.space.suggest(trial)
+        pred = evaluator.predict(config)
+        over_ms = pred.total_ms - setup.budget_ms
+        over_selectors = max(len(config.keep) - setup.space.max_selectors, 1 - len(config.keep))
+        trial.set_user_attr("config", str(config))
+        trial.set_user_attr("predicted_ms", pred.total_ms)
+        trial.set_constraint("latency_ms", over_ms)
+        trial.set_constraint("selectors", float(over_selectors))
+        if over_ms > 0 or over_selectors > 0:
+            why = (f"over budget by {over_ms:.3f} ms" if over_ms > 0 else
+                   f"{len(config.keep)} selectors (allowed 1..{setup.space.max_selectors})")
+            trial.set_user_attr("status", f"rejected before training: {why}")
+            return 0.0, pred.total_ms  # infeasible by its constraints, so never on the front
+        earlier = trained_with(trial.study, str(config))
+        if earlier is not None:
+            # TPE re-suggests configs of a small discrete space; the seeded training would repeat itself exactly.
+            # The earlier result is returned, so the sampler sees it again, and this trial is not counted as trained.
+            trial.set_user_attr("same_as", earlier.number)
+            trial.set_user_attr("status", f"same config as trial {earlier.number}: not trained again")
+            return tuple(earlier.values)
+        cand = evaluator.evaluate(config, "search", trial=trial.number)
+        for key in ("accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status"):
+            trial.set_user_attr(key, getattr(cand, key))
+        trial.set_user_attr("block_tokens", list(cand.block_tokens))
+        return cand.accuracy, pred.total_ms
+
+    return objective
+
+
+def write_results(setup: Setup, trials: list[Candidate], baselines: list[Candidate]) -> list[Candidate]:
+    """trials.csv/json, front.csv/json; checkpoints of configs off the front are removed."""
+    trained = [c for c in trials if c.feasible and c.accuracy is not None]
+    front = [trained[i] for i in pareto_front([(c.accuracy, c.predicted_ms) for c in trained])]
+    for name, rows in (("trials", trials), ("front", front), ("baselines", baselines)):
+        setup.folder.write_records(name, [c.to_dict() for c in rows])
+    setup.folder.keep_checkpoints(c.checkpoint for c in front)
+    return front
+
+
+def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResult:
+    """Run (or resume) the search ``settings`` describe; returns the trials, the Pareto front and the baselines."""
+    from tqdm.auto import tqdm
+
+    setup = prepare(settings, progress=progress)
+    setup.folder.make()
+    write_provenance(setup, settings)
+    study = open_optuna_study(settings, setup.folder)
+    recover_stale_trials(study)
+    evaluator = Evaluator(setup, settings)
+    baselines = evaluate_baselines(evaluator, study)
+
+    finished = (optuna.trial.TrialState.COMPLETE,)
+    done = count_trained(study)
+    if done < settings.trials:
+        bar = tqdm(total=settings.trials, initial=done, desc=f"search {settings.name()}", unit="trial", disable=not progress)
+        attempts = settings.max_attempts or max(100, 10 * settings.trials)
+
+        def tick(study: Any, trial: Any) -> None:
+            acc = trial.user_attrs.get("accuracy")
+            if acc is not None:
+                bar.update(1)
+            bar.set_postfix(config=trial.user_attrs.get("config", "?"), acc=f"{acc:.3f}" if acc is not None else "-")
+            complete = study.get_trials(deepcopy=False, states=finished)
+            trained = count_trained(study, complete)
+            # Running trials count too: workers sharing a database stop together at settings.trials.
+            running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+            if trained + running >= settings.trials:
+                study.stop()
+            elif len(complete) >= attempts:
+                logger.warning("stopping after %d candidates: only %d of them fit the budget of %.3f ms and were "
+                               "new configs; a larger budget or a larger search space finds more", len(complete),
+                               trained, setup.budget_ms)
+                study.stop()
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(make_objective(evaluator), callbacks=[tick], gc_after_trial=True)
+        bar.close()
+    trials = collect(study)
+    front = write_results(setup, trials, baselines)
+    return SearchResult(setup.folder.path, setup.budget_ms, setup.unpruned_ms, trials, front, baselines)
+
+
+def summary(result: SearchResult) -> dict[str, Any]:
+    """The JSON line the CLI ends with."""
+    best = result.best
+    unpruned = next((b for b in result.baselines if b.kind == "unpruned"), None)
+    return {
+        "study": str(result.folder), "budget_ms": round(result.budget_ms, 4), "unpruned_ms": round(result.unpruned_ms, 4),
+        "unpruned_accuracy": unpruned.accuracy if unpruned else None,
+        "trials": len(result.trials), "trained": sum(c.accuracy is not None for c in result.trials),
+        "front": [{"config": str(c.config), "accuracy": c.accuracy, "predicted_ms": round(c.predicted_ms, 4)}
+                  for c in result.front],
+        "best": None if best is None else {"config": str(best.config), "accuracy": best.accuracy,
+                                           "predicted_ms": round(best.predicted_ms, 4), "gmacs": best.gmacs,
+                                           "block_tokens": list(best.block_tokens)},
+    }

@@ -1,0 +1,111 @@
+"""What a search is told: its settings, and what it returns (candidates and the result)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..config import PruneConfig
+from ..training import LossWeights, TrainSettings
+from .budget import parse_budget
+
+STRATEGIES = ("brief", "shared")
+
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    budget: str = "60%"  # "30ms", "0.03s", or a share of the unpruned model's latency on the device
+    model: str = "digits"  # timm ViT/DeiT name, or the embedded digits model
+    checkpoint: str | None = None  # the base weights (the digits model uses its cached pretraining)
+    dataset: str = "digits"  # or an ImageFolder path
+    device: str = "cpu"
+    batch: int = 1  # batch size the latency is predicted for
+    study: str | None = None  # name of the study folder under ``reports``; derived from the settings if None
+    trials: int = 24  # candidates to train; those over budget are rejected before training and not counted
+    max_attempts: int | None = None  # stop after this many candidates in all, trained or not (None: 10 x trials, >= 100)
+    space: str | None = None  # search-space TOML; search/<family>.toml by default
+    strategy: str = "brief"  # "brief": train every candidate; "shared": weight sharing
+    train: TrainSettings = field(default_factory=TrainSettings)
+    # Shared strategy: supernet steps (each trains the largest, the smallest and a random config), then a few
+    # steps per candidate from it. On the digits default, 200 + 0 took 60% of the brief search's time for a front
+    # 5% worse in hypervolume; 60 + 2 came within 0.6-0.9% in about a third of it (benchmarks/RESULTS.md).
+    shared_steps: int = 60
+    shared_finetune_steps: int = 2
+    storage: str | None = None  # Optuna storage URL (postgresql://...); a journal file in the study folder if None
+    sampler: str = "tpe"
+    seed: int = 0
+    max_train: int | None = None  # subset sizes for large ImageFolder data sets
+    max_val: int | None = None
+    reports: str = "reports"
+    tables: str = "latency_tables"
+
+    def name(self) -> str:
+        if self.study:
+            return self.study
+        budget = str(parse_budget(self.budget)).replace("%", "pct").replace(".", "p")
+        return f"{self.model}-{self.device.replace('/', '_').replace(':', '_')}-{budget}-{self.strategy}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SearchSettings":
+        """The settings a ``study.json`` records (``to_dict``); fields this version does not know are ignored."""
+        s = dict(d)
+        train = dict(s.get("train") or {})
+        train["weights"] = LossWeights(**train.get("weights", {}))
+        s["train"] = TrainSettings(**train)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in s.items() if k in known})
+
+
+@dataclass
+class Candidate:
+    """One evaluated config: a trial of the study or a baseline."""
+
+    config: PruneConfig
+    kind: str  # "search", "unpruned" or "uniform"
+    predicted_ms: float
+    accuracy: float | None = None  # None: rejected before training
+    gmacs: float | None = None
+    train_seconds: float = 0.0
+    trial: int | None = None
+    feasible: bool = True
+    status: str = "trained"
+    block_tokens: tuple[int, ...] = ()
+    selection_ms: float = 0.0
+    checkpoint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(config=str(self.config), method=self.config.method,
+                 blocks=list(self.config.keep), keep=list(self.config.keep.values()), block_tokens=list(self.block_tokens))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Candidate":
+        """A candidate from its ``to_dict`` record (the baselines the study's storage keeps)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in fields}
+        d["config"] = PruneConfig.parse(d["config"])
+        d["block_tokens"] = tuple(d.get("block_tokens", ()))
+        return cls(**d)
+
+
+@dataclass
+class SearchResult:
+    folder: Path
+    budget_ms: float
+    unpruned_ms: float
+    trials: list[Candidate]
+    front: list[Candidate]
+    baselines: list[Candidate]
+
+    @property
+    def best(self) -> Candidate | None:
+        """The most accurate feasible candidate (the faster one on ties)."""
+        ok = [c for c in self.trials if c.feasible and c.accuracy is not None]
+        return max(ok, key=lambda c: (c.accuracy, -c.predicted_ms), default=None)

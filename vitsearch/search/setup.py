@@ -1,0 +1,142 @@
+"""The pieces a search needs, each resolved once: base model, data, latency predictor, space and budget."""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from .. import versions
+from ..config import PruneConfig
+from ..errors import VitsearchError
+from ..studyfolder import StudyFolder
+from .budget import Budget, parse_budget
+from .settings import SAMPLERS, STRATEGIES, SearchSettings
+from .space import SearchSpace, default_space_file, load_space
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    base: nn.Module
+    base_info: dict[str, Any]
+    splits: Any
+    predictor: Any
+    space: SearchSpace
+    budget: Budget
+    budget_ms: float
+    unpruned_ms: float
+    fastest: tuple[PruneConfig, float]
+    folder: StudyFolder
+
+
+def load_base(settings: SearchSettings) -> tuple[nn.Module, dict[str, Any]]:
+    """The base model and where its weights came from (path and hash, checked again on resume)."""
+    from ..models import DIGITS, create_model, file_sha256
+
+    if settings.model in (DIGITS, "vit_digits") and settings.checkpoint is None:
+        from ..pretrain import base_model
+
+        model, meta = base_model()
+        weights = Path(meta["path"]) / "model.pt"
+        return model, {"model": DIGITS, "checkpoint": str(weights), "sha256": file_sha256(weights),
+                       "base_accuracy_at_pretrain": meta.get("val_accuracy")}
+    if settings.checkpoint is None:
+        raise VitsearchError(
+            f"model {settings.model!r} needs trained weights to search: pass --checkpoint PATH (a timm/PyTorch "
+            "state_dict or .safetensors), or use the embedded default --model digits")
+    model = create_model(settings.model, checkpoint=settings.checkpoint)
+    return model, {"model": settings.model, "checkpoint": str(Path(settings.checkpoint).resolve()),
+                   "sha256": file_sha256(settings.checkpoint)}
+
+
+def load_predictor(settings: SearchSettings, base: nn.Module, *, progress: bool = True) -> Any:
+    """The device's latency table for this model's geometry; on the local CPU a missing table is profiled."""
+    from ..latency import table as table_mod
+    from ..latency.registry import resolve
+    from ..latency.predict import Predictor
+    from ..models import geometry
+
+    spec = resolve(settings.device, settings.tables)
+    g = geometry(base)
+    path = table_mod.table_path(settings.tables, settings.device, g, settings.batch)
+    complete = path.exists() and table_mod.meta_path(path).exists() and \
+        json.loads(table_mod.meta_path(path).read_text()).get("complete", False)
+    if not complete:
+        if spec.transport != "local":
+            raise VitsearchError(
+                f"no latency table for {g.key} at batch {settings.batch} on device {settings.device!r} ({path}): "
+                f"profile it first with: vitsearch profile --device {settings.device} --model {settings.model} "
+                f"--batch {settings.batch}")
+        from ..latency.profile import profile
+
+        logger.info("no complete latency table at %s: profiling %s on %s first", path, g.key, settings.device)
+        profile(settings.device, model=settings.model, batch=settings.batch, tables=settings.tables,
+                progress=progress, model_kwargs={"num_classes": g.num_classes})
+    return Predictor(table_mod.load(path, geometry=g, batch=settings.batch))
+
+
+def fastest_config(space: SearchSpace, predictor: Any) -> tuple[PruneConfig, float]:
+    """The fastest config the space allows: every placement of up to max_selectors selectors at keep_min."""
+    best: tuple[PruneConfig, float] | None = None
+    for method in space.methods:
+        for n in range(1, space.max_selectors + 1):
+            for blocks in itertools.combinations(space.blocks, n):
+                config = PruneConfig(method, {b: space.keep_min for b in blocks})
+                ms = predictor.predict(config).total_ms
+                if best is None or ms < best[1]:
+                    best = (config, ms)
+    assert best is not None
+    return best
+
+
+def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
+    from ..data import check_num_classes, load_dataset
+    from ..models import geometry
+
+    if settings.strategy not in STRATEGIES:
+        raise VitsearchError(f"unknown strategy {settings.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if settings.sampler not in SAMPLERS:
+        raise VitsearchError(f"unknown sampler {settings.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if settings.trials < 1:
+        raise VitsearchError(f"--trials must be at least 1, got {settings.trials}")
+    budget = parse_budget(settings.budget)
+    base, base_info = load_base(settings)
+    g = geometry(base)
+    space = load_space(settings.space or default_space_file(settings.model), depth=g.depth)
+    splits = load_dataset(settings.dataset, base, seed=settings.seed, max_train=settings.max_train,
+                          max_val=settings.max_val)
+    check_num_classes(splits, base)
+    predictor = load_predictor(settings, base, progress=progress)
+    unpruned_ms = predictor.predict(PruneConfig()).total_ms
+    budget_ms = budget.resolve(unpruned_ms)
+    fastest = fastest_config(space, predictor)
+    if budget_ms < fastest[1]:
+        raise VitsearchError(
+            f"budget {budget} ({budget_ms:.3f} ms) is below the fastest config this search space allows on "
+            f"{settings.device}: {fastest[0]} at {fastest[1]:.3f} ms (unpruned: {unpruned_ms:.3f} ms). Give a budget "
+            f"of at least {fastest[1]:.3f} ms ({100 * fastest[1] / unpruned_ms:.0f}%), or a space with lower keep ratios")
+    folder = StudyFolder(Path(settings.reports) / settings.name())
+    return Setup(base, base_info, splits, predictor, space, budget, budget_ms, unpruned_ms, fastest, folder)
+
+
+def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
+    """``study.json``: the resolved configuration. On resume it must describe the same search."""
+    table = setup.predictor.table
+    record = {
+        "study": settings.name(), "settings": settings.to_dict(),
+        "model": setup.base_info["model"], "checkpoint": setup.base_info["checkpoint"],
+        "sha256": setup.base_info["sha256"], "dataset": settings.dataset,
+        "dataset_description": setup.splits.description, "device": settings.device, "batch": settings.batch,
+        "latency_table": str(table.path), "latency_table_meta": table.meta,
+        "budget": str(setup.budget), "budget_ms": round(setup.budget_ms, 6), "unpruned_ms": setup.unpruned_ms,
+        "fastest": {"config": str(setup.fastest[0]), "ms": setup.fastest[1]},
+        "space": setup.space.to_dict(), "strategy": settings.strategy, "versions": versions(),
+        "objectives": ["accuracy (maximise)", "predicted latency ms (minimise)"], "metric": "top1",
+    }
+    return setup.folder.write_study(record)

@@ -1,0 +1,126 @@
+"""The Optuna storage of a study (a journal file in the study folder, or a database shared by many workers) and
+what the search reads back from it."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+from typing import Any, Sequence
+
+import optuna
+
+from ..config import PruneConfig
+from ..errors import VitsearchError
+from ..studyfolder import StudyFolder
+from .settings import Candidate, SearchSettings
+
+logger = logging.getLogger(__name__)
+
+
+def open_optuna_study(settings: SearchSettings, folder: StudyFolder) -> Any:
+    sampler: Any
+    if settings.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=12)
+    elif settings.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=settings.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=8, multivariate=True)
+    if settings.storage:
+        storage: Any = _rdb_storage(settings.storage)
+    else:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(str(folder.journal)))
+    return optuna.create_study(study_name=settings.name(), storage=storage, sampler=sampler,
+                               directions=["maximize", "minimize"], load_if_exists=True)
+
+
+def _rdb_storage(url: str, attempts: int = 3) -> Any:
+    import sqlalchemy.exc
+
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    kwargs = {"connect_args": {"connect_timeout": 10}} if "postgresql" in url else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers starting together on a fresh database race to create Optuna's schema: the loser retries.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0 + random.random())
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as e:
+            safe = url.split("@")[-1]
+            raise VitsearchError(f"cannot open the study storage at {safe}: {str(e).splitlines()[0]}. "
+                                 "Check the database URL, that the server is running and reachable") from None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def recover_stale_trials(study: Any) -> int:
+    """Trials left RUNNING by a killed worker on this host are failed and their configs enqueued again, so a
+    resumed search neither loses nor repeats a completed trial. Other hosts' running trials are left alone."""
+    host, recovered = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        w_host, _, pid = worker.rpartition(":")
+        if w_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        recovered += 1
+        logger.warning("trial %d was interrupted (worker %s is gone): it is run again", t.number, worker)
+    return recovered
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect(study: optuna.Study) -> list[Candidate]:
+    """Every completed trial as a Candidate, in trial order; repeats of a trained config are left out (they hold
+    nothing new, and their trial number stays in the storage with ``same_as``)."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "same_as" in t.user_attrs:
+            continue
+        config = PruneConfig.parse(t.user_attrs.get("config", "none"))
+        feasible = all(v <= 0 for v in _constraints(t).values())
+        out.append(Candidate(
+            config, "search", float(t.user_attrs.get("predicted_ms", t.values[1])),
+            accuracy=t.user_attrs.get("accuracy"), gmacs=t.user_attrs.get("gmacs"),
+            train_seconds=float(t.user_attrs.get("train_seconds", 0.0)), trial=t.number, feasible=feasible,
+            status=t.user_attrs.get("status", "trained"), block_tokens=tuple(t.user_attrs.get("block_tokens", ())),
+            selection_ms=float(t.user_attrs.get("selection_ms", 0.0)), checkpoint=t.user_attrs.get("checkpoint")))
+    return out
+
+
+def trained_with(study: Any, config: str) -> Any:
+    """The first completed, trained trial of ``config`` in ``study``, if any."""
+    return next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                 if t.user_attrs.get("config") == config and t.user_attrs.get("accuracy") is not None), None)
+
+
+def count_trained(study: Any, complete: Sequence[Any] | None = None) -> int:
+    """Completed trials that were trained (``trials`` counts these; rejections before training cost nothing)."""
+    if complete is None:
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return sum(t.user_attrs.get("accuracy") is not None for t in complete)
+
+
+def _constraints(trial: Any) -> dict[str, float]:
+    return {k.split(":", 1)[1]: v for k, v in trial.system_attrs.items() if k.startswith("constraints:")}

@@ -1,0 +1,187 @@
+"""The study folder ``reports/<study>/``: the one module that knows its files, the way :mod:`.latency.table` owns a
+latency table's. Search, finalize and report read and write it only through :class:`StudyFolder`.
+
+==========================  ===================================================================================
+``study.json``              the resolved settings and provenance; a re-run must describe the same search
+``journal.log``             the Optuna storage (unless ``--storage`` names a database)
+``trials.csv/json``         every completed trial (``Candidate.to_dict`` records)
+``front.csv/json``          the Pareto front of the trained trials within budget
+``baselines.csv/json``      the unpruned model and uniform keep ratios
+``checkpoints/``            the front's trained configs (``trial_NNNN.pt``)
+``supernet.pt/json``        the shared strategy's supernet and its training time
+``finalized.json``          one row per finalized trial; its model, state and ONNX in ``finalized/trial_NNNN/``
+==========================  ===================================================================================
+
+Every file is written atomically (:mod:`.files`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import VitsearchError
+from .files import save_torch, write_json, write_text
+
+STUDY_FILE = "study.json"
+JOURNAL_FILE = "journal.log"
+FINALIZED_FILE = "finalized.json"
+RECORDS = ("trials", "front", "baselines")  # written by the search as JSON and CSV
+# What must match for a re-run to continue a study rather than mix two searches in one folder.
+IDENTITY = ("model", "sha256", "dataset", "device", "batch", "budget_ms", "space", "strategy")
+
+
+def existing_studies(reports: str | os.PathLike[str]) -> list[str]:
+    """Names of the study folders under ``reports`` (those with a study.json)."""
+    root = Path(reports)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob(f"*/{STUDY_FILE}"))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise VitsearchError(f"{path} is not valid JSON ({e}): the study folder is damaged; re-run the search "
+                             "with the same settings to rewrite it") from None
+
+
+class StudyFolder:
+    """One study's folder: :meth:`make` creates it for a search, :meth:`find` opens an existing one."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"StudyFolder({str(self.path)!r})"
+
+    def make(self) -> "StudyFolder":
+        """Create the folder (and its checkpoints folder) for a search to write into."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @classmethod
+    def find(cls, study: str | os.PathLike[str], reports: str | os.PathLike[str] = "reports") -> "StudyFolder":
+        """The folder a study argument names: a path to a study folder, or a name under ``reports``. Raises the
+        one error for a study that does not exist, listing those that do."""
+        candidates = [Path(study)] if Path(study).is_dir() else []
+        candidates.append(Path(reports) / str(study))
+        for path in candidates:
+            if (path / STUDY_FILE).is_file():
+                return cls(path)
+        for path in candidates:
+            if path.is_dir():
+                raise VitsearchError(f"{path} is not a study folder: it has no {STUDY_FILE} "
+                                     "(vitsearch search writes one)")
+        names = existing_studies(reports)
+        listing = ("existing studies: " + ", ".join(names)) if names else "it holds no studies yet: run vitsearch search"
+        raise VitsearchError(f"no study {str(study)!r} in {reports}/: {listing} "
+                             "(or pass --reports DIR, or a study folder's path)")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # Paths ----------------------------------------------------------------------------------------------------
+
+    @property
+    def study_file(self) -> Path:
+        return self.path / STUDY_FILE
+
+    @property
+    def journal(self) -> Path:
+        return self.path / JOURNAL_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, trial: int) -> Path:
+        return self.checkpoints / f"trial_{trial:04d}.pt"
+
+    @property
+    def supernet(self) -> Path:
+        return self.path / "supernet.pt"
+
+    def finalized_dir(self, trial: int) -> Path:
+        return self.path / "finalized" / f"trial_{trial:04d}"
+
+    def relative(self, path: Path) -> str:
+        """How records name a file of this folder (relative, so a moved folder still reads)."""
+        return str(path.relative_to(self.path))
+
+    # study.json -----------------------------------------------------------------------------------------------
+
+    def read_study(self) -> dict[str, Any]:
+        meta = read_json(self.study_file)
+        if not isinstance(meta, dict):
+            raise VitsearchError(f"{self.study_file} should hold an object of study settings")
+        return meta
+
+    def write_study(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``study.json``. An existing one must describe the same search (:data:`IDENTITY`); its creation
+        date is kept."""
+        record = json.loads(json.dumps(record, default=str))  # compare as it reads back: tuples become lists
+        if self.study_file.exists():
+            old = self.read_study()
+            changed = [k for k in IDENTITY if old.get(k) != record.get(k)]
+            if changed:
+                raise VitsearchError(
+                    f"study {record.get('study', self.name)!r} in {self.path} was made with a different "
+                    f"{', '.join(changed)}: pass --study NEW_NAME for a new search, or the same settings to resume it")
+            record["created"] = old.get("created")
+        record["created"] = record.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self.study_file, record)
+        return record
+
+    # Trials, front, baselines ---------------------------------------------------------------------------------
+
+    def write_records(self, name: str, records: list[dict[str, Any]]) -> None:
+        """``name``.json and ``name``.csv (one of :data:`RECORDS`)."""
+        import pandas as pd  # deferred: heavy, and only the search writes CSV
+
+        write_json(self.path / f"{name}.json", records)
+        write_text(self.path / f"{name}.csv", pd.DataFrame.from_records(records).to_csv(index=False))
+
+    def read_records(self, name: str) -> list[dict[str, Any]] | None:
+        """The records of ``name``.json, or None when the file is not there (yet)."""
+        path = self.path / f"{name}.json"
+        if not path.is_file():
+            return None
+        records = read_json(path)
+        if not isinstance(records, list):
+            raise VitsearchError(f"{path} should hold a list of candidate records, found {type(records).__name__}")
+        return records
+
+    def require_records(self, name: str) -> list[dict[str, Any]]:
+        records = self.read_records(name)
+        if records is None:
+            raise VitsearchError(f"{self.path / f'{name}.json'} is missing: the search of this study has not "
+                                 "finished; resume it first")
+        return records
+
+    # Checkpoints ----------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, model: Any, config: Any, path: Path, extra: Mapping[str, Any] | None = None) -> None:
+        """A model's state_dict with the config it was trained for (a :class:`~vitsearch.config.PruneConfig`)."""
+        save_torch({"state_dict": model.state_dict(), "config": config.to_dict(), **(extra or {})}, path)
+
+    def keep_checkpoints(self, keep: Iterable[str | None]) -> None:
+        """Remove the trial checkpoints whose relative path is not in ``keep``."""
+        keep = set(keep)
+        for path in self.checkpoints.glob("trial_*.pt"):
+            if self.relative(path) not in keep:
+                path.unlink()
+
+    # Finalized rows -------------------------------------------------------------------------------------------
+
+    def finalized(self) -> list[dict[str, Any]]:
+        return self.read_records("finalized") or []
+
+    def store_finalized(self, row: Mapping[str, Any]) -> None:
+        """Add or replace the row of ``row["trial"]`` in ``finalized.json``."""
+        rows = [r for r in self.finalized() if r.get("trial") != row["trial"]] + [dict(row)]
+        write_json(self.path / FINALIZED_FILE, sorted(rows, key=lambda r: r["trial"]))

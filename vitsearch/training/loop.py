@@ -1,0 +1,85 @@
+"""The training floor every stage stands on: seeded RNG, batches, the learning-rate curve, the step loop and
+accuracy. Brief training, the supernet, finalize's progressive schedules and digits pretraining all use these,
+so a change to how a step is taken is made once."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), labels (B,)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global RNG seeded to ``seed``; the caller's RNG state is restored after."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+def batches(splits: Any, batch_size: int, seed: int) -> Iterator[Batch]:
+    """Shuffled training batches without end: epoch ``e`` is shuffled with ``seed + e``."""
+    epoch = 0
+    while True:
+        yield from splits.loader("train", batch_size, shuffle=True, seed=seed + epoch)
+        epoch += 1
+
+
+def next_batch(batches: Iterator[Batch], splits: Any, teacher: nn.Module,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next training batch, augmented, with the teacher's logits for distillation."""
+    x, y = next(batches)
+    if splits.augment is not None:
+        x = splits.augment(x, generator)
+    with torch.no_grad():
+        return x, y, teacher(x)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], step: int, warmup: int, total: int) -> None:
+    """Every parameter group's base learning rate times :func:`lr_factor` at ``step``."""
+    factor = lr_factor(step, warmup, total)
+    for g, lr in zip(optimizer.param_groups, base_lrs):
+        g["lr"] = lr * factor
+
+
+StepFn = Callable[[int], dict[str, float]]  # forward(s) and backward(s) of one step; returns the loss parts
+AfterFn = Callable[[int, dict[str, float]], None]  # called with the number of steps done and the step's parts
+
+
+def train_steps(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], steps: range, step: StepFn, *,
+                warmup: int, total: int, after: AfterFn | None = None) -> dict[str, float]:
+    """The step loop: for each step ``i`` in ``steps``, the learning rate of step ``i`` on the curve over
+    ``total`` (from ``base_lrs``, the groups' rates as the optimiser was made), cleared gradients, ``step(i)``
+    (which computes the loss and calls ``backward``), one optimiser step, then ``after(i + 1, parts)``.
+    Returns the last step's loss parts."""
+    parts: dict[str, float] = {}
+    for i in steps:
+        set_lr(optimizer, base_lrs, i, warmup, total)
+        optimizer.zero_grad(set_to_none=True)
+        parts = step(i)
+        optimizer.step()
+        if after is not None:
+            after(i + 1, parts)
+    return parts
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, splits: Any, *, batch_size: int = 256) -> float:
+    """Top-1 on the held-out split (with hard, inference-mode pruning for a pruned model)."""
+    model.eval()
+    correct = total = 0
+    for x, y in splits.loader("val", batch_size):
+        correct += int((model(x).argmax(dim=-1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
