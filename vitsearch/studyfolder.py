@@ -169,6 +169,11 @@ class StudyFolder:
         """A model's state_dict with the config it was trained for (a :class:`~vitsearch.config.PruneConfig`)."""
         save_torch({"state_dict": model.state_dict(), "config": config.to_dict(), **(extra or {})}, path)
 
+    def save_supernet(self, model: Any, config: Any, record: Mapping[str, Any]) -> None:
+        """The shared strategy's supernet (``supernet.pt``) and its training record (``supernet.json``)."""
+        self.save_checkpoint(model, config, self.supernet, extra=record)
+        write_json(self.supernet.with_suffix(".json"), dict(record))
+
     def keep_checkpoints(self, keep: Iterable[str | None]) -> None:
         """Remove the trial checkpoints whose relative path is not in ``keep``."""
         keep = set(keep)

@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 from ..config import PruneConfig, token_schedule
-from ..files import write_json
 from ..flops import gmacs
 from ..training import PiecewiseLinear, SoftLatency, accuracy, fresh_model, train_candidate, train_supernet
 from .settings import Candidate, SearchSettings
@@ -78,10 +77,8 @@ class Evaluator:
             logger.info("training the shared supernet for %d steps", s.shared_steps)
             result = train_supernet(model, setup.base, setup.splits, rng_space.step_configs, everywhere,
                                     dataclasses.replace(s.train, steps=s.shared_steps), latency=self.latency)
-            record = {"train_seconds": result.seconds, "steps": s.shared_steps}
-            setup.folder.save_checkpoint(model, PruneConfig(space.methods[0], {b: space.keep_max for b in space.blocks}),
-                                         path, extra=record)
-            write_json(path.with_suffix(".json"), record)
+            setup.folder.save_supernet(model, PruneConfig(space.methods[0], {b: space.keep_max for b in space.blocks}),
+                                       {"train_seconds": result.seconds, "steps": s.shared_steps})
         self.supernet = model
         return model
 
