@@ -62,7 +62,8 @@ _SSH_URL = re.compile(r"ssh://(?:(?P<user>[^@/:\s]+)@)?(?P<host>[^@/:\s]+)(?::(?
 class MeasureSettings:
     """How each artefact is timed (the runner's manifest keys)."""
 
-    threads: int = 0  # intra-op threads; 0 = the runtime's default
+    threads: int = 0  # intra-op threads; 0 = every core of the device (the runtime event says how many)
+    spinning: bool = False  # idle intra-op workers spin between calls; off so none competes with a timed graph
     warmup: int = 5  # calls thrown away first (allocations, caches, thread pool start)
     min_repeats: int = 10  # calls per round; rounds repeat until the median is stable
     max_repeats: int = 300
@@ -365,6 +366,25 @@ def parse_perf_test(text: str) -> dict[str, Any]:
             "repeats": int(count.group(1)), "warmup": 1, "stable": None}
 
 
+SPINNING_UNSET = "not set: the perf tool has no -C option (its build's default, usually spinning)"
+
+
+def sets_session_config(usage: str) -> bool:
+    """Whether ``onnxruntime_perf_test -h`` lists ``-C`` (session config entries, onnxruntime 1.13 on), the
+    option that sets the spinning policy."""
+    return re.search(r"-C\b.{0,40}session config", usage, re.S | re.I) is not None
+
+
+def perf_test_command(perf: str, model: str, threads: int, repeats: int, spinning: bool | None) -> str:
+    """The perf tool's command line for one model: ``-x`` intra-op threads, ``-C`` the spinning policy (the
+    runner's key; None: leave it to the tool), fixed-count mode with statistics, inputs generated (``-I``)."""
+    from .runner import SPINNING_KEY  # the runner imports onnxruntime: only where a device measures
+
+    config = "" if spinning is None else f"-C {shlex.quote(f'{SPINNING_KEY}|{int(spinning)}')} "
+    return (f"{shlex.quote(perf)} -I -s -e cpu -m times -r {repeats} -x {threads} -y 1 {config}"
+            f"{shlex.quote(model)}")
+
+
 class AdbDevice(Device):
     """An Android phone over adb, timed with ``onnxruntime_perf_test`` at a configured path on the phone.
 
@@ -413,6 +433,8 @@ class AdbDevice(Device):
         return wanted
 
     def measure(self, artefacts: Sequence[Artefact], settings: MeasureSettings) -> Iterator[dict[str, Any]]:
+        from .runner import threads_for
+
         if not artefacts:
             return
         serial = self.serial()
@@ -424,18 +446,29 @@ class AdbDevice(Device):
             raise VitsearchError(f"{e}. Build onnxruntime_perf_test for Android and push it to {perf} (see README)")
         props = {p: shell(f"getprop {p}", "reading the phone's properties").strip()
                  for p in ("ro.product.model", "ro.board.platform", "ro.build.version.release")}
+        env = f"LD_LIBRARY_PATH={shlex.quote(self.spec.get('ld_library_path'))} " if self.spec.get("ld_library_path") else ""
+        cpus = int(shell("nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo", "counting the phone's cores").split()[0])
+        try:
+            threads = threads_for(settings.threads, cpus, f"{self.name!r} ({props['ro.product.model']})")
+        except ValueError as e:
+            raise VitsearchError(str(e)) from None
+        usage = shell(f"{env}{shlex.quote(perf)} -h 2>&1; true", "reading the perf tool's options")
+        settable = sets_session_config(usage)
+        if not settable:
+            logger.warning("%s's onnxruntime_perf_test has no -C option: its intra-op threads spin as the tool's "
+                           "build decides, and the table says so", self.name)
         yield {"event": "runtime", "runtime": "onnxruntime_perf_test", "version": f"sha256:{digest}",
-               "provider": "cpu", "threads": settings.threads, "host": props["ro.product.model"], "serial": serial,
-               **props}
+               "provider": "cpu", "threads": threads, "cpus": cpus,
+               "spinning": ("on" if settings.spinning else "off") if settable else SPINNING_UNSET,
+               "host": props["ro.product.model"], "serial": serial, **props}
         shell(f"mkdir -p {shlex.quote(workdir)}", "creating the work folder")
         files = sorted({str(f) for a in artefacts for f in (a.onnx, *a.files)})
         self._call(self._adb("push", *files, workdir + "/", serial=serial), "pushing the artefacts", timeout=1800)
-        env = f"LD_LIBRARY_PATH={shlex.quote(self.spec.get('ld_library_path'))} " if self.spec.get("ld_library_path") else ""
         repeats = int(self.spec.get("repeats", 50))
         try:
             for a in artefacts:
-                cmd = (f"cd {shlex.quote(workdir)} && {env}{shlex.quote(perf)} -I -s -e cpu -m times -r {repeats} "
-                       f"-x {settings.threads} {shlex.quote(a.onnx.name)}")
+                cmd = f"cd {shlex.quote(workdir)} && {env}" + perf_test_command(
+                    perf, a.onnx.name, threads, repeats, settings.spinning if settable else None)
                 try:
                     yield {"event": "result", "name": a.name, **parse_perf_test(shell(cmd, f"timing {a.name}"))}
                 except VitsearchError as e:
@@ -460,13 +493,17 @@ class TorchDevice(Device):
         device = torch.device(self.spec.get("torch_device", "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise VitsearchError(f"device {self.name!r} needs CUDA, but torch sees no GPU here")
+        try:
+            threads = runner.threads_for(settings.threads, runner.cpu_count(), os.uname().nodename)
+        except ValueError as e:
+            raise VitsearchError(str(e)) from None
         previous = torch.get_num_threads()
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        torch.set_num_threads(threads)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         try:
             yield {"event": "runtime", "runtime": "torch", "version": torch.__version__, "provider": device.type,
-                   "threads": torch.get_num_threads(), "host": os.uname().nodename,
+                   "threads": threads, "cpus": runner.cpu_count(),
+                   "spinning": "not set: torch's OpenMP threads wait as OMP_WAIT_POLICY says", "host": os.uname().nodename,
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
             def make_call(a: Artefact) -> Any:
                 module = a.module.to(device).eval()
