@@ -28,6 +28,9 @@ Setting up the transports:
   phones), then ``adb push onnxruntime_perf_test /data/local/tmp/`` (plus ``libonnxruntime.so`` for a shared
   build) and ``adb shell chmod +x /data/local/tmp/onnxruntime_perf_test``. Change ``perf_test``,
   ``ld_library_path`` or ``serial`` in a ``[devices.pixel]`` entry of your devices.toml if they differ.
+  The tool is run with the table's threads (``-x``; 0: the phone's ``nproc``) and the runner's spinning policy
+  (``-C "session.intra_op.allow_spinning|0"``); a build without ``-C`` (before onnxruntime 1.13) is measured
+  anyway, and the table's ``spinning`` says the policy was not set.
 """
 from __future__ import annotations
 
@@ -447,7 +450,8 @@ class AdbDevice(Device):
         props = {p: shell(f"getprop {p}", "reading the phone's properties").strip()
                  for p in ("ro.product.model", "ro.board.platform", "ro.build.version.release")}
         env = f"LD_LIBRARY_PATH={shlex.quote(self.spec.get('ld_library_path'))} " if self.spec.get("ld_library_path") else ""
-        cpus = int(shell("nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo", "counting the phone's cores").split()[0])
+        cpus = int(shell("nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo",
+                         "counting the phone's cores").split()[0])
         try:
             threads = threads_for(settings.threads, cpus, f"{self.name!r} ({props['ro.product.model']})")
         except ValueError as e:
@@ -503,7 +507,8 @@ class TorchDevice(Device):
         try:
             yield {"event": "runtime", "runtime": "torch", "version": torch.__version__, "provider": device.type,
                    "threads": threads, "cpus": runner.cpu_count(),
-                   "spinning": "not set: torch's OpenMP threads wait as OMP_WAIT_POLICY says", "host": os.uname().nodename,
+                   "spinning": "not set: torch's OpenMP threads wait as OMP_WAIT_POLICY says",
+                   "host": os.uname().nodename,
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
             def make_call(a: Artefact) -> Any:
                 module = a.module.to(device).eval()

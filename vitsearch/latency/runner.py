@@ -13,9 +13,9 @@ The manifest (JSON)::
      "max_seconds": 3.0, "rel_tol": 0.01, "passes": 3, "models": [{"name": "block-n197", "path": "block-n197.onnx"}, ...]}
 
 ``path`` is relative to the manifest's folder, or absolute. Output, one JSON object per line on stdout:
-``{"event": "runtime", ...}`` first (runtime version, host, cores, the threads and spinning policy used), then per model either
-``{"event": "result", "name": ..., "median_ms": ..., "p10_ms": ..., "p90_ms": ..., "mean_ms": ...,
-"std_ms": ..., "min_ms": ..., "repeats": ..., "warmup": ..., "stable": true}`` or
+``{"event": "runtime", ...}`` first (runtime version, host, cores, the threads and spinning policy used), then
+per model either ``{"event": "result", "name": ..., "median_ms": ..., "p10_ms": ..., "p90_ms": ...,
+"mean_ms": ..., "std_ms": ..., "min_ms": ..., "repeats": ..., "warmup": ..., "stable": true}`` or
 ``{"event": "error", "name": ..., "message": ...}``. The exit status is 1 if any model failed.
 
 Measurement: inputs are bound once (IOBinding) so no call copies tensors into or out of Python, which keeps
@@ -53,11 +53,12 @@ def emit(obj: dict) -> None:
     sys.stdout.flush()  # the caller reads lines as they come, to save each result at once
 
 
-# Spinning: after a run, onnxruntime's idle intra-op workers keep spinning for a while. Off by default in every
-# measurement: measured on this 2-core machine (benchmarks/RESULTS.md, "Thread isolation"), spinning workers of
-# sessions kept alive took a core from the graph being timed (two threads: dense DeiT-S TODO); with spinning off,
-# every policy measured the same ratios. One live session at a time (time_interleaved drops each pass's
-# session before building the next) is kept as well: it costs nothing and holds for runtimes that ignore the key.
+# Thread isolation, chosen by measurement (benchmarks/thread_isolation.py, RESULTS.md "Thread isolation"; 2 cores,
+# load ~6 from other work): one live session at a time (time_interleaved drops each pass's session before it
+# builds the next) repeated every pruned/dense ratio within 0.06 at two threads, where keeping every session alive
+# gave 0.24-0.27, spinning or not; and with spinning off two threads timed the dense DeiT-S at 267-282 ms against
+# 445-527 ms spinning, since a spinning worker holds a core the other work then preempts. So both: one live
+# session, and onnxruntime's intra-op spinning off unless a manifest asks for it.
 SPINNING_KEY = "session.intra_op.allow_spinning"
 
 
