@@ -20,9 +20,9 @@ import torch.nn.functional as F
 class GroupedLinear(nn.Module):
     """One independent linear layer per head, on a head-major layout: (H, M, i) -> (H, M, o).
 
-    A batched matmul over heads (ONNX ``MatMul``), so every runtime runs it at its FLOPs. The same product as an
-    einsum over a token-major (B, N, H, i) layout exported as an ``Einsum`` node, which onnxruntime ran 10-20x
-    slower than its FLOPs (DeiT-S: 1.6 ms of a 2.6 ms selector on one thread, 3.1 ms on two; issue 18)."""
+    A batched matmul over heads (ONNX ``MatMul``), which every runtime runs well. The same product as an einsum
+    over a token-major (B, N, H, i) layout became an ``Einsum`` node, whose onnxruntime kernel made these
+    projections 1.6 ms of a 2.6 ms DeiT-S selector on one thread (issue 18; benchmarks/selector_cost.py)."""
 
     def __init__(self, groups: int, in_features: int, out_features: int) -> None:
         super().__init__()
