@@ -149,7 +149,7 @@ class ProfileCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_table_arguments(parser)
         parser.add_argument("--threads", type=int, default=0, metavar="T",
-                            help="runtime intra-op threads (default: 0, the runtime's choice)")
+                            help="runtime intra-op threads (default: 0: all the device's cores, recorded in the table)")
         parser.add_argument("--validate", type=int, default=0, metavar="N",
                             help="then measure N random pruned models end to end against the table's prediction")
         parser.add_argument("--restart", action="store_true", help="discard an existing table and start over")

@@ -13,6 +13,7 @@ import pytest
 from vitsearch.errors import VitsearchError
 from vitsearch.latency import MeasureSettings, Predictor, open_device, parse_perf_test, profile, registry, resolve
 from vitsearch.latency.devices import AdbDevice, Artefact, SshDevice
+from vitsearch.latency.perftool import perf_test_command, sets_session_config
 from vitsearch.latency.registry import folder_name
 
 from .conftest import QUICK, TINY_GRID, TINY_KWARGS, TINY_MODEL, require_binary
@@ -64,6 +65,36 @@ def test_perf_test_parser_reads_the_real_format():
     assert old["median_ms"] == pytest.approx(58.7108) and old["repeats"] == 1000 and old["mean_ms"] == 58.8053
     with pytest.raises(VitsearchError, match="could not read onnxruntime_perf_test"):
         parse_perf_test("failed to initialize.\n")
+
+
+# `onnxruntime_perf_test -h` of an absl-flags build (onnxruntime >= 1.22), shortened, and of a build older than -C.
+PERF_TEST_USAGE = """\
+onnxruntime_perf_test [options...] model_path [result_file]
+
+Options:
+    -C (Specifies session configuration entries as key-value pairs:
+     -C "<key1>|<value1> <key2>|<value2>"
+    Refer to onnxruntime_session_options_config_keys.h for valid keys and values.
+    [Example] -C "session.disable_cpu_ep_fallback|1 ep.context_enable|1"
+    ); default: "";
+    -x (Sets the number of threads used to parallelize the execution within nodes, A value of 0 means ORT will
+      pick a default. Must >=0.); default: 0;
+"""
+PERF_TEST_USAGE_WITHOUT_C = """\
+perf_test [options...] model_path result_file
+Options:
+\t-x [intra_op_num_threads]: Sets the number of threads used to parallelize the execution within nodes.
+\t-y [inter_op_num_threads]: Sets the number of threads used to parallelize the execution of the graph.
+\t-h: help
+"""
+
+
+def test_the_perf_tool_is_told_the_threads_and_the_spinning_policy():
+    assert sets_session_config(PERF_TEST_USAGE) and not sets_session_config(PERF_TEST_USAGE_WITHOUT_C)
+    cmd = perf_test_command("/data/local/tmp/onnxruntime_perf_test", "block-n197.onnx", 4, 50, False)
+    assert " -x 4 " in cmd and " -C 'session.intra_op.allow_spinning|0' " in cmd and cmd.endswith(" block-n197.onnx")
+    assert " -C 'session.intra_op.allow_spinning|1' " in perf_test_command("p", "m.onnx", 1, 50, True)
+    assert "-C" not in perf_test_command("p", "m.onnx", 1, 50, None)  # a tool without -C is run all the same
 
 
 def test_unknown_device_lists_the_known_ones(tmp_path):

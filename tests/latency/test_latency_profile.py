@@ -23,6 +23,7 @@ def test_profile_writes_a_complete_table_with_provenance(tiny_table):
     assert set(tiny_table.rows) == set(grid(tiny_table.geometry, TINY_GRID))
     meta = tiny_table.meta
     assert meta["complete"] is True and meta["threads"] == 1 and meta["batch"] == 1 and meta["precision"] == "fp32"
+    assert meta["spinning"] == "off" and meta["runtime"]["threads"] == 1 and not meta["settings"]["spinning"]
     assert meta["runtime"]["runtime"] == "onnxruntime" and meta["runtime"]["version"]
     assert meta["device"]["name"] == "cpu" and meta["geometry"]["key"] == tiny_table.geometry.key
     for key in ("date", "vitsearch_version", "settings", "grid", "model"):
@@ -85,3 +86,14 @@ def test_bad_arguments(tmp_path):
         profile("cpu", batch=0, tables=tmp_path)
     with pytest.raises(VitsearchError, match="unknown device 'gpu9'"):
         profile("gpu9", tables=tmp_path)
+    with pytest.raises(VitsearchError, match=r"--threads 99 is not possible on .* which has \d+ cores: use 1 to"):
+        profile("cpu", model=TINY_MODEL, model_kwargs=TINY_KWARGS, threads=99, tables=tmp_path, progress=False)
+
+
+def test_threads_zero_profiles_with_every_core_and_records_the_count(tmp_path):
+    from vitsearch.latency.runner import cpu_count
+
+    table = profile("cpu", model=TINY_MODEL, model_kwargs=TINY_KWARGS, threads=0, tables=tmp_path,
+                    grid_spec=TINY_GRID,
+                    settings=QUICK, progress=False)
+    assert table.meta["threads"] == table.meta["runtime"]["threads"] == cpu_count()

@@ -1,5 +1,12 @@
-"""The runner's interleaved passes: every model is timed in each pass, in turn, and its samples pooled."""
+"""The runner: interleaved passes (every model timed in each pass, in turn, samples pooled), the spinning policy
+and the thread count it measures with."""
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
 
 from vitsearch.latency import runner
 
@@ -30,3 +37,46 @@ def test_a_failing_model_is_reported_once_and_the_others_still_measured():
     events = list(runner.time_interleaved([("bad", "bad"), ("ok", "ok")], make_call, cfg))
     assert [(e["event"], e["name"]) for e in events] == [("error", "bad"), ("result", "ok")]
     assert "cannot load" in events[0]["message"]
+
+
+def tiny_onnx(path) -> str:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((8, 8), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("spinning, value", [(False, "0"), (True, "1"), (None, "0")])
+def test_the_spinning_policy_reaches_the_session(tmp_path, spinning, value):
+    cfg = {"threads": 1} if spinning is None else {"threads": 1, "spinning": spinning}  # off unless asked
+    sess = runner.session(tiny_onnx(tmp_path / "m.onnx"), cfg)
+    assert sess.get_session_options().get_session_config_entry(runner.SPINNING_KEY) == value
+
+
+def run_runner(tmp_path, **cfg) -> subprocess.CompletedProcess:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"warmup": 1, "min_repeats": 2, "max_repeats": 4, "max_seconds": 1.0, **cfg,
+                                    "models": [{"name": "m", "path": tiny_onnx(tmp_path / "m.onnx")}]}))
+    return subprocess.run([sys.executable, str(runner.__file__), str(manifest)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_threads_zero_measures_with_every_core_and_says_so(tmp_path):
+    done = run_runner(tmp_path, threads=0)
+    runtime, result = (json.loads(line) for line in done.stdout.splitlines())
+    assert done.returncode == 0 and result["event"] == "result"
+    assert runtime["threads"] == runtime["cpus"] == runner.cpu_count() and runtime["spinning"] == "off"
+
+
+def test_more_threads_than_cores_is_refused_with_the_count(tmp_path):
+    cpus = runner.cpu_count()
+    done = run_runner(tmp_path, threads=cpus + 1)
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"--threads {cpus + 1} is not possible" in done.stderr
+    assert f"has {cpus} cores: use 1 to {cpus}" in done.stderr

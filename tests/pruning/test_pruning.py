@@ -90,6 +90,62 @@ def test_spvit_packages_pruned_tokens_into_one_token_weighted_by_score():
         torch.testing.assert_close(pkg[b, 0], (w[:, None] * patches[b, rest]).sum(0) / w.sum())
 
 
+def einsum_selector(sel, x: torch.Tensor, mask: torch.Tensor | None = None):
+    """The selector as first written (token-major, one einsum per per-head projection): the reference the
+    head-major batched matmuls must reproduce with the same weights."""
+    import torch.nn.functional as F
+
+    def grouped(layer, t):  # (B, N, H, i) -> (B, N, H, o)
+        return torch.einsum("bnhi,hio->bnho", t, layer.weight) + layer.bias
+
+    B, N, C = x.shape
+    xh = x.reshape(B, N, sel.num_heads, sel.head_dim)
+    w = sel.head_gate(xh.mean(dim=-1))
+    w = w / w.sum(dim=-1, keepdim=True)
+    h = F.gelu(grouped(sel.in_proj, sel.norm(xh)))
+    local, glob = h[..., :sel.head_dim // 2], h[..., sel.head_dim // 2:]
+    if mask is None:
+        glob = glob.mean(dim=1, keepdim=True)
+    else:
+        m = mask[:, :, None, None]
+        glob = (glob * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    h = torch.cat([local, glob.expand(-1, N, -1, -1)], dim=-1)
+    for i, layer in enumerate(sel.out):
+        h = grouped(layer, h) if i == len(sel.out) - 1 else F.gelu(grouped(layer, h))
+    return (w[..., None] * h.log_softmax(dim=-1)).sum(dim=2), (w * h.softmax(dim=-1)[..., 0]).sum(dim=2)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_spvit_selector_matches_the_einsum_formula(masked):
+    from vitsearch.pruning import spvit
+
+    torch.manual_seed(0)
+    sel = spvit.MultiHeadTokenSelector(96, 6).eval()
+    for p in sel.parameters():  # weights far from the init, so every projection and bias matters
+        p.data.normal_()
+    x = torch.randn(3, 11, 96)
+    mask = (torch.rand(3, 11) > 0.4).float() if masked else None
+    with torch.no_grad():
+        for got, want in zip(sel(x, mask), einsum_selector(sel, x, mask)):
+            torch.testing.assert_close(got, want)
+    # Checkpoints load unchanged: the same parameter names and shapes as the einsum version had.
+    assert {k: tuple(v.shape) for k, v in sel.state_dict().items() if "head_gate" not in k and "norm" not in k} == {
+        "in_proj.weight": (6, 16, 16), "in_proj.bias": (6, 16), "out.0.weight": (6, 16, 8), "out.0.bias": (6, 8),
+        "out.1.weight": (6, 8, 4), "out.1.bias": (6, 4), "out.2.weight": (6, 4, 2), "out.2.bias": (6, 2)}
+
+
+def test_spvit_selector_exports_as_matmuls_not_einsum(tmp_path):
+    import onnx
+
+    from vitsearch.export import export_onnx
+
+    model = pruning.apply(tiny_vit(), "spvit:3=0.7,6=0.7")
+    path = export_onnx(model, (torch.randn(1, 3, 32, 32),), tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Einsum" not in ops
+    assert ops.count("MatMul") >= 2 * 4  # every selector's four per-head projections are MatMul nodes
+
+
 def test_spvit_training_draws_gumbel_decisions_with_gradients(images):
     model = pruning.apply(tiny_vit(), "spvit:3=0.7,6=0.7").train()
     out = model(images)

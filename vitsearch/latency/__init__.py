@@ -6,7 +6,8 @@ from the table, and validate predictions against whole models measured end to en
     vitsearch.latency.validate(table, 30).summary["median_abs_error_pct"]
 """
 from .components import GridSpec, Point, components_of, grid
-from .devices import Artefact, Device, MeasureSettings, open_device, parse_perf_test
+from .devices import Artefact, Device, MeasureSettings, open_device
+from .perftool import parse_perf_test
 from .registry import DeviceSpec, registry, resolve
 from .predict import Prediction, Predictor, predict
 from .profile import profile

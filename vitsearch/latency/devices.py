@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..errors import VitsearchError
+from .perftool import SPINNING_UNSET, parse_perf_test, perf_test_command, sets_session_config
 from .registry import DeviceSpec, resolve
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ RUNNER = Path(__file__).with_name("runner.py")
 class MeasureSettings:
     """How each artefact is timed (the runner's manifest keys)."""
 
-    threads: int = 0  # intra-op threads; 0 = the runtime's default
+    threads: int = 0  # intra-op threads; 0 = every core of the device (the runtime event says how many)
+    spinning: bool = False  # idle intra-op workers spin between calls; off so none competes with a timed graph
     warmup: int = 5  # calls thrown away first (allocations, caches, thread pool start)
     min_repeats: int = 10  # calls per round; rounds repeat until the median is stable
     max_repeats: int = 300
@@ -243,28 +245,6 @@ class SshDevice(Device):
 
 # adb: onnxruntime_perf_test on an Android phone ----------------------------------------------------------------
 
-_PERF_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
-_PERF_LATENCY = re.compile(r"^(Min|Max|P50|P90|P95|P99|P999) Latency(?: is|:)\s*" + _PERF_NUMBER + r"\s*s", re.M)
-_PERF_COUNT = re.compile(r"^(?:Total inference requests|Total iterations|Runs)\s*:\s*(\d+)", re.M)
-_PERF_AVERAGE = re.compile(r"^Average (?:inference )?time cost\s*:\s*" + _PERF_NUMBER + r"\s*ms", re.M)
-
-
-def parse_perf_test(text: str) -> dict[str, Any]:
-    """Statistics from ``onnxruntime_perf_test -s`` output (percentiles in seconds) in milliseconds.
-
-    Reads both the current format (``P50 Latency: 0.0281 s``, ``Total inference requests: 100``, ``Average
-    inference time cost: 28.1 ms``) and the older one (``P50 Latency is 0.0281sec``, ``Total iterations:100``).
-    """
-    lat = {k: float(v) * 1e3 for k, v in _PERF_LATENCY.findall(text)}
-    count, average = _PERF_COUNT.search(text), _PERF_AVERAGE.search(text)
-    if "P50" not in lat or count is None:
-        tail = " | ".join(text.strip().splitlines()[-3:]) or "no output"
-        raise VitsearchError(f"could not read onnxruntime_perf_test's statistics (no P50 / request count): {tail}")
-    return {"median_ms": lat["P50"], "p10_ms": None, "p90_ms": lat.get("P90"), "min_ms": lat.get("Min"),
-            "max_ms": lat.get("Max"), "mean_ms": float(average.group(1)) if average else None, "std_ms": None,
-            "repeats": int(count.group(1)), "warmup": 1, "stable": None}
-
-
 class AdbDevice(Device):
     """An Android phone over adb, timed with ``onnxruntime_perf_test`` at a configured path on the phone.
 
@@ -313,6 +293,8 @@ class AdbDevice(Device):
         return wanted
 
     def measure(self, artefacts: Sequence[Artefact], settings: MeasureSettings) -> Iterator[dict[str, Any]]:
+        from .runner import threads_for
+
         if not artefacts:
             return
         serial = self.serial()
@@ -324,18 +306,30 @@ class AdbDevice(Device):
             raise VitsearchError(f"{e}. Build onnxruntime_perf_test for Android and push it to {perf} (see README)")
         props = {p: shell(f"getprop {p}", "reading the phone's properties").strip()
                  for p in ("ro.product.model", "ro.board.platform", "ro.build.version.release")}
+        env = f"LD_LIBRARY_PATH={shlex.quote(self.spec.get('ld_library_path'))} " if self.spec.get("ld_library_path") else ""
+        cpus = int(shell("nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo",
+                         "counting the phone's cores").split()[0])
+        try:
+            threads = threads_for(settings.threads, cpus, f"{self.name!r} ({props['ro.product.model']})")
+        except ValueError as e:
+            raise VitsearchError(str(e)) from None
+        usage = shell(f"{env}{shlex.quote(perf)} -h 2>&1; true", "reading the perf tool's options")
+        settable = sets_session_config(usage)
+        if not settable:
+            logger.warning("%s's onnxruntime_perf_test has no -C option: its intra-op threads spin as the tool's "
+                           "build decides, and the table says so", self.name)
         yield {"event": "runtime", "runtime": "onnxruntime_perf_test", "version": f"sha256:{digest}",
-               "provider": "cpu", "threads": settings.threads, "host": props["ro.product.model"], "serial": serial,
-               **props}
+               "provider": "cpu", "threads": threads, "cpus": cpus,
+               "spinning": ("on" if settings.spinning else "off") if settable else SPINNING_UNSET,
+               "host": props["ro.product.model"], "serial": serial, **props}
         shell(f"mkdir -p {shlex.quote(workdir)}", "creating the work folder")
         files = sorted({str(f) for a in artefacts for f in (a.onnx, *a.files)})
         self._call(self._adb("push", *files, workdir + "/", serial=serial), "pushing the artefacts", timeout=1800)
-        env = f"LD_LIBRARY_PATH={shlex.quote(self.spec.get('ld_library_path'))} " if self.spec.get("ld_library_path") else ""
         repeats = int(self.spec.get("repeats", 50))
         try:
             for a in artefacts:
-                cmd = (f"cd {shlex.quote(workdir)} && {env}{shlex.quote(perf)} -I -s -e cpu -m times -r {repeats} "
-                       f"-x {settings.threads} {shlex.quote(a.onnx.name)}")
+                cmd = f"cd {shlex.quote(workdir)} && {env}" + perf_test_command(
+                    perf, a.onnx.name, threads, repeats, settings.spinning if settable else None)
                 try:
                     yield {"event": "result", "name": a.name, **parse_perf_test(shell(cmd, f"timing {a.name}"))}
                 except VitsearchError as e:
@@ -360,13 +354,18 @@ class TorchDevice(Device):
         device = torch.device(self.spec.get("torch_device", "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise VitsearchError(f"device {self.name!r} needs CUDA, but torch sees no GPU here")
+        try:
+            threads = runner.threads_for(settings.threads, runner.cpu_count(), os.uname().nodename)
+        except ValueError as e:
+            raise VitsearchError(str(e)) from None
         previous = torch.get_num_threads()
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        torch.set_num_threads(threads)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         try:
             yield {"event": "runtime", "runtime": "torch", "version": torch.__version__, "provider": device.type,
-                   "threads": torch.get_num_threads(), "host": os.uname().nodename,
+                   "threads": threads, "cpus": runner.cpu_count(),
+                   "spinning": "not set: torch's OpenMP threads wait as OMP_WAIT_POLICY says",
+                   "host": os.uname().nodename,
                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
             def make_call(a: Artefact) -> Any:
                 module = a.module.to(device).eval()

@@ -4,8 +4,8 @@ Order: the ``overhead`` graph first (every other row has its median subtracted),
 export the kind once, specialise it to each pending grid point, measure them all in one runner call, and
 append each row to the CSV the moment its result arrives. Every call also times the drift reference
 (:mod:`vitsearch.latency.reference`), recorded with each row. Rows already in the table are skipped, so an
-interrupted profile resumes where it stopped; the metadata must match (same device, runtime, threads, batch
-and geometry), else ``restart=True`` starts over.
+interrupted profile resumes where it stopped; the metadata must match (same device, runtime, threads, spinning
+policy, batch and geometry), else ``restart=True`` starts over.
 """
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 def _check_settings(old: Mapping[str, Any], new: Mapping[str, Any], path: Path) -> None:
     for key in ("threads", "batch", "precision"):
+        if key == "threads" and not new.get(key):
+            continue  # 0: every core, known once the device reports its count (_check_runtime)
         if old.get(key) != new.get(key):
             raise VitsearchError(f"{path} was profiled with {key} {old.get(key)}, not {new.get(key)}: resume with the "
                                  "same settings, or start over with --restart")
@@ -77,7 +79,7 @@ def _check_settings(old: Mapping[str, Any], new: Mapping[str, Any], path: Path) 
 
 def _check_runtime(old: Mapping[str, Any], new: Mapping[str, Any], path: Path) -> None:
     old_rt, new_rt = old.get("runtime", {}), new.get("runtime", {})
-    for key in ("runtime", "version", "provider"):
+    for key in ("runtime", "version", "provider", "threads", "spinning"):
         if old_rt.get(key) != new_rt.get(key):
             raise VitsearchError(f"{path} was profiled with {key} {old_rt.get(key)!r}, the device now reports "
                                  f"{new_rt.get(key)!r}: start over with --restart")
@@ -99,7 +101,8 @@ def profile(
     """Measure ``model``'s components on ``device`` and return the (completed) table.
 
     The model is built with random weights (latency does not depend on them). ``threads`` is the runtime's
-    intra-op thread count (0: its default). ``model_kwargs`` go to ``create_model`` (tests build tiny models).
+    intra-op thread count (0: every core of the device; the table records the count used, and the spinning
+    policy). ``model_kwargs`` go to ``create_model`` (tests build tiny models).
     """
     if batch < 1:
         raise VitsearchError(f"batch must be a positive integer, got {batch}")
@@ -185,6 +188,10 @@ def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], reference: R
             for event, ref_ms in measure_with_reference(dev, arts, _settings_for(graphs[kind], settings), reference):
                 if event["event"] == "runtime":
                     meta["runtime"] = {k: v for k, v in event.items() if k != "event"}
+                    if not meta["threads"]:
+                        logger.info("threads 0: measuring with all %s cores of %s", event["threads"], dev.name)
+                    # What the device measured with, as it reports it (a perf tool may not set the spinning policy).
+                    meta.update(threads=event["threads"], spinning=event.get("spinning"))
                     if old_meta is not None:
                         _check_runtime(old_meta, meta, path)
                     if not have_meta:

@@ -9,13 +9,13 @@ file, so every transport measures the same way.
 
 The manifest (JSON)::
 
-    {"threads": 2, "provider": "cpu", "warmup": 5, "min_repeats": 10, "max_repeats": 300,
+    {"threads": 2, "spinning": false, "provider": "cpu", "warmup": 5, "min_repeats": 10, "max_repeats": 300,
      "max_seconds": 3.0, "rel_tol": 0.01, "passes": 3, "models": [{"name": "block-n197", "path": "block-n197.onnx"}, ...]}
 
 ``path`` is relative to the manifest's folder, or absolute. Output, one JSON object per line on stdout:
-``{"event": "runtime", ...}`` first (runtime version, host, threads), then per model either
-``{"event": "result", "name": ..., "median_ms": ..., "p10_ms": ..., "p90_ms": ..., "mean_ms": ...,
-"std_ms": ..., "min_ms": ..., "repeats": ..., "warmup": ..., "stable": true}`` or
+``{"event": "runtime", ...}`` first (runtime version, host, cores, the threads and spinning policy used), then
+per model either ``{"event": "result", "name": ..., "median_ms": ..., "p10_ms": ..., "p90_ms": ...,
+"mean_ms": ..., "std_ms": ..., "min_ms": ..., "repeats": ..., "warmup": ..., "stable": true}`` or
 ``{"event": "error", "name": ..., "message": ...}``. The exit status is 1 if any model failed.
 
 Measurement: inputs are bound once (IOBinding) so no call copies tensors into or out of Python, which keeps
@@ -27,6 +27,10 @@ With ``"passes": P`` (default 1) the models are timed in P interleaved passes (e
 time budget, a fresh session and its own warm-up) and every model's samples are pooled. On a shared machine
 speed drifts by tens of percent within minutes; interleaving spreads each model's samples over the whole call,
 so models measured in one call see the same machine instead of whatever moment their turn came.
+
+Threads: ``"threads": 0`` uses every core of the machine and says so in the runtime event; more threads than
+cores is refused (exit status 2, the reason on stderr). ``"spinning"`` (default false) sets onnxruntime's
+``session.intra_op.allow_spinning``: see :data:`SPINNING_KEY` for why it is off.
 """
 from __future__ import annotations
 
@@ -49,14 +53,39 @@ def emit(obj: dict) -> None:
     sys.stdout.flush()  # the caller reads lines as they come, to save each result at once
 
 
-def session(path: str, threads: int, provider: str) -> ort.InferenceSession:
+# Thread isolation, chosen by measurement (benchmarks/thread_isolation.py, RESULTS.md "Thread isolation"; 2 cores,
+# load ~6 from other work): one live session at a time (time_interleaved drops each pass's session before it
+# builds the next) repeated every pruned/dense ratio within 0.06 at two threads, where keeping every session alive
+# gave 0.24-0.27, spinning or not; and with spinning off two threads timed the dense DeiT-S at 267-282 ms against
+# 445-527 ms spinning, since a spinning worker holds a core the other work then preempts. So both: one live
+# session, and onnxruntime's intra-op spinning off unless a manifest asks for it.
+SPINNING_KEY = "session.intra_op.allow_spinning"
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one, as in a container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_for(requested: int, cpus: int, host: str) -> int:
+    """The intra-op thread count to measure with: ``requested``, or every core for 0. More threads than cores
+    would time the OS scheduler, not the graph: refused (ValueError, a message for people)."""
+    if requested < 0 or requested > cpus:
+        raise ValueError(f"--threads {requested} is not possible on {host}, which has {cpus} cores: use 1 to {cpus} "
+                         f"(0: all {cpus})")
+    return requested or cpus
+
+
+def session(path: str, cfg: dict) -> ort.InferenceSession:
+    """An onnxruntime session with the manifest's ``threads``, ``spinning`` and ``provider``."""
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads  # 0 lets onnxruntime choose; the table records what was asked
+    so.intra_op_num_threads = int(cfg.get("threads", 0))
     so.inter_op_num_threads = 1
+    so.add_session_config_entry(SPINNING_KEY, "1" if cfg.get("spinning") else "0")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(path, so, providers=PROVIDERS[provider])
+    return ort.InferenceSession(path, so, providers=PROVIDERS[cfg.get("provider", "cpu")])
 
 
 def inputs_for(sess: ort.InferenceSession, seed: int = 0) -> dict:
@@ -135,7 +164,7 @@ def time_interleaved(items: list, make_call, cfg: dict):
 
 def session_call(path: str, cfg: dict):
     """A fresh session for ``path`` with inputs and outputs bound once; returns its run call."""
-    sess = session(path, int(cfg.get("threads", 0)), cfg.get("provider", "cpu"))
+    sess = session(path, cfg)
     binding = sess.io_binding()
     for name, value in inputs_for(sess).items():
         binding.bind_cpu_input(name, value)
@@ -147,9 +176,9 @@ def session_call(path: str, cfg: dict):
 def runtime_info(cfg: dict) -> dict:
     return {"event": "runtime", "runtime": "onnxruntime", "version": ort.__version__,
             "provider": cfg.get("provider", "cpu"), "available_providers": ort.get_available_providers(),
-            "threads": int(cfg.get("threads", 0)), "host": platform.node(), "machine": platform.machine(),
-            "processor": platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__}
+            "threads": int(cfg["threads"]), "spinning": "on" if cfg.get("spinning") else "off",
+            "host": platform.node(), "machine": platform.machine(), "processor": platform.processor(),
+            "cpus": cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
 
 
 def main(argv: list) -> int:
@@ -161,6 +190,11 @@ def main(argv: list) -> int:
     root = os.path.dirname(os.path.abspath(argv[1]))
     if cfg.get("provider", "cpu") not in PROVIDERS:
         sys.stderr.write(f"unknown provider {cfg.get('provider')!r}: expected one of {sorted(PROVIDERS)}\n")
+        return 2
+    try:
+        cfg["threads"] = threads_for(int(cfg.get("threads", 0)), cpu_count(), platform.node())
+    except ValueError as e:
+        sys.stderr.write(f"{e}\n")
         return 2
     emit(runtime_info(cfg))
     items = [(item["name"], os.path.join(root, item["path"])) for item in cfg["models"]]

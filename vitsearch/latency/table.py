@@ -17,7 +17,9 @@ ref_ms         the drift reference's median in the call that measured this row (
                :mod:`vitsearch.latency.reference`); the predictor scales the row by the table's reference over it
 =============  ==================================================================================
 
-The ``.json`` beside it records provenance: device, runtime and version, threads, batch, precision, date,
+The ``.json`` beside it records provenance: device, runtime and version, threads (the count measured with, also
+for a profile asked for 0), spinning (the intra-op spinning policy: ``off``, ``on``, or why the device's runtime
+could not set it; absent in tables from before the option, which spun), batch, precision, date,
 vitsearch version, geometry, measurement settings and grid. A table is only ever applied to the geometry and
 batch it was measured for: :func:`load` refuses anything else and says which field differs.
 """

@@ -78,7 +78,9 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
 
     meta = table.meta
     dev = open_device(meta["device"]["name"], tables)
-    settings = replace(settings or MeasureSettings(**meta.get("settings", {})), threads=int(meta["threads"]))
+    if settings is None:  # the table's own; a table older than the spinning option was measured spinning
+        settings = MeasureSettings(**{"spinning": True, **meta.get("settings", {})})
+    settings = replace(settings, threads=int(meta["threads"]))
     predictor = Predictor(table)
     torch.manual_seed(0)
     net = create_model(meta["model"], **dict(model_kwargs or {}))

@@ -18,16 +18,20 @@ import torch.nn.functional as F
 
 
 class GroupedLinear(nn.Module):
-    """One independent linear layer per head: (B, N, H, i) -> (B, N, H, o)."""
+    """One independent linear layer per head, on a head-major layout: (H, M, i) -> (H, M, o).
+
+    A batched matmul over heads (ONNX ``MatMul``), which every runtime runs well. The same product as an einsum
+    over a token-major (B, N, H, i) layout became an ``Einsum`` node, whose onnxruntime kernel made these
+    projections 1.6 ms of a 2.6 ms DeiT-S selector on one thread (issue 18; benchmarks/selector_cost.py)."""
 
     def __init__(self, groups: int, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features))
-        self.bias = nn.Parameter(torch.zeros(groups, out_features))
+        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features))  # (H, i, o)
+        self.bias = nn.Parameter(torch.zeros(groups, out_features))  # (H, o)
         nn.init.trunc_normal_(self.weight, std=1.0 / math.sqrt(in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bnhi,hio->bnho", x, self.weight) + self.bias
+        return torch.matmul(x, self.weight) + self.bias[:, None, :]
 
 
 class MultiHeadTokenSelector(nn.Module):
@@ -58,23 +62,26 @@ class MultiHeadTokenSelector(nn.Module):
         """x: (B, N, C) patch tokens; mask: (B, N) tokens still alive (the global context pools over them).
         Returns (log keep/drop score (B, N, 2) for Gumbel decisions, keep probability (B, N) for ranking)."""
         B, N, C = x.shape
-        xh = x.reshape(B, N, self.num_heads, self.head_dim)  # (B, N, H, hd)
+        H, hd = self.num_heads, self.head_dim
+        xh = x.reshape(B, N, H, hd)
         w = self.head_gate(xh.mean(dim=-1))  # (B, N, H)
-        w = w / w.sum(dim=-1, keepdim=True)
-        h = F.gelu(self.in_proj(self.norm(xh)))  # (B, N, H, hd)
-        split = self.head_dim // 2
+        w = (w / w.sum(dim=-1, keepdim=True)).permute(2, 0, 1)  # (H, B, N)
+        # Head-major from here: each head's projections are one batched matmul over (H, B * N, hd).
+        xh = xh.permute(2, 0, 1, 3).reshape(H, B * N, hd)
+        h = F.gelu(self.in_proj(self.norm(xh))).reshape(H, B, N, hd)
+        split = hd // 2
         local, glob = h[..., :split], h[..., split:]
         if mask is None:
-            glob = glob.mean(dim=1, keepdim=True)  # (B, 1, H, hd - split)
+            glob = glob.mean(dim=2, keepdim=True)  # (H, B, 1, hd - split)
         else:
-            m = mask[:, :, None, None]
-            glob = (glob * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1e-6)
-        h = torch.cat([local, glob.expand(-1, N, -1, -1)], dim=-1)
+            m = mask[None, :, :, None]  # (1, B, N, 1)
+            glob = (glob * m).sum(dim=2, keepdim=True) / m.sum(dim=2, keepdim=True).clamp_min(1e-6)
+        h = torch.cat([local, glob.expand(-1, -1, N, -1)], dim=-1).reshape(H, B * N, hd)
         for i, layer in enumerate(self.out):
             h = layer(h) if i == len(self.out) - 1 else F.gelu(layer(h))
-        # h: (B, N, H, 2) per-head logits, aggregated across heads by importance.
-        log_score = (w[..., None] * h.log_softmax(dim=-1)).sum(dim=2)  # (B, N, 2)
-        p_keep = (w * h.softmax(dim=-1)[..., 0]).sum(dim=2)  # (B, N)
+        h = h.reshape(H, B, N, 2)  # per-head logits [keep, drop], aggregated across heads by importance
+        log_score = (w[..., None] * h.log_softmax(dim=-1)).sum(dim=0)  # (B, N, 2)
+        p_keep = (w * h.softmax(dim=-1)[..., 0]).sum(dim=0)  # (B, N)
         return log_score, p_keep
 
 
