@@ -27,6 +27,7 @@ from .config import PruneConfig, token_schedule
 from .errors import VitsearchError
 from .pareto import pareto_front
 from .space import SearchSpace, default_space_file, load_space
+from .study_record import DIRECTIONS, REJECTED_ACCURACY, describe, set_constraints
 from .training import (PiecewiseLinear, SoftLatency, TrainSettings, accuracy, fresh_model, train_candidate,
                        train_supernet)
 
@@ -297,7 +298,7 @@ def open_study(settings: SearchSettings, folder: Path) -> Any:
 
         storage = JournalStorage(JournalFileBackend(str(folder / "journal.log")))
     return optuna.create_study(study_name=settings.name(), storage=storage, sampler=sampler,
-                               directions=["maximize", "minimize"], load_if_exists=True)
+                               directions=list(DIRECTIONS), load_if_exists=True)
 
 
 def _rdb_storage(url: str, attempts: int = 3) -> Any:
@@ -494,13 +495,12 @@ def make_objective(evaluator: Evaluator) -> Callable[[Any], tuple[float, float]]
         over_selectors = max(len(config.keep) - setup.space.max_selectors, 1 - len(config.keep))
         trial.set_user_attr("config", str(config))
         trial.set_user_attr("predicted_ms", pred.total_ms)
-        trial.set_constraint("latency_ms", over_ms)
-        trial.set_constraint("selectors", float(over_selectors))
+        set_constraints(trial, {"latency_ms": over_ms, "selectors": float(over_selectors)})
         if over_ms > 0 or over_selectors > 0:
             why = (f"over budget by {over_ms:.3f} ms" if over_ms > 0 else
                    f"{len(config.keep)} selectors (allowed 1..{setup.space.max_selectors})")
             trial.set_user_attr("status", f"rejected before training: {why}")
-            return 0.0, pred.total_ms  # infeasible by its constraints, so never on the front
+            return REJECTED_ACCURACY, pred.total_ms  # infeasible by its constraints, so never on the front
         earlier = _trained_with(trial.study, str(config))
         if earlier is not None:
             # TPE re-suggests configs of a small discrete space; the seeded training would repeat itself exactly.
@@ -586,6 +586,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
     setup.folder.mkdir(parents=True, exist_ok=True)
     write_provenance(setup, settings)
     study = open_study(settings, setup.folder)
+    describe(study, metric="top1", device=settings.device, batch=settings.batch, budget=str(setup.budget),
+             budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms)
     recover_stale_trials(study)
     evaluator = Evaluator(setup, settings)
     baselines = evaluate_baselines(evaluator, study)
