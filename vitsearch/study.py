@@ -490,7 +490,9 @@ def _candidate_from_dict(d: dict[str, Any]) -> Candidate:
     return Candidate(**d)
 
 
-def make_objective(evaluator: Evaluator) -> Callable[[Any], tuple[float, float]]:
+def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], None] | None = None
+                   ) -> Callable[[Any], tuple[float, float]]:
+    """The Optuna objective; ``on_train(trial number, config)`` is called when a candidate starts training."""
     setup = evaluator.setup
 
     def objective(trial: Any) -> tuple[float, float]:
@@ -514,6 +516,8 @@ def make_objective(evaluator: Evaluator) -> Callable[[Any], tuple[float, float]]
             trial.set_user_attr("same_as", earlier.number)
             trial.set_user_attr("status", f"same config as trial {earlier.number}: not trained again")
             return tuple(earlier.values)
+        if on_train is not None:
+            on_train(trial.number, config)
         cand = evaluator.evaluate(config, "search", trial=trial.number, checkpoint_name=f"trial_{trial.number:04d}.pt")
         for key in ("accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status"):
             trial.set_user_attr(key, getattr(cand, key))
@@ -604,11 +608,18 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
         bar = tqdm(total=settings.trials, initial=done, desc=f"search {settings.name()}", unit="trial", disable=not progress)
         attempts = settings.max_attempts or max(100, 10 * settings.trials)
 
+        def training(number: int, config: PruneConfig) -> None:  # the bar names what runs now, a log says so too
+            bar.set_postfix_str(f"training trial {number}: {config}")
+            logger.log(logging.DEBUG if progress else logging.INFO, "trial %d: training %s", number, config)
+
         def tick(study: Any, trial: Any) -> None:
             acc = trial.user_attrs.get("accuracy")
             if acc is not None:
                 bar.update(1)
-            bar.set_postfix(config=trial.user_attrs.get("config", "?"), acc=f"{acc:.3f}" if acc is not None else "-")
+            bar.set_postfix_str(f"trial {trial.number} done, sampling the next")
+            logger.log(logging.DEBUG if progress else logging.INFO, "trial %d %s: %s%s", trial.number,
+                       trial.user_attrs.get("config", "?"), trial.user_attrs.get("status", "?"),
+                       f", accuracy {acc:.4f}" if acc is not None else "")
             complete = study.get_trials(deepcopy=False, states=finished)
             trained = _trained(study, complete)
             # Running trials count too: workers sharing a database stop together at settings.trials.
@@ -622,7 +633,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
                 study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(make_objective(evaluator), callbacks=[tick], gc_after_trial=True)
+        study.optimize(make_objective(evaluator, training), callbacks=[tick], gc_after_trial=True)
         bar.close()
     trials = collect(study, setup)
     front = write_results(setup, trials, baselines)
