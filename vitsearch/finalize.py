@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from .config import PruneConfig, token_schedule
-from .errors import VitsearchError
+from .errors import RunFailure, VitsearchError
 from .pruning import apply, prune_state
 from .training import LossWeights, SoftLatency, TrainSettings, accuracy, candidate_loss, fresh_model
 from .training.brief import _batches, _seeded, next_batch, param_groups, set_lr
@@ -364,7 +364,7 @@ def measure(onnx_path: Path, model: nn.Module, ctx: StudyContext) -> dict[str, A
             if event["event"] == "runtime":
                 runtime = {k: v for k, v in event.items() if k != "event"}
             elif event["event"] == "error":
-                raise VitsearchError(f"measuring on {device.name} failed: {event['message']}")
+                raise RunFailure(f"measuring on {device.name} failed: {event['message']}")
             else:
                 scale = ref.factor(ctx.predictor.reference_ms, ref_ms)
                 return {"measured_ms": event["median_ms"], "measured_p90_ms": event.get("p90_ms"),
@@ -372,7 +372,7 @@ def measure(onnx_path: Path, model: nn.Module, ctx: StudyContext) -> dict[str, A
                         "measured_at_table_speed_ms": None if scale is None else event["median_ms"] * scale,
                         "measured_runtime": runtime.get("runtime"), "measured_threads": runtime.get("threads")}
     except OSError as e:
-        raise VitsearchError(f"cannot reach device {device.name}: {e}") from e
+        raise RunFailure(f"cannot reach device {device.name}: {e}") from e
     finally:
         if reference is not None:
             reference.close()

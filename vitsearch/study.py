@@ -24,7 +24,7 @@ import torch.nn as nn
 from . import __version__
 from .budget import Budget, parse_budget
 from .config import PruneConfig, token_schedule
-from .errors import VitsearchError
+from .errors import RunFailure, VitsearchError
 from .pareto import pareto_front
 from .space import SearchSpace, default_space_file, load_space
 from .study_record import DIRECTIONS, REJECTED_ACCURACY, describe, set_constraints
@@ -324,8 +324,9 @@ def _rdb_storage(url: str, attempts: int = 3) -> Any:
             time.sleep(1.0 + random.random())
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as e:
             safe = url.split("@")[-1]
-            raise VitsearchError(f"cannot open the study storage at {safe}: {str(e).splitlines()[0]}. "
-                                 "Check the database URL, that the server is running and reachable") from None
+            error = RunFailure if isinstance(e, sqlalchemy.exc.OperationalError) else VitsearchError  # out of reach / bad URL
+            raise error(f"cannot open the study storage at {safe}: {str(e).splitlines()[0]}. "
+                        "Check the database URL, that the server is running and reachable") from None
 
 
 def _worker_id() -> str:
