@@ -4,6 +4,7 @@ HTTP API and on its page rendered by headless Chromium."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -54,11 +55,21 @@ def searched(tmp_path_factory, tables, checkpoint):
     study = open_study(settings, folder)
     study.enqueue_trial(space.params_of(PruneConfig("evovit", {space.blocks[-1]: space.keep_max})))  # ~ unpruned
     study.enqueue_trial(space.params_of(PruneConfig("evovit", {b: space.keep_min for b in space.blocks[:2]})))
-    result = run_search(settings, progress=False)
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("vitsearch")
+    level, log.level = log.level, logging.INFO
+    log.addHandler(handler)
+    try:
+        result = run_search(settings, progress=False)  # as off a terminal: no bar, plain log lines
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
     rejected = [c.trial for c in result.trials if c.accuracy is None]
     trained = [c.trial for c in result.trials if c.accuracy is not None]
     assert rejected and trained, [(c.config, c.status) for c in result.trials]  # both kinds, or the test is vacuous
-    return folder, rejected, trained
+    return folder, rejected, trained, lines
 
 
 def free_port() -> int:
@@ -70,7 +81,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def dashboard(searched):
     """optuna-dashboard serving the study's journal file; yields its base URL."""
-    folder, _, _ = searched
+    folder, *_ = searched
     port = free_port()
     proc = subprocess.Popen([dashboard_binary(), str(folder / "journal.log"), "--storage-class", "JournalFileStorage",
                              "--host", "127.0.0.1", "--port", str(port), "--quiet"],
@@ -99,7 +110,7 @@ def get(url: str) -> dict:
 
 
 def test_the_dashboard_names_the_objectives_and_shows_rejected_trials_infeasible(dashboard, searched):
-    _, rejected, trained = searched
+    _, rejected, trained, _ = searched
     (summary,) = get(f"{dashboard}/api/studies")["study_summaries"]
     assert summary["study_name"] == "dash" and summary["directions"] == ["maximize", "minimize"]
     assert {a["key"] for a in summary["user_attrs"]} >= {"objectives", "constraints"}
@@ -120,7 +131,7 @@ def test_optuna_reads_the_same_constraints_and_names(searched):
     import matplotlib.pyplot as plt
     import optuna
 
-    folder, rejected, trained = searched
+    folder, rejected, trained, _ = searched
     study = optuna.load_study(study_name="dash", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(folder / "journal.log"))))
     assert study.metric_names == list(OBJECTIVES)
@@ -163,3 +174,10 @@ def test_chromium_renders_the_dashboard_page(dashboard, searched, tmp_path):
     histogram = image.histogram()
     share_of_commonest = max(histogram) / sum(histogram)
     assert share_of_commonest < 0.97, f"the page is {100 * share_of_commonest:.1f}% one shade: blank"
+
+
+def test_off_a_terminal_each_trial_is_a_plain_log_line_naming_what_runs(searched):
+    _, rejected, trained, lines = searched
+    assert all(any(line.startswith(f"trial {n}: training evovit:") for line in lines) for n in trained), lines
+    assert all(any(line.startswith(f"trial {n} ") and "rejected before training: over budget" in line
+                   for line in lines) for n in rejected), lines
