@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence, Union
 from .. import __version__
 from ..pareto import dominated_by_front
 from . import draw
-from .info import flops_info, overlay_info, pareto_info, token_info, validation_info
+from .info import MIN_RANKED, flops_info, overlay_info, pareto_info, token_info, validation_info
 from .load import Entry, Study, load_study
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,12 @@ def fmt_gmacs(gmacs: float | None) -> str:
     return DASH if gmacs is None else f"{gmacs:.4g}"
 
 
+def fmt_seconds(seconds: float | None) -> str:
+    if not seconds:
+        return DASH
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def fmt_speedup(ms: float | None, unpruned_ms: float | None) -> str:
     if not ms or not unpruned_ms:
         return DASH
@@ -125,19 +131,22 @@ def entry_rows(entries: Iterable[Entry], study: Study, *, with_kind: bool = Fals
         row = [e.kind] if with_kind else [DASH if e.trial is None else str(e.trial)]
         row += [e.method, fmt_selectors(e), fmt_tokens(e.block_tokens), fmt_acc(e.accuracy),
                 fmt_delta(e.accuracy, reference), fmt_ms(e.predicted_ms), fmt_ms(e.measured_ms), fmt_gmacs(e.gmacs),
-                fmt_speedup(e.predicted_ms, study.unpruned_ms)]
+                fmt_speedup(e.predicted_ms, study.unpruned_ms), fmt_seconds(e.train_seconds)]
         rows.append(row)
     return rows
 
 
 def entry_headers(study: Study, first: str) -> list[str]:
     return [first, "method", "selectors (block: keep)", "tokens per block", f"{metric_short(study)} (%)",
-            "Δ vs unpruned (points)", "predicted (ms)", "measured (ms)", "GMACs", "speedup (predicted)"]
+            "Δ vs unpruned (points)", "predicted (ms)", "measured (ms)", GMACS_HEADER, "speedup (predicted)",
+            "brief training"]
 
 
 def metric_short(study: Study) -> str:
     return {"top1": "top-1", "top5": "top-5"}.get(study.metric, study.metric)
 
+
+GMACS_HEADER = "GMACs (matmuls)"  # vitsearch.flops.GMACS: one meaning in every table
 
 MEASURED_NOTE = (f"Measured: end to end on the study's device, where a finalized model or the latency table's "
                  f"validation measured that config; {DASH} where only predicted. Speedup: unpruned predicted latency "
@@ -176,7 +185,34 @@ def headline(study: Study) -> str:
         parts.append(f"The front matches or beats {len(uniform) - len(beaten)} of the {len(uniform)} uniform baselines "
                      "within the budget" + (f"; not {', '.join(f'`{c}`' for c in beaten)}, which a longer search "
                                             "might still find." if beaten else "."))
-    return " ".join(parts)
+    parts.append(training_cost(study))
+    if best is not None and best.trial is not None:
+        parts.append(next_step(study, best.trial))
+    return " ".join(p for p in parts if p)
+
+
+def training_cost(study: Study) -> str:
+    """What the search spent on training: per candidate and in all (the baselines apart)."""
+    each = [t.train_seconds for t in study.trials if t.trained and t.train_seconds]
+    baselines = sum(b.train_seconds for b in study.baselines)
+    if not each and not baselines:
+        return ""
+    text = "Brief training: "
+    if each:
+        median = sorted(each)[len(each) // 2]
+        text += f"{len(each)} candidates in {fmt_seconds(sum(each))} (median {fmt_seconds(median)} each)"
+    if baselines:
+        text += f"{', plus ' if each else ''}{fmt_seconds(baselines)} for the baselines"
+    return text + "."
+
+
+def next_step(study: Study, trial: int) -> str:
+    """The command to run next for the most accurate trial within the budget."""
+    if any(e.trial == trial for e in study.finalized):
+        return f"Trial {trial} is finalized (see Finalized models)."
+    where = "" if study.folder.parent.resolve() == Path("reports").resolve() else f" --reports {study.folder.parent}"
+    return f"**Next:** `vitsearch finalize {study.name} --trial {trial}{where}` trains it with the full schedule, " \
+           "exports it to ONNX and measures it on the device."
 
 
 def settings_table(study: Study) -> Table:
@@ -225,10 +261,10 @@ def trials_table(study: Study) -> Table:
         where = "front" if t.config in on_front else "matched" if t.accuracy is not None and \
             dominated_by_front(front, (t.accuracy, t.predicted_ms)) else DASH
         rows.append([DASH if t.trial is None else str(t.trial), t.config, t.status or DASH, fmt_acc(t.accuracy),
-                     fmt_ms(t.predicted_ms), fmt_ms(t.measured_ms), fmt_gmacs(t.gmacs),
+                     fmt_ms(t.predicted_ms), fmt_ms(t.measured_ms), fmt_gmacs(t.gmacs), fmt_seconds(t.train_seconds),
                      "yes" if t.feasible else "no", where])
-    return Table(["trial", "config", "status", f"{metric_short(study)} (%)", "predicted (ms)", "measured (ms)", "GMACs",
-                  "within budget", "front"], rows,
+    return Table(["trial", "config", "status", f"{metric_short(study)} (%)", "predicted (ms)", "measured (ms)",
+                  GMACS_HEADER, "brief training", "within budget", "front"], rows,
                  note="front: on the Pareto front; matched: some front config is as accurate and as fast.")
 
 
@@ -261,18 +297,23 @@ def finalized_table(study: Study) -> Table:
 
 
 def validation_text(study: Study) -> str:
+    measured = [e for e in study.finalized if e.measured_ms is not None]
+    errors = sorted(abs(100 * (e.predicted_ms - e.measured_ms) / e.measured_ms) for e in measured)
+    own = (f"{len(measured)} finalized model(s) of this study measured on the device: median |error| "
+           f"{errors[len(errors) // 2]:.1f}% (see Finalized models). ") if measured else ""
     v = study.validation
     if v is None:
-        return next((n for n in study.notes if "validation" in n), "The latency table has no validation.")
+        return own + next((n for n in study.notes if "validation" in n), "The latency table has no validation.")
     s = v.summary
 
     def line(x: dict) -> str:
+        tau = (f", rank agreement (Kendall tau) {x['kendall_tau']:.3f}"
+               if x.get("count", s.get("count", 0)) >= MIN_RANKED else "")
         return (f"median |error| {x['median_abs_error_pct']:.1f}%, 95th percentile {x['p95_abs_error_pct']:.1f}%, "
-                f"{100 * x['within_10pct']:.0f}% within 10%, mean error {x['mean_error_pct']:+.1f}%, rank agreement "
-                f"(Kendall tau) {x['kendall_tau']:.3f}")
+                f"{100 * x['within_10pct']:.0f}% within 10%, mean error {x['mean_error_pct']:+.1f}%{tau}")
 
     device = (s.get("device") or {}).get("name", "?")
-    text = (f"{s.get('count', len(v.rows))} random pruned models measured end to end on {device} "
+    text = own + (f"{s.get('count', len(v.rows))} random pruned models measured end to end on {device} "
             f"({v.paths['json']}, {s.get('date', '?')}): medians as measured: {line(s)}.")
     if s.get("drift_corrected"):
         text += (f" At the table's speed (each measurement scaled by the drift reference timed beside it, which takes "
@@ -314,11 +355,11 @@ def build_figures(study: Study, folder: Path) -> list[Figure]:
             f"{', '.join(flops.only_on_gmacs_front) or 'none'}."), left)
     val = validation_info(study)
     if val is not None:
-        add("validation", "Latency table validation: predicted vs measured", (
-            "Random pruned whole models, latency predicted from the table against measured end to end on the device; "
-            "the band is ±10%." + (" Right: the measurements at the table's speed (scaled by the drift reference "
-                                   "timed beside each), which takes out the machine's own speed changes."
-                                   if len(val.panels) > 1 else "")),
+        add("validation", "Predicted vs measured latency", (
+            "Whole models, latency predicted from the table against measured end to end on the device (this study's "
+            "finalized models, and the table's validation of random pruned models); the band is ±10%. "
+            "At the table's speed: the measurements scaled by the drift reference timed beside each, which takes out "
+            "the machine's own speed changes."),
             draw.draw_validation(val)[0])
     return figures
 
@@ -346,7 +387,7 @@ def sections(study: Study, figures: Sequence[Figure]) -> list[Section]:
     val: list[Block] = [validation_text(study)]
     if "validation" in by_name:
         val.append(by_name["validation"])
-    out.append(Section("Latency table validation", val))
+    out.append(Section("Predicted vs measured latency", val))
     out.append(Section("Settings and provenance", [settings_table(study)]))
     if study.trials:
         out.append(Section(f"All trials ({len(study.trials)})", [trials_table(study)], collapsed=True))
@@ -479,7 +520,13 @@ def plot_overlay(studies: Sequence[str | Path], reports: str | Path = "reports",
                  output: str | Path | None = None) -> tuple[dict[str, Path], list[str]]:
     """Overlay several studies' trials and fronts on one chart; returns the files written and the studies left out
     (with the reason). ``output`` without a suffix gets .png and .svg; with one, that format only."""
-    loaded = [load_study(s, reports) for s in studies]
+    loaded, repeated = [], []
+    for s in studies:
+        study = load_study(s, reports)
+        if any(study.folder.resolve() == other.folder.resolve() for other in loaded):
+            repeated.append(f"{s}: the same study as one given before, drawn once")
+            continue
+        loaded.append(study)
     info = overlay_info(loaded)
     ax = draw.draw_overlay(info)
     if output is None:
@@ -491,7 +538,8 @@ def plot_overlay(studies: Sequence[str | Path], reports: str | Path = "reports",
         suffix = output.suffix.lstrip(".").lower()
         stem, formats = (output.with_suffix(""), (suffix,)) if suffix else (output, ("png", "svg"))
     files = draw.save_figure(ax.figure, stem, formats)
-    for skipped in info.skipped:
-        logger.warning("left out of the overlay: %s", skipped)
-    return files, info.skipped
+    skipped = repeated + info.skipped
+    for reason in skipped:
+        logger.warning("left out of the overlay: %s", reason)
+    return files, skipped
 
