@@ -344,7 +344,7 @@ def recover_stale_trials(study: Any) -> int:
         w_host, _, pid = worker.rpartition(":")
         if w_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         if t.params:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         recovered += 1
