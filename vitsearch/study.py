@@ -538,7 +538,7 @@ def collect(study: Any, setup: Setup) -> list[Candidate]:
         if "same_as" in t.user_attrs:
             continue
         config = PruneConfig.parse(t.user_attrs.get("config", "none"))
-        feasible = all(v <= 0 for v in _constraints(t).values())
+        feasible = all(v <= 0 for v in t.constraints.values())
         out.append(Candidate(
             config, "search", float(t.user_attrs.get("predicted_ms", t.values[1])),
             accuracy=t.user_attrs.get("accuracy"), gmacs=t.user_attrs.get("gmacs"),
@@ -563,10 +563,6 @@ def _trained(study: Any, complete: Sequence[Any] | None = None) -> int:
     if complete is None:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return sum(t.user_attrs.get("accuracy") is not None for t in complete)
-
-
-def _constraints(trial: Any) -> dict[str, float]:
-    return {k.split(":", 1)[1]: v for k, v in trial.system_attrs.items() if k.startswith("constraints:")}
 
 
 def write_results(setup: Setup, trials: list[Candidate], baselines: list[Candidate]) -> list[Candidate]:
