@@ -28,6 +28,7 @@ def test_info_prints_the_geometry_and_a_json_line(capsys):
     assert "12 blocks, embed dim 192, 3 heads" in out and "196 patch tokens + 1 prefix" in out
     record = _json_tail(out)
     assert record["geometry"]["key"] == "d192-h3-l12-m4-p16-i224-c3" and record["parameters"] > 5e6
+    assert "GMACs per image (matmuls)" in out and record["gmacs"] == pytest.approx(1.26, abs=0.01)  # ViT-Ti: 1.3
 
 
 def test_info_checks_a_checkpoint_and_reports_its_hash(tmp_path, capsys):
@@ -82,3 +83,27 @@ def test_python_dash_m_runs_the_cli(run_cli):
     result = run_cli("info", "--model", "digits")
     assert result.returncode == 0, result.stderr
     assert _json_tail(result.stdout)["geometry"]["in_chans"] == 1
+
+
+def test_exit_codes_tell_bad_input_from_a_failure_at_run_time(tmp_path, capsys):
+    assert main(["predict", "--config", "spvit:3=much", "--tables", str(tmp_path)]) == 2
+    assert "cannot read selector" in capsys.readouterr().err
+    # Nothing listens on port 1 of the loopback: the device is out of reach, the input was fine.
+    assert main(["profile", "--device", "ssh://nobody@127.0.0.1:1", "--threads", "1", "--tables", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "\nerror: cannot reach ssh device" in err and "Traceback" not in err
+
+
+def test_options_mean_one_thing_across_commands(capsys):
+    """The training batch is --train-batch wherever one is trained (--batch is always the latency's batch); the old
+    --batch-size still works, hidden, with a warning; --threads wherever a latency table may be profiled."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    options = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}
+    for name in ("search", "finalize"):
+        assert "--train-batch" in options[name] and "--batch-size" not in sub.choices[name].format_help()
+    assert all("--threads" in options[name] for name in ("profile", "search"))
+    assert all("--model" in options[name] for name in ("info", "profile", "predict", "export", "search"))
+    assert all("--reports" in options[name] for name in ("report", "plot", "finalize", "search"))
+    args = build_parser().parse_args(["search", "--batch-size", "8", "--batch", "2"])
+    assert (args.train_batch, args.batch) == (8, 2)
+    assert "--batch-size is deprecated, use --train-batch" in capsys.readouterr().err

@@ -101,5 +101,6 @@ def test_counts_scale_with_batch_and_restore_training_mode():
     one, four = count_macs(model), count_macs(model, batch=4)
     assert model.training  # counted in eval mode (the pruned inference graph), mode restored
     assert four.total == 4 * one.total
-    assert one.gmacs == one.total / 1e9 and set(one.to_dict()) >= {"total", "matmul", "convention", "by_operator"}
+    assert one.gmacs == one.matmul / 1e9 == four.gmacs and one.gmacs_all_ops == one.total / 1e9 == four.gmacs_all_ops
+    assert set(one.to_dict()) >= {"total", "matmul", "gmacs", "gmacs_all_ops", "convention", "by_operator"}
     assert {k for k in one.by_operator if k in MATMUL_OPS} >= {"linear", "conv", "einsum", "scaled_dot_product_attention"}

@@ -1,8 +1,15 @@
 """The ``vitsearch`` command line: a thin layer over the library.
 
 Each command is a small :class:`Command` subclass listed in :data:`COMMANDS`; add a command by writing one and
-appending it there. :func:`main` is the only place that sets up logging and turns bad input into one
-``error: ...`` line (exit code 2) instead of a traceback (``--debug`` shows it).
+appending it there. :func:`main` is the only place that sets up logging and turns an error into one
+``error: ...`` line instead of a traceback (``--debug`` shows it): exit code 2 for bad input (as argparse uses for a
+bad command line), 1 for a failure while running (:class:`~vitsearch.errors.RunFailure`: a device, database or hub
+out of reach, a measurement that failed).
+
+Option names mean one thing in every command: ``--model``/``--checkpoint`` the model, ``--dataset`` the data,
+``--device``/``--tables``/``--threads`` the latency table, ``--batch`` the batch a latency is measured or
+predicted for, ``--train-batch`` the training batch, ``--reports`` the folder of study folders, ``--storage`` the
+Optuna storage, a study named by ``--study`` (search) or as the first argument (report, plot, finalize).
 """
 from __future__ import annotations
 
@@ -16,10 +23,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import VitsearchError
+from .errors import RunFailure, VitsearchError
 
 logger = logging.getLogger("vitsearch")
 
+EXIT_FAILURE = 1  # the input was fine, running it failed
 EXIT_BAD_INPUT = 2  # the same code argparse uses for a bad command line
 
 
@@ -75,6 +83,39 @@ def model_from_args(args: argparse.Namespace, *, weights: bool = True) -> Any:
     return create_model(args.model, checkpoint=args.checkpoint, pretrained=pretrained, num_classes=args.num_classes)
 
 
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: still accepted (into the new option's ``dest``), hidden from ``--help``, and
+    warned about on stderr (logging is set up only after parsing)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"warning: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_train_batch_argument(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--train-batch", type=int, default=default, metavar="B",
+                        help=f"training batch size (default: {default})")
+    parser.add_argument("--batch-size", type=int, dest="train_batch", action=DeprecatedAlias, new="--train-batch")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, default: int | None = 0) -> None:
+    parser.add_argument("--threads", type=int, default=default, metavar="T",
+                        help="runtime intra-op threads of the latency measurements (0: all the device's cores, recorded in the "
+                             "table; default: " + ("0)" if default == 0 else "an existing table's own threads)"))
+
+
+def gmacs_of(model: Any) -> float:
+    """The model's GMACs per image in vitsearch's one convention (``vitsearch.flops.GMACS``: matmuls)."""
+    from .flops import count_macs
+
+    return count_macs(model).gmacs
+
+
 def print_json(record: dict[str, Any]) -> None:
     """The last line of a command's output: one JSON object for scripts."""
     print(json.dumps(record, sort_keys=True))
@@ -119,8 +160,9 @@ class InfoCommand(Command):
         print(f"  {geo.depth} blocks, embed dim {geo.embed_dim}, {geo.num_heads} heads, MLP ratio {geo.mlp_ratio:g}")
         print(f"  input {geo.in_chans}x{geo.img_size[0]}x{geo.img_size[1]}, patch {geo.patch_size[0]}x"
               f"{geo.patch_size[1]}: {geo.num_patches} patch tokens + {geo.num_prefix_tokens} prefix token(s)")
-        print(f"  {geo.num_classes} classes; latency table key {geo.key}")
-        record: dict[str, Any] = {"model": args.model, "parameters": params, "geometry": geo.to_dict()}
+        gmacs = gmacs_of(model)
+        print(f"  {geo.num_classes} classes; {gmacs:.4f} GMACs per image (matmuls); latency table key {geo.key}")
+        record: dict[str, Any] = {"model": args.model, "parameters": params, "gmacs": gmacs, "geometry": geo.to_dict()}
         if args.checkpoint is not None:
             record["checkpoint"] = {"path": str(args.checkpoint.resolve()), "sha256": file_sha256(args.checkpoint)}
             print(f"  checkpoint {args.checkpoint} loads cleanly (sha256 {record['checkpoint']['sha256'][:16]}...)")
@@ -148,8 +190,7 @@ class ProfileCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_table_arguments(parser)
-        parser.add_argument("--threads", type=int, default=0, metavar="T",
-                            help="runtime intra-op threads (default: 0: all the device's cores, recorded in the table)")
+        add_threads_argument(parser)
         parser.add_argument("--validate", type=int, default=0, metavar="N",
                             help="then measure N random pruned models end to end against the table's prediction")
         parser.add_argument("--restart", action="store_true", help="discard an existing table and start over")
@@ -200,15 +241,22 @@ class PredictCommand(Command):
         add_table_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        from .config import PruneConfig
         from .latency import predict
+        from .models import create_model
+        from .pruning import apply
 
-        pred = predict(args.config, device=args.device, model=args.model, batch=args.batch, tables=args.tables)
+        config = PruneConfig.parse(args.config)  # a bad config is named before any table is looked for
+        pred = predict(config, device=args.device, model=args.model, batch=args.batch, tables=args.tables)
+        gmacs = gmacs_of(apply(create_model(args.model), config))  # random weights: MACs depend on the shapes only
         print(f"{pred.config} on {args.device}: {pred.total_ms:.3f} ms predicted "
-              f"(token selection {pred.selection_ms:.3f} ms, {100 * pred.selection_ms / pred.total_ms:.1f}%)")
+              f"(token selection {pred.selection_ms:.3f} ms, {100 * pred.selection_ms / pred.total_ms:.1f}%); "
+              f"{gmacs:.4f} GMACs per image (matmuls)")
         for kind, ms in sorted(pred.by_kind().items(), key=lambda kv: -kv[1]):
             print(f"  {kind:<14} {ms:9.3f} ms")
         print_json({"config": str(pred.config), "device": args.device, "model": args.model, "batch": args.batch,
-                    "latency_ms": pred.total_ms, "selection_ms": pred.selection_ms, "by_kind_ms": pred.by_kind()})
+                    "predicted_ms": pred.total_ms, "selection_ms": pred.selection_ms, "by_kind_ms": pred.by_kind(),
+                    "gmacs": gmacs})
         return 0
 
 
@@ -246,11 +294,12 @@ class ExportCommand(Command):
               f" opset {result.provenance['opset']}, exported in {result.export_seconds:.1f} s)")
         print(f"  input {'x'.join(map(str, result.input_shape))}, output {'x'.join(map(str, result.output_shape))}; "
               f"tokens per block {list(model.token_schedule.block_tokens)}")
-        print(f"  {macs.gmacs / args.batch:.3f} GMACs per image ({macs.matmul / args.batch / 1e9:.3f} in matmuls)")
+        print(f"  {macs.gmacs:.4f} GMACs per image (matmuls; {macs.gmacs_all_ops:.4f} counting norms, softmax and "
+              "selection too)")
         print(f"  onnxruntime matches PyTorch: max abs diff {result.max_abs_diff:.2e} (tolerance {result.tolerance:.1e})")
         print_json({**result.to_dict(), "model": args.model, "config": str(model.prune_config),
-                    "block_tokens": list(model.token_schedule.block_tokens), "gmacs": macs.gmacs / args.batch,
-                    "size_mb": round(size_mb, 3)})
+                    "block_tokens": list(model.token_schedule.block_tokens), "gmacs": macs.gmacs,
+                    "gmacs_all_ops": macs.gmacs_all_ops, "size_mb": round(size_mb, 3)})
         return 0
 
 
@@ -323,7 +372,9 @@ class SearchCommand(Command):
         parser.add_argument("--max-val", type=int, metavar="N", help="use a seeded subset of N held-out images")
         parser.add_argument("--device", default=d.device, metavar="NAME",
                             help="device whose latency table predicts latency (default: cpu, profiled if missing)")
-        parser.add_argument("--batch", type=int, default=d.batch, metavar="B", help="batch size of the latency (default: 1)")
+        parser.add_argument("--batch", type=int, default=d.batch, metavar="B",
+                            help="batch the latency is predicted for (default: 1)")
+        add_threads_argument(parser, default=None)
         parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
         parser.add_argument("--trials", type=int, default=d.trials, metavar="N", help=f"candidates to train; those over budget are rejected first and not counted (default: {d.trials})")
         parser.add_argument("--space", metavar="TOML", help="search-space file (default: search/<family>.toml)")
@@ -331,7 +382,7 @@ class SearchCommand(Command):
                             help="brief: train each candidate; shared: weight sharing (default: %(default)s)")
         parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler (default: tpe)")
         parser.add_argument("--steps", type=int, default=t.steps, help=f"training steps per candidate (default: {t.steps})")
-        parser.add_argument("--batch-size", type=int, default=t.batch_size, help="training batch size")
+        add_train_batch_argument(parser, t.batch_size)
         parser.add_argument("--lr", type=float, default=t.lr, help=f"backbone learning rate (default: {t.lr:g})")
         parser.add_argument("--selector-lr", type=float, default=t.selector_lr,
                             help=f"selector learning rate (default: {t.selector_lr:g})")
@@ -356,17 +407,18 @@ class SearchCommand(Command):
         from .training import LossWeights, TrainSettings
 
         weights = LossWeights(ratio=args.ratio_weight, latency=args.latency_weight, distill=args.distill_weight)
-        train = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, selector_lr=args.selector_lr,
+        train = TrainSettings(steps=args.steps, batch_size=args.train_batch, lr=args.lr, selector_lr=args.selector_lr,
                               weights=weights, seed=args.seed)
         settings = SearchSettings(
             budget=args.budget, model=args.model, checkpoint=str(args.checkpoint) if args.checkpoint else None,
-            dataset=args.dataset, device=args.device, batch=args.batch, study=args.study, trials=args.trials,
+            dataset=args.dataset, device=args.device, batch=args.batch, threads=args.threads, study=args.study,
+            trials=args.trials,
             space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
             shared_finetune_steps=args.shared_finetune_steps, storage=args.storage, sampler=args.sampler,
             seed=args.seed, max_train=args.max_train, max_val=args.max_val, reports=args.reports, tables=args.tables)
         if args.resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
             raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
-        result = run_search(settings, progress=True)
+        result = run_search(settings, progress=sys.stderr.isatty())  # bars on a terminal, plain log lines elsewhere
         record = summary(result)
         unpruned = next((b for b in result.baselines if b.kind == "unpruned"), None)
         print(f"study {result.folder}: {record['trials']} trials, {record['trained']} trained, "
@@ -408,7 +460,7 @@ class FinalizeCommand(Command):
                             help="folder of study folders (default: reports)")
         parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default: {d.steps})")
         parser.add_argument("--epochs", type=float, metavar="E", help="train E epochs instead of --steps")
-        parser.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
+        add_train_batch_argument(parser, d.batch_size)
         parser.add_argument("--lr", type=float, default=d.lr, help=f"backbone learning rate (default: {d.lr:g})")
         parser.add_argument("--selector-lr", type=float, default=d.selector_lr,
                             help=f"selector / aux head learning rate (default: {d.selector_lr:g})")
@@ -443,7 +495,7 @@ class FinalizeCommand(Command):
         except ValueError:
             raise VitsearchError(f"--switch takes shares of the steps like 0.3,0.6, got {args.switch!r}") from None
         settings = FinalizeSettings(
-            steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, selector_lr=args.selector_lr,
+            steps=args.steps, epochs=args.epochs, batch_size=args.train_batch, lr=args.lr, selector_lr=args.selector_lr,
             warmup_steps=args.warmup_steps, schedule=args.schedule, switch=switch,
             weights=dataclasses.replace(FinalizeSettings().weights, distill=args.distill_weight, aux=args.aux_weight),
             merge_tol=args.merge_tol, checkpoint_every=args.checkpoint_every, seed=args.seed)
@@ -464,7 +516,7 @@ class FinalizeCommand(Command):
             print(f"  ONNX {f.folder / 'model.onnx'} (onnxruntime vs PyTorch max diff {r['onnx_max_diff']:.2e})")
         errors = [f.measure_error for f in results if f.measure_error]
         if errors:
-            raise VitsearchError(" ".join(errors))
+            raise RunFailure(" ".join(errors))
         print_json({"study": str(results[0].folder.parent.parent) if results else str(args.study),
                     "finalized": [{k: f.record.get(k) for k in ("trial", "config", "accuracy", "accuracy_brief",
                                                                   "accuracy_training_free", "predicted_ms",
@@ -511,11 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args)
     try:
         return args.handler.run(args)
-    except (VitsearchError, FileNotFoundError, ValueError) as e:
+    except (VitsearchError, FileNotFoundError, ValueError, ConnectionError, TimeoutError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_FAILURE if isinstance(e, (RunFailure, ConnectionError, TimeoutError)) else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .config import PruneConfig, token_schedule
-from .errors import VitsearchError
+from .errors import RunFailure, VitsearchError
 from .flops import gmacs
 from .search import SearchSettings, load_base
 from .studyfolder import StudyFolder
@@ -140,7 +140,7 @@ def measure(onnx_path: Path, model: nn.Module, ctx: FinalizeContext) -> dict[str
             if event["event"] == "runtime":
                 runtime = {k: v for k, v in event.items() if k != "event"}
             elif event["event"] == "error":
-                raise VitsearchError(f"measuring on {device.name} failed: {event['message']}")
+                raise RunFailure(f"measuring on {device.name} failed: {event['message']}")
             else:
                 scale = ref.factor(ctx.predictor.reference_ms, ref_ms)
                 return {"measured_ms": event["median_ms"], "measured_p90_ms": event.get("p90_ms"),
@@ -148,7 +148,7 @@ def measure(onnx_path: Path, model: nn.Module, ctx: FinalizeContext) -> dict[str
                         "measured_at_table_speed_ms": None if scale is None else event["median_ms"] * scale,
                         "measured_runtime": runtime.get("runtime"), "measured_threads": runtime.get("threads")}
     except OSError as e:
-        raise VitsearchError(f"cannot reach device {device.name}: {e}") from e
+        raise RunFailure(f"cannot reach device {device.name}: {e}") from e
     finally:
         if reference is not None:
             reference.close()

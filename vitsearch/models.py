@@ -20,7 +20,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from .errors import VitsearchError
+from .errors import RunFailure, VitsearchError
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def create_model(
     except Exception as e:  # network, hub and cache failures all surface here; the user's fix is the same
         if not pretrained:
             raise
-        raise VitsearchError(
+        raise RunFailure(
             f"could not load pretrained weights for {name!r}: {e}. Download them on a machine with access to "
             "the Hugging Face Hub, or pass --checkpoint with a local file") from e
     if state_dict is not None:

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from vitsearch.cli import main
+from vitsearch.flops import count_macs
 from vitsearch.latency import grid
 from vitsearch.latency import table as T
 from vitsearch.models import create_model, geometry
@@ -29,7 +30,9 @@ def test_predict_prints_a_summary_and_json(digits_tables, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert "ms predicted" in out[0]
     record = json.loads(out[-1])
-    assert record["latency_ms"] > 0 and record["config"] == "spvit:3=0.7,5=0.7" and "spvit_select" in record["by_kind_ms"]
+    assert record["predicted_ms"] > 0 and record["config"] == "spvit:3=0.7,5=0.7" and "spvit_select" in record["by_kind_ms"]
+    assert "GMACs per image (matmuls)" in out[0]
+    assert 0 < record["gmacs"] < count_macs(create_model("digits")).gmacs  # the config's own count, not the model's
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -37,6 +40,7 @@ def test_predict_prints_a_summary_and_json(digits_tables, capsys):
     (["predict", "--config", "spvit:3=much"], "cannot read selector '3=much'"),
     (["predict", "--config", "spvit:30=0.5"], "selector at block 30 does not exist"),
     (["predict", "--config", "spvit:3=0.7", "--batch", "8"], "no latency table at"),
+    (["predict", "--config", "spvit:30=0.5", "--batch", "8"], "selector at block 30 does not exist"),  # config first
     (["profile", "--batch", "0"], "batch must be a positive integer"),
     (["profile", "--validate", "-3"], "--validate takes a number"),
 ])

@@ -51,7 +51,30 @@ def test_gmacs_and_latency_fronts_show_where_flops_mislead(study_folder):
     assert info.gmacs.budget is None and "GMACs" in info.gmacs.x_label
     # evovit:3=0.6 computes fewer MACs than spvit:3=0.7,6=0.7 yet is predicted slower: only FLOPs keep it.
     assert info.only_on_gmacs_front == ["evovit:3=0.6"] and info.only_on_latency_front == []
-    assert info.kendall_tau == pytest.approx(2 / 3)
+    assert info.ranked == 4 and math.isnan(info.kendall_tau)  # no rank agreement from 4 points
+    more = [("spvit:3=0.5", 1.2, 0.80), ("spvit:3=0.7,6=0.7", 1.4, 0.88), ("evovit:4=0.8", 1.55, 0.90),
+            ("evovit:3=0.6", 1.5, 0.85), ("spvit:5=0.6", 1.3, 0.83)]
+    info = flops_info(load_study(write_study(study_folder.parent, "five", trials=more)))
+    assert info.ranked == 5 and -1 <= info.kendall_tau <= 1
+
+
+def test_the_view_zooms_to_the_front_and_labels_do_not_overprint(reports):
+    """The view is the region within the budget (the slower unpruned model is outside it, counted); of two front
+    points closer than a label, only the first is labelled."""
+    trials = [("spvit:3=0.5", 1.20, 0.80), ("spvit:3=0.55", 1.201, 0.801), ("evovit:4=0.8", 1.55, 0.90)]
+    info = pareto_info(load_study(write_study(reports, "close", trials=trials)))
+    assert [p.trial for p in info.front] == [0, 1, 2] and [p.trial for p in info.labelled] == [0, 2]
+    assert info.x_view[1] < 2.0 and "1 unpruned model" in info.outside  # unpruned at 2.0 ms, budget 1.6 ms
+    assert info.y_view[0] <= 91.0 <= info.y_view[1]  # its accuracy stays in view, as a reference line
+
+
+def test_legends_sit_outside_the_axes_and_hide_no_point(study_folder):
+    study = load_study(study_folder)
+    for name, ax in (("pareto", draw_pareto(pareto_info(study))), ("overlay", draw_overlay(overlay_info([study]))),
+                     ("tokens", draw_tokens(token_info([study])))):
+        ax.figure.canvas.draw()  # lays the figure out
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.x0 >= box.x1, name
 
 
 def test_overlay_keeps_one_series_per_study_and_names_what_differs(reports):
@@ -139,7 +162,8 @@ def test_the_pareto_drawing_shows_every_element_the_data_has(drawings):
     ax = drawings[0]["pareto"][0]
     labels = ax.get_legend_handles_labels()[1]
     assert labels == ["Pareto front", "trained, within budget", "rejected before training (over budget)",
-                      "budget 1.6 ms", "unpruned", "uniform baseline, matched by the front",
+                      "budget 1.6 ms", "unpruned (at 2, right of this view)", "unpruned accuracy",
+                      "uniform baseline, matched by the front",
                       "uniform baseline, not matched"]
     step = ax.get_lines()[0]
     assert list(step.get_xdata()) == [1.2, 1.4, 1.4, 1.55, 1.55, 1.6]

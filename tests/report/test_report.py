@@ -104,13 +104,25 @@ def test_the_markdown_report_has_the_decision_the_front_and_the_provenance(writt
     assert "| 0 | spvit | 3: 0.5 | 65×3 · 34×5 | 80.00 | -11.00 | 1.200 | — |" in md
     # The finalized row: measured vs predicted, as measured and at the table's speed, and the fields this report
     # does not know yet, as columns.
-    assert "## Finalized models" in md and "| 1.550 | 1.610 | — | 1.29× | -3.7 | +3.3 | 1.5 | 0.71 |" in md
+    assert "## Finalized models" in md and "| 1.550 | 1.610 | — | 1.29× | — | -3.7 | +3.3 | 1.5 | 0.71 |" in md
     for figure in ("pareto", "tokens", "flops", "validation"):
         assert f"](figures/{figure}.png)" in md and f"[SVG](figures/{figure}.svg)" in md
         assert written.files.figures[figure]["png"].is_file() and written.files.figures[figure]["svg"].is_file()
     assert "sha256 abababababababab" in md and "digits: 1438 train / 359 val" in md
     assert "postgresql://db.example:5432/vs" in md and "secret" not in md  # no credentials in a report
     assert "median |error| 5.0%" in md.replace("\\|", "|")
+    # What to do next, what training cost, and no rank statistic from 3 validation points.
+    assert "**Next:** `vitsearch finalize s --trial 2" not in md and "Trial 2 is finalized" in md
+    assert "Brief training: 4 candidates in 4.0 s (median 1.0 s each), plus 3.0 s for the baselines." in md
+    assert "Kendall tau" not in md and "## Predicted vs measured latency" in md
+    assert "1 finalized model(s) of this study measured on the device: median |error| 3.7%" in md
+
+
+def test_the_summary_names_the_next_command(reports):
+    folder = write_study(reports, "plain", validation=False)
+    md = write_report(load_study(folder)).markdown.read_text()
+    assert f"**Next:** `vitsearch finalize plain --trial 2 --reports {reports}`" in md
+    assert "## Predicted vs measured latency" in md and "no validation beside the latency table" in md
 
 
 def test_the_html_report_is_self_contained(written):
@@ -203,6 +215,12 @@ def test_cli_plot_overlays_studies_into_the_file_asked_for(reports, tmp_path, ca
     assert record["files"] == {"svg": str(out)} and out.read_text().startswith("<?xml")
     assert record["skipped"] == ["empty: no trained trial within budget yet"]
     assert main(["plot", "a", "--reports", str(reports)]) == 0  # default: the study's figures folder
+    capsys.readouterr()
+    assert main(["plot", "a", str(reports / "a"), "b", "--reports", str(reports), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["skipped"] == [
+        f"{reports / 'a'}: the same study as one given before, drawn once"]
+    assert "left out: " in captured.out
     assert (reports / "a" / "figures" / "overlay.png").is_file()
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..errors import VitsearchError
+from ..errors import RunFailure, VitsearchError
 from .perftool import SPINNING_UNSET, parse_perf_test, perf_test_command, sets_session_config
 from .registry import DeviceSpec, resolve
 
@@ -123,7 +123,7 @@ def _stream(cmd: list[str], what: str, timeout: float | None, hint: str = "") ->
             proc.wait()
     if rc not in (0, 1):  # 1: some artefacts failed, reported as error events
         last = err.strip().splitlines()[-1] if err.strip() else f"exit status {rc}"
-        raise VitsearchError(f"{what} failed: {last}{hint}")
+        raise RunFailure(f"{what} failed: {last}{hint}")
 
 
 class LocalDevice(Device):
@@ -176,16 +176,16 @@ class SshDevice(Device):
             done = subprocess.run(self._ssh(command), capture_output=True, text=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as e:
-            raise VitsearchError(f"ssh device {self.name!r}: {what} did not finish within {timeout} s") from e
+            raise RunFailure(f"ssh device {self.name!r}: {what} did not finish within {timeout} s") from e
         except FileNotFoundError as e:
-            raise VitsearchError("the ssh client is not installed: apt-get install openssh-client") from e
+            raise RunFailure("the ssh client is not installed: apt-get install openssh-client") from e
         if done.returncode == 255:
             msg = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "connection failed"
-            raise VitsearchError(
+            raise RunFailure(
                 f"cannot reach ssh device {self.name!r} ({self._target()} port {self.spec.get('port', 22)}): {msg}. "
                 "Check the host, the port and that your key is in the board's authorized_keys")
         if done.returncode != 0:
-            raise VitsearchError(f"ssh device {self.name!r}: {what} failed: {done.stderr.strip() or done.stdout.strip()}")
+            raise RunFailure(f"ssh device {self.name!r}: {what} failed: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout
 
     def check(self) -> str:
@@ -197,7 +197,7 @@ class SshDevice(Device):
         except VitsearchError as e:
             if "cannot reach" in str(e):
                 raise
-            raise VitsearchError(f"{e}. The board needs python3 with numpy and onnxruntime "
+            raise RunFailure(f"{e}. The board needs python3 with numpy and onnxruntime "
                                  f"(pip install onnxruntime), or set python = \"/path/to/python\" for "
                                  f"{self.name!r} in devices.toml") from e
 
@@ -216,7 +216,7 @@ class SshDevice(Device):
             pass  # the error is on stderr, read below
         err = proc.stderr.read().decode(errors="replace").strip()
         if proc.wait() != 0:
-            raise VitsearchError(f"copying artefacts to ssh device {self.name!r} failed: {err or 'tar failed'}")
+            raise RunFailure(f"copying artefacts to ssh device {self.name!r} failed: {err or 'tar failed'}")
 
     def measure(self, artefacts: Sequence[Artefact], settings: MeasureSettings) -> Iterator[dict[str, Any]]:
         if not artefacts:
@@ -262,12 +262,12 @@ class AdbDevice(Device):
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except FileNotFoundError as e:
-            raise VitsearchError("the adb client is not installed: apt-get install adb (or set adb = "
+            raise RunFailure("the adb client is not installed: apt-get install adb (or set adb = "
                                  f"\"/path/to/adb\" for {self.name!r} in devices.toml)") from e
         except subprocess.TimeoutExpired as e:
-            raise VitsearchError(f"adb device {self.name!r}: {what} did not finish within {timeout} s") from e
+            raise RunFailure(f"adb device {self.name!r}: {what} did not finish within {timeout} s") from e
         if done.returncode != 0:
-            raise VitsearchError(f"adb device {self.name!r}: {what} failed: {(done.stderr or done.stdout).strip()}")
+            raise RunFailure(f"adb device {self.name!r}: {what} failed: {(done.stderr or done.stdout).strip()}")
         return done.stdout
 
     def serial(self) -> str:
@@ -276,7 +276,7 @@ class AdbDevice(Device):
         states = dict(line.split()[:2] for line in out.splitlines()[1:] if len(line.split()) >= 2)
         wanted = self.spec.get("serial") or ""
         if not states:
-            raise VitsearchError(
+            raise RunFailure(
                 f"no Android device attached for {self.name!r}: 'adb devices' lists none. Connect the phone by USB "
                 "with USB debugging on (or 'adb connect HOST:PORT') and accept the authorisation prompt")
         if wanted and wanted not in states:

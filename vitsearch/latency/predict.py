@@ -178,9 +178,13 @@ def predict(config: PruneConfig | str, *, device: str, model: str = "digits", ba
     from ..models import create_model, geometry
     from .registry import resolve
 
+    from ..config import token_schedule
+
     resolve(device, tables)  # an unknown name is refused with the list of known ones
     with _meta_device():
         g = geometry(create_model(model))
+    # A config the model cannot take is refused as such, before a missing table is complained about.
+    token_schedule(PruneConfig.parse(config), depth=g.depth, num_patches=g.num_patches, num_prefix=g.num_prefix_tokens)
     path = table_mod.table_path(tables, device, g, batch)
     return Predictor(table_mod.load(path, geometry=g, batch=batch)).predict(config)
 

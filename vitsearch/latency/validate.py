@@ -25,7 +25,7 @@ import torch
 
 from .. import __version__
 from ..config import PruneConfig, token_schedule
-from ..errors import VitsearchError
+from ..errors import RunFailure, VitsearchError
 from ..models import ModelGeometry, create_model
 from ..pruning import apply
 from ..stats import plot_scatter, scatter_info, summarise
@@ -110,7 +110,7 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
                 if event["event"] == "runtime":
                     runtime = {k: v for k, v in event.items() if k != "event"}
                 elif event["event"] == "error":
-                    raise VitsearchError(f"measuring {by_name[event['name']]} on {dev.name} failed: {event['message']}")
+                    raise RunFailure(f"measuring {by_name[event['name']]} on {dev.name} failed: {event['message']}")
                 else:
                     config = by_name[event["name"]]
                     pred = predictor.predict(config)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..stats import plot_scatter
-from .info import FlopsInfo, OverlayInfo, ParetoInfo, TokenInfo, ValidationInfo
+from .info import MIN_RANKED, FlopsInfo, OverlayInfo, ParetoInfo, TokenInfo, ValidationInfo
 
 GREY = "#9a9a9a"
 FRONT = "C0"
@@ -45,11 +45,23 @@ def _empty(ax: Any, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="dimgrey")
 
 
+def outside_legend(ax: Any) -> None:
+    """The legend of ``ax`` right of the axes, where it hides no point. Constrained layout lays the axes out in
+    the figure less a strip as wide as the longest label, and leaves the legend itself out of the layout: a legend
+    it had to make room for would move the axes on every pass, and no two saves would be alike."""
+    fig = ax.figure
+    longest = max((len(label) for label in ax.get_legend_handles_labels()[1]), default=0)
+    inches = min(0.7 + 0.055 * longest, 0.45 * fig.get_figwidth())  # 7-point text: about 0.055 inch a character
+    fig.get_layout_engine().set(rect=(0.0, 0.0, 1.0 - inches / fig.get_figwidth(), 1.0))
+    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    legend.set_in_layout(False)
+
+
 def draw_pareto(info: ParetoInfo, ax: Any = None, *, legend: bool = True, annotate: bool = True) -> Any:
-    """Trials (infeasible grey), the front as a step line, the budget dashed, the unpruned model and the uniform
-    baselines marked."""
+    """Trials (infeasible grey), the front as a step line, the budget dashed, the unpruned model (and its accuracy
+    as a dotted line, in view wherever the model itself lies) and the uniform baselines marked."""
     if ax is None:
-        ax = new_axes()
+        ax = new_axes((8.6, 4.8))
     if info.step_x:
         ax.plot(info.step_x, info.step_y, color=FRONT, lw=2, zorder=2, label="Pareto front")
     if info.trained:
@@ -58,9 +70,8 @@ def draw_pareto(info: ParetoInfo, ax: Any = None, *, legend: bool = True, annota
         ax.scatter([p.x for p in info.front], [p.y for p in info.front], s=46, facecolor=FRONT, edgecolor="black",
                    zorder=4)
         if annotate:
-            for p in info.front:
-                if p.trial is not None:
-                    ax.annotate(f"#{p.trial}", (p.x, p.y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+            for p in info.labelled:
+                ax.annotate(f"#{p.trial}", (p.x, p.y), xytext=(4, 4), textcoords="offset points", fontsize=7)
     if info.infeasible:
         ax.scatter([p.x for p in info.infeasible], [p.y for p in info.infeasible], s=22, color=GREY, zorder=3,
                    label="over budget")
@@ -71,7 +82,10 @@ def draw_pareto(info: ParetoInfo, ax: Any = None, *, legend: bool = True, annota
     if info.budget is not None:
         ax.axvline(info.budget, color=BUDGET, ls="--", lw=1.3, label=f"budget {info.budget:.3g} ms")
     if info.unpruned is not None:
-        ax.scatter([info.unpruned.x], [info.unpruned.y], marker="*", s=180, color="black", zorder=5, label="unpruned")
+        ax.scatter([info.unpruned.x], [info.unpruned.y], marker="*", s=180, color="black", zorder=5,
+                   label="unpruned" if info.x_view is None or info.unpruned.x <= info.x_view[1] else
+                   f"unpruned (at {info.unpruned.x:.3g}, right of this view)")
+        ax.axhline(info.unpruned.y, color="black", ls=":", lw=1, zorder=1, label="unpruned accuracy")
     if info.uniform:
         matched = [p for p, m in zip(info.uniform, info.uniform_matched) if m]
         unmatched = [p for p, m in zip(info.uniform, info.uniform_matched) if not m]
@@ -90,14 +104,14 @@ def draw_pareto(info: ParetoInfo, ax: Any = None, *, legend: bool = True, annota
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
     if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="lower right")
+        outside_legend(ax)
     return ax
 
 
 def draw_overlay(info: OverlayInfo, ax: Any = None) -> Any:
     """Each study's trials and front in its own colour; its budget a dashed line in the same colour."""
     if ax is None:
-        ax = new_axes((8.0, 5.2))
+        ax = new_axes((10.0, 5.2))
     for i, s in enumerate(info.series):
         color = f"C{i % 10}"
         ax.scatter([p.x for p in s.points], [p.y for p in s.points], s=14, color=color, alpha=0.35, zorder=2)
@@ -111,14 +125,14 @@ def draw_overlay(info: OverlayInfo, ax: Any = None) -> Any:
            title="Pareto fronts (dashed: each study's budget, star: its unpruned model)")
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    outside_legend(ax)
     return ax
 
 
 def draw_tokens(info: TokenInfo, ax: Any = None) -> Any:
     """Tokens entering every block, one line per front config, the unpruned model dashed."""
     if ax is None:
-        ax = new_axes((7.0, 4.2))
+        ax = new_axes((9.0, 4.2))
     if info.reference:
         ax.plot(range(len(info.reference)), info.reference, color="black", ls="--", lw=1.2, label="unpruned")
     for label, tokens in info.lines:
@@ -131,7 +145,7 @@ def draw_tokens(info: TokenInfo, ax: Any = None) -> Any:
     ax.set(xlabel=info.x_label, ylabel=info.y_label, title="Token counts of the Pareto-front configs")
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    outside_legend(ax)
     return ax
 
 
@@ -139,7 +153,7 @@ def draw_flops(info: FlopsInfo, axes: Sequence[Any] | None = None) -> tuple[Any,
     """Accuracy vs GMACs (left) beside accuracy vs predicted latency (right), sharing the accuracy axis; configs on
     one front but not the other are ringed in red on both."""
     if axes is None:
-        axes = new_axes((11.0, 4.6), ncols=2, sharey=True)
+        axes = new_axes((12.5, 4.6), ncols=2, sharey=True)
     left, right = axes
     draw_pareto(info.gmacs, left, legend=False)
     draw_pareto(info.latency, right)
@@ -151,11 +165,10 @@ def draw_flops(info: FlopsInfo, axes: Sequence[Any] | None = None) -> tuple[Any,
         if ring:
             ax.scatter([p.x for p in ring], [p.y for p in ring], s=150, facecolor="none", edgecolor=BUDGET, lw=1.5,
                        zorder=6, label="on one front only")
-    tau = "n/a" if info.kendall_tau != info.kendall_tau else f"{info.kendall_tau:.2f}"
-    left.figure.suptitle(f"Where FLOPs mislead: rank agreement of GMACs and latency, Kendall tau {tau}; "
-                         f"{len(disagree)} config(s) on one front only", fontsize=10)
-    if disagree:
-        left.legend(fontsize=7, loc="lower right")
+    tau = (f"rank agreement of GMACs and latency over {info.ranked} trials, Kendall tau {info.kendall_tau:.2f}"
+           if info.kendall_tau == info.kendall_tau else f"too few trials ({info.ranked}) for a rank agreement")
+    left.figure.suptitle(f"Where FLOPs mislead: {tau}; {len(disagree)} config(s) on one front only", fontsize=10)
+    outside_legend(right)  # again, now with the rings: one legend for both panels, right of them
     return left, right
 
 
@@ -167,6 +180,9 @@ def draw_validation(info: ValidationInfo, axes: Sequence[Any] | None = None) -> 
         axes = new_axes((5.2 * n, 5.4), ncols=n) if n > 1 else [new_axes((5.2, 5.4))]
     for ax, panel in zip(axes, info.panels):
         plot_scatter({"series": panel.series, "lo": panel.lo, "hi": panel.hi}, panel.summary, ax)
-        ax.set_title(f"{panel.statistic}: {ax.get_title()}", fontsize=9)
+        x = panel.summary
+        tau = f", tau {x['kendall_tau']:.2f}" if x.get("count", 0) >= MIN_RANKED else ""  # no rank from a few points
+        ax.set_title(f"{panel.statistic} ({x.get('count', '?')}): median |err| {x['median_abs_error_pct']:.1f}%, "
+                     f"{100 * x['within_10pct']:.0f}% within 10%{tau}", fontsize=9)
         ax.set(xlabel=f"measured median latency, {panel.statistic} (ms)", ylabel="predicted latency (ms)")
     return tuple(axes)

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 from ..errors import VitsearchError
 from ..pareto import dominated_by_front, pareto_front
-from ..stats import kendall_tau, scatter_info
+from ..stats import kendall_tau, scatter_info, summarise
 from .load import Entry, StudyRecord
 
 METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy"}
@@ -48,11 +48,33 @@ class ParetoInfo:
     x_label: str
     y_label: str
     title: str
-    # The view: the trained trials, the budget and the unpruned model with a margin. A baseline far slower or far
-    # less accurate would squash the region a decision is made in; what lies outside is counted in ``outside``.
+    # The view: the region a decision is made in, the trained trials within the budget and the budget itself (the
+    # unpruned model's accuracy too, drawn as a reference line). A slower unpruned model, over-budget trials or
+    # baselines far off would squash it; what lies outside is counted in ``outside``.
     x_view: tuple[float, float] | None = None
     y_view: tuple[float, float] | None = None
     outside: str = ""
+    labelled: list[Point] = field(default_factory=list)  # front points whose "#trial" label collides with no other
+
+
+LABEL_GAP = (0.07, 0.06)  # share of the view's width and height two labels need between them to stay readable
+
+
+def spaced_labels(points: Sequence[Point], view: tuple[tuple[float, float], tuple[float, float]] | None
+                  ) -> list[Point]:
+    """The points to label, in order, skipping any whose label would overprint one already placed (labels sit
+    at the same offset from their point, so two labels collide when their points are closer than ``LABEL_GAP``)."""
+    if view is None:
+        return [p for p in points if p.trial is not None]
+    (x_lo, x_hi), (y_lo, y_hi) = view
+    width, height = (x_hi - x_lo) or 1.0, (y_hi - y_lo) or 1.0
+    placed: list[Point] = []
+    for p in points:
+        if p.trial is None or not (x_lo <= p.x <= x_hi and y_lo <= p.y <= y_hi):
+            continue
+        if all(abs(p.x - q.x) / width >= LABEL_GAP[0] or abs(p.y - q.y) / height >= LABEL_GAP[1] for q in placed):
+            placed.append(p)
+    return placed
 
 
 def view_box(xs: Sequence[float], ys: Sequence[float], margin: float = 0.08, min_y_span: float = 2.0
@@ -66,14 +88,13 @@ def view_box(xs: Sequence[float], ys: Sequence[float], margin: float = 0.08, min
     return (x_lo - margin * x_span, x_hi + margin * x_span), (y_lo - y_pad, y_hi + y_pad)
 
 
-def _outside(uniform: Sequence[Point], rejected: Sequence[float], box: tuple[tuple[float, float], tuple[float, float]]
-             ) -> str:
+def _outside(groups: Sequence[tuple[str, Sequence[Point]]], rejected: Sequence[float],
+             box: tuple[tuple[float, float], tuple[float, float]]) -> str:
     (x_lo, x_hi), (y_lo, y_hi) = box
-    n_uniform = sum(not (x_lo <= p.x <= x_hi and y_lo <= p.y <= y_hi) for p in uniform)
-    n_rejected = sum(not (x_lo <= x <= x_hi) for x in rejected)
-    parts = [f"{n} {what}{'s' if n > 1 else ''}" for n, what in ((n_uniform, "uniform baseline"),
-                                                                   (n_rejected, "rejected trial")) if n]
-    return f"{' and '.join(parts)} outside this view (see the tables)" if parts else ""
+    counts = [(sum(not (x_lo <= p.x <= x_hi and y_lo <= p.y <= y_hi) for p in points), what) for what, points in groups]
+    counts.append((sum(not (x_lo <= x <= x_hi) for x in rejected), "rejected trial"))
+    parts = [f"{n} {what}{'s' if n > 1 and what != 'unpruned model' else ''}" for n, what in counts if n]
+    return f"{', '.join(parts)} outside this view (see the tables)" if parts else ""
 
 
 def front_steps(front: Sequence[Point], right: float | None = None) -> tuple[list[float], list[float]]:
@@ -133,14 +154,16 @@ def pareto_info(study: StudyRecord, *, cost: str = "latency") -> ParetoInfo:
     unpruned = _point(study.unpruned, of) if study.unpruned else None
     uniform = [p for p in (_point(b, of) for b in study.baselines if b.kind == "uniform") if p is not None]
     matched = [dominated_by_front([(f.y, f.x) for f in front], (u.y, u.x)) for u in uniform]
-    x_label = latency_label(study) if cost == "latency" else "GMACs per image (10⁹ multiply-accumulates)"
-    core = trained + infeasible + ([unpruned] if unpruned else [])
-    box = view_box([p.x for p in core] + ([budget] if budget is not None else []), [p.y for p in core]) \
-        if trained or infeasible else None
+    x_label = latency_label(study) if cost == "latency" else "GMACs per image (10⁹ multiply-accumulates in matmuls)"
+    core = trained or infeasible
+    box = view_box([p.x for p in core] + ([budget] if budget is not None else []),
+                   [p.y for p in core] + ([unpruned.y] if unpruned else [])) if core else None
+    outside = _outside([("unpruned model", [unpruned] if unpruned else []), ("over-budget trial", infeasible),
+                        ("uniform baseline", uniform)], rejected, box) if box else ""
     return ParetoInfo(trained, infeasible, rejected, front, step_x, step_y, budget, unpruned, uniform, matched,
                       x_label, metric_label(study.metric),
                       f"{study.name}: {study.model} on {study.device}, budget {study.meta.get('budget', '?')}",
-                      *(box or (None, None)), _outside(uniform, rejected, box) if box else "")
+                      *(box or (None, None)), outside, spaced_labels(front, box))
 
 
 @dataclass(frozen=True)
@@ -240,6 +263,10 @@ def token_info(studies: Sequence[StudyRecord]) -> TokenInfo:
     return TokenInfo(lines, reference)
 
 
+# Fewer points than this and a rank correlation means little (from two points Kendall tau is always +-1).
+MIN_RANKED = 5
+
+
 @dataclass(frozen=True)
 class FlopsInfo:
     """Accuracy vs GMACs beside accuracy vs latency: where counting FLOPs would choose differently."""
@@ -248,15 +275,17 @@ class FlopsInfo:
     gmacs: ParetoInfo
     only_on_latency_front: list[str]  # configs the latency front keeps but a GMACs front would drop
     only_on_gmacs_front: list[str]  # configs a GMACs front keeps that are not fastest for their accuracy
-    kendall_tau: float  # rank agreement of GMACs and predicted latency over the trained trials
+    kendall_tau: float  # rank agreement of GMACs and predicted latency over the trained trials; NaN below MIN_RANKED
+    ranked: int = 0  # how many trials the rank agreement is over
 
 
 def flops_info(study: StudyRecord) -> FlopsInfo:
     lat, mac = pareto_info(study, cost="latency"), pareto_info(study, cost="gmacs")
     on_lat, on_mac = {p.label for p in lat.front}, {p.label for p in mac.front}
     both = [t for t in study.trials if t.trained and t.feasible and t.gmacs is not None]
-    tau = kendall_tau([t.gmacs for t in both], [t.predicted_ms for t in both]) if len(both) > 1 else float("nan")
-    return FlopsInfo(lat, mac, sorted(on_lat - on_mac), sorted(on_mac - on_lat), tau)
+    tau = kendall_tau([t.gmacs for t in both], [t.predicted_ms for t in both]) if len(both) >= MIN_RANKED \
+        else float("nan")
+    return FlopsInfo(lat, mac, sorted(on_lat - on_mac), sorted(on_mac - on_lat), tau, len(both))
 
 
 @dataclass(frozen=True)
@@ -280,11 +309,18 @@ def _numbers(rows: Sequence[dict], predicted: str, measured: str) -> list[dict]:
 
 
 def validation_info(study: StudyRecord) -> ValidationInfo | None:
-    """Predicted vs measured whole models from the latency table's validation, or None when it was not run."""
+    """Predicted vs measured whole models: the latency table's validation, and this study's finalized models
+    measured on the device; None when nothing was measured."""
+    panels = []
+    finalized = [{"method": e.method, "predicted_ms": e.predicted_ms, "measured_ms": e.measured_ms}
+                 for e in study.finalized if e.measured_ms is not None]
+    if finalized:
+        data = scatter_info(finalized)
+        summary = summarise([r["predicted_ms"] for r in finalized], [r["measured_ms"] for r in finalized])
+        panels.append(ValidationPanel("this study's finalized models", data["series"], data["lo"], data["hi"], summary))
     v = study.validation
     if v is None:
-        return None
-    panels = []
+        return ValidationInfo(panels) if panels else None
     for statistic, predicted, measured, summary in (
             ("as measured", "predicted_ms", "measured_ms", v.summary),
             ("at the table's speed", "predicted_ms", "measured_at_table_speed_ms", v.summary.get("drift_corrected"))):

@@ -44,6 +44,7 @@ class Entry:
     checkpoint: str | None = None
     measured_ms: float | None = None  # end-to-end on the study's device, where someone measured this config
     measured_source: str | None = None  # "finalized" or "validation"
+    train_seconds: float = 0.0  # brief training of this candidate (0: not trained, or a repeat)
     extra: Mapping[str, Any] = field(default_factory=dict)  # fields this report does not know (kept, not shown)
 
     @property
@@ -54,7 +55,7 @@ class Entry:
     def from_record(cls, record: Mapping[str, Any], *, default_kind: str = "search") -> "Entry":
         """An entry from a ``Candidate.to_dict`` record; placement and method always come from the config string."""
         config = PruneConfig.parse(record["config"])  # the one normaliser: a bad string fails here, by name
-        known = {f for f in cls.__dataclass_fields__} | {"train_seconds", "selection_ms"}
+        known = {f for f in cls.__dataclass_fields__} | {"selection_ms"}
         measured = _float_or_none(record.get("measured_ms"))
         return cls(
             config=str(config), method=config.method, kind=str(record.get("kind") or default_kind),
@@ -65,6 +66,7 @@ class Entry:
             trial=None if record.get("trial") is None else int(record["trial"]), status=str(record.get("status", "")),
             checkpoint=record.get("checkpoint"), measured_ms=measured,
             measured_source=str(record.get("measured_source", default_kind)) if measured is not None else None,
+            train_seconds=float(record.get("train_seconds") or 0.0),
             extra={k: v for k, v in record.items() if k not in known})
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 from . import draw
-from .info import flops_info, overlay_info, pareto_info, token_info, validation_info
+from .info import MIN_RANKED, flops_info, overlay_info, pareto_info, token_info, validation_info
 from .load import StudyRecord, load_study
 from .tables import (DASH, MEASURED_NOTE, Table, baselines_table, entry_headers, entry_rows, finalized_table, headline,
                      settings_table, trials_table, validation_text)
@@ -86,11 +86,11 @@ def build_figures(study: StudyRecord, folder: Path) -> list[Figure]:
             f"{', '.join(flops.only_on_gmacs_front) or 'none'}."), left)
     val = validation_info(study)
     if val is not None:
-        add("validation", "Latency table validation: predicted vs measured", (
-            "Random pruned whole models, latency predicted from the table against measured end to end on the device; "
-            "the band is ±10%." + (" Right: the measurements at the table's speed (scaled by the drift reference "
-                                   "timed beside each), which takes out the machine's own speed changes."
-                                   if len(val.panels) > 1 else "")),
+        add("validation", "Predicted vs measured latency", (
+            "Whole models, latency predicted from the table against measured end to end on the device (this study's "
+            "finalized models, and the table's validation of random pruned models); the band is ±10%. "
+            "At the table's speed: the measurements scaled by the drift reference timed beside each, which takes out "
+            "the machine's own speed changes."),
             draw.draw_validation(val)[0])
     return figures
 
@@ -118,7 +118,7 @@ def sections(study: StudyRecord, figures: Sequence[Figure]) -> list[Section]:
     val: list[Block] = [validation_text(study)]
     if "validation" in by_name:
         val.append(by_name["validation"])
-    out.append(Section("Latency table validation", val))
+    out.append(Section("Predicted vs measured latency", val))
     out.append(Section("Settings and provenance", [settings_table(study)]))
     if study.trials:
         out.append(Section(f"All trials ({len(study.trials)})", [trials_table(study)], collapsed=True))
@@ -251,7 +251,13 @@ def plot_overlay(studies: Sequence[str | Path], reports: str | Path = "reports",
                  output: str | Path | None = None) -> tuple[dict[str, Path], list[str]]:
     """Overlay several studies' trials and fronts on one chart; returns the files written and the studies left out
     (with the reason). ``output`` without a suffix gets .png and .svg; with one, that format only."""
-    loaded = [load_study(s, reports) for s in studies]
+    loaded, repeated = [], []
+    for s in studies:
+        study = load_study(s, reports)
+        if any(study.folder.resolve() == other.folder.resolve() for other in loaded):
+            repeated.append(f"{s}: the same study as one given before, drawn once")
+            continue
+        loaded.append(study)
     info = overlay_info(loaded)
     ax = draw.draw_overlay(info)
     if output is None:
@@ -263,7 +269,8 @@ def plot_overlay(studies: Sequence[str | Path], reports: str | Path = "reports",
         suffix = output.suffix.lstrip(".").lower()
         stem, formats = (output.with_suffix(""), (suffix,)) if suffix else (output, ("png", "svg"))
     files = draw.save_figure(ax.figure, stem, formats)
-    for skipped in info.skipped:
-        logger.warning("left out of the overlay: %s", skipped)
-    return files, info.skipped
+    skipped = repeated + info.skipped
+    for reason in skipped:
+        logger.warning("left out of the overlay: %s", reason)
+    return files, skipped
 

@@ -3,10 +3,12 @@ text of each section are built from a :class:`~vitsearch.report.load.StudyRecord
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 from .. import __version__
 from ..pareto import dominated_by_front
+from .info import MIN_RANKED
 from .load import Entry, StudyRecord
 
 DASH = "—"  # a value that is not known (not measured, not trained)
@@ -40,6 +42,12 @@ def fmt_gmacs(gmacs: float | None) -> str:
     return DASH if gmacs is None else f"{gmacs:.4g}"
 
 
+def fmt_seconds(seconds: float | None) -> str:
+    if not seconds:
+        return DASH
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def fmt_speedup(ms: float | None, unpruned_ms: float | None) -> str:
     if not ms or not unpruned_ms:
         return DASH
@@ -71,6 +79,9 @@ def _safe_storage(url: str | None) -> str:
     return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Content.
+
 def entry_rows(entries: Iterable[Entry], study: StudyRecord, *, with_kind: bool = False) -> list[list[str]]:
     reference = study.unpruned.accuracy if study.unpruned else None
     rows = []
@@ -78,19 +89,22 @@ def entry_rows(entries: Iterable[Entry], study: StudyRecord, *, with_kind: bool 
         row = [e.kind] if with_kind else [DASH if e.trial is None else str(e.trial)]
         row += [e.method, fmt_selectors(e), fmt_tokens(e.block_tokens), fmt_acc(e.accuracy),
                 fmt_delta(e.accuracy, reference), fmt_ms(e.predicted_ms), fmt_ms(e.measured_ms), fmt_gmacs(e.gmacs),
-                fmt_speedup(e.predicted_ms, study.unpruned_ms)]
+                fmt_speedup(e.predicted_ms, study.unpruned_ms), fmt_seconds(e.train_seconds)]
         rows.append(row)
     return rows
 
 
 def entry_headers(study: StudyRecord, first: str) -> list[str]:
     return [first, "method", "selectors (block: keep)", "tokens per block", f"{metric_short(study)} (%)",
-            "Δ vs unpruned (points)", "predicted (ms)", "measured (ms)", "GMACs", "speedup (predicted)"]
+            "Δ vs unpruned (points)", "predicted (ms)", "measured (ms)", GMACS_HEADER, "speedup (predicted)",
+            "brief training"]
 
 
 def metric_short(study: StudyRecord) -> str:
     return {"top1": "top-1", "top5": "top-5"}.get(study.metric, study.metric)
 
+
+GMACS_HEADER = "GMACs (matmuls)"  # vitsearch.flops.GMACS: one meaning in every table
 
 MEASURED_NOTE = (f"Measured: end to end on the study's device, where a finalized model or the latency table's "
                  f"validation measured that config; {DASH} where only predicted. Speedup: unpruned predicted latency "
@@ -129,7 +143,34 @@ def headline(study: StudyRecord) -> str:
         parts.append(f"The front matches or beats {len(uniform) - len(beaten)} of the {len(uniform)} uniform baselines "
                      "within the budget" + (f"; not {', '.join(f'`{c}`' for c in beaten)}, which a longer search "
                                             "might still find." if beaten else "."))
-    return " ".join(parts)
+    parts.append(training_cost(study))
+    if best is not None and best.trial is not None:
+        parts.append(next_step(study, best.trial))
+    return " ".join(p for p in parts if p)
+
+
+def training_cost(study: StudyRecord) -> str:
+    """What the search spent on training: per candidate and in all (the baselines apart)."""
+    each = [t.train_seconds for t in study.trials if t.trained and t.train_seconds]
+    baselines = sum(b.train_seconds for b in study.baselines)
+    if not each and not baselines:
+        return ""
+    text = "Brief training: "
+    if each:
+        median = sorted(each)[len(each) // 2]
+        text += f"{len(each)} candidates in {fmt_seconds(sum(each))} (median {fmt_seconds(median)} each)"
+    if baselines:
+        text += f"{', plus ' if each else ''}{fmt_seconds(baselines)} for the baselines"
+    return text + "."
+
+
+def next_step(study: StudyRecord, trial: int) -> str:
+    """The command to run next for the most accurate trial within the budget."""
+    if any(e.trial == trial for e in study.finalized):
+        return f"Trial {trial} is finalized (see Finalized models)."
+    where = "" if study.folder.parent.resolve() == Path("reports").resolve() else f" --reports {study.folder.parent}"
+    return f"**Next:** `vitsearch finalize {study.name} --trial {trial}{where}` trains it with the full schedule, " \
+           "exports it to ONNX and measures it on the device."
 
 
 def settings_table(study: StudyRecord) -> Table:
@@ -178,10 +219,10 @@ def trials_table(study: StudyRecord) -> Table:
         where = "front" if t.config in on_front else "matched" if t.accuracy is not None and \
             dominated_by_front(front, (t.accuracy, t.predicted_ms)) else DASH
         rows.append([DASH if t.trial is None else str(t.trial), t.config, t.status or DASH, fmt_acc(t.accuracy),
-                     fmt_ms(t.predicted_ms), fmt_ms(t.measured_ms), fmt_gmacs(t.gmacs),
+                     fmt_ms(t.predicted_ms), fmt_ms(t.measured_ms), fmt_gmacs(t.gmacs), fmt_seconds(t.train_seconds),
                      "yes" if t.feasible else "no", where])
-    return Table(["trial", "config", "status", f"{metric_short(study)} (%)", "predicted (ms)", "measured (ms)", "GMACs",
-                  "within budget", "front"], rows,
+    return Table(["trial", "config", "status", f"{metric_short(study)} (%)", "predicted (ms)", "measured (ms)",
+                  GMACS_HEADER, "brief training", "within budget", "front"], rows,
                  note="front: on the Pareto front; matched: some front config is as accurate and as fast.")
 
 
@@ -214,18 +255,23 @@ def finalized_table(study: StudyRecord) -> Table:
 
 
 def validation_text(study: StudyRecord) -> str:
+    measured = [e for e in study.finalized if e.measured_ms is not None]
+    errors = sorted(abs(100 * (e.predicted_ms - e.measured_ms) / e.measured_ms) for e in measured)
+    own = (f"{len(measured)} finalized model(s) of this study measured on the device: median |error| "
+           f"{errors[len(errors) // 2]:.1f}% (see Finalized models). ") if measured else ""
     v = study.validation
     if v is None:
-        return next((n for n in study.notes if "validation" in n), "The latency table has no validation.")
+        return own + next((n for n in study.notes if "validation" in n), "The latency table has no validation.")
     s = v.summary
 
     def line(x: dict) -> str:
+        tau = (f", rank agreement (Kendall tau) {x['kendall_tau']:.3f}"
+               if x.get("count", s.get("count", 0)) >= MIN_RANKED else "")
         return (f"median |error| {x['median_abs_error_pct']:.1f}%, 95th percentile {x['p95_abs_error_pct']:.1f}%, "
-                f"{100 * x['within_10pct']:.0f}% within 10%, mean error {x['mean_error_pct']:+.1f}%, rank agreement "
-                f"(Kendall tau) {x['kendall_tau']:.3f}")
+                f"{100 * x['within_10pct']:.0f}% within 10%, mean error {x['mean_error_pct']:+.1f}%{tau}")
 
     device = (s.get("device") or {}).get("name", "?")
-    text = (f"{s.get('count', len(v.rows))} random pruned models measured end to end on {device} "
+    text = own + (f"{s.get('count', len(v.rows))} random pruned models measured end to end on {device} "
             f"({v.paths['json']}, {s.get('date', '?')}): medians as measured: {line(s)}.")
     if s.get("drift_corrected"):
         text += (f" At the table's speed (each measurement scaled by the drift reference timed beside it, which takes "

@@ -9,6 +9,7 @@ import optuna
 from ..config import PruneConfig
 from ..pareto import pareto_front
 from .evaluation import Evaluator
+from .record import REJECTED_ACCURACY, describe, set_constraints
 from .settings import Candidate, SearchResult, SearchSettings
 from .setup import Setup, prepare, write_provenance
 from .storage import collect, count_trained, open_optuna_study, recover_stale_trials, trained_with, worker_id
@@ -35,7 +36,9 @@ def evaluate_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
     return out
 
 
-def make_objective(evaluator: Evaluator) -> Callable[[Any], tuple[float, float]]:
+def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], None] | None = None
+                   ) -> Callable[[Any], tuple[float, float]]:
+    """The Optuna objective; ``on_train(trial number, config)`` is called when a candidate starts training."""
     setup = evaluator.setup
 
     def objective(trial: Any) -> tuple[float, float]:
@@ -46,13 +49,12 @@ def make_objective(evaluator: Evaluator) -> Callable[[Any], tuple[float, float]]
         over_selectors = max(len(config.keep) - setup.space.max_selectors, 1 - len(config.keep))
         trial.set_user_attr("config", str(config))
         trial.set_user_attr("predicted_ms", pred.total_ms)
-        trial.set_constraint("latency_ms", over_ms)
-        trial.set_constraint("selectors", float(over_selectors))
+        set_constraints(trial, {"latency_ms": over_ms, "selectors": float(over_selectors)})
         if over_ms > 0 or over_selectors > 0:
             why = (f"over budget by {over_ms:.3f} ms" if over_ms > 0 else
                    f"{len(config.keep)} selectors (allowed 1..{setup.space.max_selectors})")
             trial.set_user_attr("status", f"rejected before training: {why}")
-            return 0.0, pred.total_ms  # infeasible by its constraints, so never on the front
+            return REJECTED_ACCURACY, pred.total_ms  # infeasible by its constraints, so never on the front
         earlier = trained_with(trial.study, str(config))
         if earlier is not None:
             # TPE re-suggests configs of a small discrete space; the seeded training would repeat itself exactly.
@@ -60,6 +62,8 @@ def make_objective(evaluator: Evaluator) -> Callable[[Any], tuple[float, float]]
             trial.set_user_attr("same_as", earlier.number)
             trial.set_user_attr("status", f"same config as trial {earlier.number}: not trained again")
             return tuple(earlier.values)
+        if on_train is not None:
+            on_train(trial.number, config)
         cand = evaluator.evaluate(config, "search", trial=trial.number)
         for key in ("accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status"):
             trial.set_user_attr(key, getattr(cand, key))
@@ -87,6 +91,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
     setup.folder.make()
     write_provenance(setup, settings)
     study = open_optuna_study(settings, setup.folder)
+    describe(study, metric="top1", device=settings.device, batch=settings.batch, budget=str(setup.budget),
+             budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms)
     recover_stale_trials(study)
     evaluator = Evaluator(setup, settings)
     baselines = evaluate_baselines(evaluator, study)
@@ -97,11 +103,18 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
         bar = tqdm(total=settings.trials, initial=done, desc=f"search {settings.name()}", unit="trial", disable=not progress)
         attempts = settings.max_attempts or max(100, 10 * settings.trials)
 
+        def training(number: int, config: PruneConfig) -> None:  # the bar names what runs now, a log says so too
+            bar.set_postfix_str(f"training trial {number}: {config}")
+            logger.log(logging.DEBUG if progress else logging.INFO, "trial %d: training %s", number, config)
+
         def tick(study: Any, trial: Any) -> None:
             acc = trial.user_attrs.get("accuracy")
             if acc is not None:
                 bar.update(1)
-            bar.set_postfix(config=trial.user_attrs.get("config", "?"), acc=f"{acc:.3f}" if acc is not None else "-")
+            bar.set_postfix_str(f"trial {trial.number} done, sampling the next")
+            logger.log(logging.DEBUG if progress else logging.INFO, "trial %d %s: %s%s", trial.number,
+                       trial.user_attrs.get("config", "?"), trial.user_attrs.get("status", "?"),
+                       f", accuracy {acc:.4f}" if acc is not None else "")
             complete = study.get_trials(deepcopy=False, states=finished)
             trained = count_trained(study, complete)
             # Running trials count too: workers sharing a database stop together at settings.trials.
@@ -115,7 +128,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
                 study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(make_objective(evaluator), callbacks=[tick], gc_after_trial=True)
+        study.optimize(make_objective(evaluator, training), callbacks=[tick], gc_after_trial=True)
         bar.close()
     trials = collect(study)
     front = write_results(setup, trials, baselines)

@@ -23,6 +23,7 @@ class SearchSettings:
     dataset: str = "digits"  # or an ImageFolder path
     device: str = "cpu"
     batch: int = 1  # batch size the latency is predicted for
+    threads: int | None = None  # intra-op threads of a table profiled for the search (0 if None); checked on an existing one
     study: str | None = None  # name of the study folder under ``reports``; derived from the settings if None
     trials: int = 24  # candidates to train; those over budget are rejected before training and not counted
     max_attempts: int | None = None  # stop after this many candidates in all, trained or not (None: 10 x trials, >= 100)

@@ -65,8 +65,13 @@ def load_predictor(settings: SearchSettings, base: nn.Module, *, progress: bool 
     spec = resolve(settings.device, settings.tables)
     g = geometry(base)
     path = table_mod.table_path(settings.tables, settings.device, g, settings.batch)
-    complete = path.exists() and table_mod.meta_path(path).exists() and \
-        json.loads(table_mod.meta_path(path).read_text()).get("complete", False)
+    meta = json.loads(table_mod.meta_path(path).read_text()) if path.exists() and table_mod.meta_path(path).exists() else {}
+    complete = meta.get("complete", False)
+    if complete and settings.threads is not None and meta.get("threads") != settings.threads:
+        raise VitsearchError(
+            f"the latency table {path} was profiled with {meta.get('threads')} threads, not the {settings.threads} "
+            f"asked for: drop --threads to use it, or profile again with: vitsearch profile --device "
+            f"{settings.device} --model {settings.model} --batch {settings.batch} --threads {settings.threads} --restart")
     if not complete:
         if spec.transport != "local":
             raise VitsearchError(
@@ -77,7 +82,7 @@ def load_predictor(settings: SearchSettings, base: nn.Module, *, progress: bool 
 
         logger.info("no complete latency table at %s: profiling %s on %s first", path, g.key, settings.device)
         profile(settings.device, model=settings.model, batch=settings.batch, tables=settings.tables,
-                progress=progress, model_kwargs={"num_classes": g.num_classes})
+                threads=settings.threads or 0, progress=progress, model_kwargs={"num_classes": g.num_classes})
     return Predictor(table_mod.load(path, geometry=g, batch=settings.batch))
 
 

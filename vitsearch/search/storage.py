@@ -12,8 +12,9 @@ from typing import Any, Sequence
 import optuna
 
 from ..config import PruneConfig
-from ..errors import VitsearchError
+from ..errors import RunFailure, VitsearchError
 from ..studyfolder import StudyFolder
+from .record import DIRECTIONS
 from .settings import Candidate, SearchSettings
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def open_optuna_study(settings: SearchSettings, folder: StudyFolder) -> Any:
 
         storage = JournalStorage(JournalFileBackend(str(folder.journal)))
     return optuna.create_study(study_name=settings.name(), storage=storage, sampler=sampler,
-                               directions=["maximize", "minimize"], load_if_exists=True)
+                               directions=list(DIRECTIONS), load_if_exists=True)
 
 
 def _rdb_storage(url: str, attempts: int = 3) -> Any:
@@ -54,8 +55,9 @@ def _rdb_storage(url: str, attempts: int = 3) -> Any:
             time.sleep(1.0 + random.random())
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as e:
             safe = url.split("@")[-1]
-            raise VitsearchError(f"cannot open the study storage at {safe}: {str(e).splitlines()[0]}. "
-                                 "Check the database URL, that the server is running and reachable") from None
+            error = RunFailure if isinstance(e, sqlalchemy.exc.OperationalError) else VitsearchError  # out of reach / bad URL
+            raise error(f"cannot open the study storage at {safe}: {str(e).splitlines()[0]}. "
+                        "Check the database URL, that the server is running and reachable") from None
 
 
 def worker_id() -> str:
@@ -71,7 +73,7 @@ def recover_stale_trials(study: Any) -> int:
         w_host, _, pid = worker.rpartition(":")
         if w_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         if t.params:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         recovered += 1
@@ -99,7 +101,7 @@ def collect(study: optuna.Study) -> list[Candidate]:
         if "same_as" in t.user_attrs:
             continue
         config = PruneConfig.parse(t.user_attrs.get("config", "none"))
-        feasible = all(v <= 0 for v in _constraints(t).values())
+        feasible = all(v <= 0 for v in t.constraints.values())
         out.append(Candidate(
             config, "search", float(t.user_attrs.get("predicted_ms", t.values[1])),
             accuracy=t.user_attrs.get("accuracy"), gmacs=t.user_attrs.get("gmacs"),
@@ -121,6 +123,3 @@ def count_trained(study: Any, complete: Sequence[Any] | None = None) -> int:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return sum(t.user_attrs.get("accuracy") is not None for t in complete)
 
-
-def _constraints(trial: Any) -> dict[str, float]:
-    return {k.split(":", 1)[1]: v for k, v in trial.system_attrs.items() if k.startswith("constraints:")}

@@ -1,0 +1,59 @@
+"""How a search is written into Optuna's storage, so that Optuna's own tools read it right.
+
+- The objectives are named (``study.set_metric_names``): optuna-dashboard, ``optuna.visualization`` and
+  ``trials_dataframe()`` show ``accuracy`` and ``predicted_latency_ms`` instead of ``0`` and ``1``.
+- Each constraint is stored in both forms Optuna's ecosystem reads: by name (``trial.set_constraint``, read by
+  ``FrozenTrial.constraints``, the samplers and ``plot_pareto_front``), and as one list under ``"constraints"``, the
+  form samplers' ``constraints_func`` wrote before Optuna 5 and the only one optuna-dashboard (0.21) reads: a trial
+  without that list is shown as feasible there.
+- The study's user attributes say what the numbers mean (:func:`describe`).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+OBJECTIVES = ("accuracy", "predicted_latency_ms")
+DIRECTIONS = ("maximize", "minimize")
+CONSTRAINTS_LIST_KEY = "constraints"  # optuna-dashboard's ``CONSTRAINTS_KEY``; Optuna's old list form
+# Returned as a rejected trial's accuracy: Optuna needs a value for a complete trial. The trial's constraints mark it
+# infeasible, so it is never on a front (Optuna's, the dashboard's or vitsearch's).
+REJECTED_ACCURACY = 0.0
+
+
+def set_constraints(trial: Any, constraints: Mapping[str, float]) -> None:
+    """Store a trial's constraints (feasible when every value is <= 0) by name and as the list, in that order."""
+    for name, value in constraints.items():
+        trial.set_constraint(name, float(value))
+    storage = trial.storage  # the storage the trial lives in; its trial id found through public storage calls
+    study_id = storage.get_study_id_from_name(trial.study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    storage.set_trial_system_attr(trial_id, CONSTRAINTS_LIST_KEY, [float(v) for v in constraints.values()])
+
+
+def describe(study: Any, *, metric: str, device: str, batch: int, budget: str, budget_ms: float,
+             unpruned_ms: float) -> dict[str, Any]:
+    """Name the objectives and record, as study user attributes, what each number of a trial means."""
+    import optuna
+
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and what every Optuna tool reads names from
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(OBJECTIVES))
+    attrs: dict[str, Any] = {
+        "objectives": {
+            "accuracy": f"{metric} accuracy on the held-out split (0..1) after brief training; "
+                        f"{REJECTED_ACCURACY} for a trial rejected before training (infeasible, never on a front)",
+            "predicted_latency_ms": f"latency predicted from the {device} latency table, batch {batch} (ms)",
+        },
+        "constraints": {
+            "latency_ms": f"predicted latency minus the budget {budget} = {budget_ms:.4f} ms (<= 0: within it)",
+            "selectors": "selectors over the space's limit, or 1 for none (<= 0: allowed)",
+        },
+        "budget_ms": budget_ms, "unpruned_ms": unpruned_ms, "device": device, "batch": batch,
+        "gmacs": "user attr gmacs: 10^9 multiply-accumulates per image in matmuls (linear layers and attention "
+                 "products), the convention of every vitsearch figure",
+        "status": "user attr status: trained, rejected before training (and why), or same config as an earlier trial",
+    }
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    return attrs
