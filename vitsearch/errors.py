@@ -1,5 +1,24 @@
 """User-facing errors: one message that names the input, what was expected and what to do."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
 
 
 class VitsearchError(Exception):
     """Bad input or an unavailable resource. The CLI prints the message without a traceback (``--debug`` shows it)."""
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Give an ``OSError`` raised inside the block ``path`` as its filename where it has none.
+
+    A file object's ``write``, ``flush`` and ``close`` raise without a filename (a full disk shows up there),
+    and the CLI's one line for a full disk names the file it could not write."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = os.fspath(path)
+        raise
