@@ -150,7 +150,17 @@ def _spec(name: str, entry: Mapping[str, Any], source: str) -> DeviceSpec:
                              "and only they do")
     if runtime == "torch" and transport != "local":
         raise VitsearchError(f"device {name!r} ({source}): the torch runtime runs only on the local transport")
+    if transport == "ssh":
+        for key in ("host", "user"):
+            _check_ssh_name(name, key, entry.get(key), source)
     return DeviceSpec(name, transport, runtime, str(entry.pop("description", "")), entry)
+
+
+def _check_ssh_name(device: str, key: str, value: Any, source: str) -> None:
+    """A user or host that ssh would read as an option (``-oProxyCommand=...``) runs commands here: refused."""
+    if value and (not isinstance(value, str) or value.startswith("-")):
+        raise VitsearchError(f"ssh device {device!r} ({source}): {key} {value!r} is not a {key} name (it must not "
+                             "start with '-'): give the board's real user and host")
 
 
 def resolve(name: str, tables: str | os.PathLike[str] = "latency_tables") -> DeviceSpec:
@@ -165,6 +175,8 @@ def resolve(name: str, tables: str | os.PathLike[str] = "latency_tables") -> Dev
         settings = {"host": m["host"], "port": int(m["port"] or 22)}
         if m["user"]:
             settings["user"] = m["user"]
+        for key, value in settings.items():
+            _check_ssh_name(name, key, value if key != "port" else None, "device name")
         return DeviceSpec(name, "ssh", "onnxruntime", f"ssh board {m['host']}", settings)
     raise VitsearchError(
         f"unknown device {name!r}: known devices are {', '.join(sorted(known))}, or ssh://user@host[:port]. "
@@ -239,7 +251,8 @@ class LocalDevice(Device):
 
 
 class SshDevice(Device):
-    """A Linux board over ssh: artefacts and ``runner.py`` are copied with scp and run with the board's python.
+    """A Linux board over ssh: artefacts and ``runner.py`` are copied (a tar stream over ssh) and run with the
+    board's python.
 
     Settings: ``host``, ``user``, ``port`` (22), ``python`` ("python3"), ``workdir`` ("/tmp/vitsearch"),
     ``identity_file``, ``known_hosts`` (a file for the host key, accepted on first use), ``ssh_options`` (list of
@@ -266,7 +279,8 @@ class SshDevice(Device):
         return opts
 
     def _ssh(self, command: str) -> list[str]:
-        return ["ssh", "-p", str(self.spec.get("port", 22)), *self._options(), self._target(), command]
+        # "--" ends ssh's options: whatever the destination says, ssh reads it as a destination
+        return ["ssh", "-p", str(self.spec.get("port", 22)), *self._options(), "--", self._target(), command]
 
     def _run(self, command: str, what: str) -> str:
         timeout = 2 * int(self.spec.get("connect_timeout", 10)) + 30

@@ -269,6 +269,7 @@ def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
     """The metadata file, replaced whole; a non-finite float in it is refused (JSON has none)."""
     text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
     tmp = meta_path(path).with_suffix(".json.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     with naming(tmp):
         tmp.write_text(text)
     os.replace(tmp, meta_path(path))
