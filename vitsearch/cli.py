@@ -83,7 +83,7 @@ def model_from_args(args: argparse.Namespace, *, weights: bool = True) -> Any:
 
 def print_json(record: dict[str, Any]) -> None:
     """The last line of a command's output: one JSON object for scripts."""
-    print(json.dumps(record, sort_keys=True))
+    print(json.dumps(record, sort_keys=True, allow_nan=False))  # NaN and Infinity are no JSON
 
 
 class PretrainCommand(Command):
@@ -164,8 +164,8 @@ class ProfileCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from .latency import profile, validate
 
-        if args.validate < 0:
-            raise VitsearchError(f"--validate takes a number of configs >= 0, got {args.validate}")
+        if args.validate < 0 or args.validate == 1:
+            raise VitsearchError(f"--validate takes 0 (no validation) or at least 2 configs to rank, got {args.validate}")
         table = profile(args.device, model=args.model, batch=args.batch, threads=args.threads, tables=args.tables,
                         restart=args.restart, progress=sys.stderr.isatty())
         rt = table.meta["runtime"]

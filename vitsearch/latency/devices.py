@@ -243,7 +243,8 @@ class LocalDevice(Device):
         if not artefacts:
             return
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(_manifest(artefacts, settings, self.spec.get("provider", "cpu"), absolute=True), f)
+            json.dump(_manifest(artefacts, settings, self.spec.get("provider", "cpu"), absolute=True), f,
+                      allow_nan=False)
         try:
             yield from _stream([sys.executable, str(RUNNER), f.name], f"the runner on {self.name}", None)
         finally:
@@ -338,7 +339,8 @@ class SshDevice(Device):
         python = self.spec.get("python", "python3")
         with tempfile.TemporaryDirectory(prefix="vitsearch-ssh-") as tmp:
             manifest = Path(tmp) / "manifest.json"
-            manifest.write_text(json.dumps(_manifest(artefacts, settings, self.spec.get("provider", "cpu"))))
+            manifest.write_text(json.dumps(_manifest(artefacts, settings, self.spec.get("provider", "cpu")),
+                                           allow_nan=False))
             files = {RUNNER, manifest}
             for a in artefacts:
                 files |= {a.onnx, *a.files}
