@@ -43,7 +43,7 @@ def digits_table(tmp_path):
 
 # Every kind of bad value has a library test (tests/latency/test_latency_table.py); two go through the CLI.
 @pytest.mark.parametrize("column, value, message", [
-    ("median_ms", b"inf", "median_ms is inf, not a finite latency"),
+    ("median_ms", b"inf", "median_ms is 'inf', not a finite number"),
     ("kind", b"overh\xe9ad", "line 2 is not UTF-8 text"),  # Latin-1, as an editor may save it
 ])
 def test_a_bad_table_row_is_refused_naming_file_line_and_fix(run_cli, digits_table, column, value, message):

@@ -60,15 +60,17 @@ def test_missing_column_is_refused(tmp_path, geom):
 
 
 @pytest.mark.parametrize("column, value, message", [
-    ("median_ms", "nan", "median_ms is nan, not a finite latency"),
-    ("median_ms", "inf", "median_ms is inf, not a finite latency"),
+    ("median_ms", "nan", "median_ms is 'nan', not a finite number"),
+    ("median_ms", "inf", "median_ms is 'inf', not a finite number"),
     ("p90_ms", "-0.5", "p90_ms is -0.5, not a finite latency >= 0"),
     ("median_ms", "fast", "median_ms is 'fast', not a number"),
-    ("n", "inf", "n is 'inf', not a whole number"),
+    ("n", "inf", "n is 'inf', not a finite number"),
+    ("p10_ms", "nan", "p10_ms is 'nan', not a finite number"),
+    ("k", "1.5", "k is '1.5', not a whole number"),
     ("repeats", "2.5", "repeats is '2.5', not a whole number"),
     ("stable", "yes", "stable is 'yes', not 1, 0 or empty"),
     ("ref_ms", "0", "ref_ms is 0.0, not a drift reference's median, > 0"),
-    ("ref_ms", "inf", "ref_ms is inf"),
+    ("ref_ms", "inf", "ref_ms is 'inf', not a finite number"),
 ])
 def test_a_bad_value_is_refused_naming_file_line_and_fix(tmp_path, geom, column, value, message):
     def edit(rows):

@@ -129,13 +129,16 @@ def _parse_row(raw: Mapping[str, str | None], where: str) -> Row:
 
     def number(col: str) -> float:
         try:
-            return float(text(col))
+            value = float(text(col))
         except ValueError:
             raise VitsearchError(f"{where}: {col} is {text(col)!r}, not a number; {FIX_ROW}") from None
+        if not math.isfinite(value):
+            raise VitsearchError(f"{where}: {col} is {text(col)!r}, not a finite number; {FIX_ROW}")
+        return value
 
     def count(col: str) -> int:
         value = number(col)
-        if not value.is_integer():  # also inf and NaN
+        if not value.is_integer():
             raise VitsearchError(f"{where}: {col} is {text(col)!r}, not a whole number; {FIX_ROW}")
         return int(value)
 
