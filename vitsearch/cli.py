@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import sys
@@ -49,6 +50,17 @@ class Command(abc.ABC):
         """Run with the parsed arguments and return the exit code."""
 
 
+def positive_int(text: str) -> int:
+    """An ``int >= 1`` option (argparse names the option and its value when this raises)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (1 or more)")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that name a model, shared by every command that takes one."""
     from .models import DIGITS
@@ -59,7 +71,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "digits model, trained and cached on first use)")
     group.add_argument("--checkpoint", type=Path, metavar="PATH",
                        help="weights to load (.pt/.pth state_dict or .safetensors); never unpickles code")
-    group.add_argument("--num-classes", type=int, metavar="N",
+    group.add_argument("--num-classes", type=positive_int, metavar="N",
                        help="classes of the model's head (default: read from the checkpoint, else the model's)")
     group.add_argument("--pretrained", action="store_true",
                        help="download timm's pretrained weights (needs the Hugging Face Hub)")
@@ -118,7 +130,7 @@ def gmacs_of(model: Any) -> float:
 
 def print_json(record: dict[str, Any]) -> None:
     """The last line of a command's output: one JSON object for scripts."""
-    print(json.dumps(record, sort_keys=True))
+    print(json.dumps(record, sort_keys=True, allow_nan=False))  # NaN and Infinity are no JSON
 
 
 class PretrainCommand(Command):
@@ -199,8 +211,8 @@ class ProfileCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from .latency import profile, validate
 
-        if args.validate < 0:
-            raise VitsearchError(f"--validate takes a number of configs >= 0, got {args.validate}")
+        if args.validate < 0 or args.validate == 1:
+            raise VitsearchError(f"--validate takes 0 (no validation) or at least 2 configs to rank, got {args.validate}")
         table = profile(args.device, model=args.model, batch=args.batch, threads=args.threads, tables=args.tables,
                         restart=args.restart, progress=sys.stderr.isatty())
         rt = table.meta["runtime"]
@@ -270,18 +282,19 @@ class ExportCommand(Command):
                             help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' (default: none)")
         parser.add_argument("--output", "-o", type=Path, required=True, metavar="PATH", help="ONNX file to write")
         parser.add_argument("--batch", type=int, default=1, metavar="B", help="static batch size (default: 1)")
-        parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: vitsearch's, 18)")
+        parser.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: vitsearch's, 18)")
         parser.add_argument("--dynamo", action="store_true",
                             help="use the torch.export-based exporter (slower) instead of the TorchScript one")
 
     def run(self, args: argparse.Namespace) -> int:
         from .config import PruneConfig
-        from .export import export_model
+        from .export import check_output_path, export_model
         from .flops import count_macs
         from .models import file_sha256
         from .pruning import apply
 
-        config = PruneConfig.parse(args.config)  # a bad config fails before the model is built
+        config = PruneConfig.parse(args.config)  # bad input fails before the model is built
+        check_output_path(args.output)
         model = apply(model_from_args(args), config)
         meta: dict[str, Any] = {"model": args.model}
         if args.checkpoint is not None:
@@ -546,6 +559,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def disk_full_message(e: OSError) -> str:
+    """The one line for a full disk, whichever writer hit it (writers name their file, see ``errors.naming``);
+    what was written before stays, and an interrupted atomic write may leave a ``*.tmp`` file behind."""
+    if e.filename is None:
+        return "disk full (no space left on the device): free space and remove leftover *.tmp files, then run again"
+    path = Path(e.filename)
+    return (f"disk full writing {path}: free space and remove leftover *.tmp files in {path.parent}, "
+            "then run the same command again")
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
@@ -568,6 +591,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURE if isinstance(e, (RunFailure, ConnectionError, TimeoutError)) else EXIT_BAD_INPUT
+    except OSError as e:
+        if e.errno != errno.ENOSPC or args.debug:
+            raise
+        print(f"error: {disk_full_message(e)}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -52,14 +52,21 @@ class PruneConfig:
         if isinstance(spec, Mapping):
             return cls(method=str(spec.get("method", "none")), keep={int(k): v for k, v in dict(spec.get("keep", {})).items()})
         text = str(spec).strip()
-        method, _, rest = text.partition(":")
+        method, colon, rest = text.partition(":")
+        if colon and not rest.strip():
+            raise VitsearchError(f"config {text!r} names no selector after ':': write BLOCK=RATIO pairs, e.g. "
+                                 f"'{method.strip()}:3=0.7,6=0.7', or 'none' for the unpruned model")
         keep: dict[int, float] = {}
         for item in filter(None, (p.strip() for p in rest.split(","))):
             m = re.fullmatch(r"(\d+)\s*=\s*([0-9]*\.?[0-9]+)", item)
             if not m:
                 raise VitsearchError(
                     f"cannot read selector {item!r} in config {text!r}: write BLOCK=RATIO, e.g. 'spvit:3=0.7,6=0.7'")
-            keep[int(m.group(1))] = float(m.group(2))
+            block = int(m.group(1))
+            if block in keep:
+                raise VitsearchError(f"config {text!r} gives block {block} two keep ratios: one selector per block, "
+                                     "give each block once")
+            keep[block] = float(m.group(2))
         return cls(method=method.strip().lower(), keep=keep)
 
     def to_dict(self) -> dict[str, Any]:

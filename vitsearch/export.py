@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .errors import VitsearchError
+from .errors import VitsearchError, naming
 from .files import write_bytes
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def export_onnx(
         example_inputs = (example_inputs,)
     if not example_inputs or not all(isinstance(t, torch.Tensor) for t in example_inputs):
         raise VitsearchError("export_onnx needs example_inputs as a tuple of tensors, e.g. (torch.randn(1, 3, 224, 224),)")
-    path = Path(path).expanduser()
+    path = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     opset = DEFAULT_OPSET if opset is None else int(opset)
     was_training = module.training
@@ -112,7 +112,17 @@ def export_onnx(
         with torch.no_grad():
             outputs = module(*example_inputs)
         n_out = len(outputs) if isinstance(outputs, (tuple, list)) else 1
-        proto = _export_proto(module, example_inputs, opset, dynamo, n_out)
+        try:
+            proto = _export_proto(module, example_inputs, opset, dynamo, n_out)
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
+            # Too old an opset lacks an operator the model uses (expand, attention: >= 14); too new a one is
+            # beyond the exporter ("Unsupported onnx_opset_version"). Anything else is no opset matter.
+            if not isinstance(e, torch.onnx.errors.OnnxExporterError) and "opset" not in str(e):
+                raise
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise VitsearchError(f"the ONNX exporter cannot write {type(module).__name__} at opset {opset} "
+                                 f"({reason}): use --opset {DEFAULT_OPSET} (vitsearch's default) or another "
+                                 "opset from 14 on that your runtime supports") from e
     finally:
         module.train(was_training)
     seconds = time.perf_counter() - start
@@ -133,9 +143,19 @@ def export_onnx(
         except onnx.checker.ValidationError as e:
             raise VitsearchError(f"the exported ONNX graph for {type(module).__name__} is invalid: {e}") from e
 
-    write_bytes(path, proto.SerializeToString())
+    with naming(path):
+        write_bytes(path, proto.SerializeToString())
     logger.info("exported %s to %s in %.2f s (%s, opset %d)", type(module).__name__, path, seconds,
                 meta["exporter"], opset)
+    return path
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """The ONNX file to write, refused where it is a folder (before minutes of export are spent)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise VitsearchError(f"{path} is a folder, not an ONNX file to write: give a file name, "
+                             f"e.g. -o {path / 'model.onnx'}")
     return path
 
 

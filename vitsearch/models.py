@@ -156,6 +156,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise VitsearchError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise VitsearchError(f"checkpoint {str(path)!r} is empty (0 bytes): it was not saved completely; save or "
+                             "copy it again")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -179,7 +182,10 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 f"checkpoint {str(path)!r} holds Python objects besides tensors, which are not loaded for safety "
                 "(weights_only=True). Re-save just the weights: torch.save(ckpt['model'], 'weights.pt')") from e
         except (RuntimeError, EOFError, OSError) as e:
-            raise VitsearchError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint: {e}") from e
+            # A cut-off zip archive (torch.save's format) or pickle: torch's own text names no file.
+            reason = str(e).strip().split(". ")[0] or type(e).__name__
+            raise VitsearchError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint ({reason}): "
+                                 "save or copy it again, or pass the right file") from e
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "model_state"):
             if isinstance(obj.get(key), Mapping):

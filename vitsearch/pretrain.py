@@ -116,7 +116,7 @@ def _write_atomically(target: Path, model: torch.nn.Module, meta: dict[str, Any]
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache entry is readable like any other cached file
         torch.save(model.state_dict(), tmp / "model.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
         os.replace(tmp, target)  # atomic on one file system; target does not exist (checked under the lock)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

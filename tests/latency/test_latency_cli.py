@@ -42,7 +42,8 @@ def test_predict_prints_a_summary_and_json(digits_tables, capsys):
     (["predict", "--config", "spvit:3=0.7", "--batch", "8"], "no latency table at"),
     (["predict", "--config", "spvit:30=0.5", "--batch", "8"], "selector at block 30 does not exist"),  # config first
     (["profile", "--batch", "0"], "batch must be a positive integer"),
-    (["profile", "--validate", "-3"], "--validate takes a number"),
+    (["profile", "--validate", "-3"], "--validate takes 0 (no validation) or at least 2"),
+    (["profile", "--validate", "1"], "--validate takes 0 (no validation) or at least 2"),
 ])
 def test_bad_input_is_one_message(digits_tables, capsys, argv, message):
     assert main([*argv, "--tables", str(digits_tables)]) == 2

@@ -251,3 +251,27 @@ def test_torch_runtime_profiles_a_table(tmp_path):
                     grid_spec=TINY_GRID, settings=QUICK, progress=False)
     assert table.meta["runtime"]["runtime"] == "torch" and table.path.parent.name == "torch-cpu"
     assert Predictor(table).predict("evovit:1=0.5").total_ms > 0
+
+
+@pytest.mark.parametrize("name", ["ssh://-oProxyCommand=reboot@host", "ssh://pi@-oProxyCommand=x",
+                                  "ssh://-F@board"])
+def test_an_ssh_user_or_host_that_reads_as_an_option_is_refused(tmp_path, name):
+    with pytest.raises(VitsearchError, match=r"ssh device .* is not a (user|host) name \(it must not start with '-'\)"):
+        resolve(name, tmp_path)
+    (tmp_path / "devices.toml").write_text('[devices.pi]\ntransport = "ssh"\nhost = "-oProxyCommand=x"\n')
+    with pytest.raises(VitsearchError, match="ssh device 'pi' .*host '-oProxyCommand=x' is not a host name"):
+        registry(tmp_path)
+
+
+def test_ssh_reads_the_destination_after_its_options_end(tmp_path):
+    """Even a destination that slipped past the parser is never an option: ssh gets "--" before it."""
+    require_binary("ssh", "openssh-client")
+    marker = tmp_path / "proxy-command-ran"
+    spec = resolve("ssh://pi@board", tmp_path)
+    spec = type(spec)(spec.name, "ssh", spec.runtime, spec.description,
+                      {**spec.settings, "user": None, "host": f"-oProxyCommand=touch {marker}", "connect_timeout": 2})
+    cmd = SshDevice(spec)._ssh("true")
+    assert cmd[-3:] == ["--", f"-oProxyCommand=touch {marker}", "true"]
+    with pytest.raises(VitsearchError):
+        SshDevice(spec).check()
+    assert not marker.exists()

@@ -149,3 +149,16 @@ def test_rows_are_scaled_to_the_tables_reference_speed(tmp_path, synthetic):
         assert predictor.predict(config).total_ms == pytest.approx(plain.predict(config).total_ms)
     reloaded = T.load(tmp_path / "drift.csv")
     assert {r.ref_ms for r in reloaded.rows.values()} == {1.0, 2.0}
+
+
+def test_rows_without_a_reference_turn_drift_correction_off_with_a_warning(tmp_path, synthetic, caplog):
+    rows = [T.Row(r.point, r.steps, r.median_ms, r.p90_ms, r.spread_ms, r.repeats,
+                  ref_ms=float("nan") if r.point.kind == "head" else 1.0) for r in synthetic.rows.values()]
+    with caplog.at_level("WARNING", logger="vitsearch.latency.predict"):
+        predictor = Predictor(T.save(tmp_path / "partial.csv", synthetic.meta, rows))
+    assert predictor.reference_ms is None
+    assert "have no drift reference (ref_ms), so drift correction is off" in caplog.text and "head(n=" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vitsearch.latency.predict"):
+        Predictor(synthetic)  # no row has a reference: an older table, read as stored without a word
+    assert caplog.text == ""

@@ -80,3 +80,45 @@ def test_more_threads_than_cores_is_refused_with_the_count(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert f"--threads {cpus + 1} is not possible" in done.stderr
     assert f"has {cpus} cores: use 1 to {cpus}" in done.stderr
+
+
+def _identity_onnx(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+@pytest.fixture
+def no_cuda_provider():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider: the check under test cannot refuse it")
+
+
+def test_the_runner_refuses_a_provider_this_onnxruntime_lacks(tmp_path, no_cuda_provider):
+    """Nothing is measured (no runtime event, no result) when the manifest's provider is missing."""
+    import json
+    import subprocess
+    import sys
+
+    _identity_onnx(tmp_path / "m.onnx")
+    (tmp_path / "manifest.json").write_text(json.dumps({"provider": "cuda", "models": [{"name": "m", "path": "m.onnx"}]}))
+    done = subprocess.run([sys.executable, runner.__file__, str(tmp_path / "manifest.json")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 3 and done.stdout == ""
+    assert "provider 'cuda' needs onnxruntime's CUDAExecutionProvider" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_session_that_fell_back_to_the_cpu_is_refused(tmp_path, no_cuda_provider):
+    """onnxruntime itself only warns and runs on the CPU when the CUDA provider cannot be used."""
+    path = str(_identity_onnx(tmp_path / "m.onnx"))
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
+        with pytest.raises(runner.ProviderMissing, match=r"created the session on \['CPUExecutionProvider'\]"):
+            runner.session(path, {"threads": 1, "provider": "cuda"})
+    assert runner.session(path, {"threads": 1}).get_providers() == ["CPUExecutionProvider"]

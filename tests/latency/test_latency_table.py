@@ -59,14 +59,65 @@ def test_missing_column_is_refused(tmp_path, geom):
         T.load(path)
 
 
-@pytest.mark.parametrize("value, message", [("nan", "NaN"), ("-0.5", "negative"), ("fast", "not a number")])
-def test_bad_latency_is_refused(tmp_path, geom, value, message):
+@pytest.mark.parametrize("column, value, message", [
+    ("median_ms", "nan", "median_ms is 'nan', not a finite number"),
+    ("median_ms", "inf", "median_ms is 'inf', not a finite number"),
+    ("p90_ms", "-0.5", "p90_ms is -0.5, not a finite latency >= 0"),
+    ("median_ms", "fast", "median_ms is 'fast', not a number"),
+    ("n", "inf", "n is 'inf', not a finite number"),
+    ("p10_ms", "nan", "p10_ms is 'nan', not a finite number"),
+    ("k", "1.5", "k is '1.5', not a whole number"),
+    ("repeats", "2.5", "repeats is '2.5', not a whole number"),
+    ("stable", "yes", "stable is 'yes', not 1, 0 or empty"),
+    ("ref_ms", "0", "ref_ms is 0.0, not a drift reference's median, > 0"),
+    ("ref_ms", "inf", "ref_ms is 'inf', not a finite number"),
+])
+def test_a_bad_value_is_refused_naming_file_line_and_fix(tmp_path, geom, column, value, message):
     def edit(rows):
-        rows[1]["median_ms"] = value
+        rows[1][column] = value
         return list(T.COLUMNS)
 
-    with pytest.raises(VitsearchError, match=f"line 3: median_ms .*{message}"):
+    path = _write(tmp_path, geom, edit)
+    with pytest.raises(VitsearchError) as e:
+        T.load(path)
+    assert f"latency table {path} line 3: {message}" in str(e.value)
+    assert "delete that line (vitsearch profile re-measures deleted rows)" in str(e.value)
+
+
+def test_a_duplicated_row_is_refused_naming_both_lines(tmp_path, geom):
+    def edit(rows):
+        rows.append({**rows[1], "median_ms": "43"})
+        return list(T.COLUMNS)
+
+    with pytest.raises(VitsearchError, match=r"line 5: block\(n=17\) was already measured on line 3; keep one"):
         T.load(_write(tmp_path, geom, edit))
+
+
+def test_a_table_that_is_not_utf8_is_refused_naming_the_line(tmp_path, geom):
+    path = tmp_path / "t.csv"
+    T.save(path, _meta(geom), _rows())
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"block", b"bl\xf6ck")  # Latin-1, as an editor might save it
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(VitsearchError, match=f"latency table {path} line 3 is not UTF-8 text"):
+        T.load(path)
+
+
+def test_rows_refuse_what_no_measurement_gives():
+    """Writers cannot put a non-finite, negative or zero-reference value into a table either."""
+    with pytest.raises(ValueError, match="median_ms is inf"):
+        T.Row(Point("block", 17), 1, math.inf, 1.0, 0.1, 10)
+    with pytest.raises(ValueError, match="ref_ms is 0"):
+        T.Row(Point("block", 17), 1, 1.0, 1.0, 0.1, 10, ref_ms=0.0)
+    with pytest.raises(ValueError, match="repeats is 0"):
+        T.Row(Point("block", 17), 1, 1.0, 1.0, 0.1, 0)
+
+
+def test_metadata_with_a_non_finite_number_is_never_written(tmp_path, geom):
+    path = tmp_path / "t.csv"
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        T.write_meta(path, {**_meta(geom), "profile_seconds": math.inf})
+    assert not T.meta_path(path).exists()
 
 
 def test_unknown_kind_is_refused(tmp_path, geom):
@@ -108,6 +159,9 @@ def test_missing_table_or_metadata(tmp_path, geom):
 
 def test_writer_drops_a_line_cut_short(tmp_path):
     path = tmp_path / "t.csv"
+    with T.RowWriter(path):
+        pass
+    assert not path.exists(), "a writer that wrote no row leaves no table"
     with T.RowWriter(path) as w:
         for r in _rows()[:2]:
             w.append(r)

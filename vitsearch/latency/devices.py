@@ -133,7 +133,8 @@ class LocalDevice(Device):
         if not artefacts:
             return
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(_manifest(artefacts, settings, self.spec.get("provider", "cpu"), absolute=True), f)
+            json.dump(_manifest(artefacts, settings, self.spec.get("provider", "cpu"), absolute=True), f,
+                      allow_nan=False)
         try:
             yield from _stream([sys.executable, str(RUNNER), f.name], f"the runner on {self.name}", None)
         finally:
@@ -141,7 +142,8 @@ class LocalDevice(Device):
 
 
 class SshDevice(Device):
-    """A Linux board over ssh: artefacts and ``runner.py`` are copied with scp and run with the board's python.
+    """A Linux board over ssh: artefacts and ``runner.py`` are copied (a tar stream over ssh) and run with the
+    board's python.
 
     Settings: ``host``, ``user``, ``port`` (22), ``python`` ("python3"), ``workdir`` ("/tmp/vitsearch"),
     ``identity_file``, ``known_hosts`` (a file for the host key, accepted on first use), ``ssh_options`` (list of
@@ -168,7 +170,8 @@ class SshDevice(Device):
         return opts
 
     def _ssh(self, command: str) -> list[str]:
-        return ["ssh", "-p", str(self.spec.get("port", 22)), *self._options(), self._target(), command]
+        # "--" ends ssh's options: whatever the destination says, ssh reads it as a destination
+        return ["ssh", "-p", str(self.spec.get("port", 22)), *self._options(), "--", self._target(), command]
 
     def _run(self, command: str, what: str) -> str:
         timeout = 2 * int(self.spec.get("connect_timeout", 10)) + 30
@@ -226,7 +229,8 @@ class SshDevice(Device):
         python = self.spec.get("python", "python3")
         with tempfile.TemporaryDirectory(prefix="vitsearch-ssh-") as tmp:
             manifest = Path(tmp) / "manifest.json"
-            manifest.write_text(json.dumps(_manifest(artefacts, settings, self.spec.get("provider", "cpu"))))
+            manifest.write_text(json.dumps(_manifest(artefacts, settings, self.spec.get("provider", "cpu")),
+                                           allow_nan=False))
             files = {RUNNER, manifest}
             for a in artefacts:
                 files |= {a.onnx, *a.files}

@@ -13,6 +13,8 @@ slow minute and kinds profiled in a fast one add up on one scale.
 from __future__ import annotations
 
 import bisect
+import logging
+import math
 import os
 import statistics
 from collections import defaultdict
@@ -25,6 +27,8 @@ from ..models import ModelGeometry
 from . import table as table_mod
 from .components import Point, components_of
 from .table import LatencyTable
+
+logger = logging.getLogger(__name__)
 
 SELECTION = ("spvit_select", "evo_stage")  # token selection and packaging / stage bookkeeping
 # Axis each 1-D kind is interpolated along; spvit_select is 2-D (n, k).
@@ -62,8 +66,13 @@ class Predictor:
         if statistic not in table_mod.LATENCIES:
             raise ValueError(f"statistic must be one of {table_mod.LATENCIES}")
         self.table, self.statistic = table, statistic
-        refs = [row.ref_ms for row in table.rows.values()]
-        drift = bool(refs) and all(r > 0 for r in refs)  # NaN > 0 is False: an older table without references
+        refs = [row.ref_ms for row in table.rows.values()]  # > 0, or NaN where a call had no reference
+        drift = bool(refs) and not any(math.isnan(r) for r in refs)
+        if not drift and not all(math.isnan(r) for r in refs):
+            missing = sorted(str(p) for p, row in table.rows.items() if math.isnan(row.ref_ms))
+            logger.warning("table %s: %d row(s) have no drift reference (ref_ms), so drift correction is off for the "
+                           "whole table (%s%s); delete those lines and run vitsearch profile again to re-measure them",
+                           table.path, len(missing), ", ".join(missing[:3]), ", ..." if len(missing) > 3 else "")
         self.reference_ms: float | None = statistics.median(refs) if drift else None
         self._1d: dict[str, tuple[list[int], list[float]]] = {}
         self._2d: dict[int, tuple[list[int], list[float]]] = {}  # spvit_select: n -> (k values, latencies)

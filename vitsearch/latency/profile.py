@@ -194,14 +194,19 @@ def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], reference: R
                     meta.update(threads=event["threads"], spinning=event.get("spinning"))
                     if old_meta is not None:
                         _check_runtime(old_meta, meta, path)
-                    if not have_meta:
+                elif event["event"] == "result":
+                    try:
+                        row = _row(by_name[event["name"]], graphs[kind].steps, event,
+                                   0.0 if overhead is None else overhead.raw_median_ms, ref_ms)
+                    except ValueError as e:  # a non-finite or negative statistic: never written to the table
+                        failures.append((event["name"], str(e)))
+                        bar.update(1)
+                        continue
+                    if not have_meta:  # with the first row, so a device that measures nothing leaves no table
                         meta["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                         table_mod.write_meta(path, meta)
                         have_meta = True
-                elif event["event"] == "result":
-                    p = by_name[event["name"]]
-                    steps = graphs[kind].steps
-                    writer.append(_row(p, steps, event, 0.0 if overhead is None else overhead.raw_median_ms, ref_ms))
+                    writer.append(row)
                     bar.update(1)
                 else:
                     failures.append((event["name"], event.get("message", "")))

@@ -92,7 +92,17 @@ def _spec(name: str, entry: Mapping[str, Any], source: str) -> DeviceSpec:
                              "and only they do")
     if runtime == "torch" and transport != "local":
         raise VitsearchError(f"device {name!r} ({source}): the torch runtime runs only on the local transport")
+    if transport == "ssh":
+        for key in ("host", "user"):
+            _check_ssh_name(name, key, entry.get(key), source)
     return DeviceSpec(name, transport, runtime, str(entry.pop("description", "")), entry)
+
+
+def _check_ssh_name(device: str, key: str, value: Any, source: str) -> None:
+    """A user or host that ssh would read as an option (``-oProxyCommand=...``) runs commands here: refused."""
+    if value and (not isinstance(value, str) or value.startswith("-")):
+        raise VitsearchError(f"ssh device {device!r} ({source}): {key} {value!r} is not a {key} name (it must not "
+                             "start with '-'): give the board's real user and host")
 
 
 def resolve(name: str, tables: str | os.PathLike[str] = "latency_tables") -> DeviceSpec:
@@ -107,6 +117,8 @@ def resolve(name: str, tables: str | os.PathLike[str] = "latency_tables") -> Dev
         settings = {"host": m["host"], "port": int(m["port"] or 22)}
         if m["user"]:
             settings["user"] = m["user"]
+        for key, value in settings.items():
+            _check_ssh_name(name, key, value if key != "port" else None, "device name")
         return DeviceSpec(name, "ssh", "onnxruntime", f"ssh board {m['host']}", settings)
     raise VitsearchError(
         f"unknown device {name!r}: known devices are {', '.join(sorted(known))}, or ssh://user@host[:port]. "

@@ -16,7 +16,8 @@ The manifest (JSON)::
 ``{"event": "runtime", ...}`` first (runtime version, host, cores, the threads and spinning policy used), then
 per model either ``{"event": "result", "name": ..., "median_ms": ..., "p10_ms": ..., "p90_ms": ...,
 "mean_ms": ..., "std_ms": ..., "min_ms": ..., "repeats": ..., "warmup": ..., "stable": true}`` or
-``{"event": "error", "name": ..., "message": ...}``. The exit status is 1 if any model failed.
+``{"event": "error", "name": ..., "message": ...}``. The exit status is 1 if any model failed, 3 (with the
+reason on stderr) if onnxruntime here cannot run on the manifest's provider: it never measures on another one.
 
 Measurement: inputs are bound once (IOBinding) so no call copies tensors into or out of Python, which keeps
 the per-call overhead small and equal for every graph; ``warmup`` calls are thrown away; then calls are timed
@@ -76,6 +77,21 @@ def threads_for(requested: int, cpus: int, host: str) -> int:
     return requested or cpus
 
 
+class ProviderMissing(Exception):
+    """The runtime cannot run on the provider the manifest names: fatal for the whole call, so that nothing is
+    measured on another provider under this one's name."""
+
+
+def check_provider(provider: str) -> None:
+    """Before any session: this onnxruntime build must offer the provider's execution provider."""
+    wanted, available = PROVIDERS[provider][0], ort.get_available_providers()
+    if wanted not in available:
+        raise ProviderMissing(
+            f"provider {provider!r} needs onnxruntime's {wanted}, but onnxruntime {ort.__version__} on "
+            f"{platform.node()} offers only {', '.join(available)}: install the onnxruntime build for it "
+            "(onnxruntime-gpu with a matching CUDA for cuda), or measure on the cpu provider")
+
+
 def session(path: str, cfg: dict) -> ort.InferenceSession:
     """An onnxruntime session with the manifest's ``threads``, ``spinning`` and ``provider``."""
     so = ort.SessionOptions()
@@ -85,7 +101,14 @@ def session(path: str, cfg: dict) -> ort.InferenceSession:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(path, so, providers=PROVIDERS[cfg.get("provider", "cpu")])
+    provider = cfg.get("provider", "cpu")
+    sess = ort.InferenceSession(path, so, providers=PROVIDERS[provider])
+    # onnxruntime falls back to the CPU without an error when a provider fails to load (missing CUDA libraries)
+    if sess.get_providers()[0] != PROVIDERS[provider][0]:
+        raise ProviderMissing(f"provider {provider!r}: onnxruntime created the session on {sess.get_providers()} "
+                              f"instead of {PROVIDERS[provider][0]} (its libraries did not load): fix the "
+                              "installation, or measure on the cpu provider")
+    return sess
 
 
 def inputs_for(sess: ort.InferenceSession, seed: int = 0) -> dict:
@@ -151,6 +174,8 @@ def time_interleaved(items: list, make_call, cfg: dict):
             t0 = time.perf_counter()
             try:
                 samples, ok = sample_calls(make_call(source), warmup, min_repeats, max_repeats, max_seconds, rel_tol)
+            except ProviderMissing:
+                raise
             except Exception as e:  # report and go on: one bad graph must not lose the others' measurements
                 del pooled[name]
                 yield {"event": "error", "name": name, "message": f"{type(e).__name__}: {e}"}
@@ -196,12 +221,17 @@ def main(argv: list) -> int:
     except ValueError as e:
         sys.stderr.write(f"{e}\n")
         return 2
-    emit(runtime_info(cfg))
     items = [(item["name"], os.path.join(root, item["path"])) for item in cfg["models"]]
     failed = 0
-    for event in time_interleaved(items, lambda path: session_call(path, cfg), cfg):
-        failed += event["event"] == "error"
-        emit(event)
+    try:
+        check_provider(cfg.get("provider", "cpu"))
+        emit(runtime_info(cfg))
+        for event in time_interleaved(items, lambda path: session_call(path, cfg), cfg):
+            failed += event["event"] == "error"
+            emit(event)
+    except ProviderMissing as e:
+        sys.stderr.write(f"{e}\n")
+        return 3
     return 1 if failed else 0
 
 

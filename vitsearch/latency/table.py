@@ -12,10 +12,14 @@ repeats        timed calls (after warm-up)
 p10_ms         per-step 10th percentile, overhead subtracted (the min where the runtime reports no p10): on a
                shared machine it is far less inflated by other processes than the median
 raw_median_ms  the median of one whole call as measured, before subtraction and division
-stable         whether the median settled within the runner's tolerance
+stable         whether the median settled within the runner's tolerance (1, 0, or empty where unknown)
 ref_ms         the drift reference's median in the call that measured this row (see
                :mod:`vitsearch.latency.reference`); the predictor scales the row by the table's reference over it
 =============  ==================================================================================
+
+Every value is checked when a row is made and when a table is read: latencies are finite and >= 0, counts
+are whole numbers, a drift reference is > 0, each grid point appears once. A bad row is refused with its
+file and line, never skipped or silently overridden: deleting the line and profiling again re-measures it.
 
 The ``.json`` beside it records provenance: device, runtime and version, threads (the count measured with, also
 for a profile asked for 0), spinning (the intra-op spinning policy: ``off``, ``on``, or why the device's runtime
@@ -26,6 +30,7 @@ batch it was measured for: :func:`load` refuses anything else and says which fie
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..errors import VitsearchError
+from ..errors import VitsearchError, naming
 from ..files import write_text
 from ..models import ModelGeometry
 from .components import KINDS, Point
@@ -49,6 +54,7 @@ FORMAT = 1
 # last matmul, which is noise next to the blocks, so a fine-tuned head can use its base model's table.
 GEOMETRY_FIELDS = ("embed_dim", "num_heads", "depth", "mlp_ratio", "patch_size", "img_size", "in_chans",
                    "num_prefix_tokens", "num_patches")
+FIX_ROW = "fix or delete that line (vitsearch profile re-measures deleted rows), or start over with --restart"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,22 @@ class Row:
     raw_median_ms: float = math.nan
     stable: bool | None = None
     ref_ms: float = math.nan
+
+    def __post_init__(self) -> None:
+        """Refuse what no measurement gives, so no writer can put it in a table (ValueError, naming the field)."""
+        for name in ("median_ms", "p90_ms", "spread_ms", "p10_ms", "raw_median_ms", "ref_ms"):
+            value = getattr(self, name)
+            optional = name not in ("median_ms", "p90_ms", "spread_ms")
+            if optional and math.isnan(value):
+                continue
+            if not math.isfinite(value) or value < 0 or (name == "ref_ms" and value == 0):
+                expected = "a drift reference's median, > 0" if name == "ref_ms" else "a finite latency >= 0"
+                raise ValueError(f"{name} is {value!r}, not {expected}")
+        for name in ("steps", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}, not a count >= 1")
+        if self.point.n < 0 or self.point.k < 0:
+            raise ValueError(f"token counts n = {self.point.n}, k = {self.point.k} are negative")
 
     def to_csv(self) -> dict[str, Any]:
         def opt(v: float) -> str:
@@ -103,43 +125,66 @@ class LatencyTable:
         return str(self.meta["device"]["name"])
 
 
-def _parse_row(raw: Mapping[str, str], where: str) -> Row:
-    def number(col: str, cast: type = float) -> Any:
-        text = (raw.get(col) or "").strip()
+def _parse_row(raw: Mapping[str, str | None], where: str) -> Row:
+    """One CSV row as a :class:`Row`; anything malformed raises :class:`VitsearchError` prefixed with ``where``."""
+    def text(col: str) -> str:
+        return (raw.get(col) or "").strip()
+
+    def number(col: str) -> float:
         try:
-            value = cast(float(text)) if cast is int else float(text)
+            value = float(text(col))
         except ValueError:
-            raise VitsearchError(f"{where}: {col} is {text!r}, not a number") from None
-        if cast is float and math.isnan(value):
-            raise VitsearchError(f"{where}: {col} is NaN: re-profile this component")
-        if value < 0:
-            raise VitsearchError(f"{where}: {col} is negative ({value:g}): re-profile this component")
+            raise VitsearchError(f"{where}: {col} is {text(col)!r}, not a number; {FIX_ROW}") from None
+        if not math.isfinite(value):
+            raise VitsearchError(f"{where}: {col} is {text(col)!r}, not a finite number; {FIX_ROW}")
         return value
 
-    kind = (raw.get("kind") or "").strip()
+    def count(col: str) -> int:
+        value = number(col)
+        if not value.is_integer():
+            raise VitsearchError(f"{where}: {col} is {text(col)!r}, not a whole number; {FIX_ROW}")
+        return int(value)
+
+    def optional(col: str) -> float:
+        return number(col) if text(col) else math.nan
+
+    kind = text("kind")
     if kind not in KINDS:
-        raise VitsearchError(f"{where}: unknown component kind {kind!r} (expected one of {', '.join(KINDS)})")
-    stable = (raw.get("stable") or "").strip()
-    optional = {c: number(c) if (raw.get(c) or "").strip() else math.nan
-                for c in ("p10_ms", "raw_median_ms", "ref_ms")}
-    return Row(Point(kind, number("n", int), number("k", int)), number("steps", int),
-               number("median_ms"), number("p90_ms"), number("spread_ms"), number("repeats", int),
-               optional["p10_ms"], optional["raw_median_ms"], bool(int(stable)) if stable else None,
-               optional["ref_ms"])
+        raise VitsearchError(f"{where}: unknown component kind {kind!r} (expected one of {', '.join(KINDS)}); {FIX_ROW}")
+    if text("stable") not in ("", "0", "1"):
+        raise VitsearchError(f"{where}: stable is {text('stable')!r}, not 1, 0 or empty; {FIX_ROW}")
+    stable = None if not text("stable") else text("stable") == "1"
+    try:
+        return Row(Point(kind, count("n"), count("k")), count("steps"), number("median_ms"), number("p90_ms"),
+                   number("spread_ms"), count("repeats"), optional("p10_ms"), optional("raw_median_ms"), stable,
+                   optional("ref_ms"))
+    except ValueError as e:
+        raise VitsearchError(f"{where}: {e}; {FIX_ROW}") from None
 
 
 def read_rows(path: Path) -> dict[Point, Row]:
-    """Every row of a table CSV, validated: missing columns, NaN and negative latencies are refused."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise VitsearchError(f"latency table {path} lacks column(s) {', '.join(missing)}: it was not written by "
-                                 "this vitsearch version or was edited; re-profile with vitsearch profile --restart")
-        rows: dict[Point, Row] = {}
-        for i, raw in enumerate(reader, start=2):
-            row = _parse_row(raw, f"latency table {path} line {i}")
-            rows[row.point] = row
+    """Every row of a table CSV, validated (see the module docstring); the first bad one is refused."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise VitsearchError(f"latency table {path} line {line} is not UTF-8 text (byte {data[e.start]:#04x}): it "
+                             f"was not written by vitsearch or was edited; {FIX_ROW}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise VitsearchError(f"latency table {path} lacks column(s) {', '.join(missing)}: it was not written by "
+                             "this vitsearch version or was edited; re-profile with vitsearch profile --restart")
+    rows: dict[Point, Row] = {}
+    lines: dict[Point, int] = {}
+    for raw in reader:
+        where = f"latency table {path} line {reader.line_num}"
+        row = _parse_row(raw, where)
+        if row.point in rows:
+            raise VitsearchError(f"{where}: {row.point} was already measured on line {lines[row.point]}; keep one "
+                                 f"of the two lines (vitsearch profile re-measures deleted rows)")
+        rows[row.point], lines[row.point] = row, reader.line_num
     return rows
 
 
@@ -169,8 +214,8 @@ def load(path: str | os.PathLike[str], *, geometry: ModelGeometry | None = None,
     if not mpath.is_file():
         raise VitsearchError(f"latency table {path} has no metadata file {mpath.name} beside it: re-profile")
     try:
-        meta = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VitsearchError(f"latency table metadata {mpath} is not valid JSON: {e}") from e
     check_meta(meta, path, geometry, batch)
     return LatencyTable(path, meta, read_rows(path))
@@ -179,52 +224,45 @@ def load(path: str | os.PathLike[str], *, geometry: ModelGeometry | None = None,
 class RowWriter:
     """Appends rows to a table CSV as they are measured, so an interrupted profile keeps them.
 
-    A line cut short by an interruption is dropped (and the file rewritten without it) when the table is
-    opened again to resume."""
+    Opening an existing table reads (and validates) its rows; a last line cut short by an interruption (no line
+    end) is cut off first. The file is created with the first row, so a device that measures nothing leaves none.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.rows = self._recover() if path.exists() else {}
-        fresh = not path.exists() or path.stat().st_size == 0
-        self._file = open(path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
-        if fresh:
-            self._writer.writeheader()
-            self._file.flush()
+        self._file: Any = None
 
     def _recover(self) -> dict[Point, Row]:
-        with open(self.path, newline="") as f:
-            lines = f.read().splitlines()
-        if not lines:
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):
+            os.truncate(self.path, data.rfind(b"\n") + 1)
+            data = data[:data.rfind(b"\n") + 1]
+        if not data:
             return {}
-        header = next(csv.reader([lines[0]]))
+        header = next(csv.reader([data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()]))
         if tuple(header) != COLUMNS:
             raise VitsearchError(f"cannot resume {self.path}: its columns {header} are not {list(COLUMNS)}; "
                                  "start over with --restart")
-        rows, good = {}, [lines[0]]
-        for line in lines[1:]:
-            values = next(csv.reader([line]), [])
-            if len(values) != len(COLUMNS):
-                continue
-            try:
-                row = _parse_row(dict(zip(COLUMNS, values)), str(self.path))
-            except VitsearchError:
-                continue
-            rows[row.point] = row
-            good.append(line)
-        if len(good) != len(lines):
-            with open(self.path, "w", newline="") as f:
-                f.write("\n".join(good) + "\n")
-        return rows
+        return read_rows(self.path)
 
     def append(self, row: Row) -> None:
-        self._writer.writerow(row.to_csv())
-        self._file.flush()
+        with naming(self.path):
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fresh = not self.path.exists() or self.path.stat().st_size == 0
+                self._file = open(self.path, "a", newline="", encoding="utf-8")
+                self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+                if fresh:
+                    self._writer.writeheader()
+            self._writer.writerow(row.to_csv())
+            self._file.flush()
         self.rows[row.point] = row
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            with naming(self.path):
+                self._file.close()
 
     def __enter__(self) -> "RowWriter":
         return self
@@ -234,7 +272,9 @@ class RowWriter:
 
 
 def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
-    write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    """The metadata file, replaced whole; a non-finite float in it is refused (JSON has none)."""
+    with naming(meta_path(path)):
+        write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def save(path: str | os.PathLike[str], meta: Mapping[str, Any], rows: Iterable[Row]) -> LatencyTable:
@@ -242,7 +282,7 @@ def save(path: str | os.PathLike[str], meta: Mapping[str, Any], rows: Iterable[R
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = list(rows)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in rows:

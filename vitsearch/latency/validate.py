@@ -25,7 +25,7 @@ import torch
 
 from .. import __version__
 from ..config import PruneConfig, token_schedule
-from ..errors import RunFailure, VitsearchError
+from ..errors import RunFailure, VitsearchError, naming
 from ..models import ModelGeometry, create_model
 from ..pruning import apply
 from ..stats import plot_scatter, scatter_info, summarise
@@ -85,6 +85,8 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
     torch.manual_seed(0)
     net = create_model(meta["model"], **dict(model_kwargs or {}))
     reference = Reference.build(dev, net, table.batch) if predictor.reference_ms is not None else None
+    if count < 2:
+        raise VitsearchError(f"validation needs at least 2 configs to rank (Kendall tau), got {count}")
     configs = random_configs(count, table.geometry, seed=seed)
     batch = table.batch
     g = table.geometry
@@ -157,7 +159,8 @@ def save(table_path: Path, rows: Sequence[Mapping[str, Any]], summary: Mapping[s
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    paths["json"].write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    with naming(paths["json"]):
+        paths["json"].write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
     ax = plot_scatter(scatter_info(rows), summary)
     ax.figure.tight_layout()
     ax.figure.savefig(paths["png"], dpi=120)

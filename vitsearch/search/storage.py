@@ -15,6 +15,7 @@ from ..config import PruneConfig
 from ..errors import RunFailure, VitsearchError
 from ..studyfolder import StudyFolder
 from .record import DIRECTIONS
+from .storage_url import parse_storage_url
 from .settings import Candidate, SearchSettings
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ def open_optuna_study(settings: SearchSettings, folder: StudyFolder) -> Any:
 def _rdb_storage(url: str, attempts: int = 3) -> Any:
     import sqlalchemy.exc
 
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    url, safe = parse_storage_url(url)  # the driver checked first, the password never shown
     kwargs = {"connect_args": {"connect_timeout": 10}} if "postgresql" in url else {}
     for attempt in range(attempts):
         try:
@@ -54,7 +54,6 @@ def _rdb_storage(url: str, attempts: int = 3) -> Any:
                 raise
             time.sleep(1.0 + random.random())
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as e:
-            safe = url.split("@")[-1]
             error = RunFailure if isinstance(e, sqlalchemy.exc.OperationalError) else VitsearchError  # out of reach / bad URL
             raise error(f"cannot open the study storage at {safe}: {str(e).splitlines()[0]}. "
                         "Check the database URL, that the server is running and reachable") from None
