@@ -1,8 +1,16 @@
 """Data sets: the built-in digits canvases (default) and ImageFolder trees, as train / val splits.
 
 :func:`load_dataset` is the one entry point: ``"digits"`` or a folder path in, :class:`DatasetSplits` out, with
-tensors sized and normalised the way the given model expects (timm's ``pretrained_cfg``) and a provenance
+images sized and normalised the way the given model expects (timm's ``pretrained_cfg``) and a provenance
 description. Splits are seeded and stratified, so every run sees the same images in the same split.
+
+Training code asks the splits for batches through two calls: :meth:`DatasetSplits.train_batches` (endless,
+shuffled per epoch, augmented) and :meth:`DatasetSplits.held_out_batches` (the val split in order, never
+augmented). Digits live in memory as tensors and are sliced in the training process; ImageFolder images stream
+through a ``torch.utils.data.DataLoader`` (``LoaderSettings``: worker processes, pinned memory) with timm's
+training transforms for the train split and its eval transforms for held-out data. Each training image's random
+augmentation is seeded by its place in the seeded epoch order, so batches repeat exactly under a seed whatever the
+number of workers. Every image of a folder is checked once before the first training (:mod:`vitsearch.image_check`).
 
 The digits data: scikit-learn's 1,797 real 8x8 hand-written digits (shipped with scikit-learn, no download),
 each upscaled and pasted at a seeded random place of a patch-aligned grid on a larger blank canvas. Most patches
@@ -10,16 +18,20 @@ are then background, which is the redundancy token pruning removes.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import logging
+import math
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import VitsearchError
 
@@ -52,6 +64,25 @@ class DigitsSpec:
             raise VitsearchError(f"digits of {self.glyph}px do not fit a {self.canvas}px canvas")
 
 
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How batches are made. Speed only: which images a step sees, and how they are augmented, never depend on it."""
+
+    # DataLoader processes decoding and transforming ImageFolder images beside the training (0: in the training
+    # process). In-memory data (digits) is sliced in the training process whatever this says: a worker would only
+    # copy tensors that are already there.
+    workers: int = 0
+    pin_memory: bool = False  # page-locked batches, so copies to a CUDA device can overlap compute
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise VitsearchError(f"workers must be 0 (load in the training process) or more, got {self.workers}")
+
+
+# A batch of images (B, C, H, W) float32, normalised, and their labels (B,) int64.
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
 class TensorImageDataset(Dataset):
     """Images and labels held in memory as tensors; ``dataset[i] -> (image (C, H, W), label)``."""
 
@@ -67,6 +98,70 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
 
+    def select(self, indices: Sequence[int]) -> TensorImageDataset:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return TensorImageDataset(self.images[idx], self.labels[idx])
+
+
+class ImageFiles(Dataset):
+    """Image files and their class indices, decoded and transformed on access.
+
+    ``dataset[(i, seed)]`` draws the transform's randomness (Python's, NumPy's and torch's global generators, which
+    timm's and torchvision's transforms use) from ``seed`` alone and restores the generators afterwards, so an
+    augmented image is a function of its key: not of the worker process that decodes it, nor of what ran before.
+    ``dataset[i]`` is ``dataset[(i, i)]``. The eval transform has no randomness (``augmented=False``) and is not seeded.
+    """
+
+    def __init__(self, root: Path, samples: Sequence[tuple[str, int]], transform: Callable[[Any], torch.Tensor],
+                 mode: str, *, augmented: bool) -> None:
+        self.root = root  # the data set folder, for messages
+        self.samples = list(samples)  # (path, class index)
+        self.transform = transform
+        self.mode = mode  # PIL mode the model takes: "RGB", or "L" for a one-channel model
+        self.augmented = augmented
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = (key, key) if isinstance(key, int) else key
+        path, label = self.samples[i]
+        image = _open_image(path, self.mode)
+        if not self.augmented:
+            return self.transform(image), label
+        with _seeded_generators(seed):
+            return self.transform(image), label
+
+    def select(self, indices: Sequence[int]) -> ImageFiles:
+        return ImageFiles(self.root, [self.samples[i] for i in indices], self.transform, self.mode,
+                          augmented=self.augmented)
+
+
+class _EpochKeys(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(index, augmentation seed)`` keys, endlessly: epoch ``e`` in the order seeded by ``seed + e``,
+    its last batch smaller (every image once per epoch, as a shuffling DataLoader gives them). ``start`` skips that
+    many batches without making them."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0) -> None:
+        if n < 1 or batch_size < 1:
+            raise VitsearchError(f"cannot make batches of {batch_size} from {n} training images")
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_epoch = math.ceil(self.n / self.batch_size)
+        epoch, skip = divmod(self.start, per_epoch)
+        while True:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            # The draw a seeded DataLoader makes before it shuffles: digits runs keep the batches of earlier
+            # versions, whose results benchmarks/RESULTS.md records.
+            torch.empty((), dtype=torch.int64).random_(generator=g)
+            order = torch.randperm(self.n, generator=g).tolist()
+            seeds = torch.randint(2**31 - 1, (self.n,), generator=g).tolist()
+            for b in range(skip, per_epoch):
+                lo, hi = b * self.batch_size, (b + 1) * self.batch_size
+                yield list(zip(order[lo:hi], seeds[lo:hi]))
+            epoch, skip = epoch + 1, 0
+
 
 @dataclass(frozen=True)
 class DatasetSplits:
@@ -80,15 +175,32 @@ class DatasetSplits:
     description: str  # one line of provenance for logs and reports
     provenance: Mapping[str, Any] = field(default_factory=dict)  # source, settings and sizes, JSON-ready
     augment: Augment | None = None  # training-time batch augmentation suited to this data, if any
+    loading: LoaderSettings = LoaderSettings()
 
-    def loader(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-               num_workers: int = 0) -> DataLoader:
-        """A DataLoader over ``"train"`` or ``"val"``; shuffling is seeded so runs repeat."""
-        if split not in ("train", "val"):
-            raise ValueError(f"unknown split {split!r}: expected 'train' or 'val'")
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(getattr(self, split), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=num_workers)
+    def train_batches(self, batch_size: int, seed: int, *, start: int = 0) -> Iterator[Batch]:
+        """Training batches without end: epoch ``e`` shuffled by ``seed + e``, ImageFolder images through timm's
+        training transform (each seeded by its key). ``start`` resumes at that batch of the same sequence without
+        decoding the ones before. Batch-level ``augment`` (digits) is the caller's to apply."""
+        keys = _EpochKeys(len(self.train), batch_size, seed, start)  # type: ignore[arg-type]
+        if isinstance(self.train, TensorImageDataset):
+            return self._sliced(self.train, ([i for i, _ in batch] for batch in keys))
+        return iter(DataLoader(self.train, batch_sampler=keys, num_workers=self.loading.workers,
+                               pin_memory=self.loading.pin_memory, generator=torch.Generator().manual_seed(seed)))
+
+    def held_out_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The val split once, in order, through the eval transform."""
+        if isinstance(self.val, TensorImageDataset):
+            n = len(self.val)
+            return self._sliced(self.val, (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)))
+        return iter(DataLoader(self.val, batch_size=batch_size, num_workers=self.loading.workers,
+                               pin_memory=self.loading.pin_memory, generator=torch.Generator().manual_seed(0)))
+
+    def _sliced(self, data: TensorImageDataset, batches: Iterator[Sequence[int]]) -> Iterator[Batch]:
+        pin = self.loading.pin_memory and torch.cuda.is_available()  # as a DataLoader does: no GPU, no pinning
+        for idx in batches:
+            i = torch.as_tensor(idx, dtype=torch.long)
+            x, y = data.images[i], data.labels[i]
+            yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
 
 
 def load_dataset(
@@ -99,23 +211,31 @@ def load_dataset(
     seed: int = 0,
     max_train: int | None = None,
     max_val: int | None = None,
+    loading: LoaderSettings = LoaderSettings(),
 ) -> DatasetSplits:
     """The data set ``spec`` names, prepared for ``model``: ``"digits"`` (built in) or an ImageFolder path.
 
     ``val_fraction`` and ``seed`` split a folder that has no ``val/`` (and the digits). ``max_train`` / ``max_val``
-    keep a seeded random subset, e.g. a few thousand ImageNet images for a search.
+    keep a seeded random subset, e.g. a few thousand ImageNet images for a search. Every image of a folder that
+    the splits use is checked here, before any training (``loading.workers`` processes check in parallel).
     """
     if str(spec) == DIGITS:
         splits = digits_splits(model, DigitsSpec(val_fraction=val_fraction, seed=seed))
     else:
         splits = image_folder_splits(spec, model, val_fraction=val_fraction, seed=seed)
-    if max_train is None and max_val is None:
-        return splits
-    train = _subset(splits.train, max_train, seed)
-    val = _subset(splits.val, max_val, seed + 1)
-    prov = {**splits.provenance, "train_size": len(train), "val_size": len(val)}
-    desc = f"{splits.description}; subset {len(train)} train / {len(val)} val (seed {seed})"
-    return DatasetSplits(splits.name, train, val, splits.num_classes, splits.classes, desc, prov, splits.augment)
+    if max_train is not None or max_val is not None:
+        train = _subset(splits.train, max_train, seed)
+        val = _subset(splits.val, max_val, seed + 1)
+        splits = dataclasses.replace(
+            splits, train=train, val=val,
+            description=f"{splits.description}; subset {len(train)} train / {len(val)} val (seed {seed})",
+            provenance={**splits.provenance, "train_size": len(train), "val_size": len(val)})
+    if isinstance(splits.train, ImageFiles) and isinstance(splits.val, ImageFiles):
+        from .image_check import check_images
+
+        check_images(splits.train.root, [p for ds in (splits.train, splits.val) for p, _ in ds.samples],
+                     workers=loading.workers)
+    return dataclasses.replace(splits, loading=loading)
 
 
 def check_num_classes(splits: DatasetSplits, model: torch.nn.Module) -> None:
@@ -255,9 +375,24 @@ def _open_image(path: str, mode: str) -> Any:
         return Image.open(f).convert(mode)
 
 
+@contextlib.contextmanager
+def _seeded_generators(seed: int) -> Iterator[None]:
+    """Python's, NumPy's and torch's global generators seeded from ``seed`` inside, restored after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 def image_folder_splits(root: str | Path, model: torch.nn.Module, *, val_fraction: float = 0.2,
                         seed: int = 0) -> DatasetSplits:
-    """An ImageFolder tree with timm's eval transforms for ``model``.
+    """An ImageFolder tree for ``model``: timm's training transform on the train split, its eval transform on val.
 
     ``root/train`` and ``root/val`` are used as given; ``root/train`` alone, or a folder of class folders, is split
     with :func:`stratified_split`.
@@ -269,55 +404,51 @@ def image_folder_splits(root: str | Path, model: torch.nn.Module, *, val_fractio
         raise VitsearchError(f"data set path {str(path)!r} does not exist: expected 'digits' or {_LAYOUT}")
     if not path.is_dir():
         raise VitsearchError(f"data set path {str(path)!r} is not a folder: expected 'digits' or {_LAYOUT}")
+    path = path.resolve()
     cfg = model_input(model)
-    transform = create_transform(**cfg, is_training=False)
-    loader = functools.partial(_open_image, mode="L" if cfg["input_size"][0] == 1 else "RGB")
+    mode = "L" if cfg["input_size"][0] == 1 else "RGB"
+
+    def files(samples: Sequence[tuple[str, int]], training: bool) -> ImageFiles:
+        return ImageFiles(path, samples, create_transform(**cfg, is_training=training), mode, augmented=training)
+
     train_dir, val_dir = path / "train", path / "val"
     if val_dir.is_dir() and not train_dir.is_dir():
         raise VitsearchError(f"{str(path)!r} has val/ but no train/: expected {_LAYOUT}")
-    if train_dir.is_dir():
-        train_full = _image_folder(train_dir, transform, loader)
-        if val_dir.is_dir():
-            val_full = _image_folder(val_dir, transform, loader)
-            if val_full.classes != train_full.classes:
-                only_train = sorted(set(train_full.classes) - set(val_full.classes))[:5]
-                only_val = sorted(set(val_full.classes) - set(train_full.classes))[:5]
-                raise VitsearchError(
-                    f"train/ and val/ in {str(path)!r} hold different classes (only in train: {only_train}, only "
-                    f"in val: {only_val}): both need the same class folders")
-            train: Dataset = train_full
-            val: Dataset = val_full
-            how = "train/ and val/ as given"
-        else:
-            train, val, how = _split(train_full, val_fraction, seed)
-        classes = train_full.classes
+    folder = train_dir if train_dir.is_dir() else path
+    classes, samples = _scan(folder)
+    if val_dir.is_dir():
+        val_classes, val_samples = _scan(val_dir)
+        if val_classes != classes:
+            only_train = sorted(set(classes) - set(val_classes))[:5]
+            only_val = sorted(set(val_classes) - set(classes))[:5]
+            raise VitsearchError(
+                f"train/ and val/ in {str(path)!r} hold different classes (only in train: {only_train}, only "
+                f"in val: {only_val}): both need the same class folders")
+        train, val, how = files(samples, True), files(val_samples, False), "train/ and val/ as given"
     else:
-        full = _image_folder(path, transform, loader)
-        train, val, how = _split(full, val_fraction, seed)
-        classes = full.classes
-    description = (f"ImageFolder {str(path.resolve())!r}: {len(classes)} classes, {len(train)} train / {len(val)} "
-                   f"val ({how}); timm eval transform at {tuple(cfg['input_size'])}")
-    provenance = {"name": path.name, "source": str(path.resolve()), "layout": how, "num_classes": len(classes),
+        train_idx, val_idx = stratified_split([c for _, c in samples], val_fraction, seed)
+        if len(val_idx) == 0:
+            raise VitsearchError(f"{str(folder)!r} has too few images to hold some out: give each class at least two")
+        train = files([samples[i] for i in train_idx], True)
+        val = files([samples[i] for i in val_idx], False)
+        how = f"stratified {1 - val_fraction:.0%}/{val_fraction:.0%} split, seed {seed}"
+    description = (f"ImageFolder {str(path)!r}: {len(classes)} classes, {len(train)} train / {len(val)} val "
+                   f"({how}); timm train transform for train, eval transform for val, at {tuple(cfg['input_size'])}")
+    provenance = {"name": path.name, "source": str(path), "layout": how, "num_classes": len(classes),
                   "train_size": len(train), "val_size": len(val), "input_size": list(cfg["input_size"]),
-                  "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+                  "mean": list(cfg["mean"]), "std": list(cfg["std"]), "transforms": "timm create_transform"}
     return DatasetSplits(path.name, train, val, len(classes), tuple(classes), description, provenance)
 
 
-def _image_folder(path: Path, transform: Any, loader: Callable[[str], Any]) -> Any:
-    from torchvision.datasets import ImageFolder
+def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class folder names and (path, class index) of every image, as torchvision's ImageFolder finds them."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     try:
-        return ImageFolder(str(path), transform=transform, loader=loader)
+        classes, class_to_idx = find_classes(str(folder))
+        return classes, make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as e:  # torchvision's words for "no class folders" and "a class without images"
-        raise VitsearchError(f"no images found in {str(path)!r} ({e}): expected {_LAYOUT}") from e
-
-
-def _split(full: Any, val_fraction: float, seed: int) -> tuple[Dataset, Dataset, str]:
-    train_idx, val_idx = stratified_split(full.targets, val_fraction, seed)
-    if len(val_idx) == 0:
-        raise VitsearchError(f"{str(full.root)!r} has too few images to hold some out: give each class at least two")
-    how = f"stratified {1 - val_fraction:.0%}/{val_fraction:.0%} split, seed {seed}"
-    return Subset(full, train_idx.tolist()), Subset(full, val_idx.tolist()), how
+        raise VitsearchError(f"no images found in {str(folder)!r} ({e}): expected {_LAYOUT}") from e
 
 
 def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
@@ -327,4 +458,4 @@ def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     if limit < 1:
         raise VitsearchError(f"subset size {limit} must be at least 1")
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-    return Subset(dataset, idx.tolist())
+    return dataset.select(idx.tolist())  # type: ignore[attr-defined]

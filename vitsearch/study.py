@@ -47,7 +47,7 @@ class SearchSettings:
     study: str | None = None  # name of the study folder under ``reports``; derived from the settings if None
     trials: int = 24  # candidates to train; those over budget are rejected before training and not counted
     max_attempts: int | None = None  # stop after this many candidates in all, trained or not (None: 10 x trials, >= 100)
-    space: str | None = None  # search-space TOML; search/<family>.toml by default
+    space: str | None = None  # search-space TOML; the built-in vitsearch/spaces/<family>.toml by default
     strategy: str = "brief"  # "brief": train every candidate; "shared": weight sharing
     train: TrainSettings = field(default_factory=TrainSettings)
     # Shared strategy: supernet steps (each trains the largest, the smallest and a random config), then a few
@@ -60,6 +60,7 @@ class SearchSettings:
     seed: int = 0
     max_train: int | None = None  # subset sizes for large ImageFolder data sets
     max_val: int | None = None
+    workers: int = 0  # DataLoader processes for ImageFolder images (speed only: results do not depend on it)
     reports: str = "reports"
     tables: str = "latency_tables"
 
@@ -197,7 +198,7 @@ def fastest_config(space: SearchSpace, predictor: Any) -> tuple[PruneConfig, flo
 
 
 def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
-    from .data import check_num_classes, load_dataset
+    from .data import LoaderSettings, check_num_classes, load_dataset
     from .models import geometry
 
     if settings.strategy not in STRATEGIES:
@@ -211,7 +212,7 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
     g = geometry(base)
     space = load_space(settings.space or default_space_file(settings.model), depth=g.depth)
     splits = load_dataset(settings.dataset, base, seed=settings.seed, max_train=settings.max_train,
-                          max_val=settings.max_val)
+                          max_val=settings.max_val, loading=LoaderSettings(settings.workers))
     check_num_classes(splits, base)
     predictor = load_predictor(settings, base, progress=progress)
     unpruned_ms = predictor.predict(PruneConfig()).total_ms

@@ -154,10 +154,7 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _batches(splits, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    epoch = 0
-    while True:
-        yield from splits.loader("train", batch_size, shuffle=True, seed=seed + epoch)
-        epoch += 1
+    return splits.train_batches(batch_size, seed)
 
 
 def next_batch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], splits, teacher: nn.Module,
@@ -188,7 +185,7 @@ def accuracy(model: nn.Module, splits, *, batch_size: int = 256) -> float:
     """Top-1 on the held-out split with hard (inference) pruning."""
     model.eval()
     correct = total = 0
-    for x, y in splits.loader("val", batch_size):
+    for x, y in splits.held_out_batches(batch_size):
         correct += int((model(x).argmax(dim=-1) == y).sum())
         total += len(y)
     return correct / max(total, 1)
