@@ -284,3 +284,12 @@ def test_workers_below_zero_are_refused_at_the_command_line(run_cli, command):
     result = run_cli(*command, "--workers", "-1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--workers: expected a whole number >= 0, got -1" in result.stderr
+
+
+def test_the_search_hands_its_workers_to_the_data(tmp_path, tables, checkpoint):
+    from vitsearch.study import SearchSettings, prepare
+
+    _write_images(tmp_path / "ten", classes=tuple("0123456789"), per_class=2, size=64)
+    setup = prepare(SearchSettings(model="digits", checkpoint=str(checkpoint), dataset=str(tmp_path / "ten"),
+                                   workers=2, tables=str(tables), reports=str(tmp_path / "reports")), progress=False)
+    assert setup.splits.loading.workers == 2 and (len(setup.splits.train), len(setup.splits.val)) == (10, 10)
