@@ -342,7 +342,8 @@ class SearchCommand(Command):
         parser.add_argument("--batch", type=int, default=d.batch, metavar="B", help="batch size of the latency (default: 1)")
         parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
         parser.add_argument("--trials", type=int, default=d.trials, metavar="N", help=f"candidates to train; those over budget are rejected first and not counted (default: {d.trials})")
-        parser.add_argument("--space", metavar="TOML", help="search-space file (default: the built-in one for the model family, vitsearch/spaces/<family>.toml)")
+        parser.add_argument("--space", metavar="TOML",
+                            help="search-space file (default: the model family's built-in vitsearch/spaces/*.toml)")
         parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
                             help="brief: train each candidate; shared: weight sharing (default: %(default)s)")
         parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler (default: tpe)")

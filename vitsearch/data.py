@@ -184,6 +184,8 @@ class DatasetSplits:
         keys = _EpochKeys(len(self.train), batch_size, seed, start)  # type: ignore[arg-type]
         if isinstance(self.train, TensorImageDataset):
             return self._sliced(self.train, ([i for i, _ in batch] for batch in keys))
+        # A generator of its own: without one, a DataLoader draws its workers' base seed from torch's global
+        # generator, which would move the training's random stream (dropout, Gumbel noise) with every loader.
         return iter(DataLoader(self.train, batch_sampler=keys, num_workers=self.loading.workers,
                                pin_memory=self.loading.pin_memory, generator=torch.Generator().manual_seed(seed)))
 
