@@ -1,4 +1,7 @@
-"""Data sets: the digits default and real ImageFolder trees with timm's eval transforms."""
+"""Data sets: the digits default and real ImageFolder trees with timm's transforms, and the batches they give."""
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,12 @@ from PIL import Image
 from vitsearch.data import check_num_classes, digits_canvases, load_dataset, stratified_split, translate_within_canvas
 from vitsearch.errors import VitsearchError
 from vitsearch.models import create_model
+
+
+@pytest.fixture(autouse=True)
+def image_check_cache(tmp_path, monkeypatch):
+    """ImageFolder checks remember what they checked in the cache: these tests keep theirs in a tmp folder."""
+    monkeypatch.setenv("VITSEARCH_CACHE", str(tmp_path / "cache"))
 
 
 def _write_images(folder, classes=("cat", "dog"), per_class=5, size=40):
@@ -24,7 +33,7 @@ def test_image_folder_loads_with_the_models_eval_transform(tmp_path):
     splits = load_dataset(tmp_path, model)
     assert splits.classes == ("cat", "dog") and splits.num_classes == 2
     assert (len(splits.train), len(splits.val)) == (10, 4)
-    x, y = next(iter(splits.loader("val", 4)))
+    x, y = next(splits.held_out_batches(4))
     assert x.shape == (4, 3, 32, 32) and set(y.tolist()) == {0, 1}
     assert model(x).shape == (4, 2)
 
@@ -138,7 +147,7 @@ def test_image_folder_split_is_deterministic_and_subsets_are_seeded(tmp_path, ti
     _write_images(tmp_path / "pets", per_class=5)
     splits = load_dataset(tmp_path / "pets", tiny_vit)
     assert splits.name == "pets" and "ImageFolder" in splits.description and "2 classes" in splits.description
-    assert load_dataset(tmp_path / "pets", tiny_vit).val.indices == splits.val.indices
+    assert load_dataset(tmp_path / "pets", tiny_vit).val.samples == splits.val.samples
     small = load_dataset(tmp_path / "pets", tiny_vit, max_train=3, max_val=1)
     assert (len(small.train), len(small.val)) == (3, 1) and "subset" in small.description
 
@@ -159,3 +168,129 @@ def test_more_bad_image_folders(tmp_path, tiny_vit):
         load_dataset(tmp_path / "mixed", tiny_vit)
     with pytest.raises(VitsearchError, match="does not exist.*ImageNet-style"):
         load_dataset(tmp_path / "nowhere", tiny_vit)
+
+
+# --- batches: the interface training code calls ---------------------------------------------------------------------
+
+def _first(batches, n):
+    return [next(batches) for _ in range(n)]
+
+
+def test_digits_batches_are_the_seeded_dataloaders_of_earlier_versions(digits):
+    """The in-memory fast path slices tensors, yet gives exactly the batches a shuffling DataLoader seeded with
+    seed + epoch gave (what digits results in benchmarks/RESULTS.md were trained on), across epoch boundaries."""
+    from torch.utils.data import DataLoader
+
+    def dataloaders(seed):
+        for epoch in range(3):
+            yield from DataLoader(digits.train, batch_size=32, shuffle=True,
+                                  generator=torch.Generator().manual_seed(seed + epoch))
+
+    per_epoch = -(-len(digits.train) // 32)
+    expected = list(dataloaders(5))[:per_epoch + 3]
+    got = _first(digits.train_batches(32, 5), per_epoch + 3)
+    assert len(got[per_epoch - 1][0]) == len(digits.train) % 32  # an epoch ends with its smaller batch
+    for (x, y), (ex, ey) in zip(got, expected):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    resumed = _first(digits.train_batches(32, 5, start=per_epoch - 1), 3)  # skips without making batches
+    for (x, _), (ex, _) in zip(resumed, expected[per_epoch - 1:]):
+        assert torch.equal(x, ex)
+    held_out = torch.cat([y for _, y in digits.held_out_batches(100)])
+    assert torch.equal(held_out, digits.val.labels)
+
+
+def _folder_splits(tmp_path, model, per_class=6, **kwargs):
+    _write_images(tmp_path / "pets", per_class=per_class, size=48)
+    return load_dataset(tmp_path / "pets", model, **kwargs)
+
+
+def test_image_folders_train_through_timms_training_transform_and_hold_out_through_its_eval_one(tmp_path):
+    from timm.data import create_transform
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+
+    from vitsearch.data import model_input
+
+    model = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=2)
+    splits = _folder_splits(tmp_path, model)
+    assert any(isinstance(t, RandomResizedCropAndInterpolation) for t in splits.train.transform.transforms)
+    # Held out: exactly timm's eval transform of each file, in order.
+    eval_tf = create_transform(**model_input(model), is_training=False)
+    x, y = next(splits.held_out_batches(len(splits.val)))
+    for i, (path, label) in enumerate(splits.val.samples):
+        torch.testing.assert_close(x[i], eval_tf(Image.open(path).convert("RGB")))
+        assert int(y[i]) == label
+    # Training: augmented, a function of the key alone.
+    path, _ = splits.train.samples[0]
+    plain = eval_tf(Image.open(path).convert("RGB"))
+    a, b, c = splits.train[(0, 1)][0], splits.train[(0, 1)][0], splits.train[(0, 2)][0]
+    assert a.shape == plain.shape == (3, 32, 32)
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
+    # ... and the same image differs from one epoch to the next.
+    one_image = dataclasses.replace(splits, train=splits.train.select([0]))
+    epoch_0, epoch_1 = _first(one_image.train_batches(1, 0), 2)
+    assert not torch.equal(epoch_0[0], epoch_1[0])
+
+
+def test_training_batches_repeat_under_a_seed_whatever_the_number_of_workers(tmp_path, tiny_vit):
+    from vitsearch.data import LoaderSettings
+
+    splits = _folder_splits(tmp_path, tiny_vit)
+    serial = _first(splits.train_batches(4, seed=3), 4)
+    parallel = dataclasses.replace(splits, loading=LoaderSettings(workers=2))
+    for (x, y), (px, py) in zip(serial, _first(parallel.train_batches(4, seed=3), 4)):
+        assert torch.equal(x, px) and torch.equal(y, py)
+    other = next(splits.train_batches(4, seed=4))[0]
+    assert not torch.equal(other, serial[0][0])
+    held_out = [x for x, _ in parallel.held_out_batches(3)]
+    assert torch.equal(torch.cat(held_out), torch.cat([x for x, _ in splits.held_out_batches(3)]))
+
+
+class _RecordPid:
+    """A transform that notes which process ran it, then runs the real one (picklable for worker processes)."""
+
+    def __init__(self, inner, folder):
+        self.inner, self.folder = inner, folder
+
+    def __call__(self, image):
+        (self.folder / str(os.getpid())).touch()
+        return self.inner(image)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_workers_decode_in_that_many_worker_processes(tmp_path, tiny_vit, workers):
+    from vitsearch.data import LoaderSettings
+
+    splits = _folder_splits(tmp_path, tiny_vit, loading=LoaderSettings(workers=workers))
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    splits.train.transform = _RecordPid(splits.train.transform, pids)
+    _first(splits.train_batches(2, seed=0), 6)
+    seen = {int(p.name) for p in pids.iterdir()}
+    if workers == 0:
+        assert seen == {os.getpid()}
+    else:
+        assert len(seen) == workers and os.getpid() not in seen
+
+
+def test_negative_workers_are_refused():
+    from vitsearch.data import LoaderSettings
+
+    with pytest.raises(VitsearchError, match="workers must be 0"):
+        LoaderSettings(workers=-1)
+
+
+@pytest.mark.parametrize("command", [["search"], ["finalize", "some-study", "--pareto"], ["pretrain"]])
+def test_workers_below_zero_are_refused_at_the_command_line(run_cli, command):
+    result = run_cli(*command, "--workers", "-1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--workers: expected a whole number >= 0, got -1" in result.stderr
+
+
+def test_the_search_hands_its_workers_to_the_data(tmp_path, tables, checkpoint):
+    from vitsearch.search import SearchSettings
+    from vitsearch.search.setup import prepare
+
+    _write_images(tmp_path / "ten", classes=tuple("0123456789"), per_class=2, size=64)
+    setup = prepare(SearchSettings(model="digits", checkpoint=str(checkpoint), dataset=str(tmp_path / "ten"),
+                                   workers=2, tables=str(tables), reports=str(tmp_path / "reports")), progress=False)
+    assert setup.splits.loading.workers == 2 and (len(setup.splits.train), len(setup.splits.val)) == (10, 10)

@@ -86,7 +86,7 @@ def test_settings_key_follows_every_setting():
 
 
 def test_cache_root_from_the_environment(tmp_path, monkeypatch):
-    from vitsearch.pretrain import cache_dir
+    from vitsearch.files import cache_dir
 
     monkeypatch.setenv("VITSEARCH_CACHE", str(tmp_path / "c"))
     assert cache_dir() == tmp_path / "c" and base_model_dir(TINY).parent == tmp_path / "c" / "base_models"

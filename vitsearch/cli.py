@@ -128,6 +128,25 @@ def gmacs_of(model: Any) -> float:
     return count_macs(model).gmacs
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """``--workers``, shared by every command that trains on a data set."""
+    parser.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
+                        help="processes that decode and augment ImageFolder images beside the training and check them "
+                             "before it (default: 0, in the training process; the built-in digits are in memory and "
+                             "need none). Results do not depend on N")
+
+
 def print_json(record: dict[str, Any]) -> None:
     """The last line of a command's output: one JSON object for scripts."""
     print(json.dumps(record, sort_keys=True, allow_nan=False))  # NaN and Infinity are no JSON
@@ -141,11 +160,13 @@ class PretrainCommand(Command):
         parser.add_argument("--cache-dir", type=Path, metavar="DIR",
                             help="cache root (default: $VITSEARCH_CACHE or ~/.cache/vitsearch)")
         parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
+        add_workers_argument(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        from .data import LoaderSettings
         from .pretrain import base_model
 
-        _, meta = base_model(root=args.cache_dir, retrain=args.retrain)
+        _, meta = base_model(root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers))
         source = "cached" if meta["cached"] else f"trained in {meta['train_seconds']:.1f} s"
         print(f"digits base model ({source}): {meta['path']}")
         print(f"  held-out accuracy {100 * meta['val_accuracy']:.2f}% on {meta['dataset']}")
@@ -383,6 +404,7 @@ class SearchCommand(Command):
                             help="'digits' (built in) or an ImageFolder directory (ImageNet layout)")
         parser.add_argument("--max-train", type=int, metavar="N", help="use a seeded subset of N training images")
         parser.add_argument("--max-val", type=int, metavar="N", help="use a seeded subset of N held-out images")
+        add_workers_argument(parser)
         parser.add_argument("--device", default=d.device, metavar="NAME",
                             help="device whose latency table predicts latency (default: cpu, profiled if missing)")
         parser.add_argument("--batch", type=int, default=d.batch, metavar="B",
@@ -390,7 +412,8 @@ class SearchCommand(Command):
         add_threads_argument(parser, default=None)
         parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
         parser.add_argument("--trials", type=int, default=d.trials, metavar="N", help=f"candidates to train; those over budget are rejected first and not counted (default: {d.trials})")
-        parser.add_argument("--space", metavar="TOML", help="search-space file (default: search/<family>.toml)")
+        parser.add_argument("--space", metavar="TOML",
+                            help="search-space file (default: the model family's built-in vitsearch/spaces/*.toml)")
         parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
                             help="brief: train each candidate; shared: weight sharing (default: %(default)s)")
         parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler (default: tpe)")
@@ -428,7 +451,7 @@ class SearchCommand(Command):
             trials=args.trials,
             space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
             shared_finetune_steps=args.shared_finetune_steps, storage=args.storage, sampler=args.sampler,
-            seed=args.seed, max_train=args.max_train, max_val=args.max_val, reports=args.reports, tables=args.tables)
+            seed=args.seed, max_train=args.max_train, max_val=args.max_val, workers=args.workers, reports=args.reports, tables=args.tables)
         if args.resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
             raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
         result = run_search(settings, progress=sys.stderr.isatty())  # bars on a terminal, plain log lines elsewhere
@@ -497,6 +520,7 @@ class FinalizeCommand(Command):
                             help="only (re)measure already finalized models on the study's device")
         parser.add_argument("--restart", action="store_true", help="discard earlier finalize results and train afresh")
         parser.add_argument("--seed", type=int, default=d.seed)
+        add_workers_argument(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .finalize import FinalizeSettings, finalize
@@ -513,7 +537,8 @@ class FinalizeCommand(Command):
             weights=dataclasses.replace(FinalizeSettings().weights, distill=args.distill_weight, aux=args.aux_weight),
             merge_tol=args.merge_tol, checkpoint_every=args.checkpoint_every, seed=args.seed)
         results = finalize(args.study, None if args.pareto else args.trial, settings, reports=args.reports,
-                           measure_only=args.measure_only, restart=args.restart, progress=sys.stderr.isatty())
+                           measure_only=args.measure_only, restart=args.restart, workers=args.workers,
+                           progress=sys.stderr.isatty())
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{100 * v:.2f}%"
 

@@ -1,4 +1,4 @@
-"""Atomic writes: every artefact is written to a unique temporary file beside it, then renamed into place.
+"""Where vitsearch keeps its files (:func:`cache_dir`), and atomic writes: every artefact is written to a unique temporary file beside it, then renamed into place.
 
 A reader never sees a half-written file, an interrupted write leaves the old file whole, and two writers at once
 each rename a complete file (the last one wins) instead of sharing one fixed ``.tmp`` name.
@@ -50,3 +50,8 @@ def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
 
     with atomic(path, "wb") as f:
         torch.save(obj, f)
+
+
+def cache_dir() -> Path:
+    """``$VITSEARCH_CACHE``, or ``~/.cache/vitsearch``: trained base models and image checks."""
+    return Path(os.environ.get("VITSEARCH_CACHE") or Path.home() / ".cache" / "vitsearch").expanduser()

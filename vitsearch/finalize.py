@@ -71,8 +71,8 @@ def check_base(meta: Mapping[str, Any]) -> None:
             f"{meta['sha256'][:16]}.... Restore the original weights, or run a new search on these ones")
 
 
-def load_context(study: str | Path, reports: str | Path = "reports") -> FinalizeContext:
-    from .data import load_dataset
+def load_context(study: str | Path, reports: str | Path = "reports", *, workers: int = 0) -> FinalizeContext:
+    from .data import LoaderSettings, load_dataset
     from .latency import table as table_mod
     from .latency.predict import Predictor
     from .models import geometry
@@ -94,7 +94,7 @@ def load_context(study: str | Path, reports: str | Path = "reports") -> Finalize
                              "loss and the prediction; run from the folder the search ran in, or restore the table")
     predictor = Predictor(table_mod.load(table_path, geometry=geometry(base), batch=int(meta["batch"])))
     splits = load_dataset(settings.dataset, base, seed=settings.seed, max_train=settings.max_train,
-                          max_val=settings.max_val)
+                          max_val=settings.max_val, loading=LoaderSettings(workers))
     latency = SoftLatency(PiecewiseLinear(*predictor.block_curve()))
     return FinalizeContext(folder, meta, trials, front, base, splits, predictor, latency)
 
@@ -242,9 +242,10 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
 
 def finalize(study: str | Path, trials: Sequence[int] | None = None, settings: FinalizeSettings = FinalizeSettings(),
              *, reports: str | Path = "reports", measure_only: bool = False, restart: bool = False,
-             progress: bool = True) -> list[Finalized]:
-    """Finalize ``trials`` of a study (None: every trial on its Pareto front)."""
-    ctx = load_context(study, reports)
+             workers: int = 0, progress: bool = True) -> list[Finalized]:
+    """Finalize ``trials`` of a study (None: every trial on its Pareto front); ``workers`` DataLoader processes
+    load ImageFolder images (speed only: a resumed finalize may use another number)."""
+    ctx = load_context(study, reports, workers=workers)
     if trials is None:
         trials = [int(t["trial"]) for t in ctx.front]
         if not trials:

@@ -9,6 +9,7 @@ file lock makes concurrent callers wait for one training instead of each running
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -29,8 +30,9 @@ from timm.models.vision_transformer import VisionTransformer
 from tqdm import tqdm
 
 from . import versions
-from .data import DigitsSpec, digits_splits
+from .data import DigitsSpec, LoaderSettings, digits_splits
 from .errors import VitsearchError
+from .files import cache_dir
 from .models import DIGITS, DIGITS_MODEL_ARGS, create_model, load_state_dict
 from .training.loop import accuracy, train_steps
 
@@ -69,11 +71,6 @@ class PretrainSettings:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def cache_dir() -> Path:
-    """``$VITSEARCH_CACHE``, or ``~/.cache/vitsearch``."""
-    return Path(os.environ.get("VITSEARCH_CACHE") or Path.home() / ".cache" / "vitsearch").expanduser()
-
-
 def base_model_dir(settings: PretrainSettings | None = None, root: str | Path | None = None) -> Path:
     """Where the model trained with ``settings`` is cached under ``root`` (default :func:`cache_dir`)."""
     settings = settings or PretrainSettings()
@@ -82,8 +79,10 @@ def base_model_dir(settings: PretrainSettings | None = None, root: str | Path | 
 
 def base_model(
     settings: PretrainSettings | None = None, *, root: str | Path | None = None, retrain: bool = False,
+    loading: LoaderSettings = LoaderSettings(),
 ) -> tuple[VisionTransformer, dict[str, Any]]:
-    """The trained digits model (eval mode) and its metadata, trained and cached on first use."""
+    """The trained digits model (eval mode) and its metadata, trained and cached on first use; ``loading`` says
+    how batches are made (speed only, not part of the cache key)."""
     settings = settings or PretrainSettings()
     target = base_model_dir(settings, root)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +91,7 @@ def base_model(
             shutil.rmtree(target)
         if not (target / "meta.json").is_file():
             logger.info("training the digits base model (settings %s) into %s", settings.key, target)
-            model, meta = train_base_model(settings)
+            model, meta = train_base_model(settings, loading=loading)
             _write_atomically(target, model, meta)
             meta["cached"] = False
         else:
@@ -133,14 +132,15 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train_base_model(settings: PretrainSettings | None = None) -> tuple[VisionTransformer, dict[str, Any]]:
+def train_base_model(settings: PretrainSettings | None = None, *,
+                     loading: LoaderSettings = LoaderSettings()) -> tuple[VisionTransformer, dict[str, Any]]:
     """Train vit_digits from scratch on the digits train split; returns the model and its metadata."""
     settings = settings or PretrainSettings()
     if settings.epochs < 1:
         raise VitsearchError(f"epochs must be at least 1, got {settings.epochs}")
     torch.manual_seed(settings.seed)
     model = create_model(DIGITS, num_classes=settings.model["num_classes"], **_arch_kwargs(settings))
-    splits = digits_splits(model, settings.data)
+    splits = dataclasses.replace(digits_splits(model, settings.data), loading=loading)
     train_x, train_y = splits.train.images, splits.train.labels  # type: ignore[attr-defined]
     generator = torch.Generator().manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(train_y) / settings.batch_size)

@@ -51,7 +51,7 @@ def small():
 
 
 def _keep_fraction(model, splits) -> float:
-    x, _ = next(iter(splits.loader("train", 128)))
+    x = splits.train.images[:128]
     model.train()
     with torch.no_grad():
         model(x)
@@ -111,7 +111,7 @@ def test_a_later_selector_does_not_turn_the_first_against_the_digit(digits_base,
 
     base, _ = digits_base
     splits = load_dataset("digits", base)
-    x, y = next(iter(splits.loader("train", 64)))  # (64, 1, 64, 64): 8 x 8 patches of 8 pixels
+    x, y = splits.train.images[:64], splits.train.labels[:64]  # (64, 1, 64, 64): 8 x 8 patches of 8 pixels
     bg = x.flatten(1).amin(dim=1)[:, None, None, None]
     ink = ((x - bg).abs() > 1e-5).any(dim=1)  # (B, 64, 64)
     digit = ink.reshape(64, 8, 8, 8, 8).any(dim=4).any(dim=2).flatten(1)  # (B, 64 patches)

@@ -27,7 +27,7 @@ class SearchSettings:
     study: str | None = None  # name of the study folder under ``reports``; derived from the settings if None
     trials: int = 24  # candidates to train; those over budget are rejected before training and not counted
     max_attempts: int | None = None  # stop after this many candidates in all, trained or not (None: 10 x trials, >= 100)
-    space: str | None = None  # search-space TOML; search/<family>.toml by default
+    space: str | None = None  # search-space TOML; the built-in vitsearch/spaces/<family>.toml by default
     strategy: str = "brief"  # "brief": train every candidate; "shared": weight sharing
     train: TrainSettings = field(default_factory=TrainSettings)
     # Shared strategy: supernet steps (each trains the largest, the smallest and a random config), then a few
@@ -40,6 +40,7 @@ class SearchSettings:
     seed: int = 0
     max_train: int | None = None  # subset sizes for large ImageFolder data sets
     max_val: int | None = None
+    workers: int = 0  # DataLoader processes for ImageFolder images (speed only: results do not depend on it)
     reports: str = "reports"
     tables: str = "latency_tables"
 

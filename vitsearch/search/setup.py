@@ -101,7 +101,7 @@ def fastest_config(space: SearchSpace, predictor: Any) -> tuple[PruneConfig, flo
 
 
 def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
-    from ..data import check_num_classes, load_dataset
+    from ..data import LoaderSettings, check_num_classes, load_dataset
     from ..models import geometry
 
     if settings.strategy not in STRATEGIES:
@@ -115,7 +115,7 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
     g = geometry(base)
     space = load_space(settings.space or default_space_file(settings.model), depth=g.depth)
     splits = load_dataset(settings.dataset, base, seed=settings.seed, max_train=settings.max_train,
-                          max_val=settings.max_val)
+                          max_val=settings.max_val, loading=LoaderSettings(settings.workers))
     check_num_classes(splits, base)
     predictor = load_predictor(settings, base, progress=progress)
     unpruned_ms = predictor.predict(PruneConfig()).total_ms

@@ -1,15 +1,21 @@
-"""Search spaces: which blocks may hold a selector, how many, which keep ratios and methods (``search/*.toml``)."""
+"""Search spaces: which blocks may hold a selector, how many, which keep ratios and methods.
+
+The built-in spaces ship inside the package (``vitsearch/spaces/*.toml``, read with :mod:`importlib.resources`), so
+an installed wheel finds them from any folder; a user's own space is any TOML file passed as ``--space``.
+"""
 from __future__ import annotations
 
 import tomllib
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..config import PruneConfig
 from ..errors import VitsearchError
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search"  # the repository's search/ folder
+# A plain folder: wheels install as files (never zipped), so the built-in spaces are paths a study can record.
+SPACES_DIR = Path(str(resources.files("vitsearch") / "spaces"))
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,8 @@ class SearchSpace:
 
 
 def default_space_file(model_name: str) -> Path:
-    """The family's file: the embedded digits model has its own (see search/digits.toml), every other model
-    vitsearch prunes is a plain timm ViT/DeiT."""
+    """The family's built-in file: the embedded digits model has its own (see ``vitsearch/spaces/digits.toml``),
+    every other model vitsearch prunes is a plain timm ViT/DeiT."""
     return SPACES_DIR / ("digits.toml" if model_name in ("digits", "vit_digits") else "vit.toml")
 
 

@@ -22,11 +22,8 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def batches(splits: Any, batch_size: int, seed: int) -> Iterator[Batch]:
-    """Shuffled training batches without end: epoch ``e`` is shuffled with ``seed + e``."""
-    epoch = 0
-    while True:
-        yield from splits.loader("train", batch_size, shuffle=True, seed=seed + epoch)
-        epoch += 1
+    """Shuffled training batches without end (the data's own iterator: ``DatasetSplits.train_batches``)."""
+    return splits.train_batches(batch_size, seed)
 
 
 def next_batch(batches: Iterator[Batch], splits: Any, teacher: nn.Module,
@@ -79,7 +76,7 @@ def accuracy(model: nn.Module, splits: Any, *, batch_size: int = 256) -> float:
     """Top-1 on the held-out split (with hard, inference-mode pruning for a pruned model)."""
     model.eval()
     correct = total = 0
-    for x, y in splits.loader("val", batch_size):
+    for x, y in splits.held_out_batches(batch_size):
         correct += int((model(x).argmax(dim=-1) == y).sum())
         total += len(y)
     return correct / max(total, 1)

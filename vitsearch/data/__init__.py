@@ -1,0 +1,80 @@
+"""Data sets: the built-in digits canvases (default) and ImageFolder trees, as train / val splits.
+
+:func:`load_dataset` is the one entry point: ``"digits"`` or a folder path in, :class:`DatasetSplits` out, with
+images sized and normalised the way the given model expects (timm's ``pretrained_cfg``) and a provenance
+description. Splits are seeded and stratified, so every run sees the same images in the same split.
+
+Training code asks the splits for batches through two calls: :meth:`DatasetSplits.train_batches` (endless,
+shuffled per epoch, augmented) and :meth:`DatasetSplits.held_out_batches` (the val split in order, never
+augmented). Digits live in memory as tensors and are sliced in the training process; ImageFolder images stream
+through a ``torch.utils.data.DataLoader`` (``LoaderSettings``: worker processes, pinned memory) with timm's
+training transforms for the train split and its eval transforms for held-out data. Each training image's random
+augmentation is seeded by its place in the seeded epoch order, so batches repeat exactly under a seed whatever the
+number of workers. Every image of a folder is checked once before the first training (:mod:`vitsearch.image_check`).
+
+The digits data: scikit-learn's 1,797 real 8x8 hand-written digits (shipped with scikit-learn, no download),
+each upscaled and pasted at a seeded random place of a patch-aligned grid on a larger blank canvas. Most patches
+are then background, which is the redundancy token pruning removes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ..errors import VitsearchError
+
+
+from .digits import DIGITS, DigitsSpec, digits_canvases, digits_splits, translate_within_canvas
+from .imagefolder import ImageFiles, image_folder_splits, subset
+from .splits import Augment, Batch, DatasetSplits, LoaderSettings, TensorImageDataset, model_input, stratified_split
+
+__all__ = ["DIGITS", "Augment", "Batch", "DatasetSplits", "DigitsSpec", "ImageFiles", "LoaderSettings",
+           "TensorImageDataset", "check_num_classes", "digits_canvases", "digits_splits", "image_folder_splits",
+           "load_dataset", "model_input", "stratified_split", "translate_within_canvas"]
+
+
+def load_dataset(
+    spec: str | Path,
+    model: torch.nn.Module,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_train: int | None = None,
+    max_val: int | None = None,
+    loading: LoaderSettings = LoaderSettings(),
+) -> DatasetSplits:
+    """The data set ``spec`` names, prepared for ``model``: ``"digits"`` (built in) or an ImageFolder path.
+
+    ``val_fraction`` and ``seed`` split a folder that has no ``val/`` (and the digits). ``max_train`` / ``max_val``
+    keep a seeded random subset, e.g. a few thousand ImageNet images for a search. Every image of a folder that
+    the splits use is checked here, before any training (``loading.workers`` processes check in parallel).
+    """
+    if str(spec) == DIGITS:
+        splits = digits_splits(model, DigitsSpec(val_fraction=val_fraction, seed=seed))
+    else:
+        splits = image_folder_splits(spec, model, val_fraction=val_fraction, seed=seed)
+    if max_train is not None or max_val is not None:
+        train = subset(splits.train, max_train, seed)
+        val = subset(splits.val, max_val, seed + 1)
+        splits = dataclasses.replace(
+            splits, train=train, val=val,
+            description=f"{splits.description}; subset {len(train)} train / {len(val)} val (seed {seed})",
+            provenance={**splits.provenance, "train_size": len(train), "val_size": len(val)})
+    if isinstance(splits.train, ImageFiles) and isinstance(splits.val, ImageFiles):
+        from ..image_check import check_images
+
+        check_images(splits.train.root, [p for ds in (splits.train, splits.val) for p, _ in ds.samples],
+                     workers=loading.workers)
+    return dataclasses.replace(splits, loading=loading)
+
+
+def check_num_classes(splits: DatasetSplits, model: torch.nn.Module) -> None:
+    """Raise unless the model's head has one output per class of the data."""
+    model_classes = int(getattr(model, "num_classes"))
+    if model_classes != splits.num_classes:
+        raise VitsearchError(
+            f"data set {splits.name!r} has {splits.num_classes} classes but the model's head has {model_classes}: "
+            f"pass --num-classes {splits.num_classes} (a new head is then trained) or a checkpoint fine-tuned on it")
+
