@@ -14,7 +14,7 @@ from vitsearch.models import create_model
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
+def check_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VITSEARCH_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
@@ -74,14 +74,14 @@ def test_an_image_over_the_pixel_limit_is_refused_though_pil_only_warns(tmp_path
         image_check.check_images(root, sorted(str(p) for p in root.rglob("*.png")))
 
 
-def test_a_passed_check_is_remembered_until_a_file_changes(tmp_path, monkeypatch, cache):
+def test_a_passed_check_is_remembered_until_a_file_changes(tmp_path, monkeypatch, check_cache):
     root = _folder(tmp_path / "pets")
     paths = sorted(str(p) for p in root.rglob("*.png"))
     checked = []
     real = image_check.image_problem
     monkeypatch.setattr(image_check, "image_problem", lambda p: checked.append(p) or real(p))
     image_check.check_images(root, paths)
-    assert len(checked) == 6 and list((cache / "image_checks").glob("*.json"))
+    assert len(checked) == 6 and list((check_cache / "image_checks").glob("*.json"))
     image_check.check_images(root, paths)  # a resume: nothing decoded again
     assert len(checked) == 6
     (root / "cat" / "1.png").write_bytes((root / "cat" / "1.png").read_bytes()[:200])  # changed after the check

@@ -29,7 +29,7 @@ from .files import cache_dir
 
 logger = logging.getLogger(__name__)
 
-SHOWN = 10  # bad files named in the message; all of them go to a list file beside the cache
+SHOWN = 10  # bad files named in the message; when there are more, all are listed in a file beside the cache
 PROGRESS_SECONDS = 10.0  # a long check logs how far it got this often
 _CHUNK = 64  # images per task handed to a checking process
 
@@ -64,14 +64,12 @@ def _problems(paths: Sequence[str]) -> list[str | None]:
     return [image_problem(p) for p in paths]
 
 
-def check_images(root: str | Path, paths: Sequence[str | Path], *, workers: int = 0,
-                 cache: str | Path | None = None) -> None:
+def check_images(root: str | Path, paths: Sequence[str | Path], *, workers: int = 0) -> None:
     """Raise one :class:`VitsearchError` naming every file of ``paths`` (under the data set folder ``root``) that
-    :func:`image_problem` rejects. ``workers`` processes check in parallel (0: this process). ``cache`` is the
-    cache root (default ``$VITSEARCH_CACHE`` or ``~/.cache/vitsearch``)."""
+    :func:`image_problem` rejects. ``workers`` processes check in parallel (0: this process)."""
     root = Path(os.path.abspath(root))  # abspath, not resolve: relative names stay string arithmetic
     paths = [os.path.abspath(p) for p in paths]
-    record = _cache_file(root, cache)
+    record = _cache_file(root)
     known = _read_cache(record)
     stats = {p: _stat(p) for p in paths}
     todo = [p for p, st in stats.items() if st is None or known.get(_rel(p, root)) != st]
@@ -103,7 +101,8 @@ def _message(root: Path, bad: dict[str, str], total: int, listing: Path) -> str:
         listing.write_text("\n".join(lines) + "\n")
         more = f"; and {len(lines) - SHOWN} more, all listed in {listing}"
     return (f"{len(bad)} of {total} images in the data set {str(root)!r} cannot be trained on: {shown}{more}. "
-            "Delete or replace these files (or move them out of the data set folder) and run again")
+            "Delete or replace these files (downscale an oversized one), or move them out of the data set folder, "
+            "and run again")
 
 
 def _checked(chunks: Sequence[list[str]], workers: int) -> Iterator[list[str | None]]:
@@ -127,8 +126,8 @@ def _rel(path: str, root: Path) -> str:
     return os.path.relpath(path, root)  # string arithmetic: a million resolve() calls would each walk the path
 
 
-def _cache_file(root: Path, cache: str | Path | None) -> Path:
-    folder = Path(cache or cache_dir()).expanduser() / "image_checks"
+def _cache_file(root: Path) -> Path:
+    folder = cache_dir() / "image_checks"
     return folder / f"{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.json"
 
 
