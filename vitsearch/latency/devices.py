@@ -29,8 +29,8 @@ Setting up the transports:
   build) and ``adb shell chmod +x /data/local/tmp/onnxruntime_perf_test``. Change ``perf_test``,
   ``ld_library_path`` or ``serial`` in a ``[devices.pixel]`` entry of your devices.toml if they differ.
   The tool is run with the table's threads (``-x``; 0: the phone's ``nproc``) and the runner's spinning policy
-  (``-C "session.intra_op.allow_spinning|0"``); a build without ``-C`` (before onnxruntime 1.13) is measured
-  anyway, and the table's ``spinning`` says the policy was not set.
+  (``-C "session.intra_op.allow_spinning|0"``); an older build without ``-C`` is measured anyway, and the
+  table's ``spinning`` says the policy was not set.
 """
 from __future__ import annotations
 
@@ -373,8 +373,8 @@ SPINNING_UNSET = "not set: the perf tool has no -C option (its build's default, 
 
 
 def sets_session_config(usage: str) -> bool:
-    """Whether ``onnxruntime_perf_test -h`` lists ``-C`` (session config entries, onnxruntime 1.13 on), the
-    option that sets the spinning policy."""
+    """Whether ``onnxruntime_perf_test -h`` lists ``-C`` (session config entries), the option that sets the
+    spinning policy; older builds lack it."""
     return re.search(r"-C\b.{0,40}session config", usage, re.S | re.I) is not None
 
 
