@@ -12,9 +12,10 @@ average to drop below --quiet-load, and records the load it actually ran under.
 
     .venv/bin/python benchmarks/latency_prediction.py [--configs 30] [--threads 1] [--tables DIR]
 
-One intra-op thread by default: on two cores shared with other processes, two onnxruntime threads stall each
-other whenever anything else runs (the same models measured twice minutes apart then differ by 9.5% median),
-while one thread leaves a core to everything else (3.7%); see RESULTS.md.
+One intra-op thread by default. The runner times each graph with one live session and intra-op spinning off
+(``vitsearch/latency/runner.py``), so no other session's threads compete at any count; but on two cores shared
+with other processes, two threads still stall whenever anything else runs on either core, while one thread
+leaves a core to everything else (RESULTS.md, issues 3 and 18).
 
 Writes its section of benchmarks/RESULTS.md (replacing an earlier one), prints a summary and a last JSON line.
 """

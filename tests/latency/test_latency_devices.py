@@ -67,7 +67,8 @@ def test_perf_test_parser_reads_the_real_format():
         parse_perf_test("failed to initialize.\n")
 
 
-# `onnxruntime_perf_test -h` of an absl-flags build (onnxruntime >= 1.22), shortened, and of a build older than -C.
+# `onnxruntime_perf_test -h` of an absl-flags build (the flag texts of onnxruntime's command_args_parser.cc,
+# shortened), and a usage text in the older getopt style without -C (written for this test).
 PERF_TEST_USAGE = """\
 onnxruntime_perf_test [options...] model_path [result_file]
 

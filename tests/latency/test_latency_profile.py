@@ -94,6 +94,5 @@ def test_threads_zero_profiles_with_every_core_and_records_the_count(tmp_path):
     from vitsearch.latency.runner import cpu_count
 
     table = profile("cpu", model=TINY_MODEL, model_kwargs=TINY_KWARGS, threads=0, tables=tmp_path,
-                    grid_spec=TINY_GRID,
-                    settings=QUICK, progress=False)
+                    grid_spec=TINY_GRID, settings=QUICK, progress=False)
     assert table.meta["threads"] == table.meta["runtime"]["threads"] == cpu_count()

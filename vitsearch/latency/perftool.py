@@ -33,8 +33,8 @@ SPINNING_UNSET = "not set: the perf tool has no -C option (its build's default, 
 
 
 def sets_session_config(usage: str) -> bool:
-    """Whether ``onnxruntime_perf_test -h`` lists ``-C`` (session config entries, onnxruntime 1.13 on), the
-    option that sets the spinning policy."""
+    """Whether ``onnxruntime_perf_test -h`` lists ``-C`` (session config entries), the option that sets the
+    spinning policy; older builds lack it."""
     return re.search(r"-C\b.{0,40}session config", usage, re.S | re.I) is not None
 
 

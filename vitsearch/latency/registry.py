@@ -23,8 +23,8 @@ Setting up the transports:
   build) and ``adb shell chmod +x /data/local/tmp/onnxruntime_perf_test``. Change ``perf_test``,
   ``ld_library_path`` or ``serial`` in a ``[devices.pixel]`` entry of your devices.toml if they differ.
   The tool is run with the table's threads (``-x``; 0: the phone's ``nproc``) and the runner's spinning policy
-  (``-C "session.intra_op.allow_spinning|0"``); a build without ``-C`` (before onnxruntime 1.13) is measured
-  anyway, and the table's ``spinning`` says the policy was not set.
+  (``-C "session.intra_op.allow_spinning|0"``); an older build without ``-C`` is measured anyway, and the
+  table's ``spinning`` says the policy was not set.
 """
 from __future__ import annotations
 
