@@ -67,7 +67,7 @@ class MultiHeadTokenSelector(nn.Module):
         w = self.head_gate(xh.mean(dim=-1))  # (B, N, H)
         w = (w / w.sum(dim=-1, keepdim=True)).permute(2, 0, 1)  # (H, B, N)
         # Head-major from here: each head's projections are one batched matmul over (H, B * N, hd).
-        xh = xh.permute(2, 0, 1, 3).reshape(H, B * N, hd)
+        xh = xh.permute(2, 0, 1, 3).reshape(H, -1, hd)
         h = F.gelu(self.in_proj(self.norm(xh))).reshape(H, B, N, hd)
         split = hd // 2
         local, glob = h[..., :split], h[..., split:]
@@ -76,7 +76,7 @@ class MultiHeadTokenSelector(nn.Module):
         else:
             m = mask[None, :, :, None]  # (1, B, N, 1)
             glob = (glob * m).sum(dim=2, keepdim=True) / m.sum(dim=2, keepdim=True).clamp_min(1e-6)
-        h = torch.cat([local, glob.expand(-1, -1, N, -1)], dim=-1).reshape(H, B * N, hd)
+        h = torch.cat([local, glob.expand(-1, -1, N, -1)], dim=-1).reshape(H, -1, hd)
         for i, layer in enumerate(self.out):
             h = layer(h) if i == len(self.out) - 1 else F.gelu(layer(h))
         h = h.reshape(H, B, N, 2)  # per-head logits [keep, drop], aggregated across heads by importance
