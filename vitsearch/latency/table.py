@@ -273,6 +273,7 @@ class RowWriter:
 
 def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
     """The metadata file, replaced whole; a non-finite float in it is refused (JSON has none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # written before the first row creates the folder
     with naming(meta_path(path)):
         write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
