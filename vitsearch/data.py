@@ -97,18 +97,20 @@ def load_dataset(
     *,
     val_fraction: float = 0.2,
     seed: int = 0,
+    split_seed: int = 0,
     max_train: int | None = None,
     max_val: int | None = None,
 ) -> DatasetSplits:
     """The data set ``spec`` names, prepared for ``model``: ``"digits"`` (built in) or an ImageFolder path.
 
-    ``val_fraction`` and ``seed`` split a folder that has no ``val/`` (and the digits). ``max_train`` / ``max_val``
-    keep a seeded random subset, e.g. a few thousand ImageNet images for a search.
+    ``val_fraction`` and ``split_seed`` split a folder that has no ``val/`` (and the digits): the split belongs to
+    the base model (what it was trained on must stay out of val), never to a search's ``seed``. ``max_train`` /
+    ``max_val`` keep a random subset seeded by ``seed``, e.g. a few thousand ImageNet images for a search.
     """
     if str(spec) == DIGITS:
-        splits = digits_splits(model, DigitsSpec(val_fraction=val_fraction, seed=seed))
+        splits = digits_splits(model, DigitsSpec(val_fraction=val_fraction, seed=split_seed))
     else:
-        splits = image_folder_splits(spec, model, val_fraction=val_fraction, seed=seed)
+        splits = image_folder_splits(spec, model, val_fraction=val_fraction, seed=split_seed)
     if max_train is None and max_val is None:
         return splits
     train = _subset(splits.train, max_train, seed)
@@ -149,6 +151,13 @@ def model_input(model: torch.nn.Module) -> dict[str, Any]:
 
 
 # --- digits -----------------------------------------------------------------------------------------------------
+
+def split_sha256(val_idx: Sequence[int] | np.ndarray) -> str:
+    """A fingerprint of a held-out split (its sorted indices), recorded with the base model and the study."""
+    import hashlib
+
+    return hashlib.sha256(np.asarray(val_idx, dtype=np.int64).tobytes()).hexdigest()
+
 
 def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +207,7 @@ def digits_splits(model: torch.nn.Module, spec: DigitsSpec = DigitsSpec()) -> Da
                    f"{len(train)} train / {len(val)} val "
                    f"(stratified, seed {spec.seed}); input {tuple(cfg['input_size'])}")
     provenance = {"name": DIGITS, "source": "sklearn.datasets.load_digits", **asdict(spec),
+                  "split_sha256": split_sha256(val_idx),
                   "input_size": list(cfg["input_size"]), "mean": list(cfg["mean"]), "std": list(cfg["std"]),
                   "train_size": len(train), "val_size": len(val), "num_classes": 10}
     return DatasetSplits(DIGITS, train, val, 10, tuple(str(d) for d in range(10)), description, provenance,
@@ -287,17 +297,18 @@ def image_folder_splits(root: str | Path, model: torch.nn.Module, *, val_fractio
                     f"in val: {only_val}): both need the same class folders")
             train: Dataset = train_full
             val: Dataset = val_full
-            how = "train/ and val/ as given"
+            how, digest = "train/ and val/ as given", None
         else:
-            train, val, how = _split(train_full, val_fraction, seed)
+            train, val, how, digest = _split(train_full, val_fraction, seed)
         classes = train_full.classes
     else:
         full = _image_folder(path, transform, loader)
-        train, val, how = _split(full, val_fraction, seed)
+        train, val, how, digest = _split(full, val_fraction, seed)
         classes = full.classes
     description = (f"ImageFolder {str(path.resolve())!r}: {len(classes)} classes, {len(train)} train / {len(val)} "
                    f"val ({how}); timm eval transform at {tuple(cfg['input_size'])}")
     provenance = {"name": path.name, "source": str(path.resolve()), "layout": how, "num_classes": len(classes),
+                  "split_sha256": digest,  # None: val/ as given
                   "train_size": len(train), "val_size": len(val), "input_size": list(cfg["input_size"]),
                   "mean": list(cfg["mean"]), "std": list(cfg["std"])}
     return DatasetSplits(path.name, train, val, len(classes), tuple(classes), description, provenance)
@@ -312,12 +323,12 @@ def _image_folder(path: Path, transform: Any, loader: Callable[[str], Any]) -> A
         raise VitsearchError(f"no images found in {str(path)!r} ({e}): expected {_LAYOUT}") from e
 
 
-def _split(full: Any, val_fraction: float, seed: int) -> tuple[Dataset, Dataset, str]:
+def _split(full: Any, val_fraction: float, seed: int) -> tuple[Dataset, Dataset, str, str]:
     train_idx, val_idx = stratified_split(full.targets, val_fraction, seed)
     if len(val_idx) == 0:
         raise VitsearchError(f"{str(full.root)!r} has too few images to hold some out: give each class at least two")
     how = f"stratified {1 - val_fraction:.0%}/{val_fraction:.0%} split, seed {seed}"
-    return Subset(full, train_idx.tolist()), Subset(full, val_idx.tolist()), how
+    return Subset(full, train_idx.tolist()), Subset(full, val_idx.tolist()), how, split_sha256(val_idx)
 
 
 def _subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:

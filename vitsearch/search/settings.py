@@ -36,6 +36,9 @@ class SearchSettings:
     shared_steps: int = 60
     shared_finetune_steps: int = 2
     storage: str | None = None  # Optuna storage URL (postgresql://...); a journal file in the study folder if None
+    # Seconds between a worker's heartbeats while it runs a trial; a trial silent for 4 of them is failed and its
+    # config run again by the next worker (Optuna's heartbeat on a database, Heartbeat on the journal file).
+    heartbeat_s: int = 30
     sampler: str = "tpe"
     seed: int = 0
     max_train: int | None = None  # subset sizes for large ImageFolder data sets
