@@ -39,7 +39,7 @@ EVALUATION = ("train", "dataset", "max_train", "max_val", "seed", "strategy", "s
 def check_study_name(name: str) -> str:
     """A study name is one folder under the reports folder: no separators, no ``.``/``..``, not empty."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip():
-        raise VitsearchError(f"study name {name!r} is not a plain folder name: give --study one name without "
+        raise VitsearchError(f"study name {name!r} is not a plain folder name: give --study one non-empty name without "
                              "'/', '\\', leading or trailing spaces, '.' or '..' (e.g. --study digits-60pct)")
     return name
 

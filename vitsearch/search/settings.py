@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from ..config import PruneConfig
 from ..training import LossWeights, TrainSettings
+from ..studyfolder import check_study_name
 from .budget import parse_budget
 
 STRATEGIES = ("brief", "shared")
@@ -47,8 +48,9 @@ class SearchSettings:
     tables: str = "latency_tables"
 
     def name(self) -> str:
-        if self.study:
-            return self.study
+        """The study's folder name under ``reports``: ``study``, checked to be one plain name, or derived."""
+        if self.study is not None:
+            return check_study_name(self.study)
         budget = str(parse_budget(self.budget)).replace("%", "pct").replace(".", "p")
         return f"{self.model}-{self.device.replace('/', '_').replace(':', '_')}-{budget}-{self.strategy}"
 

@@ -123,7 +123,6 @@ def fastest_config(space: SearchSpace, predictor: Any) -> tuple[PruneConfig, flo
 
 def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
     from ..data import check_num_classes
-    from ..studyfolder import check_study_name
     from ..models import geometry
 
     if settings.strategy not in STRATEGIES:
@@ -132,7 +131,6 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
         raise VitsearchError(f"unknown sampler {settings.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if settings.trials < 1:
         raise VitsearchError(f"--trials must be at least 1, got {settings.trials}")
-    check_study_name(settings.name())
     budget = parse_budget(settings.budget)
     base, base_info = load_base(settings)
     g = geometry(base)
