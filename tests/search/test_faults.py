@@ -182,8 +182,9 @@ def test_a_truncated_finalize_state_is_one_message_naming_it(reports):
 
 
 @pytest.mark.parametrize("name", ["../../etc", "/abs", "a/b", "..", "", "."])
-def test_a_study_name_is_one_folder_under_reports(tmp_path, env, name):
-    reports = tmp_path / "deep" / "reports"
+def test_a_study_name_is_one_folder_under_reports(tmp_path, name):
+    reports = tmp_path / "deep" / "reports"  # refused before any table, space or checkpoint is read
+    env = {"tables": str(tmp_path / "tables"), "space": str(tmp_path / "space.toml"), "checkpoint": "none.pt"}
     fails_cleanly(vitsearch(*search_args(reports, env, study=name)), repr(name), "--study")
     assert not any(p.name == "study.json" for p in tmp_path.rglob("*")) and not Path("/abs").exists()
 

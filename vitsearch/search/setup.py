@@ -131,6 +131,7 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
         raise VitsearchError(f"unknown sampler {settings.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if settings.trials < 1:
         raise VitsearchError(f"--trials must be at least 1, got {settings.trials}")
+    settings.name()  # a bad --study is refused before anything is loaded
     budget = parse_budget(settings.budget)
     base, base_info = load_base(settings)
     g = geometry(base)
