@@ -100,7 +100,7 @@ def test_a_device_without_a_table_says_how_to_profile_it(tmp_path, env):
 
 
 def test_an_unreachable_database_is_a_clear_error(tmp_path, env):
-    with pytest.raises(VitsearchError, match="cannot open the study storage at 127.0.0.1:9/"):
+    with pytest.raises(VitsearchError, match="cannot open the study storage at postgresql://nobody@127.0.0.1:9/"):
         run_search(settings(tmp_path, env, storage="postgresql://nobody@127.0.0.1:9/none"), progress=False)
 
 
