@@ -172,10 +172,11 @@ def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
     assert json.loads(out.strip().splitlines()[-1])["finalized"][0]["trial"] == trial
 
 
-def _error(capsys, argv) -> str:
+def _error(capsys, argv, code: int = 2) -> str:
+    """The one error line of a failed command; exit 2 for bad input, 1 for a failure while running (issue 17)."""
     rc = main(argv)
     err = capsys.readouterr().err
-    assert rc == 2 and "Traceback" not in err
+    assert rc == code and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
     return errors[0]
@@ -210,7 +211,7 @@ def test_an_unreachable_device_keeps_the_model_and_the_measurement_can_be_retrie
     trial = front_trial(study)
     edit_meta(study, device="ssh://nobody@127.0.0.1:9")
     argv = ["finalize", str(study), "--trial", str(trial), "--steps", "2", "--batch-size", "16", "--warmup-steps", "1"]
-    err = _error(capsys, argv)
+    err = _error(capsys, argv, code=1)  # an unreachable device is a failure while running
     assert "--measure-only" in err and "127.0.0.1" in err
     row = json.loads((study / "finalized.json").read_text())[0]
     assert row["measured_ms"] is None and row["measure_error"] and row["accuracy"] is not None
