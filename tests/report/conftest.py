@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import pytest
 
@@ -113,9 +113,11 @@ def study_folder(reports: Path) -> Path:
 def require_chromium() -> str:
     """Debian's chromium; skips with a reason when it is missing, but fails in CI, where .ci/run installs it."""
     found = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    if found is None:
-        message = "chromium is missing: apt-get install chromium"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return found or missing("chromium is missing: apt-get install chromium")
+
+
+def missing(message: str) -> NoReturn:
+    """A tool a test needs is not installed: skip with ``message`` here, fail in CI (where .ci/run installs it)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -24,7 +24,7 @@ from vitsearch.studyfolder import StudyFolder
 from vitsearch.search.record import OBJECTIVES
 from vitsearch.training import TrainSettings
 
-from .conftest import require_chromium
+from .conftest import missing, require_chromium
 
 pytestmark = pytest.mark.server
 
@@ -32,12 +32,7 @@ pytestmark = pytest.mark.server
 def dashboard_binary() -> str:
     """optuna-dashboard beside this Python (the test extra installs it); skips locally, fails in CI."""
     found = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or shutil.which("optuna-dashboard")
-    if found is None:
-        message = "optuna-dashboard is missing: pip install -e '.[test]'"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return found or missing("optuna-dashboard is missing: pip install -e '.[test]'")
 
 
 @pytest.fixture(scope="module")
