@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import wait_for_quiet, write_section  # noqa: E402
 from vitsearch import __version__  # noqa: E402
 from vitsearch import finalize as fin  # noqa: E402
-from vitsearch.config import PruneConfig  # noqa: E402
+from vitsearch.pruning import PruneConfig  # noqa: E402
 from vitsearch.pruning import apply  # noqa: E402
 from vitsearch.training import accuracy, fresh_model, progressive, train_candidate  # noqa: E402
 from vitsearch.search import SearchSettings  # noqa: E402

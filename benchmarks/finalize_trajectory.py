@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vitsearch import finalize as fin  # noqa: E402
-from vitsearch.config import PruneConfig  # noqa: E402
+from vitsearch.pruning import PruneConfig  # noqa: E402
 from vitsearch.pruning import apply, prune_state  # noqa: E402
 from vitsearch.training import LossWeights, accuracy, fresh_model, progressive  # noqa: E402
 

@@ -8,7 +8,7 @@ import torch
 
 from vitsearch import finalize as fin
 from vitsearch.cli import main
-from vitsearch.config import PruneConfig
+from vitsearch.pruning import PruneConfig
 from vitsearch.errors import VitsearchError
 from vitsearch.export import example_input, run_onnxruntime
 from vitsearch.pruning import apply

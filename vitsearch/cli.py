@@ -274,7 +274,7 @@ class PredictCommand(Command):
         add_table_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from .config import PruneConfig
+        from .pruning import PruneConfig
         from .latency import predict
         from .models import create_model
         from .pruning import apply
@@ -308,7 +308,7 @@ class ExportCommand(Command):
                             help="use the torch.export-based exporter (slower) instead of the TorchScript one")
 
     def run(self, args: argparse.Namespace) -> int:
-        from .config import PruneConfig
+        from .pruning import PruneConfig
         from .export import check_output_path, export_model
         from .flops import count_macs
         from .models import file_sha256

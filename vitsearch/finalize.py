@@ -24,9 +24,9 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .config import PruneConfig, token_schedule
 from .errors import RunFailure, VitsearchError
 from .flops import gmacs
+from .pruning import PruneConfig, token_schedule
 from .search import SearchSettings, load_base
 from .studyfolder import StudyFolder
 from .training import PiecewiseLinear, SoftLatency, accuracy, fresh_model

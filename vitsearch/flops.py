@@ -316,7 +316,7 @@ def analytic_vit_macs(geometry: Any, block_tokens: Sequence[int], *, batch: int 
     """Multiply-adds of a ViT forward: patch embedding + every block at its token count + the classifier head.
 
     ``geometry`` is a :class:`vitsearch.models.ModelGeometry` (or anything with its fields);
-    ``block_tokens`` comes from :func:`vitsearch.config.token_schedule`. Norms, elementwise ops and token
+    ``block_tokens`` comes from :func:`vitsearch.pruning.token_schedule`. Norms, elementwise ops and token
     selectors are excluded: this is the papers' GMAC formula, which :func:`count_macs` must match up to them.
     """
     g = geometry

@@ -166,7 +166,7 @@ class StudyFolder:
     # Checkpoints ----------------------------------------------------------------------------------------------
 
     def save_checkpoint(self, model: Any, config: Any, path: Path, extra: Mapping[str, Any] | None = None) -> None:
-        """A model's state_dict with the config it was trained for (a :class:`~vitsearch.config.PruneConfig`)."""
+        """A model's state_dict with the config it was trained for (a :class:`~vitsearch.pruning.PruneConfig`)."""
         save_torch({"state_dict": model.state_dict(), "config": config.to_dict(), **(extra or {})}, path)
 
     def save_supernet(self, model: Any, config: Any, record: Mapping[str, Any]) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vitsearch import pruning
-from vitsearch.config import PruneConfig
+from vitsearch.pruning import PruneConfig
 from vitsearch.errors import VitsearchError
 from vitsearch.latency import Predictor, components_of, grid
 from vitsearch.latency import artefacts as art

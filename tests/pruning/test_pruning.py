@@ -6,7 +6,7 @@ import timm
 import torch
 
 from vitsearch import pruning
-from vitsearch.config import PruneConfig, token_schedule
+from vitsearch.pruning import PruneConfig, token_schedule
 from vitsearch.errors import VitsearchError
 
 PRUNED = ["spvit:3=0.7,6=0.7,9=0.7", "spvit:2=0.5", "evovit:4=0.5,8=0.5", "evovit:1=0.3"]

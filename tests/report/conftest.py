@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Sequence
 
 import pytest
 
-from vitsearch.config import PruneConfig, token_schedule
+from vitsearch.pruning import PruneConfig, token_schedule
 from vitsearch.pareto import pareto_front
 
 DEPTH, PATCHES = 8, 64

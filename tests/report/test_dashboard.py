@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from vitsearch.config import PruneConfig
+from vitsearch.pruning import PruneConfig
 from vitsearch.search import SearchSettings, run_search
 from vitsearch.search.storage import open_optuna_study
 from vitsearch.studyfolder import StudyFolder

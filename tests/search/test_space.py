@@ -1,7 +1,7 @@
 import optuna
 import pytest
 
-from vitsearch.config import PruneConfig
+from vitsearch.pruning import PruneConfig
 from vitsearch.errors import VitsearchError
 from vitsearch.search import default_space_file, load_space
 

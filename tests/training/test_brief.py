@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vitsearch import pruning
-from vitsearch.config import PruneConfig
+from vitsearch.pruning import PruneConfig
 from vitsearch.data import load_dataset
 from vitsearch.models import create_model
 from vitsearch.training import (LossWeights, PiecewiseLinear, TrainSettings, keep_ratio_loss,

@@ -1,7 +1,7 @@
 """Progressive schedules as data: which config each step trains (a pure function of the config and settings)."""
 import pytest
 
-from vitsearch.config import PruneConfig
+from vitsearch.pruning import PruneConfig
 from vitsearch.errors import VitsearchError
 from vitsearch.training.progressive import FinalizeSettings, plan
 

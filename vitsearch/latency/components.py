@@ -38,9 +38,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..config import PruneConfig, token_schedule
 from ..models import ModelGeometry, geometry
-from ..pruning import apply, evovit, spvit
+from ..pruning import PruneConfig, apply, evovit, method_of, spvit, token_schedule
 from ..pruning.patch import PrunedViTMixin
 
 KINDS = ("overhead", "embed", "block", "block_cls", "spvit_select", "evo_stage", "evo_block", "evo_block_cls", "head")
@@ -258,30 +257,12 @@ def grid(g: ModelGeometry, spec: GridSpec = GridSpec()) -> list[Point]:
 def components_of(config: PruneConfig | str, g: ModelGeometry) -> list[Point]:
     """The components one eval forward of ``config`` runs, in patch.py's order (``overhead`` once first).
 
-    Mirrors ``PrunedViTMixin._spvit_infer`` / ``_evovit`` (with ``evo_every_block=False``, the default)."""
+    The method lists its own (:meth:`PruningMethod.components`, mirroring its eval forward with
+    ``evo_every_block=False``, the default)."""
     config = PruneConfig.parse(config)
-    P, N, depth = g.num_prefix_tokens, g.num_patches, g.depth
-    sched = token_schedule(config, depth=depth, num_patches=N, num_prefix=P)
-    steps = {s.block: s for s in sched.selectors}
+    P, N = g.num_prefix_tokens, g.num_patches
+    sched = token_schedule(config, depth=g.depth, num_patches=N, num_prefix=P)
     out = [Point("overhead", P + N), Point("embed", P + N)]
-    if config.method == "evovit" and steps:
-        first, last = min(steps), max(steps)
-        k: int | None = None
-        for i in range(depth):
-            if i in steps:
-                k = steps[i].n_keep
-                out.append(Point("evo_stage", N, k))  # the stage's leave is charged with its enter
-            if k is None:
-                out.append(Point("block_cls" if i + 1 == first else "block", P + N))
-            else:
-                kind = "evo_block_cls" if i < last else "evo_block"
-                if sched.block_tokens[i] != P + k + 1:
-                    raise AssertionError(f"token_schedule disagrees with Evo-ViT's slow path at block {i}")
-                out.append(Point(kind, P + k + 1, k))
-    else:
-        for i, n in enumerate(sched.block_tokens):
-            if i in steps:
-                out.append(Point("spvit_select", steps[i].n_in, steps[i].n_keep))
-            out.append(Point("block", n))
+    out += [Point(kind, n, k) for kind, n, k in method_of(config.method).components(sched)]
     out.append(Point("head", sched.final_tokens))
     return out

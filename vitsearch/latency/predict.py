@@ -21,9 +21,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import PruneConfig
 from ..errors import VitsearchError
 from ..models import ModelGeometry
+from ..pruning import PruneConfig
 from . import table as table_mod
 from .components import Point, components_of
 from .table import LatencyTable
@@ -185,9 +185,8 @@ def predict(config: PruneConfig | str, *, device: str, model: str = "digits", ba
             tables: str | os.PathLike[str] = "latency_tables") -> Prediction:
     """Predicted latency of ``config`` on ``model`` at ``batch`` from ``device``'s table."""
     from ..models import create_model, geometry
+    from ..pruning import token_schedule
     from .registry import resolve
-
-    from ..config import token_schedule
 
     resolve(device, tables)  # an unknown name is refused with the list of known ones
     with _meta_device():

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import PruneConfig, token_schedule
 from ..errors import RunFailure, VitsearchError, naming
 from ..models import ModelGeometry, create_model
-from ..pruning import apply
+from ..pruning import PruneConfig, apply, pruning_methods, token_schedule
 from ..stats import plot_scatter, scatter_info, summarise
 from .devices import Artefact, MeasureSettings, open_device
 from .predict import Predictor
@@ -38,10 +37,11 @@ from .table import LatencyTable
 logger = logging.getLogger(__name__)
 
 
-def random_configs(count: int, g: ModelGeometry, *, seed: int = 0, methods: Sequence[str] = ("spvit", "evovit"),
+def random_configs(count: int, g: ModelGeometry, *, seed: int = 0, methods: Sequence[str] | None = None,
                    ratios: tuple[float, float] = (0.3, 0.95), max_selectors: int = 3) -> list[PruneConfig]:
     """``count`` distinct configs alternating between ``methods``: 1..max_selectors selectors at distinct blocks
     in [1, depth - 1], keep ratios uniform in ``ratios``, each pruning at least one token."""
+    methods = methods or pruning_methods()
     rng = random.Random(seed)
     out: list[PruneConfig] = []
     seen: set[str] = set()

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import PruneConfig
 from ..errors import VitsearchError
+from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder, read_json
 
 logger = logging.getLogger(__name__)

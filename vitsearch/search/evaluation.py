@@ -10,8 +10,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import PruneConfig, token_schedule
 from ..flops import gmacs
+from ..pruning import PruneConfig, token_schedule
 from ..training import PiecewiseLinear, SoftLatency, accuracy, fresh_model, train_candidate, train_supernet
 from .settings import Candidate, SearchSettings
 from .setup import Setup

@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 import optuna
 
-from ..config import PruneConfig
 from ..pareto import pareto_front
+from ..pruning import PruneConfig
 from .evaluation import Evaluator
 from .record import REJECTED_ACCURACY, describe, set_constraints
 from .settings import Candidate, SearchResult, SearchSettings

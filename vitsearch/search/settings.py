@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import PruneConfig
+from ..pruning import PruneConfig
 from ..training import LossWeights, TrainSettings
 from .budget import parse_budget
 

@@ -11,8 +11,8 @@ from typing import Any
 import torch.nn as nn
 
 from .. import versions
-from ..config import PruneConfig
 from ..errors import VitsearchError
+from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder
 from .budget import Budget, parse_budget
 from .settings import SAMPLERS, STRATEGIES, SearchSettings

@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import PruneConfig
 from ..errors import VitsearchError
+from ..pruning import PruneConfig, pruning_methods
 
 # A plain folder: wheels install as files (never zipped), so the built-in spaces are paths a study can record.
 SPACES_DIR = Path(str(resources.files("vitsearch") / "spaces"))
@@ -93,7 +93,7 @@ def load_space(path: str | Path, *, depth: int) -> SearchSpace:
     try:
         first, last = block(int(s.get("first_block", 3))), block(int(s.get("last_block", -1)))
         space = SearchSpace(
-            methods=tuple(s.get("methods", ["spvit", "evovit"])),
+            methods=tuple(s.get("methods", pruning_methods())),
             blocks=tuple(range(first, last + 1)),
             max_selectors=int(s.get("max_selectors", 3)),
             keep_min=float(s.get("keep_min", 0.3)), keep_max=float(s.get("keep_max", 0.95)),
@@ -111,9 +111,9 @@ def load_space(path: str | Path, *, depth: int) -> SearchSpace:
         problems.append(f"baseline blocks {list(space.baseline_blocks)} do not fit a model of {depth} blocks")
     if not 0 < space.keep_min <= space.keep_max <= 1 or space.keep_step <= 0:
         problems.append("keep ratios need 0 < keep_min <= keep_max <= 1 and keep_step > 0")
-    bad = [m for m in space.methods if m not in ("spvit", "evovit")]
+    bad = [m for m in space.methods if m not in pruning_methods()]
     if bad or not space.methods:
-        problems.append(f"methods must be spvit and/or evovit, got {list(space.methods)}")
+        problems.append(f"methods must be among {', '.join(pruning_methods())}, got {list(space.methods)}")
     if space.max_selectors < 1:
         problems.append("max_selectors must be at least 1")
     if problems:

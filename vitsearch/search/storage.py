@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import optuna
 
-from ..config import PruneConfig
 from ..errors import RunFailure, VitsearchError
+from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder
 from .record import DIRECTIONS
 from .storage_url import parse_storage_url

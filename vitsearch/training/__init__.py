@@ -4,7 +4,8 @@ accuracy): the computation-aware loss (:mod:`.losses`), brief per-candidate fine
 from .brief import (SoftLatency, TrainResult, TrainSettings, candidate_loss, fresh_model, param_groups,
                     train_candidate, train_supernet)
 from .loop import accuracy, batches, lr_factor, next_batch, seeded, set_lr, train_steps
-from .losses import LossWeights, PiecewiseLinear, keep_ratio_loss, latency_loss, soft_block_tokens
+from ..pruning.methods.spvit import keep_ratio_loss, soft_block_tokens
+from .losses import LossWeights, PiecewiseLinear, latency_loss
 
 __all__ = ["TrainSettings", "TrainResult", "SoftLatency", "train_candidate", "train_supernet", "candidate_loss",
            "fresh_model", "param_groups", "accuracy", "batches", "lr_factor", "next_batch", "seeded", "set_lr",

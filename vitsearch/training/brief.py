@@ -19,10 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import PruneConfig
-from ..pruning import apply, prune_state
+from ..pruning import METHODS, PruneConfig, apply, prune_state
 from .loop import batches, next_batch, seeded, train_steps
-from .losses import LossWeights, PiecewiseLinear, distill_loss, keep_ratio_loss, latency_loss, soft_block_tokens
+from .losses import LossWeights, PiecewiseLinear, distill_loss, latency_loss
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +50,10 @@ class SoftLatency:
     def target_ms(self, block_tokens: Sequence[int]) -> float:
         return float(sum(self.curve(torch.tensor(float(n))) for n in block_tokens))
 
+    def loss(self, soft_tokens: Sequence[torch.Tensor], block_tokens: Sequence[int]) -> torch.Tensor:
+        """The latency term of soft per-block token counts against the schedule's ``block_tokens``."""
+        return latency_loss(soft_tokens, self.curve, self.target_ms(block_tokens))
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -64,22 +67,11 @@ def candidate_loss(
     latency: SoftLatency | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One forward of a patched model in training mode and its computation-aware loss (see losses.py)."""
-    config, schedule = model.prune_config, model.token_schedule
     logits = model(x)
     state = prune_state(model)
     parts = {"ce": F.cross_entropy(logits, y), "distill": distill_loss(logits, teacher_logits)}
     loss = parts["ce"] + weights.distill * parts["distill"]
-    if config.method == "spvit" and state.keep_decisions:
-        parts["ratio"] = keep_ratio_loss(state.keep_decisions, state.keep_targets)
-        loss = loss + weights.ratio * parts["ratio"]
-        if latency is not None and weights.latency > 0:
-            soft = soft_block_tokens(state.keep_decisions, [s.block for s in schedule.selectors],
-                                     depth=schedule.depth, num_prefix=schedule.num_prefix)
-            parts["latency"] = latency_loss(soft, latency.curve, latency.target_ms(schedule.block_tokens))
-            loss = loss + weights.latency * parts["latency"]
-    if config.method == "evovit" and state.aux_logits is not None:
-        parts["aux"] = F.cross_entropy(state.aux_logits, y)
-        loss = (1 - weights.aux) * loss + weights.aux * parts["aux"]
+    loss = model.prune_method.loss(loss, parts, state, model.token_schedule, y, weights, latency)
     return loss, {k: float(v.detach()) for k, v in parts.items()} | {"total": float(loss.detach())}
 
 
@@ -141,7 +133,8 @@ def fresh_model(base: nn.Module, config: PruneConfig, seed: int = 0) -> nn.Modul
 
 
 def param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
-    new = [p for n, p in model.named_parameters() if n.startswith(("token_selectors.", "head_aux."))]
+    prefixes = tuple(prefix for m in METHODS.values() for prefix in m.new_parameters)
+    new = [p for n, p in model.named_parameters() if n.startswith(prefixes)]
     new_ids = {id(p) for p in new}
     base = [p for p in model.parameters() if id(p) not in new_ids]
     return [{"params": base, "lr": settings.lr}, {"params": new, "lr": settings.selector_lr}]

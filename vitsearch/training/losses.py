@@ -2,7 +2,9 @@
 
 L = CE + ratio_w · keep-ratio loss + latency_w · latency loss + distill_w · KL(teacher ‖ student) [+ aux_w · CE(aux)]
 
-- keep-ratio loss: per-sample keep fraction of each selector's Gumbel decisions against the schedule's target
+The method adds its own terms (:meth:`vitsearch.pruning.PruningMethod.loss`); the shared pieces live here.
+
+- keep-ratio loss (SPViT's, :func:`vitsearch.pruning.methods.spvit.keep_ratio_loss`): per-sample keep fraction of each selector's Gumbel decisions against the schedule's target
   (DynamicViT's per-sample mean, so each image prunes as much as the fixed-k inference will). The decisions are
   drawn around the target already (``pruning.spvit.prune_soft``), so this and the latency term act on how far
   single images stray from it, not on the selector's overall level.
@@ -37,33 +39,12 @@ class PiecewiseLinear:
         return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
 
 
-def soft_block_tokens(
-    keep_decisions: Sequence[torch.Tensor], selector_blocks: Sequence[int], *, depth: int, num_prefix: int
-) -> list[torch.Tensor]:
-    """Per-block token counts implied by the soft decisions (B, N) of an SPViT forward: prefix + expected
-    kept patches + one package per selector so far. Differentiable through the straight-through decisions."""
-    n_patches = keep_decisions[0].shape[1] if keep_decisions else 0
-    counts, current, packages = [], None, 0
-    starts = dict(zip(selector_blocks, keep_decisions))
-    for block in range(depth):
-        if block in starts:
-            current, packages = starts[block].sum(dim=1).mean(), packages + 1
-        kept = current if current is not None else torch.tensor(float(n_patches))
-        counts.append(num_prefix + kept + packages)
-    return counts
-
-
 @dataclass(frozen=True)
 class LossWeights:
     ratio: float = 2.0  # SPViT/DynamicViT's ratio weight
     latency: float = 1.0
     distill: float = 0.5  # SPViT/DynamicViT's KL weight
     aux: float = 0.5  # Evo-ViT: 0.5 CE(cls head) + 0.5 CE(aux head)
-
-
-def keep_ratio_loss(decisions: Sequence[torch.Tensor], targets: Sequence[float]) -> torch.Tensor:
-    terms = [((d.mean(dim=1) - t) ** 2).mean() for d, t in zip(decisions, targets)]
-    return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
 def latency_loss(soft_tokens: Sequence[torch.Tensor], curve: PiecewiseLinear, target_ms: float) -> torch.Tensor:

@@ -28,10 +28,9 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ..config import PruneConfig
 from ..errors import VitsearchError
 from ..files import save_torch
-from ..pruning import apply, prune_state
+from ..pruning import PruneConfig, apply, method_of, prune_state
 from .brief import SoftLatency, TrainSettings, candidate_loss, param_groups
 from .loop import batches, next_batch, seeded, train_steps
 from .losses import LossWeights
@@ -84,17 +83,6 @@ class Phase:
 # ---------------------------------------------------------------------------------------------------------------
 # The schedule: a pure function of the config and the settings (tested without training).
 
-def selector_groups(config: PruneConfig, merge_tol: float = 0.0) -> list[list[int]]:
-    """Selector blocks in order, neighbours whose keep ratios differ by at most ``merge_tol`` in one group."""
-    groups: list[list[int]] = []
-    for block, ratio in config.keep.items():
-        if groups and merge_tol > 0 and abs(config.keep[groups[-1][-1]] - ratio) <= merge_tol + 1e-9:
-            groups[-1].append(block)
-        else:
-            groups.append([block])
-    return groups
-
-
 def _boundaries(steps: int, count: int, switch: Sequence[float] | None, what: str) -> list[int]:
     """``count`` phases over ``steps``: boundaries at the ``switch`` shares, or evenly spaced."""
     if switch is None:
@@ -115,19 +103,14 @@ def plan(config: PruneConfig, settings: FinalizeSettings, steps: int) -> list[Ph
     config = PruneConfig.parse(config)
     if settings.schedule not in SCHEDULES:
         raise VitsearchError(f"unknown schedule {settings.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if settings.schedule == "plain" or config.method == "none":
+    if settings.schedule == "plain":
         return [Phase(0, steps, config)]
-    if config.method == "evovit":
-        switch = settings.switch if settings.switch is not None else (settings.evo_switch,)
-        b = _boundaries(steps, 2, switch, "the Evo-ViT layer-to-stage schedule")
-        return [Phase(b[0], b[1], config, every_block=True), Phase(b[1], b[2], config)]
-    groups = selector_groups(config, settings.merge_tol)
-    b = _boundaries(steps, len(groups), settings.switch, f"{config} (one phase per selector group {groups})")
-    phases = []
-    for k in range(len(groups)):
-        inserted = {blk for g in groups[:k + 1] for blk in g}
-        phases.append(Phase(b[k], b[k + 1], PruneConfig(config.method, {blk: r for blk, r in config.keep.items()
-                                                                           if blk in inserted})))
+    parts, default_switch, what = method_of(config.method).curriculum(config, settings)
+    if len(parts) == 1:
+        return [Phase(0, steps, *parts[0])]
+    switch = settings.switch if settings.switch is not None else default_switch
+    b = _boundaries(steps, len(parts), switch, what)
+    phases = [Phase(b[k], b[k + 1], phase_config, every_block) for k, (phase_config, every_block) in enumerate(parts)]
     return [p for p in phases if p.end > p.start]
 
 

@@ -1,0 +1,26 @@
+"""The pruning methods, one file each, behind one contract (:class:`PruningMethod`). Adding a method: a file
+here and one line in :data:`METHODS`."""
+from __future__ import annotations
+
+from ...errors import VitsearchError
+from .base import Component, PruningMethod
+from .evovit import EvoViT
+from .none import NoPruning
+from .spvit import SPViT
+
+METHODS: dict[str, PruningMethod] = {m.name: m for m in (NoPruning(), SPViT(), EvoViT())}
+
+
+def method_of(name: str) -> PruningMethod:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise VitsearchError(f"unknown pruning method {name!r}: expected one of {', '.join(METHODS)}") from None
+
+
+def pruning_methods() -> tuple[str, ...]:
+    """The methods that prune (what a search space may offer)."""
+    return tuple(n for n, m in METHODS.items() if m.prunes)
+
+
+__all__ = ["METHODS", "PruningMethod", "Component", "method_of", "pruning_methods"]

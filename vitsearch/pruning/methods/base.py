@@ -1,0 +1,97 @@
+"""The contract every token-pruning method fulfils (ToMe's shape: the algorithm as tensor functions in its own
+module, one adapter here that runs it inside a stock timm ViT).
+
+A method is a stateless singleton registered by name in :data:`vitsearch.pruning.methods.METHODS`. The shared
+modules (config, patch, training, progressive planner, latency components) call only what this class declares,
+so adding a method is one file and one registry line.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from ...errors import VitsearchError
+from ..schedule import TokenSchedule
+from ..state import PruneState
+
+# (kind, n, k): one component of the latency model (``latency.components.Point``), see :meth:`components`.
+Component = tuple[str, int, int]
+
+
+class PruningMethod:
+    """One token-pruning method.
+
+    - **Keep ratios** (:meth:`schedule`): the method alone says what ``keep = {block: ratio}`` means and turns it
+      into the per-block token counts (:class:`TokenSchedule`) that inference must produce exactly, that the
+      latency model charges and that the FLOPs counter and ONNX export see. :meth:`check_keep` refuses a config
+      the method cannot run, before any model exists.
+    - **Patching** (:meth:`check_model`, :meth:`patch`): ``patch(model, schedule)`` runs on a model already
+      converted by :func:`vitsearch.pruning.apply` (class swapped, attention patched, ``token_selectors`` made).
+      It refuses a model it cannot handle correctly (pooling, token layout) with a :class:`VitsearchError`, and
+      adds the modules the method trains (their ``state_dict`` prefixes in :attr:`new_parameters`, trained at the
+      selector learning rate). It keeps modules that already exist: patching again only changes the config
+      (weight sharing across configs).
+    - **Forward** (:meth:`forward_blocks`, :meth:`after_pooling`): runs the model's blocks on (B, P + N, C)
+      embedded tokens, appending each block's input token count to ``state.block_tokens``; in training mode it
+      records in ``state`` what its loss reads (keep decisions, auxiliary logits). ``state.policy`` and
+      ``state.record_cls_attn`` are how it talks to the patched attention.
+    - **Loss** (:meth:`loss`): adds the method's terms to the shared CE + distillation loss.
+    - **Curriculum** (:meth:`curriculum`): the phases finalize trains the config through.
+    - **Latency** (:meth:`components`): the components one eval forward runs, in order, at the schedule's counts;
+      the latency model profiles exactly these kinds, so what inference runs is what a table charges.
+    """
+
+    name: ClassVar[str]
+    prunes: ClassVar[bool] = True  # False only for the identity: the search space offers the others
+    new_parameters: ClassVar[tuple[str, ...]] = ()  # state_dict prefixes of the modules patch() adds
+
+    # Config ------------------------------------------------------------------------------------------------
+    def check_keep(self, keep: Mapping[int, float]) -> None:
+        """Refuse selectors this method cannot run (called by PruneConfig)."""
+
+    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int) -> TokenSchedule:
+        raise NotImplementedError
+
+    # Model -------------------------------------------------------------------------------------------------
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model whose pooling or token layout the method does not handle."""
+
+    def patch(self, model: nn.Module, schedule: TokenSchedule) -> None:
+        """Add the trained modules the schedule needs (and keep existing ones)."""
+
+    def forward_blocks(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
+        """(B, P + N, C) embedded tokens -> the last block's output (B, schedule.final_tokens, C)."""
+        raise NotImplementedError
+
+    def after_pooling(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> None:
+        """Training only: read the final normed tokens (B, final_tokens, C), e.g. for an auxiliary head."""
+
+    # Training ----------------------------------------------------------------------------------------------
+    def loss(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], state: PruneState, schedule: TokenSchedule,
+             y: torch.Tensor, weights: Any, latency: Any | None) -> torch.Tensor:
+        """``loss`` (CE + distillation) with the method's terms; each term is also put in ``parts``.
+        ``weights``: training.LossWeights; ``latency``: training.SoftLatency or None."""
+        return loss
+
+    def curriculum(self, config: Any, settings: Any) -> tuple[list[tuple[Any, bool]], tuple[float, ...] | None, str]:
+        """Finalize's phases: ([(config trained in the phase, re-select at every block)], default phase
+        boundaries as shares of the steps (None: even), what the phases are (for messages)).
+        ``settings``: training.progressive.FinalizeSettings."""
+        return [(config, False)], None, "one phase"
+
+    # Latency -----------------------------------------------------------------------------------------------
+    def components(self, schedule: TokenSchedule) -> list[Component]:
+        """The components between the embedding and the head of one eval forward, in order."""
+        raise NotImplementedError
+
+
+def restricted(config: Any, blocks: Sequence[int]) -> Any:
+    """``config`` (a PruneConfig) with only the selectors at ``blocks``."""
+    return dataclasses.replace(config, keep={b: r for b, r in config.keep.items() if b in blocks})
+
+
+def refuse(method: str, what: str, fix: str) -> VitsearchError:
+    return VitsearchError(f"{method} cannot prune this model: {what}; {fix}")

@@ -1,0 +1,122 @@
+"""``evovit``: Evo-ViT slow-fast token evolution (the algorithm: :mod:`vitsearch.pruning.evovit`)."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import evovit
+from ..schedule import TokenSchedule, compound_steps
+from ..state import PruneState
+from .base import Component, PruningMethod, refuse
+
+
+class EvoViT(PruningMethod):
+    """Keep ratios compound like SPViT's: a stage keeps ``ratio`` of the patches the previous stage kept on its
+    slow path. A stage's blocks compute on prefix + informative patches + one representative token; the other
+    patches are carried (structure preserved) and fast-updated, so the head sees all P + N tokens.
+
+    Training: the assisted CLS loss (a second head ``head_aux`` on the other pooling) through
+    ``state.aux_logits``. Latency: ``evo_stage(N, k)`` at each stage start (its restore included), the blocks
+    before the first stage at full width (``block_cls`` for the one whose class attention seeds the score), the
+    stage blocks as ``evo_block(_cls)(P + k + 1, k)``."""
+
+    name = "evovit"
+    new_parameters = ("head_aux.",)
+
+    def check_keep(self, keep: Mapping[int, float]) -> None:
+        if 0 in keep:
+            raise refuse(self.name, "a selector at block 0 has no class attention to rank by",
+                         "put the first selector at block >= 1")
+
+    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int) -> TokenSchedule:
+        if num_prefix < 1:
+            raise refuse(self.name, "it ranks tokens by class-token attention, but this model has no class token",
+                         "use spvit, or a model with a class token")
+        steps, alive = compound_steps(keep, depth, num_patches)
+        counts = tuple(num_prefix + n + int(n < num_patches) for n in alive)
+        return TokenSchedule(self.name, num_prefix, num_patches, counts, tuple(steps), num_prefix + num_patches)
+
+    def check_model(self, model: nn.Module) -> None:
+        if getattr(model, "cls_token", None) is None:
+            raise refuse(self.name, "it ranks tokens by class-token attention, but this model has no class token",
+                         "use spvit, or a model with a class token")
+
+    def patch(self, model: nn.Module, schedule: TokenSchedule) -> None:
+        if not hasattr(model, "head_aux"):
+            model.head_aux = copy.deepcopy(model.head)  # starts as the main head, so the aux loss starts sensible
+
+    def forward_blocks(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
+        P = model.num_prefix_tokens
+        starts = {s.block: s.n_keep for s in model.token_schedule.selectors}
+        last_start = max(starts, default=-1)
+        every_block = model.evo_every_block
+        stage: evovit.EvoStage | None = None
+        score: torch.Tensor | None = None
+        prefix = x[:, :P]
+        for i, blk in enumerate(model.blocks):
+            if i in starts or (stage is not None and every_block):
+                k = starts.get(i, stage.n_keep if stage is not None else 0)
+                if stage is not None:
+                    patches, score = evovit.leave_stage(stage)
+                    x = torch.cat([prefix, patches], dim=1)
+                stage, prefix = evovit.enter_stage(x[:, P:], score, k), x[:, :P]
+            # Class attention is only needed where a later selection reads it.
+            if stage is None:
+                state.record_cls_attn = i + 1 == min(starts, default=-1)
+            else:
+                state.record_cls_attn = i < last_start or every_block
+            if stage is None:
+                state.block_tokens.append(x.shape[1])
+                x = blk(x)
+                if state.record_cls_attn:  # alpha = 1 before the first selector: g is this block's attention
+                    score = evovit.class_attention_score(state.cls_attn, P)
+            else:
+                slow = evovit.slow_tokens(prefix, stage)
+                state.block_tokens.append(slow.shape[1])
+                out = blk(slow)
+                cls = evovit.class_attention_score(state.cls_attn, P) if state.record_cls_attn else None
+                prefix = evovit.after_block(stage, out, P, cls)
+        state.record_cls_attn = False
+        if stage is not None:
+            patches, _ = evovit.leave_stage(stage)
+            x = torch.cat([prefix, patches], dim=1)
+        return x
+
+    def after_pooling(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> None:
+        # Assisted CLS loss: a second head on the other pooling keeps the class token's attention meaningful.
+        P = model.num_prefix_tokens
+        pooled = x[:, P:].mean(dim=1) if model.global_pool == "token" else x[:, 0]
+        state.aux_logits = model.head_aux(pooled)
+
+    def loss(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], state: PruneState, schedule: TokenSchedule,
+             y: torch.Tensor, weights: Any, latency: Any | None) -> torch.Tensor:
+        if state.aux_logits is None:
+            return loss
+        parts["aux"] = F.cross_entropy(state.aux_logits, y)
+        return (1 - weights.aux) * loss + weights.aux * parts["aux"]
+
+    def curriculum(self, config: Any, settings: Any) -> tuple[list[tuple[Any, bool]], tuple[float, ...] | None, str]:
+        """Layer-to-stage: selection at every block of a stage first, then only at the config's stage starts."""
+        return [(config, True), (config, False)], (settings.evo_switch,), "the Evo-ViT layer-to-stage schedule"
+
+    def components(self, schedule: TokenSchedule) -> list[Component]:
+        P, N = schedule.num_prefix, schedule.num_patches
+        steps = {s.block: s for s in schedule.selectors}
+        if not steps:
+            return [("block", n, 0) for n in schedule.block_tokens]
+        first, last = min(steps), max(steps)
+        out: list[Component] = []
+        k: int | None = None
+        for i in range(schedule.depth):
+            if i in steps:
+                k = steps[i].n_keep
+                out.append(("evo_stage", N, k))  # the stage's leave is charged with its enter
+            if k is None:
+                out.append(("block_cls" if i + 1 == first else "block", P + N, 0))
+            else:
+                out.append(("evo_block_cls" if i < last else "evo_block", P + k + 1, k))
+        return out

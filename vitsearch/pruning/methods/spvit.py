@@ -1,0 +1,142 @@
+"""``spvit``: SPViT soft pruning with packaging (the algorithm: :mod:`vitsearch.pruning.spvit`)."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from .. import spvit
+from ..schedule import TokenSchedule, compound_steps
+from ..state import PruneState
+from .base import Component, PruningMethod, restricted
+
+
+def keep_ratio_loss(decisions: Sequence[torch.Tensor], targets: Sequence[float]) -> torch.Tensor:
+    """Per-sample keep fraction of each selector's decisions (B, N) against its target (DynamicViT's)."""
+    terms = [((d.mean(dim=1) - t) ** 2).mean() for d, t in zip(decisions, targets)]
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def soft_block_tokens(
+    keep_decisions: Sequence[torch.Tensor], selector_blocks: Sequence[int], *, depth: int, num_prefix: int
+) -> list[torch.Tensor]:
+    """Per-block token counts implied by the soft decisions (B, N) of an SPViT forward: prefix + expected
+    kept patches + one package per selector so far. Differentiable through the straight-through decisions."""
+    n_patches = keep_decisions[0].shape[1] if keep_decisions else 0
+    counts, current, packages = [], None, 0
+    starts = dict(zip(selector_blocks, keep_decisions))
+    for block in range(depth):
+        if block in starts:
+            current, packages = starts[block].sum(dim=1).mean(), packages + 1
+        kept = current if current is not None else torch.tensor(float(n_patches))
+        counts.append(num_prefix + kept + packages)
+    return counts
+
+
+def selector_groups(keep: Mapping[int, float], merge_tol: float = 0.0) -> list[list[int]]:
+    """Selector blocks in order, neighbours whose keep ratios differ by at most ``merge_tol`` in one group."""
+    groups: list[list[int]] = []
+    for block, ratio in keep.items():
+        if groups and merge_tol > 0 and abs(keep[groups[-1][-1]] - ratio) <= merge_tol + 1e-9:
+            groups[-1].append(block)
+        else:
+            groups.append([block])
+    return groups
+
+
+class SPViT(PruningMethod):
+    """Keep ratios compound: a selector keeps ``ratio`` of the patch tokens that reached it (0.7 at blocks 3, 6, 9
+    keeps 70% / 49% / 34.3% of the patches, the DynamicViT/EViT convention); the pruned ones are averaged into
+    one package token per selector, so a block computes on prefix + kept patches + the packages so far.
+
+    Training: every token is kept and pruned ones are masked as attention keys (``state.policy``); the selectors'
+    decisions and targets land in ``state.keep_decisions`` / ``keep_targets`` for the keep-ratio loss and the
+    latency loss (the device table's cost of the soft token counts). Inference: exact top-k and packaging.
+    Latency: ``spvit_select(n, k)`` before a pruning block, then ``block(n)`` at the scheduled counts."""
+
+    name = "spvit"
+    new_parameters = ("token_selectors.",)
+
+    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int) -> TokenSchedule:
+        steps, alive = compound_steps(keep, depth, num_patches)
+        starts = {s.block for s in steps}
+        counts, packages = [], 0
+        for block, n in enumerate(alive):
+            packages += block in starts
+            counts.append(num_prefix + n + packages)
+        final = counts[-1] if counts else num_prefix + num_patches
+        return TokenSchedule(self.name, num_prefix, num_patches, tuple(counts), tuple(steps), final)
+
+    def patch(self, model: nn.Module, schedule: TokenSchedule) -> None:
+        ref = next(model.parameters())
+        for step in schedule.selectors:
+            if str(step.block) not in model.token_selectors:
+                model.token_selectors[str(step.block)] = spvit.MultiHeadTokenSelector(
+                    model.embed_dim, model.blocks[0].attn.num_heads, keep_prior=step.n_keep / step.n_in,
+                ).to(device=ref.device, dtype=ref.dtype)
+
+    def forward_blocks(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
+        return self._train(model, x, state) if model.training else self._infer(model, x, state)
+
+    @staticmethod
+    def _infer(model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
+        P, steps = model.num_prefix_tokens, {s.block: s for s in model.token_schedule.selectors}
+        for i, blk in enumerate(model.blocks):
+            if i in steps:
+                n = steps[i].n_in
+                kept, pkg = spvit.prune_hard(model.token_selectors[str(i)], x[:, P:P + n], steps[i].n_keep)
+                x = torch.cat([x[:, :P], kept, x[:, P + n:], pkg], dim=1)  # [prefix, kept, old packages, new]
+            state.block_tokens.append(x.shape[1])
+            x = blk(x)
+        return x
+
+    @staticmethod
+    def _train(model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
+        P, N = model.num_prefix_tokens, model.token_schedule.num_patches
+        steps = {s.block: s for s in model.token_schedule.selectors}
+        alive = x.new_ones(x.shape[0], N)  # (B, N) patches not pruned so far
+        packaged: list[torch.Tensor] = []  # per selector so far (B, 1): 1 if its package holds any token
+        for i, blk in enumerate(model.blocks):
+            if i in steps:
+                kept, pkg = spvit.prune_soft(model.token_selectors[str(i)], x[:, P:P + N], alive,
+                                             steps[i].n_keep / steps[i].n_in)
+                # A draw that pruned nothing has an empty package: masked out, since inference never has one
+                # (attending to a zero token, it sent the selectors gradients of the tokens' scale, ~100).
+                packaged.append(((alive - kept).detach().sum(dim=1, keepdim=True) > 0).to(x.dtype))
+                alive = kept
+                x = torch.cat([x, pkg], dim=1)  # packages are appended and attended to from then on
+                state.keep_decisions.append(alive)
+                state.keep_targets.append(steps[i].n_keep / N)
+                state.policy = torch.cat([x.new_ones(x.shape[0], P), alive, *packaged], dim=1)  # (B, P + N + S)
+            state.block_tokens.append(x.shape[1])
+            x = blk(x)
+        return x
+
+    def loss(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], state: PruneState, schedule: TokenSchedule,
+             y: torch.Tensor, weights: Any, latency: Any | None) -> torch.Tensor:
+        if not state.keep_decisions:
+            return loss
+        parts["ratio"] = keep_ratio_loss(state.keep_decisions, state.keep_targets)
+        loss = loss + weights.ratio * parts["ratio"]
+        if latency is not None and weights.latency > 0:
+            soft = soft_block_tokens(state.keep_decisions, [s.block for s in schedule.selectors],
+                                     depth=schedule.depth, num_prefix=schedule.num_prefix)
+            parts["latency"] = latency.loss(soft, schedule.block_tokens)
+            loss = loss + weights.latency * parts["latency"]
+        return loss
+
+    def curriculum(self, config: Any, settings: Any) -> tuple[list[tuple[Any, bool]], tuple[float, ...] | None, str]:
+        """Layer-to-phase: selectors inserted in block order, one phase per selector group."""
+        groups = selector_groups(config.keep, settings.merge_tol)
+        phases = [(restricted(config, [b for g in groups[:k + 1] for b in g]), False) for k in range(len(groups))]
+        return phases, None, f"{config} (one phase per selector group {groups})"
+
+    def components(self, schedule: TokenSchedule) -> list[Component]:
+        steps = {s.block: s for s in schedule.selectors}
+        out: list[Component] = []
+        for i, n in enumerate(schedule.block_tokens):
+            if i in steps:
+                out.append(("spvit_select", steps[i].n_in, steps[i].n_keep))
+            out.append(("block", n, 0))
+        return out
