@@ -621,8 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {disk_full_message(e)}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(str(e) or "interrupted", file=sys.stderr)
         return 130
 
 

@@ -31,3 +31,7 @@ def naming(path: str | os.PathLike[str]) -> Iterator[None]:
         if e.filename is None:
             e.filename = os.fspath(path)
         raise
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after what was completed is kept: the message says what and how to go on (the CLI exits 130)."""

@@ -55,3 +55,19 @@ def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
 def cache_dir() -> Path:
     """``$VITSEARCH_CACHE``, or ``~/.cache/vitsearch``: trained base models and image checks."""
     return Path(os.environ.get("VITSEARCH_CACHE") or Path.home() / ".cache" / "vitsearch").expanduser()
+
+
+def load_torch(path: str | os.PathLike[str], fix: str) -> Any:
+    """A file :func:`save_torch` wrote, read with ``weights_only=True``; a truncated or damaged one is one error
+    naming it and ``fix`` (what to do)."""
+    import pickle
+
+    import torch
+
+    from .errors import VitsearchError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        reason = str(e).strip().split(". ")[0] or type(e).__name__
+        raise VitsearchError(f"{path} is truncated or damaged ({reason}): {fix}") from None

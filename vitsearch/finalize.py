@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
 import torch.nn as nn
 
 from .errors import RunFailure, VitsearchError
+from .files import load_torch
 from .flops import gmacs
 from .pruning import PruneConfig, token_schedule
-from .search import SearchSettings, load_base
+from .search import SearchSettings, load_base, load_splits
 from .studyfolder import StudyFolder
 from .training import PiecewiseLinear, SoftLatency, accuracy, fresh_model
 from .training.progressive import SCHEDULES, FinalizeSettings, StepHook, describe, plan, train_schedule
@@ -72,13 +72,14 @@ def check_base(meta: Mapping[str, Any]) -> None:
 
 
 def load_context(study: str | Path, reports: str | Path = "reports", *, workers: int = 0) -> FinalizeContext:
-    from .data import LoaderSettings, load_dataset
     from .latency import table as table_mod
     from .latency.predict import Predictor
+    from .latency.registry import resolve
     from .models import geometry
 
     folder = StudyFolder.find(study, reports)
     meta = folder.read_study()
+    resolve(str(meta.get("device")), meta["settings"].get("tables", "latency_tables"))  # checked like --device is
     trials, front = folder.require_records("trials"), folder.require_records("front")
     check_base(meta)
     settings = SearchSettings.from_dict(meta["settings"])
@@ -93,8 +94,8 @@ def load_context(study: str | Path, reports: str | Path = "reports", *, workers:
         raise VitsearchError(f"the study's latency table {table_path} is missing: finalize reads it for the latency "
                              "loss and the prediction; run from the folder the search ran in, or restore the table")
     predictor = Predictor(table_mod.load(table_path, geometry=geometry(base), batch=int(meta["batch"])))
-    splits = load_dataset(settings.dataset, base, seed=settings.seed, max_train=settings.max_train,
-                          max_val=settings.max_val, loading=LoaderSettings(workers))
+    # workers change only the speed of loading, so finalize may use another number than the search did
+    splits = load_splits(dataclasses.replace(settings, workers=workers), base, meta.get("split") or info["split"])
     latency = SoftLatency(PiecewiseLinear(*predictor.block_curve()))
     return FinalizeContext(folder, meta, trials, front, base, splits, predictor, latency)
 
@@ -203,7 +204,7 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
     else:
         logger.info("trial %d is already trained (%s): not training again (--restart trains it afresh)",
                     trial, model_path)
-    saved = torch.load(model_path, map_location="cpu", weights_only=True)
+    saved = load_torch(model_path, "pass --restart to train this trial again")
     model.load_state_dict(saved["state_dict"])
     model.eval()
     if previous is None or not onnx_path.is_file():

@@ -30,7 +30,36 @@ JOURNAL_FILE = "journal.log"
 FINALIZED_FILE = "finalized.json"
 RECORDS = ("trials", "front", "baselines")  # written by the search as JSON and CSV
 # What must match for a re-run to continue a study rather than mix two searches in one folder.
-IDENTITY = ("model", "sha256", "dataset", "device", "batch", "budget_ms", "space", "strategy")
+IDENTITY = ("model", "sha256", "dataset", "split", "device", "batch", "budget_ms", "space", "strategy")
+# The settings (study.json's "settings") that decide how a trial is trained and evaluated: a resume that changes
+# one would put trials evaluated differently on one front.
+EVALUATION = ("train", "dataset", "max_train", "max_val", "seed", "strategy", "shared_steps", "shared_finetune_steps")
+
+
+def check_study_name(name: str) -> str:
+    """A study name is one folder under the reports folder: no separators, no ``.``/``..``, not empty."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip():
+        raise VitsearchError(f"study name {name!r} is not a plain folder name: give --study one non-empty name without "
+                             "'/', '\\', leading or trailing spaces, '.' or '..' (e.g. --study digits-60pct)")
+    return name
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``name: old -> new`` for each training or evaluation setting (:data:`EVALUATION`) that differs."""
+    a = _flatten({k: old.get(k) for k in EVALUATION})
+    b = _flatten({k: new.get(k) for k in EVALUATION})
+    return [f"{k.removeprefix('train.')} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
 
 
 def existing_studies(reports: str | os.PathLike[str]) -> list[str]:
@@ -117,8 +146,10 @@ class StudyFolder:
 
     def read_study(self) -> dict[str, Any]:
         meta = read_json(self.study_file)
-        if not isinstance(meta, dict):
-            raise VitsearchError(f"{self.study_file} should hold an object of study settings")
+        if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
+            found = "no 'settings' object" if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+            raise VitsearchError(f"{self.study_file} holds {found}, not the study settings vitsearch search writes: "
+                                 "the file is damaged; restore it, or pass --study NEW_NAME for a new search")
         return meta
 
     def write_study(self, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,6 +163,12 @@ class StudyFolder:
                 raise VitsearchError(
                     f"study {record.get('study', self.name)!r} in {self.path} was made with a different "
                     f"{', '.join(changed)}: pass --study NEW_NAME for a new search, or the same settings to resume it")
+            differ = changed_settings(old["settings"], record.get("settings") or {})
+            if differ:
+                raise VitsearchError(
+                    f"study {record.get('study', self.name)!r} in {self.path} trains and evaluates its trials with "
+                    f"other settings ({'; '.join(differ)}): resume it with the settings in {self.study_file}, or "
+                    "pass --study NEW_NAME for a new study")
             record["created"] = old.get("created")
         record["created"] = record.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(self.study_file, record)
@@ -190,3 +227,18 @@ class StudyFolder:
         """Add or replace the row of ``row["trial"]`` in ``finalized.json``."""
         rows = [r for r in self.finalized() if r.get("trial") != row["trial"]] + [dict(row)]
         write_json(self.path / FINALIZED_FILE, sorted(rows, key=lambda r: r["trial"]))
+
+    # The journal beside the records ------------------------------------------------------------------------------
+
+    def check_journal(self) -> None:
+        """Refuse to start a study afresh over completed work: a missing or empty ``journal.log`` beside a
+        ``trials.json`` with trained trials would overwrite it."""
+        if self.journal.is_file() and self.journal.stat().st_size > 0:
+            return
+        trained = [t for t in self.read_records("trials") or [] if t.get("accuracy") is not None]
+        if trained:
+            state = "empty" if self.journal.is_file() else "missing"
+            raise VitsearchError(
+                f"{self.journal} is {state} but {self.path / 'trials.json'} holds {len(trained)} trained trials: "
+                f"the search would start afresh and overwrite them. Restore {JOURNAL_FILE} from a backup to resume, "
+                "or pass --study NEW_NAME for a new study")

@@ -28,11 +28,11 @@ from ..errors import VitsearchError
 
 from .digits import DIGITS, DigitsSpec, digits_canvases, digits_splits, translate_within_canvas
 from .imagefolder import ImageFiles, image_folder_splits, subset
-from .splits import Augment, Batch, DatasetSplits, LoaderSettings, TensorImageDataset, model_input, stratified_split
+from .splits import Augment, Batch, DatasetSplits, LoaderSettings, TensorImageDataset, model_input, split_sha256, stratified_split
 
 __all__ = ["DIGITS", "Augment", "Batch", "DatasetSplits", "DigitsSpec", "ImageFiles", "LoaderSettings",
            "TensorImageDataset", "check_num_classes", "digits_canvases", "digits_splits", "image_folder_splits",
-           "load_dataset", "model_input", "stratified_split", "translate_within_canvas"]
+           "load_dataset", "model_input", "split_sha256", "stratified_split", "translate_within_canvas"]
 
 
 def load_dataset(
@@ -41,20 +41,22 @@ def load_dataset(
     *,
     val_fraction: float = 0.2,
     seed: int = 0,
+    split_seed: int = 0,
     max_train: int | None = None,
     max_val: int | None = None,
     loading: LoaderSettings = LoaderSettings(),
 ) -> DatasetSplits:
     """The data set ``spec`` names, prepared for ``model``: ``"digits"`` (built in) or an ImageFolder path.
 
-    ``val_fraction`` and ``seed`` split a folder that has no ``val/`` (and the digits). ``max_train`` / ``max_val``
-    keep a seeded random subset, e.g. a few thousand ImageNet images for a search. Every image of a folder that
+    ``val_fraction`` and ``split_seed`` split a folder that has no ``val/`` (and the digits): the split belongs to
+    the base model (what it was trained on must stay out of val), never to a search's ``seed``. ``max_train`` /
+    ``max_val`` keep a random subset seeded by ``seed``, e.g. a few thousand ImageNet images for a search. Every image of a folder that
     the splits use is checked here, before any training (``loading.workers`` processes check in parallel).
     """
     if str(spec) == DIGITS:
-        splits = digits_splits(model, DigitsSpec(val_fraction=val_fraction, seed=seed))
+        splits = digits_splits(model, DigitsSpec(val_fraction=val_fraction, seed=split_seed))
     else:
-        splits = image_folder_splits(spec, model, val_fraction=val_fraction, seed=seed)
+        splits = image_folder_splits(spec, model, val_fraction=val_fraction, seed=split_seed)
     if max_train is not None or max_val is not None:
         train = subset(splits.train, max_train, seed)
         val = subset(splits.val, max_val, seed + 1)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..errors import VitsearchError
 
 
-from .splits import DatasetSplits, TensorImageDataset, model_input, stratified_split
+from .splits import DatasetSplits, TensorImageDataset, model_input, split_sha256, stratified_split
 
 DIGITS = "digits"
 
@@ -75,6 +75,7 @@ def digits_splits(model: torch.nn.Module, spec: DigitsSpec = DigitsSpec()) -> Da
                    f"{len(train)} train / {len(val)} val "
                    f"(stratified, seed {spec.seed}); input {tuple(cfg['input_size'])}")
     provenance = {"name": DIGITS, "source": "sklearn.datasets.load_digits", **asdict(spec),
+                  "split_sha256": split_sha256(val_idx),
                   "input_size": list(cfg["input_size"]), "mean": list(cfg["mean"]), "std": list(cfg["std"]),
                   "train_size": len(train), "val_size": len(val), "num_classes": 10}
     return DatasetSplits(DIGITS, train, val, 10, tuple(str(d) for d in range(10)), description, provenance,

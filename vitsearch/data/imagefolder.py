@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from ..errors import VitsearchError
 
 
-from .splits import DatasetSplits, model_input, stratified_split
+from .splits import DatasetSplits, model_input, split_sha256, stratified_split
 
 class ImageFiles(Dataset):
     """Image files and their class indices, decoded and transformed on access.
@@ -113,6 +113,7 @@ def image_folder_splits(root: str | Path, model: torch.nn.Module, *, val_fractio
                 f"train/ and val/ in {str(path)!r} hold different classes (only in train: {only_train}, only "
                 f"in val: {only_val}): both need the same class folders")
         train, val, how = files(samples, True), files(val_samples, False), "train/ and val/ as given"
+        digest = None  # val/ as given
     else:
         train_idx, val_idx = stratified_split([c for _, c in samples], val_fraction, seed)
         if len(val_idx) == 0:
@@ -120,9 +121,11 @@ def image_folder_splits(root: str | Path, model: torch.nn.Module, *, val_fractio
         train = files([samples[i] for i in train_idx], True)
         val = files([samples[i] for i in val_idx], False)
         how = f"stratified {1 - val_fraction:.0%}/{val_fraction:.0%} split, seed {seed}"
+        digest = split_sha256(val_idx)
     description = (f"ImageFolder {str(path)!r}: {len(classes)} classes, {len(train)} train / {len(val)} val "
                    f"({how}); timm train transform for train, eval transform for val, at {tuple(cfg['input_size'])}")
     provenance = {"name": path.name, "source": str(path), "layout": how, "num_classes": len(classes),
+                  "split_sha256": digest,
                   "train_size": len(train), "val_size": len(val), "input_size": list(cfg["input_size"]),
                   "mean": list(cfg["mean"]), "std": list(cfg["std"]), "transforms": "timm create_transform"}
     return DatasetSplits(path.name, train, val, len(classes), tuple(classes), description, provenance)

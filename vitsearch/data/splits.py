@@ -163,3 +163,10 @@ def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float,
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def split_sha256(val_idx: Sequence[int] | np.ndarray) -> str:
+    """A fingerprint of a held-out split (its sorted indices), recorded with the base model and the study."""
+    import hashlib
+
+    return hashlib.sha256(np.asarray(val_idx, dtype=np.int64).tobytes()).hexdigest()

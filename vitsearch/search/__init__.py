@@ -20,13 +20,13 @@ from .budget import Budget, parse_budget
 from .evaluation import Evaluator
 from .running import evaluate_baselines, make_objective, run_search, summary, write_results
 from .settings import SAMPLERS, STRATEGIES, Candidate, SearchResult, SearchSettings
-from .setup import Setup, fastest_config, load_base, load_predictor, prepare, write_provenance
+from .setup import Setup, fastest_config, load_base, load_predictor, load_splits, prepare, write_provenance
 from .space import SearchSpace, default_space_file, load_space
 from .storage import collect, open_optuna_study, recover_stale_trials
 
 __all__ = [
     "Budget", "Candidate", "Evaluator", "SAMPLERS", "STRATEGIES", "SearchResult", "SearchSettings", "SearchSpace",
     "Setup", "collect", "default_space_file", "evaluate_baselines", "fastest_config", "load_base", "load_predictor",
-    "load_space", "make_objective", "open_optuna_study", "parse_budget", "prepare", "recover_stale_trials",
+    "load_space", "load_splits", "make_objective", "open_optuna_study", "parse_budget", "prepare", "recover_stale_trials",
     "run_search", "summary", "write_provenance", "write_results",
 ]

@@ -1,18 +1,21 @@
 """Running a search: baselines, the Optuna objective, the results written to the study folder."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Callable
 
 import optuna
 
+from ..errors import Interrupted
 from ..pareto import pareto_front
 from ..pruning import PruneConfig
 from .evaluation import Evaluator
 from .record import REJECTED_ACCURACY, describe, set_constraints
 from .settings import Candidate, SearchResult, SearchSettings
 from .setup import Setup, prepare, write_provenance
-from .storage import collect, count_trained, open_optuna_study, recover_stale_trials, trained_with, worker_id
+from .storage import (Heartbeat, collect, count_trained, open_optuna_study, recover_stale_trials, trained_with,
+                      worker_id)
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +39,15 @@ def evaluate_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
     return out
 
 
-def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], None] | None = None
-                   ) -> Callable[[Any], tuple[float, float]]:
+def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], None] | None = None,
+                   heartbeat: Heartbeat | None = None) -> Callable[[Any], tuple[float, float]]:
     """The Optuna objective; ``on_train(trial number, config)`` is called when a candidate starts training."""
     setup = evaluator.setup
 
     def objective(trial: Any) -> tuple[float, float]:
         trial.set_user_attr("worker", worker_id())
+        if heartbeat is not None:
+            heartbeat.trial(trial)
         config = setup.space.suggest(trial)
         pred = evaluator.predict(config)
         over_ms = pred.total_ms - setup.budget_ms
@@ -93,9 +98,13 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
     study = open_optuna_study(settings, setup.folder)
     describe(study, metric="top1", device=settings.device, batch=settings.batch, budget=str(setup.budget),
              budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms)
-    recover_stale_trials(study)
+    recover_stale_trials(study, settings.heartbeat_s)
     evaluator = Evaluator(setup, settings)
-    baselines = evaluate_baselines(evaluator, study)
+    try:
+        baselines = evaluate_baselines(evaluator, study)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: the baselines done so far are kept in the study's storage; run the same "
+                          "command again to resume") from None
 
     finished = (optuna.trial.TrialState.COMPLETE,)
     done = count_trained(study)
@@ -108,6 +117,9 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
             logger.log(logging.DEBUG if progress else logging.INFO, "trial %d: training %s", number, config)
 
         def tick(study: Any, trial: Any) -> None:
+            if heartbeat is not None:
+                heartbeat.trial(None)
+            recover_stale_trials(study, settings.heartbeat_s)  # a worker that died meanwhile, on any host
             acc = trial.user_attrs.get("accuracy")
             if acc is not None:
                 bar.update(1)
@@ -128,11 +140,57 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
                 study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(make_objective(evaluator, training), callbacks=[tick], gc_after_trial=True)
+        # On the journal file vitsearch beats itself; on a database Optuna does (the storage's heartbeat_interval).
+        with Heartbeat(study, settings.heartbeat_s) if not settings.storage else contextlib.nullcontext() as heartbeat:
+            try:
+                with _quiet_interrupt():
+                    study.optimize(make_objective(evaluator, training, heartbeat), callbacks=[tick],
+                                   gc_after_trial=True)
+            except KeyboardInterrupt:
+                bar.close()
+                requeue_interrupted(study)
+                trials = collect(study)
+                write_results(setup, trials, baselines)
+                raise Interrupted(
+                    f"interrupted: {count_trained(study)} trained trials are kept in {setup.folder.path} (trials.csv, "
+                    "front.csv written) and the interrupted one runs again on resume: run the same command again "
+                    "to continue") from None
         bar.close()
     trials = collect(study)
     front = write_results(setup, trials, baselines)
     return SearchResult(setup.folder.path, setup.budget_ms, setup.unpruned_ms, trials, front, baselines)
+
+
+def requeue_interrupted(study: Any) -> None:
+    """The trial Ctrl-C stopped (Optuna has failed it, or it is still RUNNING) is failed through the public API
+    and its config enqueued again, once."""
+    me = worker_id()
+    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)):
+        if t.user_attrs.get("worker") != me or t.number in retried:
+            continue
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+
+@contextlib.contextmanager
+def _quiet_interrupt() -> Any:
+    """Optuna logs an interrupted trial's KeyboardInterrupt with its traceback before raising it: drop that record
+    (the CLI says in one line what was kept)."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+    optuna_logger = logging.getLogger("optuna")
+    handlers = list(optuna_logger.handlers)
+    for h in handlers:
+        h.addFilter(keep)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(keep)
 
 
 def summary(result: SearchResult) -> dict[str, Any]:

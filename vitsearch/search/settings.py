@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from ..pruning import PruneConfig
 from ..training import LossWeights, TrainSettings
+from ..studyfolder import check_study_name
 from .budget import parse_budget
 
 STRATEGIES = ("brief", "shared")
@@ -36,6 +37,9 @@ class SearchSettings:
     shared_steps: int = 60
     shared_finetune_steps: int = 2
     storage: str | None = None  # Optuna storage URL (postgresql://...); a journal file in the study folder if None
+    # Seconds between a worker's heartbeats while it runs a trial; a trial silent for 4 of them is failed and its
+    # config run again by the next worker (Optuna's heartbeat on a database, Heartbeat on the journal file).
+    heartbeat_s: int = 30
     sampler: str = "tpe"
     seed: int = 0
     max_train: int | None = None  # subset sizes for large ImageFolder data sets
@@ -45,8 +49,9 @@ class SearchSettings:
     tables: str = "latency_tables"
 
     def name(self) -> str:
-        if self.study:
-            return self.study
+        """The study's folder name under ``reports``: ``study``, checked to be one plain name, or derived."""
+        if self.study is not None:
+            return check_study_name(self.study)
         budget = str(parse_budget(self.budget)).replace("%", "pct").replace(".", "p")
         return f"{self.model}-{self.device.replace('/', '_').replace(':', '_')}-{budget}-{self.strategy}"
 

@@ -17,6 +17,7 @@ from ..studyfolder import StudyFolder
 from .budget import Budget, parse_budget
 from .settings import SAMPLERS, STRATEGIES, SearchSettings
 from .space import SearchSpace, default_space_file, load_space
+from .storage_url import redact
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,36 @@ def load_base(settings: SearchSettings) -> tuple[nn.Module, dict[str, Any]]:
 
         model, meta = base_model()
         weights = Path(meta["path"]) / "model.pt"
+        data = meta.get("dataset_provenance", {})
+        # The held-out digits are those the base model was not trained on: its own split, whatever the search's seed.
+        split = {"seed": meta["settings"]["data"]["seed"], "sha256": data.get("split_sha256")}
         return model, {"model": DIGITS, "checkpoint": str(weights), "sha256": file_sha256(weights),
-                       "base_accuracy_at_pretrain": meta.get("val_accuracy")}
+                       "base_accuracy_at_pretrain": meta.get("val_accuracy"), "split": split}
     if settings.checkpoint is None:
         raise VitsearchError(
             f"model {settings.model!r} needs trained weights to search: pass --checkpoint PATH (a timm/PyTorch "
             "state_dict or .safetensors), or use the embedded default --model digits")
     model = create_model(settings.model, checkpoint=settings.checkpoint)
+    # A checkpoint carries no split: a folder without val/ is split with seed 0, never the search's seed.
     return model, {"model": settings.model, "checkpoint": str(Path(settings.checkpoint).resolve()),
-                   "sha256": file_sha256(settings.checkpoint)}
+                   "sha256": file_sha256(settings.checkpoint), "split": {"seed": 0, "sha256": None}}
+
+
+def load_splits(settings: SearchSettings, base: nn.Module, split: dict[str, Any]) -> Any:
+    """The data with the base model's held-out split (``split``: seed and sha256 of the val indices, as the base
+    model or ``study.json`` records them); a different split is refused."""
+    from ..data import LoaderSettings, load_dataset
+
+    splits = load_dataset(settings.dataset, base, seed=settings.seed, split_seed=split["seed"],
+                          max_train=settings.max_train, max_val=settings.max_val,
+                          loading=LoaderSettings(settings.workers))
+    digest = splits.provenance.get("split_sha256")
+    if split.get("sha256") and digest != split["sha256"]:
+        raise VitsearchError(
+            f"the held-out split of {settings.dataset!r} drawn now (sha256 {str(digest)[:16]}...) is not the base "
+            f"model's (sha256 {split['sha256'][:16]}...): val would hold images the model was trained on. Use the "
+            "data set and base model the study was made with, or run a new search")
+    return splits
 
 
 def load_predictor(settings: SearchSettings, base: nn.Module, *, progress: bool = True) -> Any:
@@ -101,7 +123,7 @@ def fastest_config(space: SearchSpace, predictor: Any) -> tuple[PruneConfig, flo
 
 
 def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
-    from ..data import LoaderSettings, check_num_classes, load_dataset
+    from ..data import check_num_classes
     from ..models import geometry
 
     if settings.strategy not in STRATEGIES:
@@ -110,12 +132,13 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
         raise VitsearchError(f"unknown sampler {settings.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if settings.trials < 1:
         raise VitsearchError(f"--trials must be at least 1, got {settings.trials}")
+    settings.name()  # a bad --study is refused before anything is loaded
     budget = parse_budget(settings.budget)
     base, base_info = load_base(settings)
     g = geometry(base)
     space = load_space(settings.space or default_space_file(settings.model), depth=g.depth)
-    splits = load_dataset(settings.dataset, base, seed=settings.seed, max_train=settings.max_train,
-                          max_val=settings.max_val, loading=LoaderSettings(settings.workers))
+    splits = load_splits(settings, base, base_info["split"])
+    base_info["split"] = {**base_info["split"], "sha256": splits.provenance.get("split_sha256")}
     check_num_classes(splits, base)
     predictor = load_predictor(settings, base, progress=progress)
     unpruned_ms = predictor.predict(PruneConfig()).total_ms
@@ -134,9 +157,9 @@ def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
     """``study.json``: the resolved configuration. On resume it must describe the same search."""
     table = setup.predictor.table
     record = {
-        "study": settings.name(), "settings": settings.to_dict(),
+        "study": settings.name(), "settings": {**settings.to_dict(), "storage": settings.storage and redact(settings.storage)},
         "model": setup.base_info["model"], "checkpoint": setup.base_info["checkpoint"],
-        "sha256": setup.base_info["sha256"], "dataset": settings.dataset,
+        "sha256": setup.base_info["sha256"], "dataset": settings.dataset, "split": setup.base_info["split"],
         "dataset_description": setup.splits.description, "device": settings.device, "batch": settings.batch,
         "latency_table": str(table.path), "latency_table_meta": table.meta,
         "budget": str(setup.budget), "budget_ms": round(setup.budget_ms, 6), "unpruned_ms": setup.unpruned_ms,

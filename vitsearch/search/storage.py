@@ -2,11 +2,14 @@
 what the search reads back from it."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import socket
+import threading
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
@@ -30,24 +33,79 @@ def open_optuna_study(settings: SearchSettings, folder: StudyFolder) -> Any:
     else:
         sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=8, multivariate=True)
     if settings.storage:
-        storage: Any = _rdb_storage(settings.storage)
+        storage: Any = _rdb_storage(settings.storage, settings.heartbeat_s)
     else:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
+        folder.check_journal()
+        repair_journal(folder.journal)
         storage = JournalStorage(JournalFileBackend(str(folder.journal)))
     return optuna.create_study(study_name=settings.name(), storage=storage, sampler=sampler,
                                directions=list(DIRECTIONS), load_if_exists=True)
 
 
-def _rdb_storage(url: str, attempts: int = 3) -> Any:
+def repair_journal(path: Path) -> None:
+    """Check a journal before anyone appends to it. A line that is not JSON is refused, naming it (Optuna's
+    reader would fail later with no file named). A last line cut short (a worker killed mid-write) is repaired:
+    a whole JSON record only lacking its newline gets one; a torn record is moved aside into a file named in a
+    warning (the operation it began never happened, as for a worker killed just before writing it)."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    lock = JournalFileSymlinkLock(str(path))  # the lock Optuna's writers take: no append lands mid-repair
+    lock.acquire()
+    try:
+        with path.open("rb+") as f:
+            data = f.read()
+            cut = data.rfind(b"\n") + 1
+            for number, line in enumerate(data[:cut].splitlines(), start=1):
+                try:
+                    json.loads(line)
+                except ValueError as e:
+                    raise VitsearchError(
+                        f"{path} line {number} is damaged ({e}): Optuna cannot read the study. Restore the journal "
+                        "from a backup, or pass --study NEW_NAME for a new study") from None
+            if cut == len(data):
+                return
+            tail = data[cut:]
+            try:
+                json.loads(tail)
+                f.write(b"\n")
+                logger.warning("%s: its last line lacked a newline (a worker stopped mid-write): completed", path)
+                return
+            except ValueError:
+                pass
+            aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+            aside.write_bytes(tail)
+            f.truncate(cut)
+            os.fsync(f.fileno())
+        logger.warning("%s ended in a torn line (a worker killed mid-write): its %d bytes were moved to %s and the "
+                       "journal continues from its last whole line", path, len(tail), aside)
+    finally:
+        lock.release()
+
+
+def _requeue(study: Any, trial: Any) -> None:
+    """Optuna's failed-trial callback: the config of a trial whose worker stopped beating runs again."""
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    logger.warning("trial %d was left running by worker %s, which stopped beating: it is run again", trial.number,
+                   trial.user_attrs.get("worker", "?"))
+
+
+def _rdb_storage(url: str, heartbeat_s: int, attempts: int = 3) -> Any:
     import sqlalchemy.exc
 
     url, safe = parse_storage_url(url)  # the driver checked first, the password never shown
     kwargs = {"connect_args": {"connect_timeout": 10}} if "postgresql" in url else {}
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            # Optuna's heartbeat: a trial whose worker (on any host) is silent for the grace period is failed by
+            # the next worker that starts a trial, and _requeue runs its config again.
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
+                                              grace_period=GRACE * heartbeat_s, failed_trial_callback=_requeue)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # Workers starting together on a fresh database race to create Optuna's schema: the loser retries.
             if attempt == attempts - 1:
@@ -63,20 +121,65 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def recover_stale_trials(study: Any) -> int:
-    """Trials left RUNNING by a killed worker on this host are failed and their configs enqueued again, so a
-    resumed search neither loses nor repeats a completed trial. Other hosts' running trials are left alone."""
-    host, recovered = socket.gethostname(), 0
+GRACE = 4  # heartbeats a worker may miss before its running trial is taken for dead
+
+
+class Heartbeat:
+    """The journal file's equivalent of Optuna's RDB heartbeat: while a trial runs, a background thread stamps
+    the time into its ``heartbeat`` user attribute every ``interval`` seconds (any host can read it in the
+    shared journal). Used as a context manager around ``study.optimize``; ``trial`` sets the trial it beats for."""
+
+    def __init__(self, study: Any, interval: float) -> None:
+        self.study, self.interval = study, interval
+        self._trial: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="vitsearch-heartbeat", daemon=True)
+
+    def trial(self, trial: Any | None) -> None:
+        if trial is not None:
+            trial.set_user_attr("heartbeat", time.time())
+        self._trial = trial
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            trial = self._trial
+            if trial is None:
+                continue
+            try:
+                trial.set_user_attr("heartbeat", time.time())
+            except RuntimeError:  # UpdateFinishedTrialError: the trial finished between the read and the write
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def recover_stale_trials(study: Any, heartbeat_s: float) -> int:
+    """Trials left RUNNING by a dead worker are failed and their configs enqueued again, so a resumed search
+    neither loses nor repeats a completed trial: on this host, a worker whose process is gone; on any host, a
+    trial whose heartbeat (:class:`Heartbeat`, or its start) is older than :data:`GRACE` heartbeats."""
+    host, recovered, now = socket.gethostname(), 0, time.time()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
         w_host, _, pid = worker.rpartition(":")
-        if w_host != host or not pid.isdigit() or _alive(int(pid)):
+        beat = t.user_attrs.get("heartbeat", now)  # none on a database, where Optuna's heartbeat does this
+        gone = w_host == host and pid.isdigit() and not _alive(int(pid))
+        if not gone and now - beat <= GRACE * heartbeat_s:
             continue
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        try:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        except (RuntimeError, ValueError):  # another worker recovered it first
+            continue
         if t.params:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         recovered += 1
-        logger.warning("trial %d was interrupted (worker %s is gone): it is run again", t.number, worker)
+        why = "is gone" if gone else f"has not beaten for {now - beat:.0f} s"
+        logger.warning("trial %d was interrupted (worker %s %s): it is run again", t.number, worker or "?", why)
     return recovered
 
 

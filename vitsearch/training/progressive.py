@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import VitsearchError
-from ..files import save_torch
+from ..files import load_torch, save_torch
 from ..pruning import PruneConfig, apply, method_of, prune_state
 from .brief import SoftLatency, TrainSettings, candidate_loss, param_groups
 from .loop import batches, next_batch, seeded, train_steps
@@ -152,7 +152,7 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
     start_step, seconds_before = 0, 0.0
     rng_state: torch.Tensor | None = None
     if state_path.is_file():
-        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = load_torch(state_path, "pass --restart to train this trial from the start")
         if saved.get("identity") != identity:
             raise VitsearchError(
                 f"{state_path} holds an interrupted finalize with different settings: re-run with the same "
