@@ -142,3 +142,13 @@ def token_schedule(config: PruneConfig, *, depth: int, num_patches: int, num_pre
         extra = packages if config.method == "spvit" else int(config.method == "evovit" and n < num_patches)
         counts.append(num_prefix + n + extra)
     return TokenSchedule(config.method, num_prefix, num_patches, tuple(counts), tuple(steps))
+
+
+def canonical_key(config: PruneConfig, *, depth: int, num_patches: int, num_prefix: int = 1) -> str:
+    """One model, one key: the method and the per-block token counts of its :func:`token_schedule`. Keep ratios
+    that round to the same counts (``evovit:3=0.1,4=0.15`` and ``evovit:4=0.2``) are one model, trained once;
+    a config that prunes nothing is the unpruned model (``none``)."""
+    schedule = token_schedule(config, depth=depth, num_patches=num_patches, num_prefix=num_prefix)
+    if not schedule.selectors:
+        return "none"
+    return f"{schedule.method}:" + ",".join(str(n) for n in schedule.block_tokens)

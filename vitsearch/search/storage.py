@@ -14,6 +14,7 @@ import optuna
 from ..config import PruneConfig
 from ..errors import RunFailure, VitsearchError
 from ..studyfolder import StudyFolder
+from .claims import KEY
 from .record import DIRECTIONS
 from .storage_url import parse_storage_url
 from .settings import Candidate, SearchSettings
@@ -21,14 +22,27 @@ from .settings import Candidate, SearchSettings
 logger = logging.getLogger(__name__)
 
 
+def make_sampler(name: str, seed: int) -> Any:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+
+
+def join(study: Any) -> int:
+    """Register this worker in the study; returns its index (0 for the study's first worker). Workers that read
+    the same count at once are ordered by their ids, so their indices still differ."""
+    me = f"worker:{worker_id()}"
+    seen = sum(k.startswith("worker:") for k in study.user_attrs)
+    study.set_user_attr(me, seen)
+    joined = sorted((v, k) for k, v in study.user_attrs.items() if k.startswith("worker:"))
+    return joined.index((seen, me))
+
+
 def open_optuna_study(settings: SearchSettings, folder: StudyFolder) -> Any:
-    sampler: Any
-    if settings.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=12)
-    elif settings.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=settings.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=8, multivariate=True)
+    """The study, with this worker's sampler: seeded by ``seed`` + the worker's index, so workers sharing a
+    study do not suggest the same configs in lockstep (a study's first worker samples as a lone one does)."""
     if settings.storage:
         storage: Any = _rdb_storage(settings.storage)
     else:
@@ -36,8 +50,13 @@ def open_optuna_study(settings: SearchSettings, folder: StudyFolder) -> Any:
         from optuna.storages.journal import JournalFileBackend
 
         storage = JournalStorage(JournalFileBackend(str(folder.journal)))
-    return optuna.create_study(study_name=settings.name(), storage=storage, sampler=sampler,
-                               directions=list(DIRECTIONS), load_if_exists=True)
+    study = optuna.create_study(study_name=settings.name(), storage=storage, directions=list(DIRECTIONS),
+                                load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=settings.seed))
+    index = join(study)
+    study.sampler = make_sampler(settings.sampler, settings.seed + index)
+    if index:
+        logger.info("worker %d of study %s (sampler seed %d)", index, settings.name(), settings.seed + index)
+    return study
 
 
 def _rdb_storage(url: str, attempts: int = 3) -> Any:
@@ -74,7 +93,9 @@ def recover_stale_trials(study: Any) -> int:
             continue
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            # The key travels with the retry, so its claim holds while it waits (claims.py).
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **(
+                {KEY: t.user_attrs[KEY]} if KEY in t.user_attrs else {})})
         recovered += 1
         logger.warning("trial %d was interrupted (worker %s is gone): it is run again", t.number, worker)
     return recovered
@@ -108,12 +129,6 @@ def collect(study: optuna.Study) -> list[Candidate]:
             status=t.user_attrs.get("status", "trained"), block_tokens=tuple(t.user_attrs.get("block_tokens", ())),
             selection_ms=float(t.user_attrs.get("selection_ms", 0.0)), checkpoint=t.user_attrs.get("checkpoint")))
     return out
-
-
-def trained_with(study: Any, config: str) -> Any:
-    """The first completed, trained trial of ``config`` in ``study``, if any."""
-    return next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                 if t.user_attrs.get("config") == config and t.user_attrs.get("accuracy") is not None), None)
 
 
 def count_trained(study: Any, complete: Sequence[Any] | None = None) -> int:
