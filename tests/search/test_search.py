@@ -119,56 +119,6 @@ def test_weight_sharing_evaluates_candidates_from_one_supernet(tmp_path, env):
 
 
 # Many workers, one study: two worker processes share a real PostgreSQL server started on loopback.
-PG_BIN = Path("/usr/lib/postgresql")
-
-
-def _pg_tool(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(PG_BIN.glob(f"*/bin/{name}"))
-    return str(candidates[-1]) if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """A throwaway PostgreSQL cluster on 127.0.0.1, trust auth, removed afterwards."""
-    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
-    if not (initdb and pg_ctl):
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL server binaries are missing: .ci/run installs Debian's postgresql package")
-        pytest.skip("PostgreSQL server binaries (Debian package postgresql) are not installed")
-    root = Path(tempfile.mkdtemp(prefix="vitsearch-pg-"))  # outside pytest's root-only tmp tree
-    data, port = root / "data", _free_port()
-    # postgres refuses to run as root: run the server as the postgres user when we are root.
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-        os.chmod(root, 0o755)
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)
-    run(initdb, "-D", str(data), "-U", "vitsearch", "--auth=trust", "-E", "UTF8")
-    run(pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "-o",
-        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}", "start")
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="vitsearch", dbname="postgres")
-        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-        conn.cursor().execute("CREATE DATABASE studies")
-        conn.close()
-        yield f"postgresql://vitsearch@127.0.0.1:{port}/studies"
-    finally:
-        run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
-
-
 WORKER = """
 import sys
 from vitsearch.search import SearchSettings, run_search

@@ -16,10 +16,13 @@ key from the start.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import optuna
+
+logger = logging.getLogger(__name__)
 
 KEY = "key"  # the canonical key of a trial's config (config.canonical_key), or "baseline:<config>"
 OWNS = "owns"  # True on the trial that trains that key
@@ -32,9 +35,15 @@ def claim(trial: Any, key: str, *, poll_s: float = 0.05) -> Any:
     """The running ``trial`` claims ``key`` (steps 1-3): returns None when it owns it, else the lowest-numbered
     trial that claimed it before."""
     trial.set_user_attr(KEY, key)
+    start, warned = time.monotonic(), 0.0
     while True:
         lower = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
-        if any(t.state == optuna.trial.TrialState.RUNNING and KEY not in t.user_attrs for t in lower):
+        sampling = [t.number for t in lower if t.state == optuna.trial.TrialState.RUNNING and KEY not in t.user_attrs]
+        if sampling:
+            if time.monotonic() - start > warned + 60:  # a worker killed while sampling, on another machine
+                warned += 60
+                logger.warning("trial %d waits for trials %s to choose their configs (fail them with Optuna if "
+                               "their workers are gone)", trial.number, sampling)
             time.sleep(poll_s)
             continue
         owner = next((t for t in sorted(lower, key=lambda t: t.number) if t.user_attrs.get(KEY) == key

@@ -66,7 +66,7 @@ def evaluate_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
         if todo is None:
             if len(stored_baselines(evaluator, study)) == len(baseline_configs(evaluator.setup)):
                 return stored_baselines(evaluator, study)
-            recover_stale_trials(study)  # a claim of a killed worker on this host is failed, and claimed again
+            recover_stale_trials(study, baselines_only=True)  # a killed worker's claim (this host) is taken again
             time.sleep(0.5)
             continue
         trial = study.ask()

@@ -82,14 +82,15 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def recover_stale_trials(study: Any) -> int:
+def recover_stale_trials(study: Any, *, baselines_only: bool = False) -> int:
     """Trials left RUNNING by a killed worker on this host are failed and their configs enqueued again, so a
-    resumed search neither loses nor repeats a completed trial. Other hosts' running trials are left alone."""
+    resumed search neither loses nor repeats a completed trial. Other hosts' running trials are left alone.
+    ``baselines_only``: only baseline trials (no params, so nothing is enqueued for an ``ask`` to pop)."""
     host, recovered = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
         w_host, _, pid = worker.rpartition(":")
-        if w_host != host or not pid.isdigit() or _alive(int(pid)):
+        if w_host != host or not pid.isdigit() or _alive(int(pid)) or (baselines_only and t.params):
             continue
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         if t.params:
