@@ -118,7 +118,8 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
     g = geometry(base)
     space = load_space(settings.space or default_space_file(settings.model), depth=g.depth)
     splits = load_dataset(settings.dataset, base, seed=settings.seed, max_train=settings.max_train,
-                          max_val=settings.max_val, loading=LoaderSettings(settings.workers, pin_memory=precision.device.type == "cuda"))
+                          max_val=settings.max_val,
+                          loading=LoaderSettings(settings.workers, pin_memory=precision.device.type == "cuda"))
     check_num_classes(splits, base)
     predictor = load_predictor(settings, base, progress=progress)
     unpruned_ms = predictor.predict(PruneConfig()).total_ms
