@@ -85,3 +85,31 @@ def test_two_workers_on_one_postgresql_study(postgres, tmp_path, tables, space, 
     run_workers(2, tmp_path, tables, space, checkpoint, postgres)
     study = optuna.load_study(study_name="shared", storage=postgres.replace("postgresql://", "postgresql+psycopg2://"))
     check_study(study, tmp_path / "reports" / "shared")
+
+
+def test_a_higher_trial_waits_for_a_lower_one_still_sampling_and_defers_to_it(tmp_path):
+    """B (higher number) claims first while A has no key yet: B must wait for A, then A owns the key (fails if
+    the claim trains whoever asks first, or ignores lower trials still sampling)."""
+    import threading
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from vitsearch.search.claims import claim
+
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.log"))),
+                                directions=["maximize", "minimize"])
+    a, b = study.ask(), study.ask()
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(b=claim(b, "spvit:65,34")))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()  # B waits: A, lower, has not chosen its config
+    assert claim(a, "spvit:65,34") is None  # A owns the key
+    waiter.join(10)
+    assert result["b"].number == a.number
+    c = study.ask()
+    assert claim(c, "evovit:65,34") is None  # another key is free
+    study.tell(a, state=optuna.trial.TrialState.FAIL)
+    d = study.ask()
+    assert claim(d, "spvit:65,34").number == b.number  # A failed: B's claim, lower than D's, now holds it
