@@ -147,6 +147,21 @@ def add_workers_argument(parser: argparse.ArgumentParser) -> None:
                              "need none). Results do not depend on N")
 
 
+def add_train_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--train-device`` and ``--no-amp``, shared by every command that trains."""
+    parser.add_argument("--train-device", default="auto", metavar="DEV",
+                        help="where training and held-out evaluation run: auto (the first CUDA GPU, else the CPU), "
+                             "cpu, cuda, cuda:N or mps (default: auto). --device is the latency target")
+    parser.add_argument("--no-amp", dest="amp", action="store_false",
+                        help="train a CUDA GPU in float32 (default: mixed precision, bf16 where supported, else fp16)")
+
+
+def precision_of(args: argparse.Namespace) -> Any:
+    from .training import Precision
+
+    return Precision.resolve(args.train_device, amp=args.amp)
+
+
 def print_json(record: dict[str, Any]) -> None:
     """The last line of a command's output: one JSON object for scripts."""
     print(json.dumps(record, sort_keys=True, allow_nan=False))  # NaN and Infinity are no JSON
@@ -154,25 +169,59 @@ def print_json(record: dict[str, Any]) -> None:
 
 class PretrainCommand(Command):
     name = "pretrain"
-    help = "train (once) and cache the built-in digits base model"
+    help = ("train (once) and cache a base model: the built-in digits model, or a timm model's checkpoint "
+            "fine-tuned with a new head for an ImageFolder's classes (--model M --checkpoint C --dataset D)")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .finetune import FinetuneSettings
+        from .models import DIGITS
+
+        parser.add_argument("--model", default=DIGITS, metavar="NAME",
+                            help="timm model name of --checkpoint (default: the built-in digits model)")
+        parser.add_argument("--checkpoint", type=Path, metavar="PATH", help="base weights to fine-tune")
+        parser.add_argument("--dataset", metavar="DIR", help="ImageFolder to fit the base to (its classes)")
+        parser.add_argument("--steps", type=positive_int, default=FinetuneSettings().steps,
+                            help="fine-tuning steps (default: %(default)s)")
         parser.add_argument("--cache-dir", type=Path, metavar="DIR",
                             help="cache root (default: $VITSEARCH_CACHE or ~/.cache/vitsearch)")
         parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
         add_workers_argument(parser)
+        add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .data import LoaderSettings
+        from .models import DIGITS
         from .pretrain import base_model
 
-        _, meta = base_model(root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers))
+        if args.model != DIGITS or args.checkpoint or args.dataset:
+            return self.finetune(args)
+
+        _, meta = base_model(root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers),
+                             precision=precision_of(args))
         source = "cached" if meta["cached"] else f"trained in {meta['train_seconds']:.1f} s"
         print(f"digits base model ({source}): {meta['path']}")
         print(f"  held-out accuracy {100 * meta['val_accuracy']:.2f}% on {meta['dataset']}")
         print(f"  created {meta['created']} with torch {meta['versions']['torch']}, timm {meta['versions']['timm']}")
         print_json({"path": meta["path"], "val_accuracy": meta["val_accuracy"], "cached": meta["cached"],
                     "train_seconds": meta["train_seconds"], "settings_key": meta["settings_key"]})
+        return 0
+
+    def finetune(self, args: argparse.Namespace) -> int:
+        from .data import LoaderSettings
+        from .finetune import FinetuneSettings, finetuned_base
+        from .models import DIGITS
+
+        if args.model == DIGITS or args.checkpoint is None or args.dataset is None:
+            raise VitsearchError("fitting a base to a data set takes --model NAME --checkpoint PATH --dataset DIR "
+                                 "(the built-in digits model is trained by plain `vitsearch pretrain`)")
+        meta = finetuned_base(args.model, args.checkpoint, args.dataset, FinetuneSettings(steps=args.steps),
+                              root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers),
+                              precision=precision_of(args))
+        source = "cached" if meta["cached"] else f"fine-tuned in {meta['train_seconds']:.1f} s"
+        print(f"{args.model} fitted to {meta['num_classes']} classes ({source}): {meta['checkpoint']}")
+        print(f"  held-out accuracy {100 * meta['val_accuracy']:.2f}%; search it with: vitsearch search --model "
+              f"{args.model} --checkpoint {meta['checkpoint']} --dataset {args.dataset}")
+        print_json({k: meta[k] for k in ("checkpoint", "num_classes", "val_accuracy", "cached", "train_seconds")})
         return 0
 
 
@@ -436,6 +485,7 @@ class SearchCommand(Command):
         parser.add_argument("--seed", type=int, default=d.seed)
         parser.add_argument("--reports", default=d.reports, metavar="DIR", help="reports folder (default: reports)")
         parser.add_argument("--tables", default=d.tables, metavar="DIR", help="latency tables (default: latency_tables)")
+        add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .search import SearchSettings, run_search, summary
@@ -451,7 +501,8 @@ class SearchCommand(Command):
             trials=args.trials,
             space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
             shared_finetune_steps=args.shared_finetune_steps, storage=args.storage, sampler=args.sampler,
-            seed=args.seed, max_train=args.max_train, max_val=args.max_val, workers=args.workers, reports=args.reports, tables=args.tables)
+            seed=args.seed, max_train=args.max_train, max_val=args.max_val, workers=args.workers, reports=args.reports,
+            tables=args.tables, train_device=args.train_device, amp=args.amp)
         if args.resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
             raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
         result = run_search(settings, progress=sys.stderr.isatty())  # bars on a terminal, plain log lines elsewhere
@@ -521,6 +572,7 @@ class FinalizeCommand(Command):
         parser.add_argument("--restart", action="store_true", help="discard earlier finalize results and train afresh")
         parser.add_argument("--seed", type=int, default=d.seed)
         add_workers_argument(parser)
+        add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .finalize import FinalizeSettings, finalize
@@ -538,7 +590,7 @@ class FinalizeCommand(Command):
             merge_tol=args.merge_tol, checkpoint_every=args.checkpoint_every, seed=args.seed)
         results = finalize(args.study, None if args.pareto else args.trial, settings, reports=args.reports,
                            measure_only=args.measure_only, restart=args.restart, workers=args.workers,
-                           progress=sys.stderr.isatty())
+                           progress=sys.stderr.isatty(), precision=precision_of(args))
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{100 * v:.2f}%"
 

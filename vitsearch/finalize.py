@@ -29,7 +29,7 @@ from .flops import gmacs
 from .pruning import PruneConfig, token_schedule
 from .search import SearchSettings, load_base, load_splits
 from .studyfolder import StudyFolder
-from .training import PiecewiseLinear, SoftLatency, accuracy, fresh_model
+from .training import CPU, PiecewiseLinear, Precision, SoftLatency, accuracy, fresh_model
 from .training.progressive import SCHEDULES, FinalizeSettings, StepHook, describe, plan, train_schedule
 
 __all__ = ["SCHEDULES", "FinalizeSettings", "FinalizeContext", "Finalized", "choose_trial", "finalize",
@@ -53,6 +53,8 @@ class FinalizeContext:
     splits: Any
     predictor: Any
     latency: SoftLatency
+    precision: Precision = CPU  # training and held-out evaluation run on its device
+    teacher: nn.Module | None = None  # the base on that device (``base`` stays on the CPU for export and measuring)
 
 
 def check_base(meta: Mapping[str, Any]) -> None:
@@ -71,7 +73,8 @@ def check_base(meta: Mapping[str, Any]) -> None:
             f"{meta['sha256'][:16]}.... Restore the original weights, or run a new search on these ones")
 
 
-def load_context(study: str | Path, reports: str | Path = "reports", *, workers: int = 0) -> FinalizeContext:
+def load_context(study: str | Path, reports: str | Path = "reports", *, workers: int = 0,
+                 precision: Precision = CPU) -> FinalizeContext:
     from .latency import table as table_mod
     from .latency.predict import Predictor
     from .latency.registry import resolve
@@ -95,9 +98,11 @@ def load_context(study: str | Path, reports: str | Path = "reports", *, workers:
                              "loss and the prediction; run from the folder the search ran in, or restore the table")
     predictor = Predictor(table_mod.load(table_path, geometry=geometry(base), batch=int(meta["batch"])))
     # workers change only the speed of loading, so finalize may use another number than the search did
-    splits = load_splits(dataclasses.replace(settings, workers=workers), base, meta.get("split") or info["split"])
+    splits = load_splits(dataclasses.replace(settings, workers=workers), base, meta.get("split") or info["split"],
+                         pin_memory=precision.device.type == "cuda")
     latency = SoftLatency(PiecewiseLinear(*predictor.block_curve()))
-    return FinalizeContext(folder, meta, trials, front, base, splits, predictor, latency)
+    teacher = base if precision.device.type == "cpu" else copy.deepcopy(base).to(precision.device)
+    return FinalizeContext(folder, meta, trials, front, base, splits, predictor, latency, precision, teacher)
 
 
 def choose_trial(ctx: FinalizeContext, trial: int) -> dict[str, Any]:
@@ -189,13 +194,14 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
         raise VitsearchError(f"trial {trial} has no finalized model to measure in {out}: run finalize without "
                              "--measure-only first")
 
-    model = fresh_model(ctx.base, config, settings.seed)
+    device, teacher = ctx.precision.device, ctx.teacher if ctx.teacher is not None else ctx.base
+    model = fresh_model(ctx.base, config, settings.seed).to(device)
     if not model_path.is_file():
         steps = settings.steps if settings.epochs is None else max(1, math.ceil(
             settings.epochs * len(ctx.splits.train) / settings.batch_size))
         phases = plan(config, settings, steps)
-        outcome = train_schedule(model, ctx.base, ctx.splits, config, phases, settings, latency=ctx.latency,
-                                 state_path=state_path, on_step=on_step, progress=progress)
+        outcome = train_schedule(model, teacher, ctx.splits, config, phases, settings, latency=ctx.latency,
+                                 state_path=state_path, on_step=on_step, progress=progress, precision=ctx.precision)
         ctx.folder.save_checkpoint(model, config, model_path, extra={
             "steps": steps, "seconds": outcome.seconds, "phases": describe(phases),
             "settings": json.loads(json.dumps(settings.to_dict()))})
@@ -208,15 +214,18 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
     model.load_state_dict(saved["state_dict"])
     model.eval()
     if previous is None or not onnx_path.is_file():
-        free = fresh_model(ctx.base, config, settings.seed)  # SPViT's selectors untrained: as initialised
+        free = fresh_model(ctx.base, config, settings.seed).to(device)  # SPViT's selectors untrained: as initialised
+        accuracies = {"accuracy": accuracy(model, ctx.splits, precision=ctx.precision),
+                      "accuracy_brief": record.get("accuracy"),
+                      "accuracy_training_free": accuracy(free, ctx.splits, precision=ctx.precision)}
+        model.cpu()  # exported and measured from the CPU, as the search's latency tables were made
         export = export_model(model, onnx_path, batch=int(ctx.meta["batch"]),
                               metadata={"study": ctx.folder.name, "trial": trial, "base_sha256": ctx.meta["sha256"]})
         g = token_schedule(config, depth=len(ctx.base.blocks), num_patches=ctx.base.patch_embed.num_patches,
                            num_prefix=ctx.base.num_prefix_tokens)
         previous = {
             "trial": trial, "config": str(config), "method": config.method, "kind": "finalized", "feasible": True,
-            "accuracy": accuracy(model, ctx.splits), "accuracy_brief": record.get("accuracy"),
-            "accuracy_training_free": accuracy(free, ctx.splits),
+            **accuracies, "training": ctx.precision.to_dict(),
             "predicted_ms": ctx.predictor.predict(config).total_ms, "measured_ms": None, "gmacs": gmacs(model),
             "block_tokens": list(g.block_tokens), "schedule": saved["settings"]["schedule"],
             "phases": saved["phases"], "steps": saved["steps"], "seconds": round(saved["seconds"], 1),
@@ -225,6 +234,7 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
             "settings": saved["settings"],  # the base's sha256 travels in the ONNX metadata and study.json
         }
         ctx.folder.store_finalized(previous)  # the trained model is recorded before the device is touched
+    model.cpu()
     row = dict(previous)
     if row.get("measured_ms") is not None and not measure_only:
         return Finalized(row, out)
@@ -243,10 +253,10 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
 
 def finalize(study: str | Path, trials: Sequence[int] | None = None, settings: FinalizeSettings = FinalizeSettings(),
              *, reports: str | Path = "reports", measure_only: bool = False, restart: bool = False,
-             workers: int = 0, progress: bool = True) -> list[Finalized]:
+             workers: int = 0, progress: bool = True, precision: Precision = CPU) -> list[Finalized]:
     """Finalize ``trials`` of a study (None: every trial on its Pareto front); ``workers`` DataLoader processes
     load ImageFolder images (speed only: a resumed finalize may use another number)."""
-    ctx = load_context(study, reports, workers=workers)
+    ctx = load_context(study, reports, workers=workers, precision=precision)
     if trials is None:
         trials = [int(t["trial"]) for t in ctx.front]
         if not trials:

@@ -34,6 +34,7 @@ from .data import DigitsSpec, LoaderSettings, digits_splits
 from .errors import VitsearchError
 from .files import cache_dir
 from .models import DIGITS, DIGITS_MODEL_ARGS, create_model, load_state_dict
+from .training.device import CPU, Precision
 from .training.loop import accuracy, train_steps
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,10 @@ def base_model_dir(settings: PretrainSettings | None = None, root: str | Path | 
 
 def base_model(
     settings: PretrainSettings | None = None, *, root: str | Path | None = None, retrain: bool = False,
-    loading: LoaderSettings = LoaderSettings(),
+    loading: LoaderSettings = LoaderSettings(), precision: Precision = CPU,
 ) -> tuple[VisionTransformer, dict[str, Any]]:
-    """The trained digits model (eval mode) and its metadata, trained and cached on first use; ``loading`` says
-    how batches are made (speed only, not part of the cache key)."""
+    """The trained digits model (eval mode, on the CPU) and its metadata, trained (on ``precision``'s device) and
+    cached on first use; ``loading`` says how batches are made (speed only, not part of the cache key)."""
     settings = settings or PretrainSettings()
     target = base_model_dir(settings, root)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +92,8 @@ def base_model(
             shutil.rmtree(target)
         if not (target / "meta.json").is_file():
             logger.info("training the digits base model (settings %s) into %s", settings.key, target)
-            model, meta = train_base_model(settings, loading=loading)
-            _write_atomically(target, model, meta)
+            model, meta = train_base_model(settings, loading=loading, precision=precision)
+            write_cache_entry(target, model, meta)
             meta["cached"] = False
         else:
             meta = json.loads((target / "meta.json").read_text())
@@ -110,7 +111,7 @@ def _arch_kwargs(settings: PretrainSettings) -> dict[str, Any]:
     return {k: v for k, v in settings.model.items() if k != "num_classes"}
 
 
-def _write_atomically(target: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+def write_cache_entry(target: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache entry is readable like any other cached file
@@ -132,9 +133,10 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train_base_model(settings: PretrainSettings | None = None, *,
-                     loading: LoaderSettings = LoaderSettings()) -> tuple[VisionTransformer, dict[str, Any]]:
-    """Train vit_digits from scratch on the digits train split; returns the model and its metadata."""
+def train_base_model(settings: PretrainSettings | None = None, *, loading: LoaderSettings = LoaderSettings(),
+                     precision: Precision = CPU) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Train vit_digits from scratch on the digits train split (on ``precision``'s device); returns the model,
+    on the CPU, and its metadata."""
     settings = settings or PretrainSettings()
     if settings.epochs < 1:
         raise VitsearchError(f"epochs must be at least 1, got {settings.epochs}")
@@ -145,7 +147,9 @@ def train_base_model(settings: PretrainSettings | None = None, *,
     generator = torch.Generator().manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(train_y) / settings.batch_size)
     total, warmup = settings.epochs * steps_per_epoch, settings.warmup_epochs * steps_per_epoch
+    model.to(precision.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scaler = precision.scaler()
 
     start = time.perf_counter()
     with _torch_threads(settings.threads):
@@ -161,19 +165,23 @@ def train_base_model(settings: PretrainSettings | None = None, *,
                 x, y = train_x[idx], train_y[idx]
                 if settings.augment and splits.augment is not None:
                     x = splits.augment(x, generator)
-                loss = F.cross_entropy(model(x), y, label_smoothing=settings.label_smoothing)
-                loss.backward()
+                x, y = precision.move(x), precision.move(y)
+                with precision.autocast():
+                    loss = F.cross_entropy(model(x), y, label_smoothing=settings.label_smoothing)
+                scaler.backward(loss)
                 losses.append(loss.item() * len(idx))
                 return {"ce": losses[-1] / len(idx)}
 
             train_steps(optimizer, [settings.lr], range(first, first + steps_per_epoch), step, warmup=warmup,
-                        total=total)
+                        total=total, scaler=scaler)
             bar.set_postfix(loss=f"{sum(losses) / len(train_y):.3f}")
+            logger.info("pretrain digits: epoch %d/%d, train loss %.4f, %.0f s so far", epoch + 1, settings.epochs,
+                        sum(losses) / len(train_y), time.perf_counter() - start)  # one line per few seconds
             if logger.isEnabledFor(logging.DEBUG):  # a learning curve for whoever tunes the recipe; uses no RNG
                 logger.debug("epoch %d/%d: train loss %.4f, val accuracy %.4f", epoch + 1, settings.epochs,
-                             sum(losses) / len(train_y), accuracy(model, splits))
+                             sum(losses) / len(train_y), accuracy(model, splits, precision=precision))
         seconds = time.perf_counter() - start
-        val_accuracy = accuracy(model, splits)
+        val_accuracy = accuracy(model, splits, precision=precision)
     logger.info("digits base model trained in %.1f s: val accuracy %.2f%%", seconds, 100 * val_accuracy)
     meta = {
         "model": DIGITS,
@@ -181,10 +189,11 @@ def train_base_model(settings: PretrainSettings | None = None, *,
         "settings_key": settings.key,
         "val_accuracy": val_accuracy,
         "train_seconds": round(seconds, 2),
+        "training": precision.to_dict(),
         "dataset": splits.description,
         "dataset_provenance": dict(splits.provenance),
         "versions": versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    model.eval()
+    model.cpu().eval()
     return model, meta

@@ -204,19 +204,20 @@ class StudyFolder:
 
     def save_checkpoint(self, model: Any, config: Any, path: Path, extra: Mapping[str, Any] | None = None) -> None:
         """A model's state_dict with the config it was trained for (a :class:`~vitsearch.pruning.PruneConfig`)."""
-        save_torch({"state_dict": model.state_dict(), "config": config.to_dict(), **(extra or {})}, path)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # loads on a machine without its GPU
+        save_torch({"state_dict": state, "config": config.to_dict(), **(extra or {})}, path)
 
     def save_supernet(self, model: Any, config: Any, record: Mapping[str, Any]) -> None:
         """The shared strategy's supernet (``supernet.pt``) and its training record (``supernet.json``)."""
         self.save_checkpoint(model, config, self.supernet, extra=record)
         write_json(self.supernet.with_suffix(".json"), dict(record))
 
-    def keep_checkpoints(self, keep: Iterable[str | None]) -> None:
-        """Remove the trial checkpoints whose relative path is not in ``keep``."""
-        keep = set(keep)
-        for path in self.checkpoints.glob("trial_*.pt"):
-            if self.relative(path) not in keep:
-                path.unlink()
+    def remove_checkpoints(self, remove: Iterable[str | None]) -> None:
+        """Remove the trial checkpoints at these relative paths (those already gone are skipped: workers sharing
+        a study remove the same ones)."""
+        for rel in remove:
+            if rel is not None:
+                (self.path / rel).unlink(missing_ok=True)
 
     # Finalized rows -------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The search tests' PostgreSQL server (tests that use it are marked ``server``)."""
+"""The search tests' real PostgreSQL server on loopback (shared by the search and the workers tests)."""
 import os
 import shutil
 import socket

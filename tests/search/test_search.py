@@ -204,7 +204,8 @@ def test_a_config_suggested_again_is_not_trained_again(tmp_path, env):
     storage = optuna.load_study(study_name="again", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(first.folder / "journal.log"))))
     params = load_space(env["space"], depth=12).params_of(done.config)
-    attempts = len(storage.trials) + 2  # stop right after the two repeats
+    # stop right after the two repeats (baselines are pruned trials, not counted as attempts)
+    attempts = len(storage.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) + 2
     for _ in range(2):
         storage.enqueue_trial(params)
     again = run_search(settings(tmp_path, env, trials=2, study="again", max_attempts=attempts), progress=False)

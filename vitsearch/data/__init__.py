@@ -78,5 +78,6 @@ def check_num_classes(splits: DatasetSplits, model: torch.nn.Module) -> None:
     if model_classes != splits.num_classes:
         raise VitsearchError(
             f"data set {splits.name!r} has {splits.num_classes} classes but the model's head has {model_classes}: "
-            f"pass --num-classes {splits.num_classes} (a new head is then trained) or a checkpoint fine-tuned on it")
+            "fit the base to it first with: vitsearch pretrain --model NAME --checkpoint PATH --dataset DIR "
+            "(a new head for its classes), and pass the checkpoint it writes to --checkpoint")
 

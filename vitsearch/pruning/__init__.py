@@ -1,7 +1,7 @@
 """Token pruning methods that patch a stock timm ViT in place: SPViT soft pruning and Evo-ViT slow-fast, one
 contract each (:mod:`.methods`), and the config and token schedule every consumer reads (:mod:`.config`)."""
 from .attention import PrunableAttention, softmax_with_policy
-from .config import PruneConfig, SelectorStep, TokenSchedule, kept_tokens, token_schedule
+from .config import PruneConfig, SelectorStep, TokenSchedule, canonical_key, kept_tokens, token_schedule
 from .methods import METHODS, PruningMethod, method_of, pruning_methods
 from .patch import PrunedViTMixin, apply, prune_state
 from .spvit import MultiHeadTokenSelector
@@ -9,4 +9,5 @@ from .state import PruneState
 
 __all__ = ["apply", "prune_state", "PruneState", "PrunedViTMixin", "PrunableAttention", "MultiHeadTokenSelector",
            "softmax_with_policy", "PruneConfig", "token_schedule", "TokenSchedule", "SelectorStep", "kept_tokens",
+           "canonical_key",
            "METHODS", "PruningMethod", "method_of", "pruning_methods"]

@@ -14,7 +14,7 @@ from ..errors import VitsearchError
 from .methods import method_of
 from .schedule import SelectorStep, TokenSchedule, kept_tokens
 
-__all__ = ["PruneConfig", "token_schedule", "TokenSchedule", "SelectorStep", "kept_tokens"]
+__all__ = ["PruneConfig", "token_schedule", "canonical_key", "TokenSchedule", "SelectorStep", "kept_tokens"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,13 @@ def token_schedule(config: PruneConfig, *, depth: int, num_patches: int, num_pre
                 f"selector at block {block} does not exist: the model has {depth} blocks (0..{depth - 1})")
     return method_of(config.method).schedule(config.keep, depth=depth, num_patches=num_patches,
                                              num_prefix=num_prefix)
+
+
+def canonical_key(config: PruneConfig, *, depth: int, num_patches: int, num_prefix: int = 1) -> str:
+    """One model, one key: the method and the per-block token counts of its :func:`token_schedule`. Keep ratios
+    that round to the same counts (``evovit:3=0.1,4=0.15`` and ``evovit:4=0.2``) are one model, trained once;
+    a config that prunes nothing is the unpruned model (``none``)."""
+    schedule = token_schedule(config, depth=depth, num_patches=num_patches, num_prefix=num_prefix)
+    if not schedule.selectors:
+        return "none"
+    return f"{schedule.method}:" + ",".join(str(n) for n in schedule.block_tokens)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from typing import Any
+import time
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,7 @@ class Evaluator:
         self.setup, self.settings = setup, settings
         self.latency = SoftLatency(PiecewiseLinear(*setup.predictor.block_curve()))
         self.supernet: nn.Module | None = None
+        self.estimated = False  # the search's cost is logged once, from the first training's first steps
 
     def predict(self, config: PruneConfig) -> Any:
         return self.setup.predictor.predict(config)
@@ -45,20 +47,45 @@ class Evaluator:
                          block_tokens=token_schedule(config, depth=len(setup.base.blocks),
                                                      num_patches=setup.base.patch_embed.num_patches,
                                                      num_prefix=setup.base.num_prefix_tokens).block_tokens)
-        # The unpruned baseline is the base model itself, whatever the strategy.
+        # The unpruned baseline starts from the base model whatever the strategy, and is trained as briefly as
+        # the candidates, so "vs unpruned" compares like with like.
         model = fresh_model(self.start_from() if config.keep else setup.base, config, s.train.seed)
         steps = s.train.steps if s.strategy == "brief" else s.shared_finetune_steps
-        if config.keep and steps > 0:
+        if steps > 0:
             result = train_candidate(model, setup.base, setup.splits, dataclasses.replace(s.train, steps=steps),
-                                     latency=self.latency)
+                                     latency=self.latency, precision=setup.precision, after=self._cost_log(steps))
             cand.train_seconds = result.seconds
-        cand.accuracy = accuracy(model, setup.splits)
+        cand.accuracy = accuracy(model, setup.splits, precision=setup.precision)
         cand.gmacs = gmacs(model)
         if trial is not None:
             path = setup.folder.checkpoint(trial)
             setup.folder.save_checkpoint(model, config, path)
             cand.checkpoint = setup.folder.relative(path)
         return cand
+
+    def _cost_log(self, steps: int, *, configs_per_step: int = 1) -> Callable[[int, dict[str, float]], None] | None:
+        """A step hook for the first training of this worker: after its first steps, the cost of one candidate
+        and of the whole search on the training device, logged before any result."""
+        if self.estimated:
+            return None
+        self.estimated, s, start = True, self.settings, time.perf_counter()
+        timed = min(3, steps)
+
+        def after(done: int, parts: dict[str, float]) -> None:
+            if done != timed:
+                return
+            per_config_step = (time.perf_counter() - start) / done / configs_per_step
+            candidate_steps = s.train.steps if s.strategy == "brief" else s.shared_finetune_steps
+            models = s.trials + len(self.setup.space.baselines()) + 1
+            total = per_config_step * (models * candidate_steps + (3 * s.shared_steps if s.strategy == "shared" else 0))
+            logger.info("cost on %s (%s): %.2f s per training step of one config, so one candidate trains in about "
+                        "%.0f s (%d steps) plus its held-out evaluation; this search (%d candidates, %d baselines%s) "
+                        "about %.1f min of training on one worker", self.setup.precision.device,
+                        self.setup.precision.name, per_config_step, per_config_step * candidate_steps,
+                        candidate_steps, s.trials, models - s.trials,
+                        f", a supernet of {s.shared_steps} steps" if s.strategy == "shared" else "", total / 60)
+
+        return after
 
     def _shared(self) -> nn.Module:
         if self.supernet is not None:
@@ -76,7 +103,8 @@ class Evaluator:
             rng_space = SupernetSampler(space)
             logger.info("training the shared supernet for %d steps", s.shared_steps)
             result = train_supernet(model, setup.base, setup.splits, rng_space.step_configs, everywhere,
-                                    dataclasses.replace(s.train, steps=s.shared_steps), latency=self.latency)
+                                    dataclasses.replace(s.train, steps=s.shared_steps), latency=self.latency,
+                                    precision=setup.precision, after=self._cost_log(s.shared_steps, configs_per_step=3))
             setup.folder.save_supernet(model, PruneConfig(space.methods[0], {b: space.keep_max for b in space.blocks}),
                                        {"train_seconds": result.seconds, "steps": s.shared_steps})
         self.supernet = model

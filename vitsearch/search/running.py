@@ -3,51 +3,101 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any, Callable
 
 import optuna
 
 from ..errors import Interrupted
 from ..pareto import pareto_front
-from ..pruning import PruneConfig
+from ..pruning import PruneConfig, canonical_key
+from .claims import KEY, claim, owners
 from .evaluation import Evaluator
 from .record import REJECTED_ACCURACY, describe, set_constraints
 from .settings import Candidate, SearchResult, SearchSettings
 from .setup import Setup, prepare, write_provenance
-from .storage import (Heartbeat, collect, count_trained, open_optuna_study, recover_stale_trials, trained_with,
+from .storage import (Heartbeat, collect, count_trained, open_optuna_study, recover_stale_trials, requeue,
                       worker_id)
 
 logger = logging.getLogger(__name__)
 
 
+def baseline_configs(setup: Setup) -> list[tuple[str, PruneConfig]]:
+    """The unpruned model first, then uniform keep ratios at the standard placements."""
+    return [("unpruned", PruneConfig())] + [("uniform", c) for c in setup.space.baselines()]
+
+
+def stored_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
+    """The baselines evaluated so far (by any worker), in :func:`baseline_configs` order."""
+    done = study.user_attrs
+    return [Candidate.from_dict(done[f"baseline:{c}"]) for _, c in baseline_configs(evaluator.setup)
+            if f"baseline:{c}" in done]
+
+
+def next_baseline(evaluator: Evaluator, study: Any, *, interleave: bool) -> tuple[str, PruneConfig] | None:
+    """The first baseline neither stored nor claimed by a running trial. With ``interleave`` the uniform ones
+    wait their turn: one per candidate trained, so the first trial's result comes right after the unpruned one."""
+    claimed = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    todo = [(kind, c) for kind, c in baseline_configs(evaluator.setup)
+            if f"baseline:{c}" not in study.user_attrs and f"baseline:{c}" not in claimed]
+    if not todo:
+        return None
+    if interleave and todo[0][0] != "unpruned" and len(owners(study, baselines=True)) > len(owners(study, baselines=False)):
+        return None
+    return todo[0]
+
+
+def run_baseline(evaluator: Evaluator, trial: Any, kind: str, config: PruneConfig) -> None:
+    """Trial ``trial`` evaluates a baseline, once across all workers, and stores it in the study's user attrs (an
+    interrupted search keeps the ones done); the trial ends as pruned, so the sampler and the counts skip it."""
+    trial.set_user_attr("worker", worker_id())
+    owner = claim(trial, f"baseline:{config}")
+    if owner is not None:
+        trial.set_user_attr("status", f"baseline {config} is evaluated by trial {owner.number}")
+        return
+    cand = evaluator.evaluate(config, kind)
+    cand.feasible = cand.predicted_ms <= evaluator.setup.budget_ms
+    trial.study.set_user_attr(f"baseline:{config}", cand.to_dict())
+    trial.set_user_attr("status", f"baseline {config}")
+    logger.info("baseline %s: accuracy %.4f, %.3f ms", config, cand.accuracy, cand.predicted_ms)
+
+
 def evaluate_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
-    """The unpruned model and uniform keep ratios at the standard placements, evaluated like the candidates.
-    Each is stored in the study's storage as it finishes, so an interrupted search keeps those already done
-    and workers sharing a database share them too."""
-    done = {k[len("baseline:"):]: v for k, v in study.user_attrs.items() if k.startswith("baseline:")}
-    configs = [("unpruned", PruneConfig())] + [("uniform", c) for c in evaluator.setup.space.baselines()]
-    out: list[Candidate] = []
-    for kind, config in configs:
-        if str(config) in done:
-            out.append(Candidate.from_dict(done[str(config)]))
+    """Every baseline not yet stored, each in a trial of its own; waits for those other workers are evaluating."""
+    while True:
+        todo = next_baseline(evaluator, study, interleave=False)
+        if todo is None:
+            if len(stored_baselines(evaluator, study)) == len(baseline_configs(evaluator.setup)):
+                return stored_baselines(evaluator, study)
+            # a dead worker's claim is taken again
+            recover_stale_trials(study, evaluator.settings.heartbeat_s, baselines_only=True)
+            time.sleep(0.5)
             continue
-        cand = evaluator.evaluate(config, kind)
-        cand.feasible = cand.predicted_ms <= evaluator.setup.budget_ms
-        study.set_user_attr(f"baseline:{config}", cand.to_dict())
-        out.append(cand)
-        logger.info("baseline %s: accuracy %.4f, %.3f ms", config, cand.accuracy, cand.predicted_ms)
-    return out
+        trial = study.ask()
+        try:
+            run_baseline(evaluator, trial, *todo)
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
 
 
 def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], None] | None = None,
                    heartbeat: Heartbeat | None = None) -> Callable[[Any], tuple[float, float]]:
-    """The Optuna objective; ``on_train(trial number, config)`` is called when a candidate starts training."""
+    """The Optuna objective; ``on_train(trial number, config)`` is called when a candidate starts training.
+    A trial either evaluates the next baseline (interleaved with the candidates) or samples a config and trains
+    it, unless another trial owns its canonical key (:mod:`.claims`)."""
     setup = evaluator.setup
+    base = setup.base
 
     def objective(trial: Any) -> tuple[float, float]:
         trial.set_user_attr("worker", worker_id())
         if heartbeat is not None:
             heartbeat.trial(trial)
+        baseline = next_baseline(evaluator, trial.study, interleave=True)
+        if baseline is not None:
+            run_baseline(evaluator, trial, *baseline)
+            raise optuna.TrialPruned()
         config = setup.space.suggest(trial)
         pred = evaluator.predict(config)
         over_ms = pred.total_ms - setup.budget_ms
@@ -60,18 +110,25 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
                    f"{len(config.keep)} selectors (allowed 1..{setup.space.max_selectors})")
             trial.set_user_attr("status", f"rejected before training: {why}")
             return REJECTED_ACCURACY, pred.total_ms  # infeasible by its constraints, so never on the front
-        earlier = trained_with(trial.study, str(config))
-        if earlier is not None:
-            # TPE re-suggests configs of a small discrete space; the seeded training would repeat itself exactly.
-            # The earlier result is returned, so the sampler sees it again, and this trial is not counted as trained.
-            trial.set_user_attr("same_as", earlier.number)
-            trial.set_user_attr("status", f"same config as trial {earlier.number}: not trained again")
-            return tuple(earlier.values)
+        key = canonical_key(config, depth=len(base.blocks), num_patches=base.patch_embed.num_patches,
+                            num_prefix=base.num_prefix_tokens)
+        owner = claim(trial, key)
+        if owner is not None:
+            # One model (the same token schedule) is trained once across all workers; TPE also re-suggests
+            # configs of a small discrete space. A finished owner's result is returned, so the sampler sees it
+            # again; one still training leaves this trial pruned. Neither is counted as trained.
+            trial.set_user_attr("same_as", owner.number)
+            if owner.state == optuna.trial.TrialState.COMPLETE:
+                trial.set_user_attr("status", f"same model as trial {owner.number}: not trained again")
+                return tuple(owner.values)
+            trial.set_user_attr("status", f"same model as trial {owner.number}, which "
+                                          f"{owner.user_attrs.get('worker', 'another worker')} is training")
+            raise optuna.TrialPruned()
         if on_train is not None:
             on_train(trial.number, config)
         cand = evaluator.evaluate(config, "search", trial=trial.number)
-        for key in ("accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status"):
-            trial.set_user_attr(key, getattr(cand, key))
+        for k in ("accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status"):
+            trial.set_user_attr(k, getattr(cand, k))
         trial.set_user_attr("block_tokens", list(cand.block_tokens))
         return cand.accuracy, pred.total_ms
 
@@ -84,7 +141,8 @@ def write_results(setup: Setup, trials: list[Candidate], baselines: list[Candida
     front = [trained[i] for i in pareto_front([(c.accuracy, c.predicted_ms) for c in trained])]
     for name, rows in (("trials", trials), ("front", front), ("baselines", baselines)):
         setup.folder.write_records(name, [c.to_dict() for c in rows])
-    setup.folder.keep_checkpoints(c.checkpoint for c in front)
+    # Only finished trials' checkpoints: a trial another worker is still training keeps the one it just saved.
+    setup.folder.remove_checkpoints(c.checkpoint for c in trained if c not in front)
     return front
 
 
@@ -100,11 +158,6 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
              budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms)
     recover_stale_trials(study, settings.heartbeat_s)
     evaluator = Evaluator(setup, settings)
-    try:
-        baselines = evaluate_baselines(evaluator, study)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted: the baselines done so far are kept in the study's storage; run the same "
-                          "command again to resume") from None
 
     finished = (optuna.trial.TrialState.COMPLETE,)
     done = count_trained(study)
@@ -129,8 +182,9 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
                        f", accuracy {acc:.4f}" if acc is not None else "")
             complete = study.get_trials(deepcopy=False, states=finished)
             trained = count_trained(study, complete)
-            # Running trials count too: workers sharing a database stop together at settings.trials.
-            running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+            # Running candidates count too: workers sharing a database stop together at settings.trials.
+            running = sum(not str(t.user_attrs.get(KEY, "")).startswith("baseline:")
+                          for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
             if trained + running >= settings.trials:
                 study.stop()
             elif len(complete) >= attempts:
@@ -150,12 +204,17 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
                 bar.close()
                 requeue_interrupted(study)
                 trials = collect(study)
-                write_results(setup, trials, baselines)
+                write_results(setup, trials, stored_baselines(evaluator, study))
                 raise Interrupted(
                     f"interrupted: {count_trained(study)} trained trials are kept in {setup.folder.path} (trials.csv, "
                     "front.csv written) and the interrupted one runs again on resume: run the same command again "
                     "to continue") from None
         bar.close()
+    try:  # the baselines the trials did not reach (or other workers hold)
+        baselines = evaluate_baselines(evaluator, study)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: the baselines done so far are kept in the study's storage; run the same "
+                          "command again to resume") from None
     trials = collect(study)
     front = write_results(setup, trials, baselines)
     return SearchResult(setup.folder.path, setup.budget_ms, setup.unpruned_ms, trials, front, baselines)
@@ -171,8 +230,7 @@ def requeue_interrupted(study: Any) -> None:
             continue
         if t.state == optuna.trial.TrialState.RUNNING:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        requeue(study, t)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,8 @@ class SearchSettings:
     seed: int = 0
     max_train: int | None = None  # subset sizes for large ImageFolder data sets
     max_val: int | None = None
+    train_device: str = "auto"  # where training runs (vitsearch.training.device); ``device`` is the latency target
+    amp: bool = True  # mixed precision on a CUDA GPU (bf16, or fp16 with a grad scaler); the CPU is always fp32
     workers: int = 0  # DataLoader processes for ImageFolder images (speed only: results do not depend on it)
     reports: str = "reports"
     tables: str = "latency_tables"

@@ -14,6 +14,7 @@ from .. import versions
 from ..errors import VitsearchError
 from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder
+from ..training import Precision
 from .budget import Budget, parse_budget
 from .settings import SAMPLERS, STRATEGIES, SearchSettings
 from .space import SearchSpace, default_space_file, load_space
@@ -34,6 +35,7 @@ class Setup:
     unpruned_ms: float
     fastest: tuple[PruneConfig, float]
     folder: StudyFolder
+    precision: Precision  # the training device (the base model lives there) and its autocast dtype
 
 
 def load_base(settings: SearchSettings) -> tuple[nn.Module, dict[str, Any]]:
@@ -60,14 +62,14 @@ def load_base(settings: SearchSettings) -> tuple[nn.Module, dict[str, Any]]:
                    "sha256": file_sha256(settings.checkpoint), "split": {"seed": 0, "sha256": None}}
 
 
-def load_splits(settings: SearchSettings, base: nn.Module, split: dict[str, Any]) -> Any:
+def load_splits(settings: SearchSettings, base: nn.Module, split: dict[str, Any], *, pin_memory: bool = False) -> Any:
     """The data with the base model's held-out split (``split``: seed and sha256 of the val indices, as the base
     model or ``study.json`` records them); a different split is refused."""
     from ..data import LoaderSettings, load_dataset
 
     splits = load_dataset(settings.dataset, base, seed=settings.seed, split_seed=split["seed"],
                           max_train=settings.max_train, max_val=settings.max_val,
-                          loading=LoaderSettings(settings.workers))
+                          loading=LoaderSettings(settings.workers, pin_memory=pin_memory))
     digest = splits.provenance.get("split_sha256")
     if split.get("sha256") and digest != split["sha256"]:
         raise VitsearchError(
@@ -134,10 +136,11 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
         raise VitsearchError(f"--trials must be at least 1, got {settings.trials}")
     settings.name()  # a bad --study is refused before anything is loaded
     budget = parse_budget(settings.budget)
+    precision = Precision.resolve(settings.train_device, amp=settings.amp)  # a missing GPU fails before any work
     base, base_info = load_base(settings)
     g = geometry(base)
     space = load_space(settings.space or default_space_file(settings.model), depth=g.depth)
-    splits = load_splits(settings, base, base_info["split"])
+    splits = load_splits(settings, base, base_info["split"], pin_memory=precision.device.type == "cuda")
     base_info["split"] = {**base_info["split"], "sha256": splits.provenance.get("split_sha256")}
     check_num_classes(splits, base)
     predictor = load_predictor(settings, base, progress=progress)
@@ -150,7 +153,9 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
             f"{settings.device}: {fastest[0]} at {fastest[1]:.3f} ms (unpruned: {unpruned_ms:.3f} ms). Give a budget "
             f"of at least {fastest[1]:.3f} ms ({100 * fastest[1] / unpruned_ms:.0f}%), or a space with lower keep ratios")
     folder = StudyFolder(Path(settings.reports) / settings.name())
-    return Setup(base, base_info, splits, predictor, space, budget, budget_ms, unpruned_ms, fastest, folder)
+    logger.info("training on %s (%s)", precision.device, precision.name)
+    return Setup(base.to(precision.device), base_info, splits, predictor, space, budget, budget_ms, unpruned_ms,
+                 fastest, folder, precision)
 
 
 def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
@@ -164,7 +169,7 @@ def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
         "latency_table": str(table.path), "latency_table_meta": table.meta,
         "budget": str(setup.budget), "budget_ms": round(setup.budget_ms, 6), "unpruned_ms": setup.unpruned_ms,
         "fastest": {"config": str(setup.fastest[0]), "ms": setup.fastest[1]},
-        "space": setup.space.to_dict(), "strategy": settings.strategy, "versions": versions(),
+        "space": setup.space.to_dict(), "strategy": settings.strategy, "training": setup.precision.to_dict(), "versions": versions(),
         "objectives": ["accuracy (maximise)", "predicted latency ms (minimise)"], "metric": "top1",
     }
     return setup.folder.write_study(record)

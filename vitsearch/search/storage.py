@@ -17,6 +17,7 @@ import optuna
 from ..errors import RunFailure, VitsearchError
 from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder
+from .claims import KEY
 from .record import DIRECTIONS
 from .storage_url import parse_storage_url
 from .settings import Candidate, SearchSettings
@@ -24,14 +25,27 @@ from .settings import Candidate, SearchSettings
 logger = logging.getLogger(__name__)
 
 
+def make_sampler(name: str, seed: int) -> Any:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+
+
+def join(study: Any) -> int:
+    """Register this worker in the study; returns its index (0 for the study's first worker). Workers that read
+    the same count at once are ordered by their ids, so their indices still differ."""
+    me = f"worker:{worker_id()}"
+    seen = sum(k.startswith("worker:") for k in study.user_attrs)
+    study.set_user_attr(me, seen)
+    joined = sorted((v, k) for k, v in study.user_attrs.items() if k.startswith("worker:"))
+    return joined.index((seen, me))
+
+
 def open_optuna_study(settings: SearchSettings, folder: StudyFolder) -> Any:
-    sampler: Any
-    if settings.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=12)
-    elif settings.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=settings.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=8, multivariate=True)
+    """The study, with this worker's sampler: seeded by ``seed`` + the worker's index, so workers sharing a
+    study do not suggest the same configs in lockstep (a study's first worker samples as a lone one does)."""
     if settings.storage:
         storage: Any = _rdb_storage(settings.storage, settings.heartbeat_s)
     else:
@@ -41,8 +55,13 @@ def open_optuna_study(settings: SearchSettings, folder: StudyFolder) -> Any:
         folder.check_journal()
         repair_journal(folder.journal)
         storage = JournalStorage(JournalFileBackend(str(folder.journal)))
-    return optuna.create_study(study_name=settings.name(), storage=storage, sampler=sampler,
-                               directions=list(DIRECTIONS), load_if_exists=True)
+    study = optuna.create_study(study_name=settings.name(), storage=storage, directions=list(DIRECTIONS),
+                                load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=settings.seed))
+    index = join(study)
+    study.sampler = make_sampler(settings.sampler, settings.seed + index)
+    if index:
+        logger.info("worker %d of study %s (sampler seed %d)", index, settings.name(), settings.seed + index)
+    return study
 
 
 def repair_journal(path: Path) -> None:
@@ -87,10 +106,17 @@ def repair_journal(path: Path) -> None:
         lock.release()
 
 
+def requeue(study: Any, trial: Any) -> None:
+    """A stopped trial's config runs again (a baseline trial has none: its baseline is simply not stored). Its
+    canonical key travels with the retry, so its claim holds while it waits (claims.py)."""
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **(
+            {KEY: trial.user_attrs[KEY]} if KEY in trial.user_attrs else {})})
+
+
 def _requeue(study: Any, trial: Any) -> None:
     """Optuna's failed-trial callback: the config of a trial whose worker stopped beating runs again."""
-    if trial.params:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    requeue(study, trial)
     logger.warning("trial %d was left running by worker %s, which stopped beating: it is run again", trial.number,
                    trial.user_attrs.get("worker", "?"))
 
@@ -159,24 +185,24 @@ class Heartbeat:
         self._thread.join()
 
 
-def recover_stale_trials(study: Any, heartbeat_s: float) -> int:
+def recover_stale_trials(study: Any, heartbeat_s: float, *, baselines_only: bool = False) -> int:
     """Trials left RUNNING by a dead worker are failed and their configs enqueued again, so a resumed search
     neither loses nor repeats a completed trial: on this host, a worker whose process is gone; on any host, a
-    trial whose heartbeat (:class:`Heartbeat`, or its start) is older than :data:`GRACE` heartbeats."""
+    trial whose heartbeat (:class:`Heartbeat`, or its start) is older than :data:`GRACE` heartbeats.
+    ``baselines_only``: only baseline trials (no params, so nothing is enqueued for an ``ask`` to pop)."""
     host, recovered, now = socket.gethostname(), 0, time.time()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
         w_host, _, pid = worker.rpartition(":")
         beat = t.user_attrs.get("heartbeat", now)  # none on a database, where Optuna's heartbeat does this
         gone = w_host == host and pid.isdigit() and not _alive(int(pid))
-        if not gone and now - beat <= GRACE * heartbeat_s:
+        if (not gone and now - beat <= GRACE * heartbeat_s) or (baselines_only and t.params):
             continue
         try:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except (RuntimeError, ValueError):  # another worker recovered it first
             continue
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        requeue(study, t)
         recovered += 1
         why = "is gone" if gone else f"has not beaten for {now - beat:.0f} s"
         logger.warning("trial %d was interrupted (worker %s %s): it is run again", t.number, worker or "?", why)
@@ -211,12 +237,6 @@ def collect(study: optuna.Study) -> list[Candidate]:
             status=t.user_attrs.get("status", "trained"), block_tokens=tuple(t.user_attrs.get("block_tokens", ())),
             selection_ms=float(t.user_attrs.get("selection_ms", 0.0)), checkpoint=t.user_attrs.get("checkpoint")))
     return out
-
-
-def trained_with(study: Any, config: str) -> Any:
-    """The first completed, trained trial of ``config`` in ``study``, if any."""
-    return next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                 if t.user_attrs.get("config") == config and t.user_attrs.get("accuracy") is not None), None)
 
 
 def count_trained(study: Any, complete: Sequence[Any] | None = None) -> int:

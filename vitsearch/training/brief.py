@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..pruning import METHODS, PruneConfig, apply, prune_state
-from .loop import batches, next_batch, seeded, train_steps
+from .device import CPU, Precision
+from .loop import AfterFn, batches, next_batch, seeded, step_log, train_steps
 from .losses import LossWeights, PiecewiseLinear, distill_loss, latency_loss
 
 logger = logging.getLogger(__name__)
@@ -77,28 +78,34 @@ def candidate_loss(
 
 def train_candidate(
     model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings = TrainSettings(), *,
-    latency: SoftLatency | None = None,
+    latency: SoftLatency | None = None, precision: Precision = CPU, after: AfterFn | None = None,
 ) -> TrainResult:
-    """Fine-tune a patched ``model`` in place; ``teacher`` is the unpruned base model (self-distillation)."""
-    return _train(model, teacher, splits, settings, lambda step: [model.prune_config], latency)
+    """Fine-tune a patched ``model`` in place; ``teacher`` is the unpruned base model (self-distillation). Both
+    are on ``precision``'s device. ``after(steps done, loss parts)`` follows every step."""
+    return _train(model, teacher, splits, settings, lambda step: [model.prune_config], latency, precision,
+                  f"training {model.prune_config}", after)
 
 
 def train_supernet(
     model: nn.Module, teacher: nn.Module, splits,
     step_configs: Callable[[int, random.Random], Sequence[PruneConfig]], prepare: Sequence[PruneConfig],
-    settings: TrainSettings = TrainSettings(), *, latency: SoftLatency | None = None,
+    settings: TrainSettings = TrainSettings(), *, latency: SoftLatency | None = None, precision: Precision = CPU,
+    after: AfterFn | None = None,
 ) -> TrainResult:
     """Weight sharing: step ``i`` trains the configs ``step_configs(i, rng)`` on one batch, gradients summed.
     ``prepare`` is applied first, so every selector and head the space can use exists before the optimiser."""
     rng = random.Random(settings.seed)
     for config in prepare:
         apply(model, config)
-    return _train(model, teacher, splits, settings, lambda step: step_configs(step, rng), latency)
+    return _train(model, teacher, splits, settings, lambda step: step_configs(step, rng), latency, precision,
+                  "training the supernet", after)
 
 
 def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings,
-           configs_of_step: Callable[[int], Sequence[PruneConfig]], latency: SoftLatency | None) -> TrainResult:
+           configs_of_step: Callable[[int], Sequence[PruneConfig]], latency: SoftLatency | None,
+           precision: Precision, what: str, after: AfterFn | None = None) -> TrainResult:
     teacher.eval()
+    scaler = precision.scaler()
     optimizer = torch.optim.AdamW(param_groups(model, settings), weight_decay=settings.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator().manual_seed(settings.seed)
@@ -107,17 +114,25 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
         data = batches(splits, settings.batch_size, settings.seed)
 
         def step(i: int) -> dict[str, float]:
-            x, y, teacher_logits = next_batch(data, splits, teacher, generator)
+            x, y, teacher_logits = next_batch(data, splits, teacher, generator, precision)
             configs, parts = configs_of_step(i), {}
             for config in configs:
                 apply(model, config, evo_every_block=getattr(model, "evo_every_block", False))
                 model.train()
-                loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)
-                (loss / len(configs)).backward()
+                with precision.autocast():
+                    loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)
+                scaler.backward(loss / len(configs))
             return parts
 
+        log = step_log(what, settings.steps, logger)
+
+        def after_step(done: int, parts: dict[str, float]) -> None:
+            log(done, parts)
+            if after is not None:
+                after(done, parts)
+
         parts = train_steps(optimizer, base_lrs, range(settings.steps), step, warmup=settings.warmup_steps,
-                            total=settings.steps)
+                            total=settings.steps, scaler=scaler, after=after_step)
     prune_state(model).reset()  # drop the last forward's graph-holding tensors (and let the model deepcopy)
     model.eval()
     seconds = time.perf_counter() - start

@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from .device import CPU, LossScaler, Precision
+
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), labels (B,)
 
 
@@ -26,13 +28,15 @@ def batches(splits: Any, batch_size: int, seed: int) -> Iterator[Batch]:
     return splits.train_batches(batch_size, seed)
 
 
-def next_batch(batches: Iterator[Batch], splits: Any, teacher: nn.Module,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The next training batch, augmented, with the teacher's logits for distillation."""
+def next_batch(batches: Iterator[Batch], splits: Any, teacher: nn.Module, generator: torch.Generator,
+               precision: Precision = CPU) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next training batch, augmented (on the CPU, with its CPU generator), on the training device, with the
+    teacher's logits for distillation."""
     x, y = next(batches)
     if splits.augment is not None:
         x = splits.augment(x, generator)
-    with torch.no_grad():
+    x, y = precision.move(x), precision.move(y)
+    with torch.no_grad(), precision.autocast():
         return x, y, teacher(x)
 
 
@@ -54,29 +58,52 @@ StepFn = Callable[[int], dict[str, float]]  # forward(s) and backward(s) of one 
 AfterFn = Callable[[int, dict[str, float]], None]  # called with the number of steps done and the step's parts
 
 
+def step_log(what: str, total: int, log: Any, *, every_s: float = 10.0) -> AfterFn:
+    """An ``after`` hook that logs ``what``'s progress in steps (with the time per step) at most every
+    ``every_s`` seconds, so no training is silent for long."""
+    import time
+
+    start = last = time.perf_counter()
+
+    def after(done: int, parts: dict[str, float]) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= every_s and done < total:
+            last = now
+            log.info("%s: step %d/%d, %.2f s/step, loss %.3f", what, done, total, (now - start) / done,
+                     parts.get("total", parts.get("ce", float("nan"))))
+
+    return after
+
+
 def train_steps(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], steps: range, step: StepFn, *,
-                warmup: int, total: int, after: AfterFn | None = None) -> dict[str, float]:
+                warmup: int, total: int, after: AfterFn | None = None,
+                scaler: LossScaler | None = None) -> dict[str, float]:
     """The step loop: for each step ``i`` in ``steps``, the learning rate of step ``i`` on the curve over
     ``total`` (from ``base_lrs``, the groups' rates as the optimiser was made), cleared gradients, ``step(i)``
-    (which computes the loss and calls ``backward``), one optimiser step, then ``after(i + 1, parts)``.
-    Returns the last step's loss parts."""
+    (which computes the loss and calls ``backward``, through ``scaler`` where there is one), one optimiser step,
+    then ``after(i + 1, parts)``. Returns the last step's loss parts."""
+    scaler = scaler or LossScaler()
     parts: dict[str, float] = {}
     for i in steps:
         set_lr(optimizer, base_lrs, i, warmup, total)
         optimizer.zero_grad(set_to_none=True)
         parts = step(i)
-        optimizer.step()
+        scaler.step(optimizer)
         if after is not None:
             after(i + 1, parts)
     return parts
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, splits: Any, *, batch_size: int = 256) -> float:
-    """Top-1 on the held-out split (with hard, inference-mode pruning for a pruned model)."""
+def accuracy(model: nn.Module, splits: Any, *, batch_size: int = 256, precision: Precision = CPU) -> float:
+    """Top-1 on the held-out split (with hard, inference-mode pruning for a pruned model), on ``precision``'s
+    device."""
     model.eval()
     correct = total = 0
     for x, y in splits.held_out_batches(batch_size):
-        correct += int((model(x).argmax(dim=-1) == y).sum())
+        with precision.autocast():
+            logits = model(precision.move(x))
+        correct += int((logits.argmax(dim=-1).cpu() == y).sum())
         total += len(y)
     return correct / max(total, 1)

@@ -32,6 +32,7 @@ from ..errors import VitsearchError
 from ..files import load_torch, save_torch
 from ..pruning import PruneConfig, apply, method_of, prune_state
 from .brief import SoftLatency, TrainSettings, candidate_loss, param_groups
+from .device import CPU, Precision
 from .loop import batches, next_batch, seeded, train_steps
 from .losses import LossWeights
 
@@ -134,7 +135,7 @@ StepHook = Callable[[int, Phase], None]
 
 def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: PruneConfig, phases: Sequence[Phase],
                    settings: FinalizeSettings, *, latency: SoftLatency | None, state_path: Path,
-                   on_step: StepHook | None = None, progress: bool = True) -> TrainOutcome:
+                   on_step: StepHook | None = None, progress: bool = True, precision: Precision = CPU) -> TrainOutcome:
     """Train the patched ``model`` through ``phases``, resuming from ``state_path`` (saved atomically) when it
     holds a run of the same config and settings. ``on_step(step, phase)`` is called before every step (tests
     record the schedule)."""
@@ -146,6 +147,7 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
     optimizer = torch.optim.AdamW(param_groups(model, train), weight_decay=train.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator().manual_seed(settings.seed)
+    scaler = precision.scaler()
     # What must match for a saved state to continue this run (how often it is saved need not).
     recipe = {k: v for k, v in settings.to_dict().items() if k != "checkpoint_every"}
     identity = {"config": str(config), "settings": json.loads(json.dumps(recipe)), "steps": steps}
@@ -183,11 +185,12 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
             phase = next(p for p in phases if p.start <= i < p.end)
             if on_step is not None:
                 on_step(i, phase)
-            x, y, teacher_logits = next_batch(data, splits, teacher, generator)
+            x, y, teacher_logits = next_batch(data, splits, teacher, generator, precision)
             apply(model, phase.config, evo_every_block=phase.every_block)
             model.train()
-            loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)
-            loss.backward()
+            with precision.autocast():
+                loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)
+            scaler.backward(loss)
             bar.set_postfix(phase=str(phase.config), loss=f"{parts['total']:.3f}")
             return parts
 
@@ -198,7 +201,7 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
                 save(done)
 
         parts = train_steps(optimizer, base_lrs, range(start_step, steps), step, warmup=train.warmup_steps,
-                            total=steps, after=after)
+                            total=steps, after=after, scaler=scaler)
     bar.close()
     prune_state(model).reset()  # drop graph-holding tensors of the last forward
     apply(model, config)  # inference: the whole config, stage-wise

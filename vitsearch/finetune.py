@@ -1,0 +1,111 @@
+"""A base that fits the data: a timm model's checkpoint (an ImageNet one, say) fine-tuned with a new head for an
+ImageFolder's classes (timm's ``reset_classifier``), cached like the digits model and keyed by the model, the
+checkpoint's bytes, the data set and the settings. ``search``/``finalize`` then take the cached file as their
+``--checkpoint`` (its head gives the number of classes)."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+
+from . import versions
+from .data import LoaderSettings, load_dataset
+from .errors import VitsearchError
+from .files import cache_dir
+from .models import create_model, file_sha256
+from .pretrain import write_cache_entry
+from .training.device import CPU, Precision
+from .training.loop import accuracy, seeded, step_log, train_steps
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    steps: int = 300  # a new head and a gentle backbone update; the search's brief training starts from here
+    batch_size: int = 32
+    lr: float = 5e-5  # backbone
+    head_lr: float = 1e-3  # the new head learns from scratch
+    weight_decay: float = 0.05
+    warmup_steps: int = 10
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def finetuned_base(model_name: str, checkpoint: str | Path, dataset: str | Path,
+                   settings: FinetuneSettings = FinetuneSettings(), *, root: str | Path | None = None,
+                   retrain: bool = False, loading: LoaderSettings = LoaderSettings(),
+                   precision: Precision = CPU) -> dict[str, Any]:
+    """The fine-tuned base's metadata (``path``: its folder, ``checkpoint``: the file to pass to ``--checkpoint``),
+    trained on ``precision``'s device on first use and cached."""
+    if settings.steps < 1:
+        raise VitsearchError(f"--steps must be at least 1, got {settings.steps}")
+    if not Path(checkpoint).is_file():
+        raise VitsearchError(f"checkpoint {checkpoint} does not exist: pass the base weights to fine-tune")
+    identity = {"model": model_name, "sha256": file_sha256(checkpoint), "dataset": str(Path(dataset).resolve()),
+                "settings": settings.to_dict()}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    target = Path(root or cache_dir()).expanduser() / "base_models" / f"{model_name}-{key}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if retrain and (target / "meta.json").is_file():
+            shutil.rmtree(target)
+        if (target / "meta.json").is_file():
+            meta = json.loads((target / "meta.json").read_text()) | {"cached": True}
+        else:
+            model, meta = _finetune(model_name, checkpoint, dataset, settings, loading, precision)
+            write_cache_entry(target, model, meta | identity)
+            meta = meta | identity | {"cached": False}
+    return meta | {"path": str(target), "checkpoint": str(target / "model.pt")}
+
+
+def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, settings: FinetuneSettings,
+              loading: LoaderSettings, precision: Precision) -> tuple[torch.nn.Module, dict[str, Any]]:
+    model = create_model(model_name, checkpoint=checkpoint)
+    splits = load_dataset(dataset, model, seed=settings.seed, loading=loading)
+    before = int(model.num_classes)
+    with seeded(settings.seed):
+        model.reset_classifier(splits.num_classes)  # a new head, one output per class of the folder
+    model.to(precision.device)
+    head = {id(p) for p in model.get_classifier().parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": settings.lr},
+              {"params": [p for p in model.parameters() if id(p) in head], "lr": settings.head_lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+    scaler = precision.scaler()
+    logger.info("fine-tuning %s (head %d -> %d classes) on %s for %d steps on %s (%s)", model_name, before,
+                splits.num_classes, splits.description, settings.steps, precision.device, precision.name)
+    start = time.perf_counter()
+    with seeded(settings.seed):
+        data = splits.train_batches(settings.batch_size, settings.seed)
+
+        def step(i: int) -> dict[str, float]:
+            x, y = next(data)
+            model.train()
+            with precision.autocast():
+                loss = F.cross_entropy(model(precision.move(x)), precision.move(y))
+            scaler.backward(loss)
+            return {"ce": float(loss.detach())}
+
+        train_steps(optimizer, [g["lr"] for g in groups], range(settings.steps), step, warmup=settings.warmup_steps,
+                    total=settings.steps, scaler=scaler, after=step_log(f"fine-tuning {model_name}", settings.steps,
+                                                                        logger))
+    val_accuracy = accuracy(model, splits, precision=precision)
+    seconds = time.perf_counter() - start
+    logger.info("fine-tuned in %.0f s: held-out accuracy %.2f%%", seconds, 100 * val_accuracy)
+    meta = {"num_classes": splits.num_classes, "classes_before": before, "val_accuracy": val_accuracy,
+            "train_seconds": round(seconds, 2), "dataset_description": splits.description,
+            "training": precision.to_dict(), "versions": versions(),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    return model.cpu().eval(), meta
