@@ -2,6 +2,8 @@
 import dataclasses
 import os
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -138,9 +140,14 @@ def test_stratified_split_keeps_one_of_each_class_out():
         stratified_split(labels, 1.5, seed=0)
 
 
-def test_class_count_mismatch_says_what_to_pass(digits, tiny_vit):
-    with pytest.raises(VitsearchError, match="--num-classes 10"):
+def test_class_count_mismatch_names_a_command_that_exists(digits, tiny_vit):
+    """The fix it names is `vitsearch pretrain` with flags that command has (search has no --num-classes)."""
+    from vitsearch.cli import build_parser
+
+    with pytest.raises(VitsearchError, match="10 classes but the model's head has 5") as e:
         check_num_classes(digits, tiny_vit)
+    command = re.search(r"vitsearch (pretrain [^(]*)", str(e.value)).group(1).split()
+    build_parser().parse_args([w.replace("NAME", "m").replace("PATH", "c.pt").replace("DIR", "d") for w in command])
 
 
 # --- more ImageFolder cases ---------------------------------------------------------------------------------------
