@@ -64,7 +64,8 @@ def einsum_forward(self: spvit.MultiHeadTokenSelector, x: torch.Tensor, mask: to
     h = torch.cat([h[..., :split], h[..., split:].mean(dim=1, keepdim=True).expand(-1, N, -1, -1)], dim=-1)
     for i, layer in enumerate(self.out):
         h = grouped(layer, h) if i == len(self.out) - 1 else F.gelu(grouped(layer, h))
-    return (w[..., None] * h.log_softmax(dim=-1)).sum(dim=2), (w * h.softmax(dim=-1)[..., 0]).sum(dim=2)
+    log_score = (w[..., None] * h.log_softmax(dim=-1)).sum(dim=2)  # (B, N, 2)
+    return log_score[..., 0] - log_score[..., 1], (w * h.softmax(dim=-1)[..., 0]).sum(dim=2)
 
 
 @contextmanager

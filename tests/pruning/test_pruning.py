@@ -112,7 +112,8 @@ def einsum_selector(sel, x: torch.Tensor, mask: torch.Tensor | None = None):
     h = torch.cat([local, glob.expand(-1, N, -1, -1)], dim=-1)
     for i, layer in enumerate(sel.out):
         h = grouped(layer, h) if i == len(sel.out) - 1 else F.gelu(grouped(layer, h))
-    return (w[..., None] * h.log_softmax(dim=-1)).sum(dim=2), (w * h.softmax(dim=-1)[..., 0]).sum(dim=2)
+    log_score = (w[..., None] * h.log_softmax(dim=-1)).sum(dim=2)  # (B, N, 2) aggregated [keep, drop]
+    return log_score[..., 0] - log_score[..., 1], (w * h.softmax(dim=-1)[..., 0]).sum(dim=2)
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -60,7 +60,13 @@ class MultiHeadTokenSelector(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, C) patch tokens; mask: (B, N) tokens still alive (the global context pools over them).
-        Returns (log keep/drop score (B, N, 2) for Gumbel decisions, keep probability (B, N) for ranking)."""
+        Returns (keep log-odds (B, N), which rank tokens and draw training decisions; keep probability p_keep
+        (B, N), which weights the package).
+
+        Each head scores a token with logits [keep, drop]. The log-odds are the importance-weighted sum of each
+        head's log_softmax difference, which is its logit difference d; p_keep is the weighted sum of each head's
+        softmax keep probability, sigmoid(d). So the last layer computes d alone (its two columns subtracted),
+        and no softmax runs."""
         B, N, C = x.shape
         H, hd = self.num_heads, self.head_dim
         xh = x.reshape(B, N, H, hd)
@@ -77,17 +83,12 @@ class MultiHeadTokenSelector(nn.Module):
             m = mask[None, :, :, None]  # (1, B, N, 1)
             glob = (glob * m).sum(dim=2, keepdim=True) / m.sum(dim=2, keepdim=True).clamp_min(1e-6)
         h = torch.cat([local, glob.expand(-1, -1, N, -1)], dim=-1).reshape(H, -1, hd)
-        for i, layer in enumerate(self.out):
-            h = layer(h) if i == len(self.out) - 1 else F.gelu(layer(h))
-        h = h.reshape(H, B, N, 2)  # per-head logits [keep, drop], aggregated across heads by importance
-        log_score = (w[..., None] * h.log_softmax(dim=-1)).sum(dim=0)  # (B, N, 2)
-        p_keep = (w * h.softmax(dim=-1)[..., 0]).sum(dim=0)  # (B, N)
-        return log_score, p_keep
-
-
-def keep_margin(log_score: torch.Tensor) -> torch.Tensor:
-    """(B, N, 2) aggregated log scores -> (B, N) keep log-odds: a hard Gumbel decision keeps with sigmoid of it."""
-    return log_score[..., 0] - log_score[..., 1]
+        for layer in self.out[:-1]:
+            h = F.gelu(layer(h))
+        last = self.out[-1]  # weight (H, i, 2), bias (H, 2): [keep, drop] columns
+        d = torch.matmul(h, last.weight[..., :1] - last.weight[..., 1:]) + (last.bias[:, :1] - last.bias[:, 1:])[:, None]
+        d = d.reshape(H, B, N)  # each head's keep log-odds
+        return (w * d).sum(dim=0), (w * torch.sigmoid(d)).sum(dim=0)
 
 
 def package(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -106,8 +107,8 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
     Ranked by the keep log-odds training draws its decisions from (:func:`prune_soft`), not by ``p_keep``, the
     head-weighted mean of probabilities that weights the package: the two orders can differ, and inference should
     keep what training learned to keep. Returns (kept (B, n_keep, C), package (B, 1, C))."""
-    log_score, p_keep = selector(patches)  # (B, N, 2), (B, N)
-    idx = keep_margin(log_score).topk(n_keep, dim=1).indices  # (B, K)
+    margin, p_keep = selector(patches)  # (B, N), (B, N)
+    idx = margin.topk(n_keep, dim=1).indices  # (B, K)
     kept = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, C)
     dropped = torch.ones_like(p_keep).scatter(1, idx, 0.0)  # (B, N) 1 = packaged
     return kept, package(patches, dropped * p_keep)
@@ -124,8 +125,7 @@ def prune_soft(
     uses. With a free level (the paper's) the first gradients raise every token's keep score at once, training
     keeps far more tokens than inference will, and the tens of steps of a brief training end before the ratio
     loss pulls the level back: on the digits default such a selector kept 7% of a digit's own patches (chance: 50%)."""
-    log_score, p_keep = selector(patches, alive)
-    margin = keep_margin(log_score)  # (B, N)
+    margin, p_keep = selector(patches, alive)  # (B, N), (B, N)
     mean = (margin * alive).sum(dim=1, keepdim=True) / alive.sum(dim=1, keepdim=True).clamp_min(1.0)
     keep = min(max(keep, 1e-3), 1 - 1e-3)
     centred = margin - mean + math.log(keep / (1 - keep))

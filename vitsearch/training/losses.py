@@ -33,9 +33,10 @@ class PiecewiseLinear:
             raise ValueError("a latency curve needs at least two profiled token counts")
 
     def __call__(self, n: torch.Tensor) -> torch.Tensor:
-        n = n.clamp(self.x[0], self.x[-1])
-        i = torch.searchsorted(self.x, n.detach().reshape(1), right=True).clamp(1, len(self.x) - 1)[0]
-        x0, x1, y0, y1 = self.x[i - 1], self.x[i], self.y[i - 1], self.y[i]
+        xs, ys = self.x.to(n.device), self.y.to(n.device)  # n lives where training runs (a GPU, say)
+        n = n.clamp(xs[0], xs[-1])
+        i = torch.searchsorted(xs, n.detach().reshape(1), right=True).clamp(1, len(xs) - 1)[0]
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
         return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
 
 

@@ -24,12 +24,13 @@ def soft_block_tokens(
     """Per-block token counts implied by the soft decisions (B, N) of an SPViT forward: prefix + expected
     kept patches + one package per selector so far. Differentiable through the straight-through decisions."""
     n_patches = keep_decisions[0].shape[1] if keep_decisions else 0
+    device = keep_decisions[0].device if keep_decisions else None  # where training runs
     counts, current, packages = [], None, 0
     starts = dict(zip(selector_blocks, keep_decisions))
     for block in range(depth):
         if block in starts:
             current, packages = starts[block].sum(dim=1).mean(), packages + 1
-        kept = current if current is not None else torch.tensor(float(n_patches))
+        kept = current if current is not None else torch.tensor(float(n_patches), device=device)
         counts.append(num_prefix + kept + packages)
     return counts
 
