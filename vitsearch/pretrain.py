@@ -35,7 +35,7 @@ from .errors import VitsearchError
 from .files import cache_dir
 from .models import DIGITS, DIGITS_MODEL_ARGS, create_model, load_state_dict
 from .training.device import CPU, Precision
-from .training.loop import accuracy, train_steps
+from .training.loop import accuracy, step_log, train_steps
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ def train_base_model(settings: PretrainSettings | None = None, *, loading: Loade
     start = time.perf_counter()
     with _torch_threads(settings.threads):
         bar = tqdm(range(settings.epochs), desc="pretrain digits", unit="epoch", disable=None, leave=False)
+        progress = step_log("pretrain digits", total, logger)  # within an epoch too: a loaded machine is slow
         for epoch in bar:
             model.train()
             order = torch.randperm(len(train_y), generator=generator)
@@ -173,7 +174,7 @@ def train_base_model(settings: PretrainSettings | None = None, *, loading: Loade
                 return {"ce": losses[-1] / len(idx)}
 
             train_steps(optimizer, [settings.lr], range(first, first + steps_per_epoch), step, warmup=warmup,
-                        total=total, scaler=scaler)
+                        total=total, scaler=scaler, after=progress)
             bar.set_postfix(loss=f"{sum(losses) / len(train_y):.3f}")
             logger.info("pretrain digits: epoch %d/%d, train loss %.4f, %.0f s so far", epoch + 1, settings.epochs,
                         sum(losses) / len(train_y), time.perf_counter() - start)  # one line per few seconds

@@ -33,6 +33,15 @@ def space(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def lean_space(space):
+    """The same space with the unpruned model as its only baseline: for the tests that train for long (baselines
+    train as long as candidates), where the baselines are not what is under test."""
+    path = space.with_name("lean.toml")
+    path.write_text(space.read_text().replace("keep = [0.5]", "keep = []"))
+    return path
+
+
 def search_args(reports: Path, env: dict, study: str = "s", trials: int = 2, steps: int = 2) -> list[str]:
     # A budget in ms far above any digits config: a noisy coarse table on a busy machine never rejects a trial.
     return ["search", "--budget", "1000ms", "--trials", str(trials), "--steps", str(steps), "--max-train", "64",
@@ -210,16 +219,16 @@ def test_a_trial_left_running_on_another_host_is_run_again(reports, env):
     assert len(trained(study)) == 3 and not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
-def test_a_live_worker_beats_while_its_trial_trains(tmp_path, env):
+def test_a_live_worker_beats_while_its_trial_trains(tmp_path, env, lean_space):
     """While a trial trains, its worker stamps the trial's heartbeat into the journal every heartbeat_s seconds
     (read back from the journal's own lines, as another host would see them)."""
     code = ("import sys; from vitsearch.search import SearchSettings, run_search; "
             "from vitsearch.training import TrainSettings; "
             "run_search(SearchSettings(budget='1000ms', trials=1, study='beat', reports=sys.argv[1], "
             "tables=sys.argv[2], space=sys.argv[3], checkpoint=sys.argv[4], max_train=64, max_val=48, heartbeat_s=1, "
-            "train=TrainSettings(steps=60, batch_size=16)), progress=False)")
+            "train=TrainSettings(steps=20, batch_size=16)), progress=False)")
     reports = tmp_path / "reports"
-    subprocess.run([sys.executable, "-c", code, str(reports), env["tables"], env["space"], env["checkpoint"]],
+    subprocess.run([sys.executable, "-c", code, str(reports), env["tables"], str(lean_space), env["checkpoint"]],
                    env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, timeout=600, capture_output=True)
     study = load(reports / "beat" / "journal.log", "beat")
     (trial,) = [t for t in study.trials if t.user_attrs.get("accuracy") is not None]
@@ -245,9 +254,10 @@ def journal_has(journal: Path, text: str) -> bool:
     return journal.exists() and text.encode() in journal.read_bytes()
 
 
-def test_ctrl_c_in_a_trial_keeps_the_trials_and_runs_the_trial_again(tmp_path, env):
+def test_ctrl_c_in_a_trial_keeps_the_trials_and_runs_the_trial_again(tmp_path, env, lean_space):
     reports, log = tmp_path / "reports", tmp_path / "worker.log"
-    journal, args = reports / "c" / "journal.log", search_args(tmp_path / "reports", env, study="c", trials=3, steps=40)
+    journal = reports / "c" / "journal.log"
+    args = search_args(tmp_path / "reports", {**env, "space": str(lean_space)}, study="c", trials=3, steps=20)
     worker = start(*args, log=log)
     wait_for(lambda: "accuracy" in log.read_text() and log.read_text().count(": training ") >= 2, worker, log)
     worker.send_signal(signal.SIGINT)
@@ -288,7 +298,8 @@ def test_sigkill_in_a_search_loses_and_repeats_nothing(tmp_path, env, point, wor
     others = [start(*args, log=tmp_path / f"other{i}.log") for i in range(workers - 1)]
     try:
         if point == "baselines":
-            wait_for(lambda: journal_has(journal, '"baseline:'), victim, log)
+            # a baseline stored in the study (a baseline trial's own claim is '"key":"baseline:...')
+            wait_for(lambda: journal_has(journal, '"user_attr":{"baseline:'), victim, log)
         else:
             wait_for(lambda: "accuracy" in log.read_text() and log.read_text().count(": training ") >= 2, victim, log)
         victim.send_signal(signal.SIGKILL)

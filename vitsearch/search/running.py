@@ -47,6 +47,14 @@ def next_baseline(evaluator: Evaluator, study: Any, *, interleave: bool) -> tupl
     return todo[0]
 
 
+def enqueued(trial: Any) -> bool:
+    """Whether ``trial`` popped a config from the queue (a retry, or one a user enqueued): it runs that config and
+    never a baseline, or the config would be lost. Optuna keeps an enqueued trial's params in the frozen trial's
+    system attrs under ``fixed_params`` (``Study.enqueue_trial``)."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    return "fixed_params" in frozen.system_attrs
+
+
 def run_baseline(evaluator: Evaluator, trial: Any, kind: str, config: PruneConfig) -> None:
     """Trial ``trial`` evaluates a baseline, once across all workers, and stores it in the study's user attrs (an
     interrupted search keeps the ones done); the trial ends as pruned, so the sampler and the counts skip it."""
@@ -94,7 +102,7 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
         trial.set_user_attr("worker", worker_id())
         if heartbeat is not None:
             heartbeat.trial(trial)
-        baseline = next_baseline(evaluator, trial.study, interleave=True)
+        baseline = None if enqueued(trial) else next_baseline(evaluator, trial.study, interleave=True)
         if baseline is not None:
             run_baseline(evaluator, trial, *baseline)
             raise optuna.TrialPruned()
