@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .schedule import kept_tokens
+
 
 class GroupedLinear(nn.Module):
     """One independent linear layer per head, on a head-major layout: (H, M, i) -> (H, M, o).
@@ -38,9 +40,9 @@ class MultiHeadTokenSelector(nn.Module):
     """Per-head keep/drop logits, head-importance weights, aggregated per-token keep score."""
 
     def __init__(self, dim: int, num_heads: int, keep_prior: float = 0.5) -> None:
-        """``keep_prior``: the keep probability ``p_keep`` every token starts with (the selector's target). The
-        training decisions are drawn around the target whatever the level (:func:`prune_soft`); ``p_keep`` also
-        weights the package, which then starts from the target's weights."""
+        """``keep_prior``: the keep probability ``p_keep`` every token starts with (the selector's target). Training
+        keeps the target's count whatever the level (:func:`prune_soft`); ``p_keep`` weights the package, which
+        then starts from the target's weights."""
         super().__init__()
         hd = dim // num_heads
         self.num_heads, self.head_dim = num_heads, hd
@@ -114,22 +116,37 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
 
 
 def prune_soft(
-    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float, tau: float = 1.0
+    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float, noise: float = 1.0,
+    tau: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training: hard Gumbel-softmax decisions (straight-through) on the patches still alive, keeping about
-    ``keep`` of them. patches: (B, N, C); alive: (B, N). Returns (new alive mask (B, N), package (B, 1, C)).
+    """Training: a fixed-k Gumbel top-k on the keep log-odds of the patches still alive, straight-through.
+    patches: (B, N, C); alive: (B, N), the same count n in every row. Returns (new alive mask (B, N), package).
 
-    A token's keep log-odds are its margin relative to the mean over the alive tokens, plus the log-odds of
-    ``keep``: the level is pinned at the target and only the ranking is learned, which is all top-k inference
-    uses. With a free level (the paper's) the first gradients raise every token's keep score at once, training
-    keeps far more tokens than inference will, and the tens of steps of a brief training end before the ratio
-    loss pulls the level back: on the digits default such a selector kept 7% of a digit's own patches (chance: 50%)."""
+    Forward: exactly ``kept_tokens(n, keep)`` tokens per image, the top-k of the margins perturbed by Gumbel noise
+    of scale ``noise`` (sampling without replacement by exp(margin / noise)); ``noise = 0`` is the inference
+    top-k itself. Backward: through sigmoid((perturbed margin - threshold) / tau), the threshold halfway between
+    the k-th and (k+1)-th perturbed margins. Why (benchmarks/spvit_train_match.py, RESULTS.md): the per-token
+    Gumbel-softmax this replaces kept a share fixed only in log-odds (target 0.25 kept 0.376 at score std 3), and
+    after a brief training its draws overlapped the inference top-k no more than random ones (0.159 vs 0.156);
+    here the kept count is the target's whatever the scores, and the training loop anneals ``noise`` to 0, so
+    the last steps train the backbone on the tokens inference keeps."""
     log_score, p_keep = selector(patches, alive)
     margin = keep_margin(log_score)  # (B, N)
-    mean = (margin * alive).sum(dim=1, keepdim=True) / alive.sum(dim=1, keepdim=True).clamp_min(1.0)
-    keep = min(max(keep, 1e-3), 1 - 1e-3)
-    centred = margin - mean + math.log(keep / (1 - keep))
-    logits = torch.stack([centred, torch.zeros_like(centred)], dim=-1)  # (B, N, 2) [keep, drop]
-    decision = F.gumbel_softmax(logits, tau=tau, hard=True)[..., 0] * alive  # (B, N)
+    n = int(alive[0].sum().item())
+    k = kept_tokens(n, keep)
+    if noise > 0:
+        gumbel = -torch.empty_like(margin).exponential_().log()  # (B, N) standard Gumbel
+        perturbed = margin + noise * gumbel
+    else:
+        perturbed = margin
+    perturbed = perturbed.masked_fill(alive < 0.5, float("-inf"))  # the dead are never kept
+    top = perturbed.topk(min(k + 1, n), dim=1)
+    hard = torch.zeros_like(margin).scatter(1, top.indices[:, :k], 1.0)  # (B, N)
+    if k < n:
+        threshold = (top.values[:, k - 1:k] + top.values[:, k:k + 1]).detach() / 2  # (B, 1)
+        soft = torch.sigmoid((perturbed.masked_fill(alive < 0.5, 0.0) - threshold) / tau) * alive
+        decision = hard + (soft - soft.detach())  # exactly hard in the forward
+    else:
+        decision = hard * alive
     dropped = alive - decision  # newly pruned by this selector
     return decision, package(patches, dropped * p_keep)

@@ -118,6 +118,7 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
             configs, parts = configs_of_step(i), {}
             for config in configs:
                 apply(model, config, evo_every_block=getattr(model, "evo_every_block", False))
+                prune_state(model).progress = i / max(settings.steps - 1, 1)
                 model.train()
                 with precision.autocast():
                     loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)
