@@ -12,9 +12,7 @@ from typing import Any, Mapping
 
 from ..errors import VitsearchError
 from .methods import method_of
-from .schedule import SelectorStep, TokenSchedule, kept_tokens
-
-__all__ = ["PruneConfig", "token_schedule", "canonical_key", "TokenSchedule", "SelectorStep", "kept_tokens"]
+from .schedule import TokenSchedule
 
 
 @dataclass(frozen=True)
