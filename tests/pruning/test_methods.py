@@ -56,9 +56,10 @@ def test_spvit_training_draws_follow_the_scores_and_anneal_to_the_inference_top_
     sel, patches, alive = FixedScores(margin), torch.randn(512, 16, 4), torch.ones(512, 16)
     top = torch.zeros(512, 16).scatter(1, margin.topk(4, dim=1).indices, 1.0)
     overlap = {noise: float((spvit.prune_soft(sel, patches, alive, 0.25, noise=noise)[0] * top).sum() / (512 * 4))
-               for noise in (0.0, 1.0)}
+               for noise in (0.0, 0.25, 1.0)}
     assert overlap[0.0] == 1.0  # no noise: exactly what inference keeps
     assert 0.4 < overlap[1.0] < 0.95  # noise explores, yet favours high scores (random keeps 0.25)
+    assert overlap[1.0] + 0.1 < overlap[0.25] < 1.0  # less noise, closer to inference
     from vitsearch.pruning.methods.spvit import selection_noise
     assert selection_noise(0.0) == 1.0 and selection_noise(1.0) == 0.0
 
