@@ -43,20 +43,21 @@ def test_spvit_inference_keeps_the_highest_keep_margins_in_place_order():
 
 @pytest.mark.parametrize("spread", [0.1, 3.0, 30.0])
 @pytest.mark.parametrize("level", [-5.0, 5.0])
-def test_spvit_training_keeps_exactly_the_target_count_whatever_the_scores(spread, level):
+def test_spvit_topk_training_keeps_exactly_the_target_count_whatever_the_scores(spread, level):
     torch.manual_seed(0)
     margin = level + spread * torch.randn(256, 16)
-    kept, _ = spvit.prune_soft(FixedScores(margin), torch.randn(256, 16, 4), torch.ones(256, 16), keep=0.25)
+    kept, _ = spvit.prune_soft(FixedScores(margin), torch.randn(256, 16, 4), torch.ones(256, 16), keep=0.25,
+                               draw="topk")
     assert (kept.sum(dim=1) == 4).all()
 
 
-def test_spvit_training_draws_follow_the_scores_and_anneal_to_the_inference_top_k():
+def test_spvit_topk_training_draws_follow_the_scores_and_anneal_to_the_inference_top_k():
     torch.manual_seed(0)
     margin = torch.randn(512, 16) * 2
     sel, patches, alive = FixedScores(margin), torch.randn(512, 16, 4), torch.ones(512, 16)
     top = torch.zeros(512, 16).scatter(1, margin.topk(4, dim=1).indices, 1.0)
-    overlap = {noise: float((spvit.prune_soft(sel, patches, alive, 0.25, noise=noise)[0] * top).sum() / (512 * 4))
-               for noise in (0.0, 0.25, 1.0)}
+    overlap = {noise: float((spvit.prune_soft(sel, patches, alive, 0.25, draw="topk", noise=noise)[0] * top).sum()
+                            / (512 * 4)) for noise in (0.0, 0.25, 1.0)}
     assert overlap[0.0] == 1.0  # no noise: exactly what inference keeps
     assert 0.4 < overlap[1.0] < 0.95  # noise explores, yet favours high scores (random keeps 0.25)
     assert overlap[1.0] + 0.1 < overlap[0.25] < 1.0  # less noise, closer to inference
@@ -74,7 +75,8 @@ def test_spvit_training_at_zero_noise_computes_what_inference_computes(variant, 
             sel.out[-1].weight.mul_(30)
         inference = model(images)
         model.train()
-        pruning.prune_state(model).progress = 1.0  # noise 0
+        state = pruning.prune_state(model)
+        state.progress, state.spvit_draw = 1.0, "topk"  # noise 0: the draws are the inference top-k
         training = model(images)
     torch.testing.assert_close(training, inference, atol=2e-5, rtol=1e-4)
 

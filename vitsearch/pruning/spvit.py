@@ -115,23 +115,58 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
     return kept, package(patches, dropped * p_keep)
 
 
+TRAIN_DRAWS = ("logodds", "topk")  # the training draw rules of :func:`prune_soft`; the first is the default
+
+
 def prune_soft(
-    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float, noise: float = 1.0,
-    tau: float = 1.0,
+    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float, *,
+    draw: str = "logodds", noise: float = 1.0, tau: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training: a fixed-k Gumbel top-k on the keep log-odds of the patches still alive, straight-through.
-    patches: (B, N, C); alive: (B, N), the same count n in every row. Returns (new alive mask (B, N), package).
+    """Training: straight-through keep decisions on the patches still alive, drawn by the rule ``draw``
+    (:data:`TRAIN_DRAWS`: :func:`draw_logodds` or :func:`draw_topk`, which alone reads ``noise``).
+    patches: (B, N, C); alive: (B, N). Returns (new alive mask (B, N), package (B, 1, C))."""
+    log_score, p_keep = selector(patches, alive)
+    margin = keep_margin(log_score)  # (B, N)
+    if draw == "logodds":
+        decision = draw_logodds(margin, alive, keep, tau)
+    elif draw == "topk":
+        decision = draw_topk(margin, alive, keep, noise, tau)
+    else:
+        raise ValueError(f"unknown SPViT training draw {draw!r}: expected one of {', '.join(TRAIN_DRAWS)}")
+    dropped = alive - decision  # newly pruned by this selector
+    return decision, package(patches, dropped * p_keep)
+
+
+def draw_logodds(margin: torch.Tensor, alive: torch.Tensor, keep: float, tau: float = 1.0) -> torch.Tensor:
+    """Hard Gumbel-softmax decisions (straight-through), each token kept with about ``keep``: margin (B, N) keep
+    log-odds, alive (B, N). Returns the decisions (B, N).
+
+    A token's keep log-odds are its margin relative to the mean over the alive tokens, plus the log-odds of
+    ``keep``: the level is pinned at the target and only the ranking is learned, which is all top-k inference
+    uses. With a free level (the paper's) the first gradients raise every token's keep score at once, training
+    keeps far more tokens than inference will, and the tens of steps of a brief training end before the ratio
+    loss pulls the level back: on the digits default such a selector kept 7% of a digit's own patches (chance: 50%).
+    The kept share is pinned in log-odds, not as a count: as the margins spread, training keeps more than the
+    target (0.376 for a target of 0.25 at margin std 3)."""
+    mean = (margin * alive).sum(dim=1, keepdim=True) / alive.sum(dim=1, keepdim=True).clamp_min(1.0)
+    keep = min(max(keep, 1e-3), 1 - 1e-3)
+    centred = margin - mean + math.log(keep / (1 - keep))
+    logits = torch.stack([centred, torch.zeros_like(centred)], dim=-1)  # (B, N, 2) [keep, drop]
+    return F.gumbel_softmax(logits, tau=tau, hard=True)[..., 0] * alive  # (B, N)
+
+
+def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float, noise: float = 1.0,
+              tau: float = 1.0) -> torch.Tensor:
+    """A fixed-k Gumbel top-k on the keep log-odds margin (B, N) of the tokens alive (B, N), straight-through;
+    every row has the same count n alive. Returns the decisions (B, N).
 
     Forward: exactly ``kept_tokens(n, keep)`` tokens per image, the top-k of the margins perturbed by Gumbel noise
     of scale ``noise`` (sampling without replacement by exp(margin / noise)); ``noise = 0`` is the inference
-    top-k itself. Backward: through sigmoid((perturbed margin - threshold) / tau), the threshold halfway between
-    the k-th and (k+1)-th perturbed margins. Why (benchmarks/spvit_train_match.py, RESULTS.md): the per-token
-    Gumbel-softmax this replaces kept a share fixed only in log-odds (target 0.25 kept 0.376 at score std 3), and
-    after a brief training its draws overlapped the inference top-k no more than random ones (0.159 vs 0.156);
-    here the kept count is the target's whatever the scores, and the training loop anneals ``noise`` to 0, so
-    the last steps train the backbone on the tokens inference keeps."""
-    log_score, p_keep = selector(patches, alive)
-    margin = keep_margin(log_score)  # (B, N)
+    top-k itself (the training loop anneals it 1 -> 0, :func:`vitsearch.pruning.methods.spvit.selection_noise`).
+    Backward: through sigmoid((perturbed margin - threshold) / tau), the threshold halfway between the k-th and
+    (k+1)-th perturbed margins. The kept count is the target's whatever the scores (:func:`draw_logodds` keeps a
+    share pinned only in log-odds). Not the default: on the digits model it trained to a lower brief accuracy
+    (benchmarks/spvit_train_match.py, RESULTS.md)."""
     n = int(alive[0].sum().item())
     k = kept_tokens(n, keep)
     if noise > 0:
@@ -142,11 +177,8 @@ def prune_soft(
     perturbed = perturbed.masked_fill(alive < 0.5, float("-inf"))  # the dead are never kept
     top = perturbed.topk(min(k + 1, n), dim=1)
     hard = torch.zeros_like(margin).scatter(1, top.indices[:, :k], 1.0)  # (B, N)
-    if k < n:
-        threshold = (top.values[:, k - 1:k] + top.values[:, k:k + 1]).detach() / 2  # (B, 1)
-        soft = torch.sigmoid((perturbed.masked_fill(alive < 0.5, 0.0) - threshold) / tau) * alive
-        decision = hard + (soft - soft.detach())  # exactly hard in the forward
-    else:
-        decision = hard * alive
-    dropped = alive - decision  # newly pruned by this selector
-    return decision, package(patches, dropped * p_keep)
+    if k == n:
+        return hard * alive
+    threshold = (top.values[:, k - 1:k] + top.values[:, k:k + 1]).detach() / 2  # (B, 1)
+    soft = torch.sigmoid((perturbed.masked_fill(alive < 0.5, 0.0) - threshold) / tau) * alive
+    return hard + (soft - soft.detach())  # exactly hard in the forward

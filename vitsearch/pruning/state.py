@@ -11,8 +11,10 @@ class PruneState:
     # Set by the model before a block runs, read by its attention.
     policy: torch.Tensor | None = None  # (B, N) 1 = token may be attended to; SPViT training masks keys with it
     record_cls_attn: bool = False  # Evo-ViT needs the class token's attention row of every block
-    # Set by the training loop before a step (kept across forwards): the share of the training done, in [0, 1].
+    # Set by the training loop before a step (kept across forwards): the share of the training done, in [0, 1],
+    # and SPViT's training draw rule (a name in pruning.spvit.TRAIN_DRAWS; TrainSettings.spvit_draw).
     progress: float = 0.0
+    spvit_draw: str = "logodds"
     # Written by attention / the model during a forward, read by losses and tests.
     cls_attn: torch.Tensor | None = None  # (B, H, N) the class token's attention over all tokens
     keep_decisions: list[torch.Tensor] = field(default_factory=list)  # per selector (B, N_patches) 0/1, straight-through
