@@ -40,9 +40,9 @@ class MultiHeadTokenSelector(nn.Module):
     """Per-head keep/drop logits, head-importance weights, aggregated per-token keep score."""
 
     def __init__(self, dim: int, num_heads: int, keep_prior: float = 0.5) -> None:
-        """``keep_prior``: the keep probability ``p_keep`` every token starts with (the selector's target). Training
-        keeps the target's count whatever the level (:func:`prune_soft`); ``p_keep`` weights the package, which
-        then starts from the target's weights."""
+        """``keep_prior``: the keep probability ``p_keep`` every token starts with (the selector's target). The
+        training decisions are drawn around the target whatever the level (:func:`prune_soft`); ``p_keep`` also
+        weights the package, which then starts from the target's weights."""
         super().__init__()
         hd = dim // num_heads
         self.num_heads, self.head_dim = num_heads, hd
