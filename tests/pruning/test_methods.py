@@ -81,6 +81,22 @@ def test_spvit_training_at_zero_noise_computes_what_inference_computes(variant, 
     torch.testing.assert_close(training, inference, atol=2e-5, rtol=1e-4)
 
 
+def test_spvit_latency_term_acts_above_the_schedule_and_pulls_the_decisions_down():
+    """The computation-aware term: keeping more than the schedule costs latency, with a gradient on the decisions."""
+    from vitsearch.training import LossWeights, PiecewiseLinear, SoftLatency
+
+    model = pruning.apply(tiny_vit(), "spvit:3=0.5")
+    schedule, method = model.token_schedule, model.prune_method
+    state = pruning.PruneState()
+    decisions = torch.ones(2, 64, requires_grad=True)  # every patch kept: over the schedule's 32
+    state.keep_decisions, state.keep_targets = [decisions], [0.5]
+    latency = SoftLatency(PiecewiseLinear([1, 65, 66], [0.1, 1.0, 1.02]))  # ms per block at n tokens
+    parts: dict = {}
+    loss = method.loss(torch.zeros(()), parts, state, schedule, None, LossWeights(ratio=0.0), latency)
+    loss.backward()
+    assert float(parts["latency"]) > 0 and float(decisions.grad.sum()) > 0  # descent keeps fewer tokens
+
+
 # Evo-ViT ----------------------------------------------------------------------------------------------------
 
 def stage(k: int = 2):
@@ -122,6 +138,39 @@ def test_evovit_fast_update_adds_the_representatives_residual_and_the_score_move
     restored, new_score = evovit.leave_stage(st)
     assert new_score[0, 3] == pytest.approx(0.5 * 0.9 + 0.5 * 2.0)  # informative: smoothed with the new attention
     assert new_score[0, 0] == pytest.approx(0.1)  # placeholders keep their score
+
+
+def test_evovit_model_fast_updates_restores_and_reranks_at_every_stage(images, monkeypatch):
+    """The wiring in the model: the placeholders change across a stage by the representative's residual (one
+    vector per image), every patch returns to its place, and the second stage ranks by a score the first updated."""
+    model = tiny_vit()
+    for blk in model.blocks:  # peaky attention, so the ranking moves as in a trained ViT
+        blk.attn.qkv.weight.data *= 4
+    model = pruning.apply(model, "evovit:4=0.5,8=0.5")
+    stages, original = [], evovit.enter_stage
+
+    def recorded(patches, score, n_keep):
+        stages.append((patches.clone(), score.clone(), original(patches, score, n_keep)))
+        return stages[-1][2]
+
+    captured = {}
+    model.norm.register_forward_pre_hook(lambda m, args: captured.update(tokens=args[0]))
+    monkeypatch.setattr(evovit, "enter_stage", recorded)
+    with torch.inference_mode():
+        model(images)
+    (p1, s1, st1), (p2, s2, st2) = stages
+    order = st1.order
+    moved = p2.gather(1, order[..., None].expand(-1, -1, p2.shape[-1])) - p1.gather(
+        1, order[..., None].expand(-1, -1, p1.shape[-1]))  # (B, N, C) per patch, in stage-1 order
+    k = st1.n_keep
+    fast = moved[:, k:]  # the placeholders: all moved by one and the same residual
+    assert float(fast.abs().amax()) > 1e-3
+    torch.testing.assert_close(fast, fast[:, :1].expand_as(fast), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(moved[:, :k], fast[:, :1].expand(-1, k, -1))  # the slow ones went through blocks
+    inf_idx = order[:, :k]
+    assert not torch.allclose(s2.gather(1, inf_idx), s1.gather(1, inf_idx))  # their score moved with the blocks
+    torch.testing.assert_close(s2.gather(1, order[:, k:]), s1.gather(1, order[:, k:]))  # placeholders' did not
+    assert captured["tokens"].shape == (8, 65, 64)
 
 
 def test_evovit_assisted_head_reads_a_normalised_class_token(images):
