@@ -69,7 +69,7 @@ def _check_model(model: nn.Module) -> None:
             f"token pruning supports global_pool 'token' or 'avg' over the patch tokens, not "
             f"{model.global_pool!r}" + (" including the prefix tokens" if model.pool_include_prefix else "")
             + ": create the model with global_pool='token' or 'avg'")
-    for name in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "num_prefix_tokens"):
+    for name in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "num_prefix_tokens", "pool"):
         if not hasattr(model, name):
             raise VitsearchError(f"this VisionTransformer lacks {name}: vitsearch was tested with timm {TESTED_TIMM}")
 

@@ -17,8 +17,9 @@ from .base import Component, PruningMethod, refuse
 class EvoViT(PruningMethod):
     """A keep ratio is a fraction of ALL patch tokens, not compounding: every stage re-ranks all N patches by the
     global score (the official code), so ``evovit:4=0.5,8=0.5`` is its DeiT schedule, 98 of 196 patches on the
-    slow path at blocks 4-7 and again 98 of 196, re-selected, at blocks 8-11. A stage's blocks compute on prefix + informative patches + one representative token; the other
-    patches are carried (structure preserved) and fast-updated, so the head sees all P + N tokens.
+    slow path at blocks 4-7 and again 98 of 196, re-selected, at blocks 8-11. A stage's blocks compute on prefix +
+    informative patches + one representative token; the other patches are carried (structure preserved) and
+    fast-updated, so the head sees all P + N tokens.
 
     Training: the assisted CLS loss (a second head ``head_aux`` on the other pooling) through
     ``state.aux_logits``. Latency: ``evo_stage(N, k)`` at each stage start (its restore included), the blocks
