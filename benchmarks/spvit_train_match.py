@@ -99,6 +99,7 @@ def main() -> int:
                 settings = TrainSettings(steps=args.steps, seed=seed, spvit_draw=rule)
                 model = fresh_model(base, PruneConfig.parse(config), seed=seed)
                 torch.manual_seed(seed)
+                prune_state(model).spvit_draw = rule  # what the training loop sets before each step
                 before = match(model, x, digit, None)
                 train_candidate(model, base, splits, settings)
                 after = match(model, x, digit, None)  # the noise of the last training step
