@@ -1,7 +1,7 @@
 """Does SPViT's training keep what its inference keeps, and at what accuracy (issue 14 item 2)?
 
 Brief-trains the digits model (the search's default TrainSettings) for each config, training draw rule
-(``TrainSettings.spvit_draw``: ``logodds``, the default, or ``topk``, annealed to the inference top-k) and seed,
+(``TrainSettings.spvit_draw``: ``topk``, the default, annealed to the inference top-k, or ``logodds``) and seed,
 and reports, for every selector, on a held-out batch:
 - overlap: the share of the inference top-k that a training draw also keeps (a random draw keeps ~k/n);
 - kept: the training draw's kept count over the target count (1.0 = exact);

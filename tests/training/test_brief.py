@@ -171,13 +171,13 @@ def test_a_new_selector_starts_at_its_target_keep_ratio(tiny_vit):
 
 
 def test_the_spvit_training_draw_is_a_setting_that_reaches_every_training_forward(tiny_vit, monkeypatch):
-    """``TrainSettings.spvit_draw`` picks prune_soft's rule (logodds by default); an unknown rule is refused."""
+    """``TrainSettings.spvit_draw`` picks prune_soft's rule (topk by default); an unknown rule is refused."""
     from vitsearch.errors import VitsearchError
     from vitsearch.pruning import spvit
     from vitsearch.training import fresh_model
 
-    assert TrainSettings().spvit_draw == "logodds"
-    with pytest.raises(VitsearchError, match="logodds, topk"):
+    assert TrainSettings().spvit_draw == "topk"
+    with pytest.raises(VitsearchError, match="topk, logodds"):
         TrainSettings(spvit_draw="gumbel")
     seen = []
     original = spvit.prune_soft
@@ -194,7 +194,7 @@ def test_the_spvit_training_draw_is_a_setting_that_reaches_every_training_forwar
 
         def train_batches(self, batch_size, seed):
             while True:
-                yield images[:batch_size], torch.randint(0, 10, (batch_size,))
+                yield images[:batch_size], torch.randint(0, tiny_vit.num_classes, (batch_size,))
 
     for draw in ("logodds", "topk"):
         seen.clear()

@@ -4,9 +4,9 @@ The selector scores every patch token per head, weights the heads by a learned p
 and aggregates one keep score per token. Pruned tokens are not discarded: they are *packaged* into one token,
 their average weighted by their keep scores, appended after the kept tokens and never pruned again.
 
-Training keeps all tokens and draws hard Gumbel-softmax decisions that mask pruned keys in attention
-(so gradients reach the selector); inference keeps a fixed top-k per image and physically removes the rest,
-so every shape is static and export-friendly.
+Training keeps all tokens and draws hard Gumbel decisions (by default exactly the scheduled count, annealed to
+the inference top-k) that mask pruned keys in attention (so gradients reach the selector); inference keeps a fixed
+top-k per image and physically removes the rest, so every shape is static and export-friendly.
 """
 from __future__ import annotations
 
@@ -115,15 +115,15 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
     return kept, package(patches, dropped * p_keep)
 
 
-TRAIN_DRAWS = ("logodds", "topk")  # the training draw rules of :func:`prune_soft`; the first is the default
+TRAIN_DRAWS = ("topk", "logodds")  # the training draw rules of :func:`prune_soft`; the first is the default
 
 
 def prune_soft(
     selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float, *,
-    draw: str = "logodds", noise: float = 1.0, tau: float = 1.0,
+    draw: str = TRAIN_DRAWS[0], noise: float = 1.0, tau: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training: straight-through keep decisions on the patches still alive, drawn by the rule ``draw``
-    (:data:`TRAIN_DRAWS`: :func:`draw_logodds` or :func:`draw_topk`, which alone reads ``noise``).
+    (:data:`TRAIN_DRAWS`: :func:`draw_topk`, the default, which alone reads ``noise``, or :func:`draw_logodds`).
     patches: (B, N, C); alive: (B, N). Returns (new alive mask (B, N), package (B, 1, C))."""
     log_score, p_keep = selector(patches, alive)
     margin = keep_margin(log_score)  # (B, N)

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .spvit import TRAIN_DRAWS
+
 
 @dataclass
 class PruneState:
@@ -14,7 +16,7 @@ class PruneState:
     # Set by the training loop before a step (kept across forwards): the share of the training done, in [0, 1],
     # and SPViT's training draw rule (a name in pruning.spvit.TRAIN_DRAWS; TrainSettings.spvit_draw).
     progress: float = 0.0
-    spvit_draw: str = "logodds"
+    spvit_draw: str = TRAIN_DRAWS[0]
     # Written by attention / the model during a forward, read by losses and tests.
     cls_attn: torch.Tensor | None = None  # (B, H, N) the class token's attention over all tokens
     keep_decisions: list[torch.Tensor] = field(default_factory=list)  # per selector (B, N_patches) 0/1, straight-through

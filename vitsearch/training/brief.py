@@ -39,9 +39,9 @@ class TrainSettings:
     warmup_steps: int = 5
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
-    # SPViT's training draw (pruning.spvit.TRAIN_DRAWS): "logodds", per-token decisions around the target's
-    # log-odds, or "topk", exactly the target count with its noise annealed to the inference top-k; logodds
-    # stays the default while topk trains to a lower brief accuracy (benchmarks/spvit_train_match.py).
+    # SPViT's training draw (pruning.spvit.TRAIN_DRAWS): "topk", exactly the target count, its noise annealed to
+    # the inference top-k, or "logodds", per-token decisions around the target's log-odds (the rule before issue
+    # 14, which brief-trained to the same or lower accuracy on digits: benchmarks/spvit_train_match.py).
     spvit_draw: str = TRAIN_DRAWS[0]
 
     def __post_init__(self) -> None:

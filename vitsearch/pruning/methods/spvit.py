@@ -58,8 +58,8 @@ class SPViT(PruningMethod):
 
     Training: every token is kept and pruned ones are masked as attention keys (``state.policy``); the selectors'
     decisions are drawn by the rule ``state.spvit_draw`` (:data:`vitsearch.pruning.spvit.TRAIN_DRAWS`): by default
-    per token around the target's log-odds, or, with ``"topk"``, exactly the scheduled count, a Gumbel top-k whose
-    noise anneals to 0 over ``state.progress``; the
+    exactly the scheduled count, a Gumbel top-k whose noise anneals to 0 over ``state.progress``, or, with
+    ``"logodds"``, per token around the target's log-odds; the
     decisions and targets land in ``state.keep_decisions`` / ``keep_targets`` for the keep-ratio loss and the
     latency loss (the device table's cost of the soft token counts). Inference: exact top-k and packaging.
     Latency: ``spvit_select(n, k)`` before a pruning block, then ``block(n)`` at the scheduled counts."""
