@@ -216,12 +216,20 @@ def test_evovit_refuses_a_model_without_class_token_and_leaves_it_unpatched():
 
 @pytest.mark.parametrize("config", ["spvit:3=0.5,6=0.5", "evovit:4=0.5,8=0.5"])
 def test_register_tokens_are_carried_as_prefix(config, images):
+    """The class and register tokens are never ranked or pruned: each block after a selector starts with the
+    prefix the block before it produced."""
     model = pruning.apply(tiny_vit(reg_tokens=2), config)
+    ins, outs = {}, {}
+    for i, blk in enumerate(model.blocks):
+        blk.register_forward_pre_hook(lambda m, args, i=i: ins.update({i: args[0]}))
+        blk.register_forward_hook(lambda m, args, out, i=i: outs.update({i: out}))
     with torch.inference_mode():
         out = model(images)
     sched = model.token_schedule
     assert sched.num_prefix == 3 and pruning.prune_state(model).block_tokens == list(sched.block_tokens)
     assert out.shape == (8, 10)
+    for step in sched.selectors:
+        torch.testing.assert_close(ins[step.block][:, :3], outs[step.block - 1][:, :3])
 
 
 # Schedules: what a keep ratio means, per method --------------------------------------------------------------
