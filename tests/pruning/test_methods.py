@@ -190,7 +190,7 @@ def test_evovit_assisted_head_reads_a_normalised_class_token(images):
     model = pruning.apply(tiny_vit(global_pool="avg", fc_norm=True), "evovit:4=0.5").train()
     seen = {}
     linear = model.head_aux[-1] if isinstance(model.head_aux, torch.nn.Sequential) else model.head_aux
-    linear.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    linear.register_forward_pre_hook(lambda m, args: seen.update(x=args[0].detach()))
     model(images)
     assert pruning.prune_state(model).aux_logits is not None
     assert float(seen["x"].std(dim=-1).mean()) == pytest.approx(1.0, abs=0.1)
