@@ -81,8 +81,8 @@ def test_spvit_packages_pruned_tokens_into_one_token_weighted_by_score():
     sel = spvit.MultiHeadTokenSelector(64, 4).eval()
     patches = torch.randn(2, 10, 64)
     kept, pkg = spvit.prune_hard(sel, patches, 6)
-    _, p_keep = sel(patches)
-    order = p_keep.argsort(dim=1, descending=True)
+    margin, p_keep = sel(patches)
+    order = margin.argsort(dim=1, descending=True)  # the order inference ranks by
     for b in range(2):
         top, rest = order[b, :6], order[b, 6:]
         assert set(map(tuple, kept[b].tolist())) == set(map(tuple, patches[b, top].tolist()))

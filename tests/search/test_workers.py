@@ -16,7 +16,8 @@ from vitsearch.search.claims import KEY, OWNS
 
 @pytest.mark.parametrize("a, b, same", [
     ("spvit:4=0.5,8=1.0", "spvit:4=0.5", True),  # a selector that keeps every token is no selector
-    ("evovit:4=0.5,8=1.0", "evovit:4=0.5", True),
+    ("evovit:4=0.5,8=0.49", "evovit:4=0.5,8=0.5", True),  # 32 of 64 patches at block 8 either way
+    ("evovit:4=0.5,8=0.5", "evovit:4=0.5", False),  # the same counts, but block 8 re-selects from all patches
     ("spvit:4=0.5", "spvit:4=0.505", False),  # 32 and 33 patches kept of 64
     ("spvit:4=0.5", "evovit:4=0.5", False),
     ("none", "spvit:4=1.0", True),

@@ -163,3 +163,36 @@ def test_a_new_selector_starts_at_its_target_keep_ratio(tiny_vit):
     with torch.no_grad():
         _, p_keep = model.token_selectors["1"](x)
     assert abs(float(p_keep.mean()) - 0.25) < 0.1  # not 1/2: brief training starts where it must end
+
+
+def test_the_spvit_training_draw_is_a_setting_that_reaches_every_training_forward(tiny_vit, monkeypatch):
+    """``TrainSettings.spvit_draw`` picks prune_soft's rule (topk by default); an unknown rule is refused."""
+    from vitsearch.errors import VitsearchError
+    from vitsearch.pruning import spvit
+    from vitsearch.training import fresh_model
+
+    assert TrainSettings().spvit_draw == "topk"
+    with pytest.raises(VitsearchError, match="topk, logodds"):
+        TrainSettings(spvit_draw="gumbel")
+    seen = []
+    original = spvit.prune_soft
+
+    def recorded(*args, draw, noise, **kw):
+        seen.append((draw, noise))
+        return original(*args, draw=draw, noise=noise, **kw)
+
+    monkeypatch.setattr(spvit, "prune_soft", recorded)
+    images = torch.randn(32, 3, 32, 32)
+
+    class Splits:
+        augment = None
+
+        def train_batches(self, batch_size, seed):
+            while True:
+                yield images[:batch_size], torch.randint(0, tiny_vit.num_classes, (batch_size,))
+
+    for draw in ("logodds", "topk"):
+        seen.clear()
+        model = fresh_model(tiny_vit, PruneConfig.parse("spvit:1=0.5"))
+        train_candidate(model, tiny_vit, Splits(), TrainSettings(steps=3, batch_size=8, spvit_draw=draw))
+        assert seen == [(draw, 1.0), (draw, 0.5), (draw, 0.0)]  # topk's noise anneals over the steps

@@ -1,9 +1,10 @@
 """Token pruning methods that patch a stock timm ViT in place: SPViT soft pruning and Evo-ViT slow-fast, one
 contract each (:mod:`.methods`), and the config and token schedule every consumer reads (:mod:`.config`)."""
 from .attention import PrunableAttention, softmax_with_policy
-from .config import PruneConfig, SelectorStep, TokenSchedule, canonical_key, kept_tokens, token_schedule
+from .config import PruneConfig, canonical_key, token_schedule
 from .methods import METHODS, PruningMethod, method_of, pruning_methods
 from .patch import PrunedViTMixin, apply, prune_state
+from .schedule import SelectorStep, TokenSchedule, kept_tokens
 from .spvit import MultiHeadTokenSelector
 from .state import PruneState
 

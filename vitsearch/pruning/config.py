@@ -12,9 +12,7 @@ from typing import Any, Mapping
 
 from ..errors import VitsearchError
 from .methods import method_of
-from .schedule import SelectorStep, TokenSchedule, kept_tokens
-
-__all__ = ["PruneConfig", "token_schedule", "canonical_key", "TokenSchedule", "SelectorStep", "kept_tokens"]
+from .schedule import TokenSchedule
 
 
 @dataclass(frozen=True)
@@ -89,10 +87,13 @@ def token_schedule(config: PruneConfig, *, depth: int, num_patches: int, num_pre
 
 
 def canonical_key(config: PruneConfig, *, depth: int, num_patches: int, num_prefix: int = 1) -> str:
-    """One model, one key: the method and the per-block token counts of its :func:`token_schedule`. Keep ratios
-    that round to the same counts (``evovit:3=0.1,4=0.15`` and ``evovit:4=0.2``) are one model, trained once;
-    a config that prunes nothing is the unpruned model (``none``)."""
+    """One model, one key: the method, the per-block token counts of its :func:`token_schedule` and the blocks
+    whose selector prunes. Keep ratios that round to the same counts (``evovit:4=0.5,8=0.49`` and
+    ``evovit:4=0.5,8=0.5`` on 64 patches) are one model, trained once; a config that prunes nothing is the
+    unpruned model (``none``). The selector blocks are part of the key since an Evo-ViT stage re-ranks all patches:
+    ``evovit:4=0.5,8=0.5`` re-selects at block 8 with the same counts as ``evovit:4=0.5``."""
     schedule = token_schedule(config, depth=depth, num_patches=num_patches, num_prefix=num_prefix)
     if not schedule.selectors:
         return "none"
-    return f"{schedule.method}:" + ",".join(str(n) for n in schedule.block_tokens)
+    counts = ",".join(str(n) for n in schedule.block_tokens)
+    return f"{schedule.method}:{counts}@" + ",".join(str(s.block) for s in schedule.selectors)

@@ -37,8 +37,18 @@ class PrunedViTMixin:
         state.reset()
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))  # (B, P + N, C)
         x = self.prune_method.forward_blocks(self, x, state)
-        state.policy = None
+        state.pool_mask, state.policy = state.policy, None  # the head pools over what attention saw
         return self.norm(x)
+
+    def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+        """timm's pooling; a training forward that masked tokens (SPViT) averages only the tokens it kept and
+        its packages, the tokens inference keeps."""
+        mask = self._vitsearch.pool_mask
+        if mask is None or (pool_type or self.global_pool) != "avg":
+            return super().pool(x, pool_type)
+        P = self.num_prefix_tokens
+        m = mask[:, P:, None].to(x.dtype)  # (B, T - P, 1)
+        return (x[:, P:] * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         out = super().forward_head(x, pre_logits=pre_logits)
@@ -52,8 +62,14 @@ def _check_model(model: nn.Module) -> None:
         raise VitsearchError(
             f"token pruning needs a timm VisionTransformer (ViT/DeiT), got {type(model).__name__}")
     if getattr(model, "attn_pool", None) is not None or getattr(model, "dynamic_img_size", False):
-        raise VitsearchError("token pruning does not support attention pooling or dynamic image size models")
-    for name in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "num_prefix_tokens"):
+        raise VitsearchError("token pruning does not support attention pooling (global_pool='map') or dynamic "
+                             "image size models: create the model with global_pool='token' or 'avg'")
+    if getattr(model, "global_pool", "token") not in ("token", "avg") or getattr(model, "pool_include_prefix", False):
+        raise VitsearchError(
+            f"token pruning supports global_pool 'token' or 'avg' over the patch tokens, not "
+            f"{model.global_pool!r}" + (" including the prefix tokens" if model.pool_include_prefix else "")
+            + ": create the model with global_pool='token' or 'avg'")
+    for name in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "num_prefix_tokens", "pool"):
         if not hasattr(model, name):
             raise VitsearchError(f"this VisionTransformer lacks {name}: vitsearch was tested with timm {TESTED_TIMM}")
 

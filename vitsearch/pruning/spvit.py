@@ -4,9 +4,9 @@ The selector scores every patch token per head, weights the heads by a learned p
 and aggregates one keep score per token. Pruned tokens are not discarded: they are *packaged* into one token,
 their average weighted by their keep scores, appended after the kept tokens and never pruned again.
 
-Training keeps all tokens and draws hard Gumbel-softmax decisions that mask pruned keys in attention
-(so gradients reach the selector); inference keeps a fixed top-k per image and physically removes the rest,
-so every shape is static and export-friendly.
+Training keeps all tokens and draws hard Gumbel decisions (by default exactly the scheduled count, annealed to
+the inference top-k) that mask pruned keys in attention (so gradients reach the selector); inference keeps a fixed
+top-k per image and physically removes the rest, so every shape is static and export-friendly.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .schedule import kept_tokens
 
 
 class GroupedLinear(nn.Module):
@@ -114,22 +116,73 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
     return kept, package(patches, dropped * p_keep)
 
 
+TRAIN_DRAWS = ("topk", "logodds")  # the training draw rules of :func:`prune_soft`; the first is the default
+
+
 def prune_soft(
-    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float, tau: float = 1.0
+    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float, *,
+    draw: str = TRAIN_DRAWS[0], noise: float = 1.0, tau: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training: hard Gumbel-softmax decisions (straight-through) on the patches still alive, keeping about
-    ``keep`` of them. patches: (B, N, C); alive: (B, N). Returns (new alive mask (B, N), package (B, 1, C)).
+    """Training: straight-through keep decisions on the patches still alive, drawn by the rule ``draw``
+    (:data:`TRAIN_DRAWS`: :func:`draw_topk`, the default, which alone reads ``noise``, or :func:`draw_logodds`).
+    patches: (B, N, C); alive: (B, N). Returns (new alive mask (B, N), package (B, 1, C))."""
+    margin, p_keep = selector(patches, alive)  # (B, N), (B, N)
+    if draw == "logodds":
+        decision = draw_logodds(margin, alive, keep, tau)
+    elif draw == "topk":
+        decision = draw_topk(margin, alive, keep, noise, tau)
+    else:
+        raise ValueError(f"unknown SPViT training draw {draw!r}: expected one of {', '.join(TRAIN_DRAWS)}")
+    dropped = alive - decision  # newly pruned by this selector
+    return decision, package(patches, dropped * p_keep)
+
+
+def draw_logodds(margin: torch.Tensor, alive: torch.Tensor, keep: float, tau: float = 1.0) -> torch.Tensor:
+    """Hard Gumbel-softmax decisions (straight-through), each token kept with about ``keep``: margin (B, N) keep
+    log-odds, alive (B, N). Returns the decisions (B, N).
 
     A token's keep log-odds are its margin relative to the mean over the alive tokens, plus the log-odds of
     ``keep``: the level is pinned at the target and only the ranking is learned, which is all top-k inference
     uses. With a free level (the paper's) the first gradients raise every token's keep score at once, training
     keeps far more tokens than inference will, and the tens of steps of a brief training end before the ratio
-    loss pulls the level back: on the digits default such a selector kept 7% of a digit's own patches (chance: 50%)."""
-    margin, p_keep = selector(patches, alive)  # (B, N), (B, N)
+    loss pulls the level back: on the digits default such a selector kept 7% of a digit's own patches (chance: 50%).
+    The kept share is pinned in log-odds, not as a count: as the margins spread, training keeps more than the
+    target (0.376 for a target of 0.25 at margin std 3)."""
     mean = (margin * alive).sum(dim=1, keepdim=True) / alive.sum(dim=1, keepdim=True).clamp_min(1.0)
     keep = min(max(keep, 1e-3), 1 - 1e-3)
     centred = margin - mean + math.log(keep / (1 - keep))
     logits = torch.stack([centred, torch.zeros_like(centred)], dim=-1)  # (B, N, 2) [keep, drop]
-    decision = F.gumbel_softmax(logits, tau=tau, hard=True)[..., 0] * alive  # (B, N)
-    dropped = alive - decision  # newly pruned by this selector
-    return decision, package(patches, dropped * p_keep)
+    return F.gumbel_softmax(logits, tau=tau, hard=True)[..., 0] * alive  # (B, N)
+
+
+def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float, noise: float = 1.0,
+              tau: float = 1.0) -> torch.Tensor:
+    """A fixed-k Gumbel top-k on the keep log-odds margin (B, N) of the tokens alive (B, N), straight-through;
+    every row has the same count n alive. Returns the decisions (B, N).
+
+    Forward: exactly ``kept_tokens(n, keep)`` tokens per image, the top-k of the margins perturbed by Gumbel noise
+    of scale ``noise`` (sampling without replacement by exp(margin / noise)); ``noise = 0`` is the inference
+    top-k itself (the training loop anneals it 1 -> 0, :func:`vitsearch.pruning.methods.spvit.selection_noise`).
+    Backward: through sigmoid((perturbed margin - threshold) / tau), the threshold halfway between the k-th and
+    (k+1)-th perturbed margins, centred over the alive tokens (as :func:`draw_logodds` centres them). The kept
+    count is the target's whatever the scores (:func:`draw_logodds` keeps a share pinned only in log-odds).
+    Measured against it in benchmarks/spvit_train_match.py (RESULTS.md)."""
+    n = int(alive[0].sum().item())
+    k = kept_tokens(n, keep)
+    # Centred over the alive tokens: the same top-k, but the straight-through gradient sums to zero per image.
+    # Uncentred, its common part (every token "kept more") drove the selectors: on digits they learned to drop
+    # the digit (3% of its patches kept at spvit:3=0.25, brief accuracy 0.77 against 0.92 for logodds).
+    margin = margin - (margin * alive).sum(dim=1, keepdim=True) / alive.sum(dim=1, keepdim=True).clamp_min(1.0)
+    if noise > 0:
+        gumbel = -torch.empty_like(margin).exponential_().log()  # (B, N) standard Gumbel
+        perturbed = margin + noise * gumbel
+    else:
+        perturbed = margin
+    perturbed = perturbed.masked_fill(alive < 0.5, float("-inf"))  # the dead are never kept
+    top = perturbed.topk(min(k + 1, n), dim=1)
+    hard = torch.zeros_like(margin).scatter(1, top.indices[:, :k], 1.0)  # (B, N)
+    if k == n:
+        return hard * alive
+    threshold = (top.values[:, k - 1:k] + top.values[:, k:k + 1]).detach() / 2  # (B, 1)
+    soft = torch.sigmoid((perturbed.masked_fill(alive < 0.5, 0.0) - threshold) / tau) * alive
+    return hard + (soft - soft.detach())  # exactly hard in the forward

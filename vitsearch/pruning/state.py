@@ -5,20 +5,27 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .spvit import TRAIN_DRAWS
+
 
 @dataclass
 class PruneState:
     # Set by the model before a block runs, read by its attention.
     policy: torch.Tensor | None = None  # (B, N) 1 = token may be attended to; SPViT training masks keys with it
     record_cls_attn: bool = False  # Evo-ViT needs the class token's attention row of every block
+    # Set by the training loop before a step (kept across forwards): the share of the training done, in [0, 1],
+    # and SPViT's training draw rule (a name in pruning.spvit.TRAIN_DRAWS; TrainSettings.spvit_draw).
+    progress: float = 0.0
+    spvit_draw: str = TRAIN_DRAWS[0]
     # Written by attention / the model during a forward, read by losses and tests.
     cls_attn: torch.Tensor | None = None  # (B, H, N) the class token's attention over all tokens
     keep_decisions: list[torch.Tensor] = field(default_factory=list)  # per selector (B, N_patches) 0/1, straight-through
     keep_targets: list[float] = field(default_factory=list)  # per selector: target fraction of all patches kept
+    pool_mask: torch.Tensor | None = None  # (B, N) the last block's policy: the head pools over these tokens
     aux_logits: torch.Tensor | None = None  # Evo-ViT assisted head output while training
     block_tokens: list[int] = field(default_factory=list)  # tokens each block computed on (shape check)
 
     def reset(self) -> None:
-        self.policy, self.cls_attn, self.aux_logits = None, None, None
+        self.policy, self.cls_attn, self.aux_logits, self.pool_mask = None, None, None, None
         self.record_cls_attn = False
         self.keep_decisions, self.keep_targets, self.block_tokens = [], [], []

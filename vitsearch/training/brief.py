@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import VitsearchError
 from ..pruning import METHODS, PruneConfig, apply, prune_state
+from ..pruning.spvit import TRAIN_DRAWS
 from .device import CPU, Precision
 from .loop import AfterFn, batches, next_batch, seeded, step_log, train_steps
 from .losses import LossWeights, PiecewiseLinear, distill_loss, latency_loss
@@ -37,6 +39,15 @@ class TrainSettings:
     warmup_steps: int = 5
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
+    # SPViT's training draw (pruning.spvit.TRAIN_DRAWS): "topk", exactly the target count, its noise annealed to
+    # the inference top-k, or "logodds", per-token decisions around the target's log-odds (the rule before issue
+    # 14, which brief-trained to the same or lower accuracy on digits: benchmarks/spvit_train_match.py).
+    spvit_draw: str = TRAIN_DRAWS[0]
+
+    def __post_init__(self) -> None:
+        if self.spvit_draw not in TRAIN_DRAWS:
+            raise VitsearchError(f"spvit_draw {self.spvit_draw!r} is not a training draw rule: use one of "
+                                 f"{', '.join(TRAIN_DRAWS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +129,8 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
             configs, parts = configs_of_step(i), {}
             for config in configs:
                 apply(model, config, evo_every_block=getattr(model, "evo_every_block", False))
+                state = prune_state(model)
+                state.progress, state.spvit_draw = i / max(settings.steps - 1, 1), settings.spvit_draw
                 model.train()
                 with precision.autocast():
                     loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)

@@ -4,10 +4,11 @@ L = CE + ratio_w · keep-ratio loss + latency_w · latency loss + distill_w · K
 
 The method adds its own terms (:meth:`vitsearch.pruning.PruningMethod.loss`); the shared pieces live here.
 
-- keep-ratio loss (SPViT's, :func:`vitsearch.pruning.methods.spvit.keep_ratio_loss`): per-sample keep fraction of each selector's Gumbel decisions against the schedule's target
-  (DynamicViT's per-sample mean, so each image prunes as much as the fixed-k inference will). The decisions are
-  drawn around the target already (``pruning.spvit.prune_soft``), so this and the latency term act on how far
-  single images stray from it, not on the selector's overall level.
+- keep-ratio loss (SPViT's, :func:`vitsearch.pruning.methods.spvit.keep_ratio_loss`): per-sample keep fraction
+  of each selector's Gumbel decisions against the schedule's target (DynamicViT's per-sample mean, so each image
+  prunes as much as the fixed-k inference will). The default training draw keeps exactly the target count
+  (``TrainSettings.spvit_draw = "topk"``), so this term and the latency term are 0 in its forward; under
+  ``"logodds"`` the decisions are drawn around the target and they act on how far single images stray from it.
 - latency loss: the device table's latency of the *soft* per-block token counts (mean decisions), a
   differentiable piecewise-linear read of the table, over the latency of the candidate's schedule; penalised
   only above it. Selectors whose tokens cost more on this device get pushed harder.

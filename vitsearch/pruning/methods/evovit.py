@@ -9,15 +9,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import evovit
-from ..schedule import TokenSchedule, compound_steps
+from ..schedule import SelectorStep, TokenSchedule, kept_tokens
 from ..state import PruneState
 from .base import Component, PruningMethod, refuse
 
 
 class EvoViT(PruningMethod):
-    """Keep ratios compound like SPViT's: a stage keeps ``ratio`` of the patches the previous stage kept on its
-    slow path. A stage's blocks compute on prefix + informative patches + one representative token; the other
-    patches are carried (structure preserved) and fast-updated, so the head sees all P + N tokens.
+    """A keep ratio is a fraction of ALL patch tokens, not compounding: every stage re-ranks all N patches by the
+    global score (the official code), so ``evovit:4=0.5,8=0.5`` is its DeiT schedule, 98 of 196 patches on the
+    slow path at blocks 4-7 and again 98 of 196, re-selected, at blocks 8-11. A stage's blocks compute on prefix +
+    informative patches + one representative token; the other patches are carried (structure preserved) and
+    fast-updated, so the head sees all P + N tokens.
 
     Training: the assisted CLS loss (a second head ``head_aux`` on the other pooling) through
     ``state.aux_logits``. Latency: ``evo_stage(N, k)`` at each stage start (its restore included), the blocks
@@ -36,9 +38,20 @@ class EvoViT(PruningMethod):
         if num_prefix < 1:
             raise refuse(self.name, "it ranks tokens by class-token attention, but this model has no class token",
                          "use spvit, or a model with a class token")
-        steps, alive = compound_steps(keep, depth, num_patches)
-        counts = tuple(num_prefix + n + int(n < num_patches) for n in alive)
-        return TokenSchedule(self.name, num_prefix, num_patches, counts, tuple(steps), num_prefix + num_patches)
+        steps: list[SelectorStep] = []
+        counts, k = [], num_patches
+        for block in range(depth):
+            if block in keep:
+                k_new = kept_tokens(num_patches, keep[block])
+                if k_new < num_patches:
+                    steps.append(SelectorStep(block, num_patches, k_new))
+                elif k < num_patches:
+                    raise refuse(self.name, f"the selector at block {block} keeps every patch after a stage that "
+                                 "pruned, and a stage cannot end before the last block",
+                                 f"drop the selector at block {block}")
+                k = k_new
+            counts.append(num_prefix + k + int(k < num_patches))
+        return TokenSchedule(self.name, num_prefix, num_patches, tuple(counts), tuple(steps), num_prefix + num_patches)
 
     def check_model(self, model: nn.Module) -> None:
         if getattr(model, "cls_token", None) is None:
@@ -47,7 +60,14 @@ class EvoViT(PruningMethod):
 
     def patch(self, model: nn.Module, schedule: TokenSchedule) -> None:
         if not hasattr(model, "head_aux"):
-            model.head_aux = copy.deepcopy(model.head)  # starts as the main head, so the aux loss starts sensible
+            # Starts as the main head, so the aux loss starts sensible. A model whose tokens leave the blocks
+            # un-normalised (fc_norm after average pooling) gets its own copy of that norm for the class token
+            # (the official code's norm_cls), so the aux head never reads a raw residual stream.
+            head = copy.deepcopy(model.head)
+            fc_norm = model.fc_norm if model.global_pool == "avg" else None
+            if fc_norm is not None and not isinstance(fc_norm, nn.Identity):
+                head = nn.Sequential(copy.deepcopy(fc_norm), head)
+            model.head_aux = head
 
     def forward_blocks(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
         P = model.num_prefix_tokens

@@ -46,12 +46,21 @@ def selector_groups(keep: Mapping[int, float], merge_tol: float = 0.0) -> list[l
     return groups
 
 
+def selection_noise(progress: float) -> float:
+    """The Gumbel noise scale of ``"topk"`` training draws: 1 at the start (exploration), 0 at the end (the
+    inference top-k), linear in between."""
+    return max(0.0, 1.0 - progress)
+
+
 class SPViT(PruningMethod):
     """Keep ratios compound: a selector keeps ``ratio`` of the patch tokens that reached it (0.7 at blocks 3, 6, 9
     keeps 70% / 49% / 34.3% of the patches, the DynamicViT/EViT convention); the pruned ones are averaged into
     one package token per selector, so a block computes on prefix + kept patches + the packages so far.
 
     Training: every token is kept and pruned ones are masked as attention keys (``state.policy``); the selectors'
+    decisions are drawn by the rule ``state.spvit_draw`` (:data:`vitsearch.pruning.spvit.TRAIN_DRAWS`): by default
+    exactly the scheduled count, a Gumbel top-k whose noise anneals to 0 over ``state.progress``, or, with
+    ``"logodds"``, per token around the target's log-odds; the
     decisions and targets land in ``state.keep_decisions`` / ``keep_targets`` for the keep-ratio loss and the
     latency loss (the device table's cost of the soft token counts). Inference: exact top-k and packaging.
     Latency: ``spvit_select(n, k)`` before a pruning block, then ``block(n)`` at the scheduled counts."""
@@ -101,7 +110,8 @@ class SPViT(PruningMethod):
         for i, blk in enumerate(model.blocks):
             if i in steps:
                 kept, pkg = spvit.prune_soft(model.token_selectors[str(i)], x[:, P:P + N], alive,
-                                             steps[i].n_keep / steps[i].n_in)
+                                             steps[i].n_keep / steps[i].n_in, draw=state.spvit_draw,
+                                             noise=selection_noise(state.progress))
                 # A draw that pruned nothing has an empty package: masked out, since inference never has one
                 # (attending to a zero token, it sent the selectors gradients of the tokens' scale, ~100).
                 packaged.append(((alive - kept).detach().sum(dim=1, keepdim=True) > 0).to(x.dtype))
