@@ -1,4 +1,4 @@
-"""The search tests' real PostgreSQL server on loopback (shared by the search and the workers tests)."""
+"""What the search tests share: a small digits space, the search inputs, and a real PostgreSQL server on loopback."""
 import os
 import shutil
 import socket
@@ -56,3 +56,29 @@ def postgres(tmp_path_factory):
     finally:
         run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    """The digits space with one uniform baseline per method (three baselines in all), to keep the tests short."""
+    from vitsearch.search import default_space_file
+
+    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.7, 0.5, 0.3]", "keep = [0.5]")
+    path = tmp_path_factory.mktemp("space") / "vit.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lean_space(space):
+    """The same space with the unpruned model as its only baseline: for the tests that train for long (baselines
+    train as long as candidates), where the baselines are not what is under test."""
+    path = space.with_name("lean.toml")
+    path.write_text(space.read_text().replace("keep = [0.5]", "keep = []"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tables, space, checkpoint):
+    """The search command's inputs as strings: a coarse CPU table, the small space, the test checkpoint."""
+    return {"tables": str(tables), "space": str(space), "checkpoint": str(checkpoint)}

@@ -22,26 +22,6 @@ pytestmark = pytest.mark.slow  # real searches of a few two-step trials
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def space(tmp_path_factory):
-    """The digits space with one uniform baseline per method (three baselines in all)."""
-    from vitsearch.search import default_space_file
-
-    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.7, 0.5, 0.3]", "keep = [0.5]")
-    path = tmp_path_factory.mktemp("space") / "vit.toml"
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture(scope="module")
-def lean_space(space):
-    """The same space with the unpruned model as its only baseline: for the tests that train for long (baselines
-    train as long as candidates), where the baselines are not what is under test."""
-    path = space.with_name("lean.toml")
-    path.write_text(space.read_text().replace("keep = [0.5]", "keep = []"))
-    return path
-
-
 def search_args(reports: Path, env: dict, study: str = "s", trials: int = 2, steps: int = 2) -> list[str]:
     # A budget in ms far above any digits config: a noisy coarse table on a busy machine never rejects a trial.
     return ["search", "--budget", "1000ms", "--trials", str(trials), "--steps", str(steps), "--max-train", "64",
@@ -76,11 +56,6 @@ def trained(study: optuna.Study) -> dict[int, tuple]:
     """Trial number -> (config, accuracy) of every trained, completed trial."""
     return {t.number: (t.user_attrs["config"], t.user_attrs["accuracy"])
             for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if t.user_attrs.get("accuracy") is not None}
-
-
-@pytest.fixture(scope="module")
-def env(tables, space, checkpoint):
-    return {"tables": str(tables), "space": str(space), "checkpoint": str(checkpoint)}
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,6 @@ pytestmark = pytest.mark.slow  # real searches, each training a few candidates
 FAST = TrainSettings(steps=2, batch_size=16)
 
 
-@pytest.fixture(scope="module")
-def space(tmp_path_factory):
-    """The digits space with one uniform baseline per method, to keep the tests short."""
-    from vitsearch.search import default_space_file
-
-    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.7, 0.5, 0.3]", "keep = [0.5]")
-    path = tmp_path_factory.mktemp("space") / "vit.toml"
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture(scope="module")
-def env(tables, space, checkpoint):
-    return {"tables": str(tables), "space": str(space), "checkpoint": str(checkpoint)}
-
-
 def settings(tmp_path, env, **kw) -> SearchSettings:
     base = dict(budget="95%", trials=3, train=FAST, reports=str(tmp_path / "reports"), max_train=128, max_val=96, **env)
     return SearchSettings(**{**base, **kw})

@@ -28,16 +28,6 @@ def test_the_canonical_key_is_the_token_schedule(a, b, same):
     assert (key_a == key_b) == same, (key_a, key_b)
 
 
-@pytest.fixture(scope="module")
-def space(tmp_path_factory):
-    from vitsearch.search import default_space_file
-
-    text = default_space_file("digits").read_text().replace("keep = [0.9, 0.7, 0.5, 0.3]", "keep = [0.5]")
-    path = tmp_path_factory.mktemp("space") / "vit.toml"
-    path.write_text(text)
-    return path
-
-
 def run_workers(n: int, tmp_path: Path, tables: Path, space: Path, checkpoint: Path, storage: str | None) -> list[str]:
     cmd = [sys.executable, "-m", "vitsearch", "-q", "search", "--study", "shared", "--budget", "95%", "--trials", "6",
            "--steps", "2", "--train-batch", "16", "--max-train", "128", "--max-val", "96", "--space", str(space),
