@@ -137,7 +137,8 @@ def test_a_mysql_storage_without_a_driver_names_the_package(run_cli, checkpoint,
 
     if importlib.util.find_spec("pymysql") or importlib.util.find_spec("MySQLdb"):
         pytest.skip("a MySQL driver is installed here")
-    result = run_cli("search", "--storage", "mysql://me:secret@127.0.0.1/db", "--checkpoint", str(checkpoint),
+    result = run_cli("search", "--budget", "1000ms", "--storage", "mysql://me:secret@127.0.0.1/db",
+                     "--checkpoint", str(checkpoint),
                      "--tables", str(tables), "--reports", str(tmp_path), "--trials", "1", "--steps", "1",
                      "--max-train", "16", "--max-val", "16")
     fails_cleanly(result, "mysql://me:***@127.0.0.1/db", "pip install 'pymysql'")

@@ -300,6 +300,8 @@ def test_the_search_hands_its_workers_to_the_data(tmp_path, tables, checkpoint):
     from vitsearch.search.setup import prepare
 
     _write_images(tmp_path / "ten", classes=tuple("0123456789"), per_class=2, size=64)
-    setup = prepare(SearchSettings(model="digits", checkpoint=str(checkpoint), dataset=str(tmp_path / "ten"),
+    # a budget far above any digits config: a coarse table measured on a busy machine never refuses it
+    setup = prepare(SearchSettings(model="digits", budget="1000ms", checkpoint=str(checkpoint),
+                                   dataset=str(tmp_path / "ten"),
                                    workers=2, tables=str(tables), reports=str(tmp_path / "reports")), progress=False)
     assert setup.splits.loading.workers == 2 and (len(setup.splits.train), len(setup.splits.val)) == (10, 10)

@@ -67,8 +67,7 @@ class MultiHeadTokenSelector(nn.Module):
 
         Each head scores a token with logits [keep, drop]. The log-odds are the importance-weighted sum of each
         head's log_softmax difference, which is its logit difference d; p_keep is the weighted sum of each head's
-        softmax keep probability, sigmoid(d). So the last layer computes d alone (its two columns subtracted),
-        and no softmax runs."""
+        softmax keep probability, sigmoid(d). So no softmax runs."""
         B, N, C = x.shape
         H, hd = self.num_heads, self.head_dim
         xh = x.reshape(B, N, H, hd)
@@ -87,9 +86,8 @@ class MultiHeadTokenSelector(nn.Module):
         h = torch.cat([local, glob.expand(-1, -1, N, -1)], dim=-1).reshape(H, -1, hd)
         for layer in self.out[:-1]:
             h = F.gelu(layer(h))
-        last = self.out[-1]  # weight (H, i, 2), bias (H, 2): [keep, drop] columns
-        d = torch.matmul(h, last.weight[..., :1] - last.weight[..., 1:]) + (last.bias[:, :1] - last.bias[:, 1:])[:, None]
-        d = d.reshape(H, B, N)  # each head's keep log-odds
+        z = self.out[-1](h)  # (H, B * N, 2) each head's [keep, drop] logits
+        d = (z[..., 0] - z[..., 1]).reshape(H, B, N)  # each head's keep log-odds
         return (w * d).sum(dim=0), (w * torch.sigmoid(d)).sum(dim=0)
 
 
