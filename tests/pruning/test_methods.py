@@ -1,22 +1,13 @@
 """Each mechanism of each method, tested so that removing, reversing or replacing it by identity fails a test
 (issue 14 item 6), and the models a method refuses."""
 import pytest
-import timm
 import torch
 
 from vitsearch import pruning
 from vitsearch.errors import VitsearchError
 from vitsearch.pruning import evovit, spvit
 
-
-def tiny_vit(**kw) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("vitsearch_test_vit", **kw).eval()
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+from .test_pruning import images, tiny_vit  # noqa: F401  (images is a fixture: the same tiny model and inputs)
 
 
 class FixedScores(torch.nn.Module):

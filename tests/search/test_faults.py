@@ -303,7 +303,8 @@ def test_sigkill_in_a_search_loses_and_repeats_nothing(tmp_path, env, point, wor
 
 
 PG_WORKER = """
-import sys
+import logging, sys
+logging.basicConfig(level=logging.INFO)  # the trial lines the test waits for (the CLI sets this up itself)
 from vitsearch.search import SearchSettings, run_search
 from vitsearch.training import TrainSettings
 run_search(SearchSettings(budget="1000ms", trials=3, study="pg", storage=sys.argv[1], reports=sys.argv[2],
