@@ -227,3 +227,20 @@ def test_an_unreachable_device_keeps_the_model_and_the_measurement_can_be_retrie
 def test_measure_only_without_a_finalized_model_says_what_to_do(study, capsys):
     err = _error(capsys, ["finalize", str(study), "--trial", str(front_trial(study)), "--measure-only"])
     assert "without --measure-only first" in err
+
+
+def test_a_finalized_model_that_no_longer_fits_names_the_restart(study, capsys):
+    """A model.pt from another vitsearch version (SPViT's per-head selector weights were 3-D before issue 18) is one
+    error naming --restart, and is not replaced."""
+    trial = front_trial(study)
+    argv = ["finalize", str(study), "--trial", str(trial), "--steps", "2", "--batch-size", "16", "--warmup-steps", "1"]
+    assert main(argv) == 0
+    model_pt = study / json.loads((study / "finalized.json").read_text())[0]["checkpoint"]
+    saved = torch.load(model_pt, weights_only=True)
+    key = next(k for k, v in saved["state_dict"].items() if v.ndim == 2)
+    saved["state_dict"][key] = saved["state_dict"][key][None].expand(3, -1, -1).clone()
+    torch.save(saved, model_pt)
+    stamp = model_pt.stat().st_mtime_ns
+    err = _error(capsys, argv[:4] + ["--measure-only"])
+    assert str(model_pt) in err and key in err and "--restart" in err
+    assert model_pt.stat().st_mtime_ns == stamp

@@ -26,6 +26,7 @@ import torch.nn as nn
 from .errors import RunFailure, VitsearchError
 from .files import load_torch
 from .flops import gmacs
+from .models import load_state_dict
 from .pruning import PruneConfig, token_schedule
 from .search import SearchSettings, load_base, load_splits
 from .studyfolder import StudyFolder
@@ -210,8 +211,10 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
     else:
         logger.info("trial %d is already trained (%s): not training again (--restart trains it afresh)",
                     trial, model_path)
-    saved = load_torch(model_path, "pass --restart to train this trial again")
-    model.load_state_dict(saved["state_dict"])
+    retrain = "pass --restart to train this trial again"
+    saved = load_torch(model_path, retrain)
+    load_state_dict(model, saved["state_dict"], source=str(model_path), name=str(config),
+                    fix=f"It was trained by another vitsearch version or for another model: {retrain}")
     model.eval()
     if previous is None or not onnx_path.is_file():
         free = fresh_model(ctx.base, config, settings.seed).to(device)  # SPViT's selectors untrained: as initialised

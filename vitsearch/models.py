@@ -212,8 +212,9 @@ def _head_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
 
 def load_state_dict(
     model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str, name: str | None = None,
+    fix: str = "Pass the --model the checkpoint was trained as (and --num-classes if its head differs)",
 ) -> None:
-    """Load strictly; on any mismatch raise one VitsearchError that lists what differs and what to do."""
+    """Load strictly; on any mismatch raise one VitsearchError that lists what differs and ``fix``, what to do."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -226,8 +227,7 @@ def load_state_dict(
                 more = f" (and {len(items) - 5} more)" if len(items) > 5 else ""
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
         raise VitsearchError(
-            f"checkpoint {source!r} does not fit model {name or type(model).__name__!r}: {'; '.join(parts)}. "
-            "Pass the --model the checkpoint was trained as (and --num-classes if its head differs)")
+            f"checkpoint {source!r} does not fit model {name or type(model).__name__!r}: {'; '.join(parts)}. {fix}")
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -91,15 +91,21 @@ def test_spvit_packages_pruned_tokens_into_one_token_weighted_by_score():
 
 
 def einsum_selector(sel, x: torch.Tensor, mask: torch.Tensor | None = None):
-    """The selector as first written (token-major, one einsum per per-head projection): the reference the
-    head-major batched matmuls must reproduce with the same weights."""
+    """The per-head selector as first written (token-major, one einsum per per-head projection, [keep, drop]
+    logits, log_softmax), given every head the shared weights and a drop logit of 0: the reference the shared
+    2-D rows must reproduce."""
     import torch.nn.functional as F
 
-    def grouped(layer, t):  # (B, N, H, i) -> (B, N, H, o)
-        return torch.einsum("bnhi,hio->bnho", t, layer.weight) + layer.bias
+    H = sel.num_heads
+
+    def grouped(layer, t, drop_logit=False):  # (B, N, H, i) -> (B, N, H, o), the same weight for every head
+        weight, bias = layer.weight.T, layer.bias  # (i, o), (o,)
+        if drop_logit:
+            weight, bias = F.pad(weight, (0, 1)), F.pad(bias, (0, 1))
+        return torch.einsum("bnhi,hio->bnho", t, weight.expand(H, -1, -1)) + bias
 
     B, N, C = x.shape
-    xh = x.reshape(B, N, sel.num_heads, sel.head_dim)
+    xh = x.reshape(B, N, H, sel.head_dim)
     w = sel.head_gate(xh.mean(dim=-1))
     w = w / w.sum(dim=-1, keepdim=True)
     h = F.gelu(grouped(sel.in_proj, sel.norm(xh)))
@@ -110,14 +116,15 @@ def einsum_selector(sel, x: torch.Tensor, mask: torch.Tensor | None = None):
         m = mask[:, :, None, None]
         glob = (glob * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1e-6)
     h = torch.cat([local, glob.expand(-1, N, -1, -1)], dim=-1)
-    for i, layer in enumerate(sel.out):
-        h = grouped(layer, h) if i == len(sel.out) - 1 else F.gelu(grouped(layer, h))
+    for layer in sel.out[:-1]:
+        h = F.gelu(grouped(layer, h))
+    h = grouped(sel.out[-1], h, drop_logit=True)  # (B, N, H, 2) [keep, drop]
     log_score = (w[..., None] * h.log_softmax(dim=-1)).sum(dim=2)  # (B, N, 2) aggregated [keep, drop]
     return log_score[..., 0] - log_score[..., 1], (w * h.softmax(dim=-1)[..., 0]).sum(dim=2)
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_spvit_selector_matches_the_einsum_formula(masked):
+def test_spvit_selector_matches_the_per_head_formula(masked):
     from vitsearch.pruning import spvit
 
     torch.manual_seed(0)
@@ -129,13 +136,13 @@ def test_spvit_selector_matches_the_einsum_formula(masked):
     with torch.no_grad():
         for got, want in zip(sel(x, mask), einsum_selector(sel, x, mask)):
             torch.testing.assert_close(got, want)
-    # Checkpoints load unchanged: the same parameter names and shapes as the einsum version had.
+    # One scorer shared by the heads (the official code's): 2-D weights, the last layer the keep log-odds.
     assert {k: tuple(v.shape) for k, v in sel.state_dict().items() if "head_gate" not in k and "norm" not in k} == {
-        "in_proj.weight": (6, 16, 16), "in_proj.bias": (6, 16), "out.0.weight": (6, 16, 8), "out.0.bias": (6, 8),
-        "out.1.weight": (6, 8, 4), "out.1.bias": (6, 4), "out.2.weight": (6, 4, 2), "out.2.bias": (6, 2)}
+        "in_proj.weight": (16, 16), "in_proj.bias": (16,), "out.0.weight": (8, 16), "out.0.bias": (8,),
+        "out.1.weight": (4, 8), "out.1.bias": (4,), "out.2.weight": (1, 4), "out.2.bias": (1,)}
 
 
-def test_spvit_selector_exports_as_matmuls_not_einsum(tmp_path):
+def test_spvit_selector_exports_as_gemms_not_einsum(tmp_path):
     import onnx
 
     from vitsearch.export import export_onnx
@@ -144,7 +151,7 @@ def test_spvit_selector_exports_as_matmuls_not_einsum(tmp_path):
     path = export_onnx(model, (torch.randn(1, 3, 32, 32),), tmp_path / "m.onnx")
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "Einsum" not in ops
-    assert ops.count("MatMul") >= 2 * 4  # every selector's four per-head projections are MatMul nodes
+    assert ops.count("Gemm") >= 2 * 4  # every selector's four shared projections are 2-D Gemms, bias fused
 
 
 def test_spvit_training_draws_gumbel_decisions_with_gradients(images):

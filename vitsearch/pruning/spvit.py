@@ -19,25 +19,13 @@ import torch.nn.functional as F
 from .schedule import kept_tokens
 
 
-class GroupedLinear(nn.Module):
-    """One independent linear layer per head, on a head-major layout: (H, M, i) -> (H, M, o).
-
-    A batched matmul over heads (ONNX ``MatMul``), which every runtime runs well. The same product as an einsum
-    over a token-major (B, N, H, i) layout became an ``Einsum`` node, whose onnxruntime kernel made these
-    projections 1.6 ms of a 2.6 ms DeiT-S selector on one thread (issue 18; benchmarks/selector_cost.py)."""
-
-    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features))  # (H, i, o)
-        self.bias = nn.Parameter(torch.zeros(groups, out_features))  # (H, o)
-        nn.init.trunc_normal_(self.weight, std=1.0 / math.sqrt(in_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(x, self.weight) + self.bias[:, None, :]
-
-
 class MultiHeadTokenSelector(nn.Module):
-    """Per-head keep/drop logits, head-importance weights, aggregated per-token keep score."""
+    """Per-head keep log-odds, head-importance weights, aggregated per-token keep score.
+
+    One scorer shared by all heads, as in the official code (its per-head module list repeats one instance): each
+    head's slice of a token is a row, so every projection is one 2-D ``Gemm`` over (B * N * H) rows with its bias
+    fused, and no transposes. Per-head weights (the paper's wording) made batched 3-D matmuls whose bias adds,
+    transposes and softmaxes cost 3-5% of a DeiT-S for 0.4% of its FLOPs (issue 18; benchmarks/selector_cost.py)."""
 
     def __init__(self, dim: int, num_heads: int, keep_prior: float = 0.5) -> None:
         """``keep_prior``: the keep probability ``p_keep`` every token starts with (the selector's target). The
@@ -47,48 +35,45 @@ class MultiHeadTokenSelector(nn.Module):
         hd = dim // num_heads
         self.num_heads, self.head_dim = num_heads, hd
         self.norm = nn.LayerNorm(hd)
-        self.in_proj = GroupedLinear(num_heads, hd, hd)
+        self.in_proj = nn.Linear(hd, hd)
         self.out = nn.ModuleList([
-            GroupedLinear(num_heads, hd, max(hd // 2, 1)),
-            GroupedLinear(num_heads, max(hd // 2, 1), max(hd // 4, 1)),
-            GroupedLinear(num_heads, max(hd // 4, 1), 2),  # logits [keep, drop]
+            nn.Linear(hd, max(hd // 2, 1)),
+            nn.Linear(max(hd // 2, 1), max(hd // 4, 1)),
+            nn.Linear(max(hd // 4, 1), 1),  # the head's keep log-odds (the official [keep, drop] logits' difference)
         ])
         hidden = max(num_heads // 2, 1)
         # Head importance, SE style: each head's mean activation per token -> a weight in (0, 1) per head.
         self.head_gate = nn.Sequential(nn.Linear(num_heads, hidden), nn.GELU(), nn.Linear(hidden, num_heads), nn.Sigmoid())
         p = min(max(keep_prior, 1e-3), 1 - 1e-3)
-        with torch.no_grad():  # softmax([b, -b]) keeps with probability sigmoid(2b) = p
-            self.out[-1].bias.copy_(torch.tensor([0.5, -0.5]) * math.log(p / (1 - p)))
+        with torch.no_grad():
+            self.out[-1].bias.fill_(math.log(p / (1 - p)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, C) patch tokens; mask: (B, N) tokens still alive (the global context pools over them).
         Returns (keep log-odds (B, N), which rank tokens and draw training decisions; keep probability p_keep
         (B, N), which weights the package).
 
-        Each head scores a token with logits [keep, drop]. The log-odds are the importance-weighted sum of each
-        head's log_softmax difference, which is its logit difference d; p_keep is the weighted sum of each head's
-        softmax keep probability, sigmoid(d). So no softmax runs."""
+        Each head scores a token with its keep log-odds d. The token's log-odds are the importance-weighted sum of
+        the heads' d (the official weighted sum of log_softmax([keep, drop]), differenced); p_keep is the weighted
+        sum of the heads' keep probabilities sigmoid(d)."""
         B, N, C = x.shape
         H, hd = self.num_heads, self.head_dim
-        xh = x.reshape(B, N, H, hd)
-        w = self.head_gate(xh.mean(dim=-1))  # (B, N, H)
-        w = (w / w.sum(dim=-1, keepdim=True)).permute(2, 0, 1)  # (H, B, N)
-        # Head-major from here: each head's projections are one batched matmul over (H, B * N, hd).
-        xh = xh.permute(2, 0, 1, 3).reshape(H, -1, hd)
-        h = F.gelu(self.in_proj(self.norm(xh))).reshape(H, B, N, hd)
+        rows = x.reshape(B * N * H, hd)  # one row per (token, head)
+        w = self.head_gate(rows.reshape(B * N, H, hd).mean(dim=-1))  # (B * N, H)
+        w = (w / w.sum(dim=-1, keepdim=True)).reshape(B, N, H)
+        h = F.gelu(self.in_proj(self.norm(rows))).reshape(B, N, H, hd)
         split = hd // 2
         local, glob = h[..., :split], h[..., split:]
         if mask is None:
-            glob = glob.mean(dim=2, keepdim=True)  # (H, B, 1, hd - split)
+            glob = glob.mean(dim=1, keepdim=True)  # (B, 1, H, hd - split)
         else:
-            m = mask[None, :, :, None]  # (1, B, N, 1)
-            glob = (glob * m).sum(dim=2, keepdim=True) / m.sum(dim=2, keepdim=True).clamp_min(1e-6)
-        h = torch.cat([local, glob.expand(-1, -1, N, -1)], dim=-1).reshape(H, -1, hd)
+            m = mask[:, :, None, None]  # (B, N, 1, 1)
+            glob = (glob * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        h = torch.cat([local, glob.expand(-1, N, -1, -1)], dim=-1).reshape(B * N * H, hd)
         for layer in self.out[:-1]:
             h = F.gelu(layer(h))
-        z = self.out[-1](h)  # (H, B * N, 2) each head's [keep, drop] logits
-        d = (z[..., 0] - z[..., 1]).reshape(H, B, N)  # each head's keep log-odds
-        return (w * d).sum(dim=0), (w * torch.sigmoid(d)).sum(dim=0)
+        d = self.out[-1](h).reshape(B, N, H)  # each head's keep log-odds
+        return (w * d).sum(dim=-1), (w * torch.sigmoid(d)).sum(dim=-1)
 
 
 def package(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

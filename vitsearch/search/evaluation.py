@@ -11,7 +11,9 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..files import load_torch
 from ..flops import gmacs
+from ..models import load_state_dict
 from ..pruning import PruneConfig, token_schedule
 from ..training import PiecewiseLinear, SoftLatency, accuracy, fresh_model, train_candidate, train_supernet
 from .settings import Candidate, SearchSettings
@@ -97,7 +99,8 @@ class Evaluator:
         for config in everywhere:  # every selector and head the space can use, seeded like a brief candidate's
             model = fresh_model(model, config, s.train.seed)
         if path.exists():
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+            fix = f"It was trained by another vitsearch version: delete {path} to train the supernet again"
+            load_state_dict(model, load_torch(path, fix)["state_dict"], source=str(path), name="the supernet", fix=fix)
             logger.info("supernet from %s", path)
         else:
             rng_space = SupernetSampler(space)

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..errors import VitsearchError
 from ..files import load_torch, save_torch
+from ..models import load_state_dict
 from ..pruning import PruneConfig, apply, method_of, prune_state
 from .brief import SoftLatency, TrainSettings, candidate_loss, param_groups
 from .device import CPU, Precision
@@ -159,7 +160,8 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
             raise VitsearchError(
                 f"{state_path} holds an interrupted finalize with different settings: re-run with the same "
                 "settings to resume it, or pass --restart to start over")
-        model.load_state_dict(saved["state_dict"])
+        load_state_dict(model, saved["state_dict"], source=str(state_path), name=str(config),
+                        fix="It was saved by another vitsearch version: pass --restart to start over")
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"])
         rng_state, start_step, seconds_before = saved["rng"], int(saved["step"]), float(saved["seconds"])
