@@ -187,6 +187,44 @@ def test_evovit_assisted_head_reads_a_normalised_class_token(images):
     assert float(seen["x"].std(dim=-1).mean()) == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.mark.parametrize("variant", [{}, {"global_pool": "avg", "fc_norm": True}])
+def test_evovit_classifies_from_the_mean_of_all_patches_so_the_placeholders_reach_the_logits(variant, images, monkeypatch):
+    """The official DeiT Evo-ViT's head: the logits are the classifier on the mean of every patch token after the
+    last stage, placeholders included, whatever the stock model pooled; the assisted head reads the class token.
+    Breaks if the head reads the class token only, skips the placeholders, or the aux head reads the mean."""
+    model = pruning.apply(tiny_vit(**variant), "evovit:4=0.5,8=0.5")
+    captured = {}
+    model.norm.register_forward_hook(lambda m, args, out: captured.update(tokens=out))
+    with torch.no_grad():
+        logits = model(images)
+        tokens = captured["tokens"]  # (B, P + N, C) normed
+        torch.testing.assert_close(logits, model.head(model.fc_norm(tokens[:, 1:].mean(dim=1))))
+        leave, calls = evovit.leave_stage, []
+
+        def last_placeholders_noise(stage):  # the second (last) stage's placeholders replaced by noise
+            calls.append(1)
+            if len(calls) == 2:
+                stage.placeholders = torch.randn_like(stage.placeholders)
+            return leave(stage)
+
+        monkeypatch.setattr(evovit, "leave_stage", last_placeholders_noise)
+        assert not torch.allclose(model(images), logits, atol=1e-3)
+        monkeypatch.undo()
+        model.train()
+        model(images)
+        torch.testing.assert_close(pruning.prune_state(model).aux_logits, model.head_aux(captured["tokens"][:, 0]))
+
+
+def test_evovit_pooling_is_the_methods_own_and_other_configs_get_the_stock_pooling_back():
+    """A supernet switches configs on one model: SPViT and the unpruned config pool as the stock model did."""
+    model = pruning.apply(tiny_vit(), "evovit:4=0.5")
+    assert model.global_pool == "avg" and model.base_pool == "token"
+    pruning.apply(model, "spvit:3=0.5")
+    assert model.global_pool == "token"
+    pruning.apply(model, "none")
+    assert model.global_pool == "token"
+
+
 # Models a method refuses -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["spvit:3=0.5", "evovit:4=0.5"])

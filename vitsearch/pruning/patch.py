@@ -25,6 +25,7 @@ class PrunedViTMixin:
     only."""
 
     _vitsearch: PruneState
+    base_pool: str  # the stock model's global_pool; ``global_pool`` is the method's (PruningMethod.pooling)
     prune_config: PruneConfig
     prune_method: PruningMethod
     token_schedule: TokenSchedule
@@ -88,8 +89,10 @@ def apply(model: nn.Module, config: "PruneConfig | str | dict", *, evo_every_blo
         model.__class__ = type(f"Pruned{model.__class__.__name__}", (PrunedViTMixin, model.__class__), {})
         model._vitsearch = state
         model.token_selectors = nn.ModuleDict()
+        model.base_pool = model.global_pool  # the stock model's pooling; a method may pool otherwise (Evo-ViT)
     schedule = token_schedule(
         config, depth=len(model.blocks), num_patches=model.patch_embed.num_patches, num_prefix=model.num_prefix_tokens)
+    model.global_pool = method.pooling(model.base_pool, schedule)
     method.patch(model, schedule)
     model.prune_config, model.prune_method, model.token_schedule = config, method, schedule
     model.evo_every_block = evo_every_block

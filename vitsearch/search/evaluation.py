@@ -99,8 +99,9 @@ class Evaluator:
         for config in everywhere:  # every selector and head the space can use, seeded like a brief candidate's
             model = fresh_model(model, config, s.train.seed)
         if path.exists():
-            fix = f"It was trained by another vitsearch version: delete {path} to train the supernet again"
-            load_state_dict(model, load_torch(path, fix)["state_dict"], source=str(path), name="the supernet", fix=fix)
+            retrain = f"delete {path} to train the supernet again"
+            load_state_dict(model, load_torch(path, retrain)["state_dict"], source=str(path), name="the supernet",
+                            fix=f"It was trained by another vitsearch version: {retrain}")
             logger.info("supernet from %s", path)
         else:
             rng_space = SupernetSampler(space)

@@ -59,6 +59,10 @@ class PruningMethod:
     def check_model(self, model: nn.Module) -> None:
         """Refuse a model whose pooling or token layout the method does not handle."""
 
+    def pooling(self, base: str, schedule: TokenSchedule) -> str:
+        """What the classifier pools (timm's ``global_pool``: "token" or "avg"), given the stock model's."""
+        return base
+
     def patch(self, model: nn.Module, schedule: TokenSchedule) -> None:
         """Add the trained modules the schedule needs (and keep existing ones)."""
 

@@ -28,6 +28,13 @@ class EvoViT(PruningMethod):
 
     name = "evovit"
     new_parameters = ("head_aux.",)
+    #: The classifier reads the mean of all patch tokens at inference, as the official DeiT Evo-ViT does, so the
+    #: fast-updated placeholders reach the logits; the class token trains ``head_aux`` (the assisted CLS loss).
+    #: None keeps the stock model's pooling (a class-token model then never reads the last stage's placeholders).
+    head_pooling: str | None = "avg"
+
+    def pooling(self, base: str, schedule: TokenSchedule) -> str:
+        return (self.head_pooling or base) if schedule.selectors else base  # pruning nothing: the stock model
 
     def check_keep(self, keep: Mapping[int, float]) -> None:
         if 0 in keep:
@@ -64,7 +71,7 @@ class EvoViT(PruningMethod):
             # un-normalised (fc_norm after average pooling) gets its own copy of that norm for the class token
             # (the official code's norm_cls), so the aux head never reads a raw residual stream.
             head = copy.deepcopy(model.head)
-            fc_norm = model.fc_norm if model.global_pool == "avg" else None
+            fc_norm = model.fc_norm if model.base_pool == "avg" else None
             if fc_norm is not None and not isinstance(fc_norm, nn.Identity):
                 head = nn.Sequential(copy.deepcopy(fc_norm), head)
             model.head_aux = head
