@@ -44,6 +44,28 @@ def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, en
     assert summary(result)["trained"] == 3  # trials counts trained candidates; rejections are extra
 
 
+def test_the_cost_estimate_comes_before_the_first_result_and_adds_up(tmp_path, env, lean_space, caplog):
+    """Issue 13: before any result, what one candidate costs on the training device and the whole search."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="vitsearch")
+    run_search(settings(tmp_path, env, space=str(lean_space), trials=2, train=TrainSettings(steps=5, batch_size=16)),
+               progress=False)
+    lines = [r.getMessage() for r in caplog.records]
+    at = next(i for i, line in enumerate(lines) if "s per training step of one config" in line)
+    assert at < next(i for i, line in enumerate(lines) if "accuracy" in line)  # the unpruned baseline's included
+    assert "(2 candidates, 1 baselines)" in lines[at]
+
+
+@pytest.mark.parametrize("strategy, expected", [("brief", (400.0, 35 * 400.0)), ("shared", (20.0, 35 * 20 + 1800.0))])
+def test_the_search_cost_counts_every_candidate_baseline_and_the_supernet(strategy, expected):
+    from vitsearch.search.evaluation import training_seconds
+
+    s = SearchSettings(strategy=strategy, trials=24, train=TrainSettings(steps=40), shared_steps=60,
+                       shared_finetune_steps=2)
+    assert training_seconds(10.0, s, baselines=11) == pytest.approx(expected)
+
+
 def test_rerunning_a_study_continues_without_repeating_trials(tmp_path, env):
     first = run_search(settings(tmp_path, env, study="resume"), progress=False)
     again = run_search(settings(tmp_path, env, study="resume", trials=5), progress=False)

@@ -23,6 +23,19 @@ from .space import SearchSpace
 logger = logging.getLogger(__name__)
 
 
+def candidate_steps(settings: SearchSettings) -> int:
+    """Training steps of one candidate (or baseline): brief training, or the fine-tuning after the supernet."""
+    return settings.train.steps if settings.strategy == "brief" else settings.shared_finetune_steps
+
+
+def training_seconds(per_config_step: float, settings: SearchSettings, baselines: int) -> tuple[float, float]:
+    """(one candidate's, the whole search's) training seconds from one config's step cost: every candidate and
+    baseline (the unpruned one included) trains as a candidate, and a supernet step trains three configs."""
+    candidate = per_config_step * candidate_steps(settings)
+    supernet = 3 * settings.shared_steps * per_config_step if settings.strategy == "shared" else 0.0
+    return candidate, (settings.trials + baselines) * candidate + supernet
+
+
 class Evaluator:
     """Turns a config into a Candidate: predicted latency, and if within budget brief training, accuracy, GMACs."""
 
@@ -52,7 +65,7 @@ class Evaluator:
         # The unpruned baseline starts from the base model whatever the strategy, and is trained as briefly as
         # the candidates, so "vs unpruned" compares like with like.
         model = fresh_model(self.start_from() if config.keep else setup.base, config, s.train.seed)
-        steps = s.train.steps if s.strategy == "brief" else s.shared_finetune_steps
+        steps = candidate_steps(s)
         if steps > 0:
             result = train_candidate(model, setup.base, setup.splits, dataclasses.replace(s.train, steps=steps),
                                      latency=self.latency, precision=setup.precision, after=self._cost_log(steps))
@@ -70,22 +83,24 @@ class Evaluator:
         and of the whole search on the training device, logged before any result."""
         if self.estimated:
             return None
-        self.estimated, s, start = True, self.settings, time.perf_counter()
-        timed = min(3, steps)
+        self.estimated, s, stamps = True, self.settings, [time.perf_counter()]
+        timed = min(4, steps)
 
         def after(done: int, parts: dict[str, float]) -> None:
+            stamps.append(time.perf_counter())
             if done != timed:
                 return
-            per_config_step = (time.perf_counter() - start) / done / configs_per_step
-            candidate_steps = s.train.steps if s.strategy == "brief" else s.shared_finetune_steps
-            models = s.trials + len(self.setup.space.baselines()) + 1
-            total = per_config_step * (models * candidate_steps + (3 * s.shared_steps if s.strategy == "shared" else 0))
+            # The first step pays one-off costs (allocation, the first batches): timed apart when there are more.
+            first = 1 if done > 1 else 0
+            per_config_step = (stamps[-1] - stamps[first]) / (done - first) / configs_per_step
+            baselines = len(self.setup.space.baselines()) + 1
+            candidate, total = training_seconds(per_config_step, s, baselines)
             logger.info("cost on %s (%s): %.2f s per training step of one config, so one candidate trains in about "
                         "%.0f s (%d steps) plus its held-out evaluation; this search (%d candidates, %d baselines%s) "
                         "about %.1f min of training on one worker", self.setup.precision.device,
-                        self.setup.precision.name, per_config_step, per_config_step * candidate_steps,
-                        candidate_steps, s.trials, models - s.trials,
-                        f", a supernet of {s.shared_steps} steps" if s.strategy == "shared" else "", total / 60)
+                        self.setup.precision.name, per_config_step, candidate, candidate_steps(s), s.trials,
+                        baselines, f", a supernet of {s.shared_steps} steps" if s.strategy == "shared" else "",
+                        total / 60)
 
         return after
 
