@@ -58,9 +58,9 @@ class MultiHeadTokenSelector(nn.Module):
         sum of the heads' keep probabilities sigmoid(d)."""
         B, N, C = x.shape
         H, hd = self.num_heads, self.head_dim
-        rows = x.reshape(B * N * H, hd)  # one row per (token, head)
-        w = self.head_gate(rows.reshape(B * N, H, hd).mean(dim=-1))  # (B * N, H)
-        w = (w / w.sum(dim=-1, keepdim=True)).reshape(B, N, H)
+        rows = x.reshape(-1, hd)  # (B * N * H, hd): one row per (token, head)
+        w = self.head_gate(x.reshape(B, N, H, hd).mean(dim=-1))  # (B, N, H)
+        w = w / w.sum(dim=-1, keepdim=True)
         h = F.gelu(self.in_proj(self.norm(rows))).reshape(B, N, H, hd)
         split = hd // 2
         local, glob = h[..., :split], h[..., split:]
@@ -69,7 +69,7 @@ class MultiHeadTokenSelector(nn.Module):
         else:
             m = mask[:, :, None, None]  # (B, N, 1, 1)
             glob = (glob * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1e-6)
-        h = torch.cat([local, glob.expand(-1, N, -1, -1)], dim=-1).reshape(B * N * H, hd)
+        h = torch.cat([local, glob.expand(-1, N, -1, -1)], dim=-1).reshape(-1, hd)
         for layer in self.out[:-1]:
             h = F.gelu(layer(h))
         d = self.out[-1](h).reshape(B, N, H)  # each head's keep log-odds
