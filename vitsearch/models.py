@@ -254,6 +254,7 @@ class ModelGeometry:
     num_prefix_tokens: int  # class (+ distillation / register) tokens, never pruned
     num_patches: int
     num_classes: int
+    global_pool: str = "token"  # the stock model's pooling ("token": the head reads the class token only)
 
     @property
     def num_tokens(self) -> int:
@@ -306,6 +307,7 @@ def geometry(model: torch.nn.Module) -> ModelGeometry:
             num_prefix_tokens=int(model.num_prefix_tokens),
             num_patches=int(pe.num_patches),
             num_classes=int(model.num_classes),
+            global_pool=str(getattr(model, "base_pool", model.global_pool)),
         )
     except (AttributeError, IndexError, TypeError) as e:
         raise VitsearchError(

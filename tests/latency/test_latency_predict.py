@@ -39,7 +39,7 @@ def synthetic(tmp_path_factory, model):
 
 def _value(p: Point) -> float:
     base = {"overhead": 0.01, "embed": 0.2, "block": 1.0, "block_cls": 1.5, "head": 0.1, "spvit_select": 0.3,
-            "evo_stage": 0.05, "evo_block": 1.1, "evo_block_cls": 1.6}[p.kind]
+            "evo_stage": 0.05, "evo_enter": 0.03, "evo_block": 1.1, "evo_block_cls": 1.6}[p.kind]
     return base + 0.01 * p.n + 0.001 * p.k
 
 
@@ -76,19 +76,24 @@ def test_out_of_grid_counts_are_refused(tmp_path, synthetic):
 
 
 def test_missing_kind_says_the_profile_is_incomplete(tmp_path, synthetic):
-    rows = [r for p, r in synthetic.rows.items() if p.kind != "evo_stage"]
-    with pytest.raises(VitsearchError, match="no evo_stage rows"):
+    # also a table profiled before the open last stage of a class-token Evo-ViT (issue 14 item 4) was charged apart
+    rows = [r for p, r in synthetic.rows.items() if p.kind != "evo_enter"]
+    with pytest.raises(VitsearchError, match="no evo_enter rows: the profile is incomplete; run vitsearch profile"):
         Predictor(T.save(tmp_path / "t.csv", synthetic.meta, rows)).predict("evovit:1=0.5")
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_components_follow_the_real_forward(model, config):
-    """The block token counts of components_of are those the patched model computes on."""
+    """The block and head token counts of components_of are those the patched model computes on."""
     pruning.apply(model, config)
+    seen = []
+    hook = model.norm.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
     model(torch.randn(1, 3, 32, 32))
+    hook.remove()
     ran = pruning.prune_state(model).block_tokens
-    blocks = [p.n for p in components_of(config, geometry(model)) if "block" in p.kind]
-    assert blocks == ran
+    parts = components_of(config, geometry(model))
+    assert [p.n for p in parts if "block" in p.kind] == ran
+    assert [p.n for p in parts if p.kind == "head"] == seen
 
 
 def test_every_kind_exports_and_specialises_to_the_torch_output(tmp_path, model):

@@ -174,7 +174,7 @@ def test_evovit_model_fast_updates_restores_and_reranks_at_every_stage(images, m
     inf_idx = order[:, :k]
     assert not torch.allclose(s2.gather(1, inf_idx), s1.gather(1, inf_idx))  # their score moved with the blocks
     torch.testing.assert_close(s2.gather(1, order[:, k:]), s1.gather(1, order[:, k:]))  # placeholders' did not
-    assert captured["tokens"].shape == (8, 65, 64)
+    assert captured["tokens"].shape == (8, 1 + k + 1, 64)  # the class-token head's open last stage: slow tokens
 
 
 def test_evovit_assisted_head_reads_a_normalised_class_token(images):
@@ -187,8 +187,15 @@ def test_evovit_assisted_head_reads_a_normalised_class_token(images):
     assert float(seen["x"].std(dim=-1).mean()) == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.fixture
+def mean_head(monkeypatch):
+    """Evo-ViT with the official DeiT head: the mean of all patch tokens (``EvoViT.head_pooling = "avg"``)."""
+    monkeypatch.setattr(pruning.METHODS["evovit"], "head_pooling", "avg")
+
+
 @pytest.mark.parametrize("variant", [{}, {"global_pool": "avg", "fc_norm": True}])
-def test_evovit_classifies_from_the_mean_of_all_patches_so_the_placeholders_reach_the_logits(variant, images, monkeypatch):
+def test_evovit_mean_head_reads_every_patch_so_the_placeholders_reach_the_logits(variant, images, mean_head,
+                                                                                 monkeypatch):
     """The official DeiT Evo-ViT's head: the logits are the classifier on the mean of every patch token after the
     last stage, placeholders included, whatever the stock model pooled; the assisted head reads the class token.
     Breaks if the head reads the class token only, skips the placeholders, or the aux head reads the mean."""
@@ -209,13 +216,13 @@ def test_evovit_classifies_from_the_mean_of_all_patches_so_the_placeholders_reac
 
         monkeypatch.setattr(evovit, "leave_stage", last_placeholders_noise)
         assert not torch.allclose(model(images), logits, atol=1e-3)
-        monkeypatch.undo()
+        monkeypatch.setattr(evovit, "leave_stage", leave)
         model.train()
         model(images)
         torch.testing.assert_close(pruning.prune_state(model).aux_logits, model.head_aux(captured["tokens"][:, 0]))
 
 
-def test_evovit_pooling_is_the_methods_own_and_other_configs_get_the_stock_pooling_back():
+def test_evovit_mean_head_pooling_is_the_methods_own_and_other_configs_get_the_stock_pooling_back(mean_head):
     """A supernet switches configs on one model: SPViT and the unpruned config pool as the stock model did."""
     model = pruning.apply(tiny_vit(), "evovit:4=0.5")
     assert model.global_pool == "avg" and model.base_pool == "token"
@@ -223,6 +230,28 @@ def test_evovit_pooling_is_the_methods_own_and_other_configs_get_the_stock_pooli
     assert model.global_pool == "token"
     pruning.apply(model, "none")
     assert model.global_pool == "token"
+
+
+def test_evovit_class_token_head_computes_nothing_of_the_last_stages_placeholders(images, monkeypatch):
+    """The default head of a class-token model reads x[:, 0] only: at inference the last stage's placeholders are
+    neither fast-updated nor restored (the head gets the P + k + 1 slow tokens), with the same logits as the full
+    restore; earlier stages still update theirs (the next stage re-ranks them), and training restores every token
+    for the aux head on the mean. Breaks if the last stage updates or restores, or an earlier one stops updating."""
+    model = pruning.apply(tiny_vit(), "evovit:4=0.5,8=0.25")
+    fast, after = [], evovit.after_block
+    monkeypatch.setattr(evovit, "after_block", lambda *a, **kw: fast.append(kw.get("fast", True)) or after(*a, **kw))
+    shapes = []
+    model.norm.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape[1]))
+    with torch.no_grad():
+        logits = model(images)
+        assert fast == [True] * 4 + [False] * 4 and shapes == [1 + 16 + 1] == [model.token_schedule.final_tokens]
+        monkeypatch.setattr(pruning.METHODS["evovit"], "reads_placeholders", lambda pool: True)  # the full restore
+        torch.testing.assert_close(model(images), logits)  # the class token saw the same
+        assert shapes[-1] == 65 and fast[-4:] == [True] * 4
+        monkeypatch.undo()
+        model.train()
+        model(images)
+        assert shapes[-1] == 65 and pruning.prune_state(model).aux_logits is not None
 
 
 # Models a method refuses -------------------------------------------------------------------------------------
@@ -270,8 +299,10 @@ def test_spvit_ratios_compound_and_each_selector_adds_a_package():
 
 
 def test_evovit_ratios_are_fractions_of_all_patches_the_official_deit_schedule():
-    s = pruning.token_schedule("evovit:4=0.5,8=0.5", depth=12, num_patches=196, num_prefix=1)
-    assert s.block_tokens == (197,) * 4 + (1 + 98 + 1,) * 8 and s.final_tokens == 197
+    s = pruning.token_schedule("evovit:4=0.5,8=0.5", depth=12, num_patches=196, num_prefix=1, pool="avg")
+    assert s.block_tokens == (197,) * 4 + (1 + 98 + 1,) * 8 and s.final_tokens == 197  # a mean head reads all
+    # a class-token head reads the open last stage's slow tokens only
+    assert pruning.token_schedule("evovit:4=0.5,8=0.5", depth=12, num_patches=196, num_prefix=1).final_tokens == 100
     assert [(st.n_in, st.n_keep) for st in s.selectors] == [(196, 98), (196, 98)]
     with pytest.raises(VitsearchError, match="drop the selector at block 8"):
         pruning.token_schedule("evovit:4=0.5,8=1.0", depth=12, num_patches=196, num_prefix=1)

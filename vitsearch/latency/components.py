@@ -15,9 +15,11 @@ Kinds (``n``: tokens the component computes on; ``k``: patch tokens a selector k
   (the block in front of Evo-ViT's first selector).
 - ``spvit_select`` (n = patches ranked, k = kept): selector MLP, top-k, gather, package token, concatenation.
 - ``evo_stage`` (k): Evo-ViT entering a stage (argsort, gathers, representative token) and leaving it
-  (inverse argsort, gathers, concatenation); every stage does both exactly once.
+  (inverse argsort, gathers, concatenation); every stage does both exactly once, except that an open last stage
+  (a class-token head, which never reads its placeholders) only enters: ``evo_enter`` (k).
 - ``evo_block`` (k) / ``evo_block_cls`` (k): one slow-path step (concatenate, block on P + k + 1 tokens, fast
-  update of the placeholders), without / with class-attention recording.
+  update of the placeholders), without / with class-attention recording. ``evo_block`` is the last stage's, whose
+  fast update the profiled model computes only if its head reads the placeholders.
 - ``head``: final norm over n tokens, pooling, classifier.
 
 Blocks are measured as a chain of every block of the model in a row (``steps`` = depth), and the table stores
@@ -42,7 +44,8 @@ from ..models import ModelGeometry, geometry
 from ..pruning import PruneConfig, apply, evovit, method_of, spvit, token_schedule
 from ..pruning.patch import PrunedViTMixin
 
-KINDS = ("overhead", "embed", "block", "block_cls", "spvit_select", "evo_stage", "evo_block", "evo_block_cls", "head")
+KINDS = ("overhead", "embed", "block", "block_cls", "spvit_select", "evo_stage", "evo_enter", "evo_block",
+         "evo_block_cls", "head")
 
 
 @dataclass(frozen=True, order=True)
@@ -124,12 +127,24 @@ class _EvoStage(nn.Module):
         return torch.cat([prefix, patches], dim=1), score
 
 
+class _EvoEnter(nn.Module):
+    """Enter an open last stage (``enter_stage`` and the slow tokens), which a class-token head never leaves."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, score: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        P = self.model.num_prefix_tokens
+        return evovit.slow_tokens(x[:, :P], evovit.enter_stage(x[:, P:], score, count.shape[0]))
+
+
 class _EvoBlocks(nn.Module):
     """Every block in a row as slow-path steps of one stage (``slow_tokens`` -> block -> ``after_block``)."""
 
-    def __init__(self, model: nn.Module, record: bool) -> None:
+    def __init__(self, model: nn.Module, record: bool, fast: bool = True) -> None:
         super().__init__()
-        self.model, self.record = model, record
+        self.model, self.record, self.fast = model, record, fast
 
     def forward(self, prefix: torch.Tensor, patches: torch.Tensor, score: torch.Tensor, rep: torch.Tensor,
                 count: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -142,7 +157,7 @@ class _EvoBlocks(nn.Module):
                 state.record_cls_attn = self.record
                 out = blk(evovit.slow_tokens(prefix, stage))  # (B, P + k + 1, C)
                 cls = evovit.class_attention_score(state.cls_attn, P) if self.record else None
-                prefix = evovit.after_block(stage, out, P, cls)
+                prefix = evovit.after_block(stage, out, P, cls, fast=self.fast)
         finally:
             state.record_cls_attn, state.cls_attn = False, None
         return prefix, stage.informative, stage.placeholders, stage.representative, stage.score
@@ -203,8 +218,12 @@ def component_graphs(model: nn.Module, batch: int = 1) -> dict[str, ComponentGra
         "evo_stage": ComponentGraph(
             "evo_stage", _EvoStage(model), 1, lambda p: (rand(B, P + N, C), score(N), torch.zeros(p.k)),
             ((), (), ((0, "k"),))),
+        "evo_enter": ComponentGraph(
+            "evo_enter", _EvoEnter(model), 1, lambda p: (rand(B, P + N, C), score(N), torch.zeros(p.k)),
+            ((), (), ((0, "k"),))),
         "evo_block": ComponentGraph(
-            "evo_block", _EvoBlocks(model, record=False), depth,
+            "evo_block", _EvoBlocks(model, record=False, fast=method_of("evovit").reads_placeholders(g.global_pool)),
+            depth,
             lambda p: (rand(B, P, C), rand(B, N, C), score(N), rand(B, 1, C), torch.zeros(p.k)),
             ((), (), (), (), ((0, "k"),))),
         "evo_block_cls": ComponentGraph(
@@ -246,7 +265,7 @@ def grid(g: ModelGeometry, spec: GridSpec = GridSpec()) -> list[Point]:
     pts += [Point("head", n) for n in _span(P + 1, P + N, spec.head_points)]
     for kind in ("evo_block", "evo_block_cls"):
         pts += [Point(kind, P + k + 1, k) for k in _span(1, N - 1, spec.block_points)]
-    pts += [Point("evo_stage", N, k) for k in _span(1, N - 1, spec.stage_points)]
+    pts += [Point(kind, N, k) for kind in ("evo_stage", "evo_enter") for k in _span(1, N - 1, spec.stage_points)]
     for n in _span(2, N, spec.select_rows):
         pts += [Point("spvit_select", n, k) for k in _span(1, n - 1, spec.select_cols)]
     return pts
@@ -261,7 +280,7 @@ def components_of(config: PruneConfig | str, g: ModelGeometry) -> list[Point]:
     ``evo_every_block=False``, the default)."""
     config = PruneConfig.parse(config)
     P, N = g.num_prefix_tokens, g.num_patches
-    sched = token_schedule(config, depth=g.depth, num_patches=N, num_prefix=P)
+    sched = token_schedule(config, depth=g.depth, num_patches=N, num_prefix=P, pool=g.global_pool)
     out = [Point("overhead", P + N), Point("embed", P + N)]
     out += [Point(kind, n, k) for kind, n, k in method_of(config.method).components(sched)]
     out.append(Point("head", sched.final_tokens))

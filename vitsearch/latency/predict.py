@@ -30,10 +30,10 @@ from .table import LatencyTable
 
 logger = logging.getLogger(__name__)
 
-SELECTION = ("spvit_select", "evo_stage")  # token selection and packaging / stage bookkeeping
+SELECTION = ("spvit_select", "evo_stage", "evo_enter")  # token selection and packaging / stage bookkeeping
 # Axis each 1-D kind is interpolated along; spvit_select is 2-D (n, k).
 _AXIS = {"overhead": "n", "embed": "n", "block": "n", "block_cls": "n", "head": "n",
-         "evo_stage": "k", "evo_block": "k", "evo_block_cls": "k"}
+         "evo_stage": "k", "evo_enter": "k", "evo_block": "k", "evo_block_cls": "k"}
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ from .table import LatencyTable, Row, RowWriter
 
 logger = logging.getLogger(__name__)
 
-ORDER = ("overhead", "embed", "head", "block", "block_cls", "evo_block", "evo_block_cls", "evo_stage", "spvit_select")
+ORDER = ("overhead", "embed", "head", "block", "block_cls", "evo_block", "evo_block_cls", "evo_stage", "evo_enter",
+         "spvit_select")
 
 
 def _row(point: Point, steps: int, stats: Mapping[str, Any], overhead_ms: float, ref_ms: float | None) -> Row:

@@ -218,6 +218,8 @@ def load(path: str | os.PathLike[str], *, geometry: ModelGeometry | None = None,
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VitsearchError(f"latency table metadata {mpath} is not valid JSON: {e}") from e
     check_meta(meta, path, geometry, batch)
+    if geometry is not None:  # the head a prediction charges is the predicted model's, whichever model was profiled
+        meta["geometry"] = {**meta["geometry"], "global_pool": geometry.global_pool}
     return LatencyTable(path, meta, read_rows(path))
 
 

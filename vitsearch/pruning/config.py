@@ -74,16 +74,18 @@ class PruneConfig:
         return self.method + ":" + ",".join(f"{b}={r:g}" for b, r in self.keep.items())
 
 
-def token_schedule(config: PruneConfig, *, depth: int, num_patches: int, num_prefix: int = 1) -> TokenSchedule:
-    """Per-block token counts of ``config`` on a ViT of the given geometry: the one normaliser. What a keep ratio
-    means, and what extra tokens a block computes on, is the method's (:meth:`PruningMethod.schedule`)."""
+def token_schedule(config: PruneConfig, *, depth: int, num_patches: int, num_prefix: int = 1,
+                   pool: str = "token") -> TokenSchedule:
+    """Per-block token counts of ``config`` on a ViT of the given geometry (``pool``: the stock model's
+    global_pool, which decides what the head reads): the one normaliser. What a keep ratio means, and what extra
+    tokens a block computes on, is the method's (:meth:`PruningMethod.schedule`)."""
     config = PruneConfig.parse(config)
     for block in config.keep:
         if block >= depth:
             raise VitsearchError(
                 f"selector at block {block} does not exist: the model has {depth} blocks (0..{depth - 1})")
     return method_of(config.method).schedule(config.keep, depth=depth, num_patches=num_patches,
-                                             num_prefix=num_prefix)
+                                             num_prefix=num_prefix, pool=pool)
 
 
 def canonical_key(config: PruneConfig, *, depth: int, num_patches: int, num_prefix: int = 1) -> str:

@@ -58,12 +58,15 @@ def slow_tokens(prefix: torch.Tensor, stage: EvoStage) -> torch.Tensor:
     return torch.cat([prefix, stage.informative, stage.representative], dim=1)
 
 
-def after_block(stage: EvoStage, out: torch.Tensor, num_prefix: int, cls_score: torch.Tensor | None) -> torch.Tensor:
-    """Take the block output (B, P + K + 1, C): fast-update placeholders with the representative's residual,
-    update the informative tokens' global score. Returns the new prefix tokens (B, P, C)."""
+def after_block(stage: EvoStage, out: torch.Tensor, num_prefix: int, cls_score: torch.Tensor | None,
+                fast: bool = True) -> torch.Tensor:
+    """Take the block output (B, P + K + 1, C): fast-update placeholders with the representative's residual
+    (unless ``fast`` is False: nothing reads them again), update the informative tokens' global score. Returns the
+    new prefix tokens (B, P, C)."""
     k = stage.n_keep
     new_rep = out[:, -1:]
-    stage.placeholders = stage.placeholders + (new_rep - stage.representative)  # fast update
+    if fast:
+        stage.placeholders = stage.placeholders + (new_rep - stage.representative)
     stage.representative = new_rep
     stage.informative = out[:, num_prefix:num_prefix + k]
     if cls_score is not None:  # (B, K + 1) class attention over informative + representative

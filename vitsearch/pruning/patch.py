@@ -90,8 +90,8 @@ def apply(model: nn.Module, config: "PruneConfig | str | dict", *, evo_every_blo
         model._vitsearch = state
         model.token_selectors = nn.ModuleDict()
         model.base_pool = model.global_pool  # the stock model's pooling; a method may pool otherwise (Evo-ViT)
-    schedule = token_schedule(
-        config, depth=len(model.blocks), num_patches=model.patch_embed.num_patches, num_prefix=model.num_prefix_tokens)
+    schedule = token_schedule(config, depth=len(model.blocks), num_patches=model.patch_embed.num_patches,
+                              num_prefix=model.num_prefix_tokens, pool=model.base_pool)
     model.global_pool = method.pooling(model.base_pool, schedule)
     method.patch(model, schedule)
     model.prune_config, model.prune_method, model.token_schedule = config, method, schedule

@@ -52,7 +52,8 @@ class PruningMethod:
     def check_keep(self, keep: Mapping[int, float]) -> None:
         """Refuse selectors this method cannot run (called by PruneConfig)."""
 
-    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int) -> TokenSchedule:
+    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int,
+                 pool: str = "token") -> TokenSchedule:
         raise NotImplementedError
 
     # Model -------------------------------------------------------------------------------------------------

@@ -19,19 +19,28 @@ class EvoViT(PruningMethod):
     global score (the official code), so ``evovit:4=0.5,8=0.5`` is its DeiT schedule, 98 of 196 patches on the
     slow path at blocks 4-7 and again 98 of 196, re-selected, at blocks 8-11. A stage's blocks compute on prefix +
     informative patches + one representative token; the other patches are carried (structure preserved) and
-    fast-updated, so the head sees all P + N tokens.
+    fast-updated, and every stage but an open last one restores them in place.
+
+    The head is the stock model's (:attr:`head_pooling`). A class-token head never reads the last stage's
+    placeholders, so at inference that stage is *open*: no fast update and no restore, and the head's tokens are
+    the slow ones, P + k + 1. A head on the mean of the patches reads them all (the last stage restores).
 
     Training: the assisted CLS loss (a second head ``head_aux`` on the other pooling) through
-    ``state.aux_logits``. Latency: ``evo_stage(N, k)`` at each stage start (its restore included), the blocks
-    before the first stage at full width (``block_cls`` for the one whose class attention seeds the score), the
-    stage blocks as ``evo_block(_cls)(P + k + 1, k)``."""
+    ``state.aux_logits``; every stage restores, since the aux head of a class-token model reads the mean of all
+    patches. Latency: ``evo_stage(N, k)`` at each stage start (its restore included; ``evo_enter(N, k)`` for an
+    open last stage), the blocks before the first stage at full width (``block_cls`` for the one whose class
+    attention seeds the score), the stage blocks as ``evo_block(_cls)(P + k + 1, k)``."""
 
     name = "evovit"
     new_parameters = ("head_aux.",)
-    #: The classifier reads the mean of all patch tokens at inference, as the official DeiT Evo-ViT does, so the
-    #: fast-updated placeholders reach the logits; the class token trains ``head_aux`` (the assisted CLS loss).
-    #: None keeps the stock model's pooling (a class-token model then never reads the last stage's placeholders).
-    head_pooling: str | None = "avg"
+    #: None: the classifier is the stock model's (a class-token model keeps its class-token head; issue 14 item 4
+    #: chose it on digits by finalized accuracy, benchmarks/evovit_head.py). "avg": it reads the mean of all patch
+    #: tokens, as the official DeiT Evo-ViT does, and the class token trains ``head_aux``.
+    head_pooling: str | None = None
+
+    def reads_placeholders(self, pool: str) -> bool:
+        """Whether the head of a model whose stock pooling is ``pool`` reads the last stage's placeholders."""
+        return (self.head_pooling or pool) != "token"
 
     def pooling(self, base: str, schedule: TokenSchedule) -> str:
         return (self.head_pooling or base) if schedule.selectors else base  # pruning nothing: the stock model
@@ -41,7 +50,8 @@ class EvoViT(PruningMethod):
             raise refuse(self.name, "a selector at block 0 has no class attention to rank by",
                          "put the first selector at block >= 1")
 
-    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int) -> TokenSchedule:
+    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int,
+                 pool: str = "token") -> TokenSchedule:
         if num_prefix < 1:
             raise refuse(self.name, "it ranks tokens by class-token attention, but this model has no class token",
                          "use spvit, or a model with a class token")
@@ -58,7 +68,8 @@ class EvoViT(PruningMethod):
                                  f"drop the selector at block {block}")
                 k = k_new
             counts.append(num_prefix + k + int(k < num_patches))
-        return TokenSchedule(self.name, num_prefix, num_patches, tuple(counts), tuple(steps), num_prefix + num_patches)
+        final = counts[-1] if steps and not self.reads_placeholders(pool) else num_prefix + num_patches  # open end
+        return TokenSchedule(self.name, num_prefix, num_patches, tuple(counts), tuple(steps), final)
 
     def check_model(self, model: nn.Module) -> None:
         if getattr(model, "cls_token", None) is None:
@@ -81,6 +92,11 @@ class EvoViT(PruningMethod):
         starts = {s.block: s.n_keep for s in model.token_schedule.selectors}
         last_start = max(starts, default=-1)
         every_block = model.evo_every_block
+        # Inference with a head that never reads the last stage's placeholders: they are not updated or restored.
+        open_end = not model.training and not self.reads_placeholders(model.base_pool)
+        # The last block whose updated placeholders a later block reads (by re-ranking them: every-block mode after
+        # each block, stage-wise at the last stage's entry).
+        last_reader = len(model.blocks) - 2 if every_block else last_start - 1
         stage: evovit.EvoStage | None = None
         score: torch.Tensor | None = None
         prefix = x[:, :P]
@@ -106,9 +122,11 @@ class EvoViT(PruningMethod):
                 state.block_tokens.append(slow.shape[1])
                 out = blk(slow)
                 cls = evovit.class_attention_score(state.cls_attn, P) if state.record_cls_attn else None
-                prefix = evovit.after_block(stage, out, P, cls)
+                prefix = evovit.after_block(stage, out, P, cls, fast=not open_end or i <= last_reader)
         state.record_cls_attn = False
-        if stage is not None:
+        if stage is not None and open_end:
+            x = evovit.slow_tokens(prefix, stage)  # (B, P + k + 1, C): the class token has read all it needs
+        elif stage is not None:
             patches, _ = evovit.leave_stage(stage)
             x = torch.cat([prefix, patches], dim=1)
         return x
@@ -136,12 +154,14 @@ class EvoViT(PruningMethod):
         if not steps:
             return [("block", n, 0) for n in schedule.block_tokens]
         first, last = min(steps), max(steps)
+        open_end = schedule.final_tokens < P + N  # the head reads only the slow tokens: no restore at the end
         out: list[Component] = []
         k: int | None = None
         for i in range(schedule.depth):
             if i in steps:
                 k = steps[i].n_keep
-                out.append(("evo_stage", N, k))  # the stage's leave is charged with its enter
+                # the stage's leave is charged with its enter, but an open last stage never leaves
+                out.append(("evo_enter" if open_end and i == last else "evo_stage", N, k))
             if k is None:
                 out.append(("block_cls" if i + 1 == first else "block", P + N, 0))
             else:

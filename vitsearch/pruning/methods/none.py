@@ -23,7 +23,8 @@ class NoPruning(PruningMethod):
         if keep:
             raise VitsearchError("method 'none' takes no selectors: choose spvit or evovit to prune")
 
-    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int) -> TokenSchedule:
+    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int,
+                 pool: str = "token") -> TokenSchedule:
         n = num_prefix + num_patches
         return TokenSchedule(self.name, num_prefix, num_patches, (n,) * depth, (), n)
 

@@ -68,7 +68,8 @@ class SPViT(PruningMethod):
     name = "spvit"
     new_parameters = ("token_selectors.",)
 
-    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int) -> TokenSchedule:
+    def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int,
+                 pool: str = "token") -> TokenSchedule:
         steps, alive = compound_steps(keep, depth, num_patches)
         starts = {s.block for s in steps}
         counts, packages = [], 0
