@@ -9,7 +9,9 @@ accuracy of every strategy, computed as the search computes it:
 and the finalized accuracy: the config trained from the base by its method's progressive schedule (finalize's
 ``plan`` and ``train_schedule``, ``--steps`` steps). Reported per strategy: Kendall's tau between proxy and finalized
 accuracy over all configs and per method, and the top-3 overlap (how many of the 3 best configs by the proxy are
-among the 3 best finalized; ties keep the config list's order); for brief also the tau of the seed median.
+among the 3 best finalized; ties keep the config list's order); for brief also the tau of the seed median. With
+``--finalize-seeds N`` the finalized accuracy is the mean of N finalize seeds, and each pair of finalize seeds is
+ranked against each other: the ceiling no proxy can be expected to beat.
 Target (issue 14): tau >= 0.7 for brief, the search's default, over both methods together.
 
 Every result is cached in ``--work``/proxy.json under its quantity, recipe and config, with the fingerprint of the
@@ -17,7 +19,7 @@ vitsearch source that computed it, and a finalize in progress saves its training
 run resumes without training again what is done. A result from other source code is computed again, except
 finalized ones under ``--reuse-finalized`` (after a change that cannot affect finalize: the report says so).
 
-    .venv/bin/python benchmarks/proxy.py [--steps 600] [--seeds 3] [--configs spvit:3=0.3 evovit:4=0.5 ...]
+    .venv/bin/python benchmarks/proxy.py [--steps 600] [--seeds 3] [--finalize-seeds 2] [--configs ...]
 
 Writes its section of benchmarks/RESULTS.md (unless ``--no-results``), prints a table and a last JSON line.
 """
@@ -190,6 +192,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=positive_int, default=FinalizeSettings().steps, help="finalize steps")
     parser.add_argument("--seeds", type=positive_int, default=3, help="brief-training seeds (0..N-1; 0: the search's)")
+    parser.add_argument("--finalize-seeds", type=positive_int, default=1,
+                        help="finalize seeds (0..N-1): the ranking to predict is their mean, and with 2 or more the "
+                             "report gives how well one finalize ranks like another (the ceiling of any proxy)")
     parser.add_argument("--configs", type=config_arg, nargs="+", help=f"configs (default: {len(DEFAULT_CONFIGS)} "
                         "spanning both methods, 1-3 selectors and the keep range)")
     parser.add_argument("--brief-steps", type=positive_int, default=SearchSettings().train.steps,
@@ -262,10 +267,15 @@ def plan_units(args: argparse.Namespace, configs: list[PruneConfig], setup: Setu
     for c in configs:
         units.append(Unit("shared", c, f"shared {digests['shared']} {c}",
                           lambda c=c: shared.evaluate(c, "search").accuracy))
-    for c in configs:
-        state = args.work / "state" / f"{digests['finalized']}-{code}-{re.sub(r'[^A-Za-z0-9.]+', '_', str(c))}.pt"
-        units.append(Unit("finalized", c, f"finalized {digests['finalized']} {c}",
-                          lambda c=c, state=state: finalized_accuracy(setup, c, fin_settings, latency, state)))
+    for seed in range(args.finalize_seeds):  # seed 0 keys as before seeds were added (its cache entries stay valid)
+        fin = dataclasses.replace(fin_settings, seed=seed)
+        tag = "" if seed == 0 else f"seed={seed} "
+        for c in configs:
+            state = args.work / "state" / (f"{digests['finalized']}-{code}-{tag.replace('=', '')}"
+                                           f"{re.sub(r'[^A-Za-z0-9.]+', '_', str(c))}.pt")
+            units.append(Unit("finalized", c, f"finalized {digests['finalized']} {tag}{c}",
+                              lambda c=c, state=state, fin=fin: finalized_accuracy(setup, c, fin, latency, state),
+                              seed))
     return Plan(units, supernets)
 
 
@@ -357,7 +367,8 @@ def report(args: argparse.Namespace, configs: list[PruneConfig], units: list[Uni
            start_wall: datetime.datetime) -> int:
     names = [str(c) for c in configs]
     methods = {str(c): c.method for c in configs}
-    got: dict[str, dict[str, Any]] = {n: {"config": n, "method": methods[n], "brief_by_seed": []} for n in names}
+    got: dict[str, dict[str, Any]] = {n: {"config": n, "method": methods[n], "brief_by_seed": [],
+                                          "finalized_by_seed": []} for n in names}
     train_s, other_code = 0.0, []
     for u in units:
         record = cache.get(u.key)
@@ -366,14 +377,19 @@ def report(args: argparse.Namespace, configs: list[PruneConfig], units: list[Uni
         if record.get("code") != cache.code:
             other_code.append(f"`{u.config}` ({record.get('code')})")
         row = got[str(u.config)]
-        if u.quantity == "brief":
-            row["brief_by_seed"].append(record["accuracy"])
+        if u.quantity in ("brief", "finalized"):
+            row[f"{u.quantity}_by_seed"].append(record["accuracy"])
         else:
             row[u.quantity] = record["accuracy"]
     for row in got.values():
         seeds = row["brief_by_seed"]
-        row.update(brief=seeds[0], brief_median=statistics.median(seeds), brief_range=max(seeds) - min(seeds))
+        row.update(brief=seeds[0], brief_median=statistics.median(seeds), brief_range=max(seeds) - min(seeds),
+                   finalized=statistics.mean(row["finalized_by_seed"]))
     final = {n: got[n]["finalized"] for n in names}
+    # The ceiling: how well one finalize seed ranks the configs like another (no proxy can be expected to beat it).
+    pairs = [(a, b) for a in range(args.finalize_seeds) for b in range(a + 1, args.finalize_seeds)]
+    ceiling = [ranking({n: got[n]["finalized_by_seed"][a] for n in names},
+                       {n: got[n]["finalized_by_seed"][b] for n in names}, methods) for a, b in pairs]
     rankings = {s: ranking({n: got[n][s] for n in names}, final, methods) for s in STRATEGIES}
     tau = rankings["brief"]["tau"]
     met = tau is not None and tau >= TARGET_TAU
@@ -390,6 +406,7 @@ def report(args: argparse.Namespace, configs: list[PruneConfig], units: list[Uni
     lines = [
         "## Proxy against finalized accuracy (issue 14 item 1)", "",
         f"`benchmarks/proxy.py --steps {args.steps} --seeds {args.seeds} --threads {args.threads}"
+        + (f" --finalize-seeds {args.finalize_seeds}" if args.finalize_seeds > 1 else "")
         + (f" --brief-steps {args.brief_steps}" if args.brief_steps != SearchSettings().train.steps else "")
         + (f" --shared-steps {args.shared_steps}" if args.shared_steps != SearchSettings().shared_steps else "")
         + (f" --configs {' '.join(names)}" if args.configs else "")
@@ -399,16 +416,20 @@ def report(args: argparse.Namespace, configs: list[PruneConfig], units: list[Uni
         f"candidate, {seed_words} (seed 0 is the search's); shared = a supernet of "
         f"{settings.shared_steps} steps, then {settings.shared_finetune_steps} per config; training-free = the "
         f"config on the base, untrained. Finalized = the progressive schedule, {args.steps} steps at batch "
-        f"{fin_settings.batch_size}. Held out: {held_out} images (one is {100 / held_out:.2f} points).", "",
+        f"{fin_settings.batch_size}"
+        + (f", mean of seeds 0-{args.finalize_seeds - 1}" if args.finalize_seeds > 1 else "")
+        + f". Held out: {held_out} images (one is {100 / held_out:.2f} points).", "",
         f"| config | method | brief, seed 0 | brief median [range], {seed_words} | shared | training-free "
-        "| finalized |",
+        "| finalized" + (" (by seed)" if args.finalize_seeds > 1 else "") + " |",
         "|---|---|---|---|---|---|---|",
     ]
     for n in names:
         r = got[n]
         lines.append(f"| `{n}` | {r['method']} | {pct(r['brief'])} | {pct(r['brief_median'])} "
                      f"[{pct(min(r['brief_by_seed']))}-{pct(max(r['brief_by_seed']))}] | {pct(r['shared'])} | "
-                     f"{pct(r['training_free'])} | {pct(r['finalized'])} |")
+                     f"{pct(r['training_free'])} | {pct(r['finalized'])}"
+                     + (f" ({', '.join(pct(v) for v in r['finalized_by_seed'])})" if args.finalize_seeds > 1 else "")
+                     + " |")
     labels = {"brief": "brief, seed 0 (the search's)", "brief_median": f"brief, median of {seed_words}",
               "shared": "shared", "training_free": "training-free"}
     lines += ["", f"| proxy | Kendall's tau, all {len(names)} | " + " | ".join(f"tau, {m}" for m in method_names)
@@ -417,6 +438,10 @@ def report(args: argparse.Namespace, configs: list[PruneConfig], units: list[Uni
         rk = rankings[s]
         by_method = " | ".join(num(rk["tau_by_method"][m]) for m in method_names)
         lines.append(f"| {labels[s]} | {num(rk['tau'])} | {by_method} | {rk['top3_overlap']}/3 |")
+    for (a, b), rk in zip(pairs, ceiling):
+        by_method = " | ".join(num(rk["tau_by_method"][m]) for m in method_names)
+        lines.append(f"| finalize seed {a} as the proxy of seed {b} (the ceiling) | {num(rk['tau'])} | {by_method} "
+                     f"| {rk['top3_overlap']}/3 |")
     ranges = [got[n]["brief_range"] for n in names]
     margin = None if tau is None else tau - TARGET_TAU
     verdict = (f"Target (issue 14): Kendall's tau >= {TARGET_TAU} for brief over both methods: "
@@ -435,8 +460,10 @@ def report(args: argparse.Namespace, configs: list[PruneConfig], units: list[Uni
         write_section("proxy", text)
     print(text)
     print(json.dumps({"configs": list(got.values()), "rankings": rankings,
+                      "ceiling": [{"seeds": list(p), **rk} for p, rk in zip(pairs, ceiling)],
                       "target": {"tau": TARGET_TAU, "strategy": "brief", "met": met, "margin": margin},
-                      "settings": {"steps": args.steps, "seeds": args.seeds, "brief_steps": settings.train.steps,
+                      "settings": {"steps": args.steps, "seeds": args.seeds, "finalize_seeds": args.finalize_seeds,
+                                   "brief_steps": settings.train.steps,
                                    "shared_steps": settings.shared_steps, "threads": args.threads,
                                    "training": setup.precision.to_dict()},
                       "held_out": held_out, "cache": str(cache.path), "source": cache.code,

@@ -477,6 +477,12 @@ class SearchCommand(Command):
         parser.add_argument("--shared-steps", type=int, default=d.shared_steps, help="supernet steps (shared strategy)")
         parser.add_argument("--shared-finetune-steps", type=int, default=d.shared_finetune_steps,
                             help="extra steps per candidate after the supernet (shared strategy)")
+        parser.add_argument("--learned", action="store_true",
+                            help="also learn SPViT's keep rates under the budget (computation-aware loss, "
+                                 "layer-to-phase) and add the result to the study as one more trial")
+        parser.add_argument("--learned-steps", type=int, metavar="N",
+                            help="training steps of the learned strategy (default: trials x steps, the trials' "
+                                 "training compute)")
         parser.add_argument("--storage", metavar="URL",
                             help="Optuna storage for many workers, e.g. postgresql://user@host/db "
                                  "(default: a journal file in the study folder)")
@@ -500,7 +506,8 @@ class SearchCommand(Command):
             dataset=args.dataset, device=args.device, batch=args.batch, threads=args.threads, study=args.study,
             trials=args.trials,
             space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
-            shared_finetune_steps=args.shared_finetune_steps, storage=args.storage, sampler=args.sampler,
+            shared_finetune_steps=args.shared_finetune_steps, learned=args.learned, learned_steps=args.learned_steps,
+            storage=args.storage, sampler=args.sampler,
             seed=args.seed, max_train=args.max_train, max_val=args.max_val, workers=args.workers, reports=args.reports,
             tables=args.tables, train_device=args.train_device, amp=args.amp)
         if args.resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
@@ -519,6 +526,10 @@ class SearchCommand(Command):
             print(f"  best under budget: {best.config}  accuracy {100 * best.accuracy:.2f}%  "
                   f"{best.predicted_ms:.3f} ms ({result.unpruned_ms / best.predicted_ms:.2f}x faster)  "
                   f"{best.gmacs:.4f} GMACs  tokens per block {list(best.block_tokens)}")
+        learned = next((c for c in result.trials if c.kind == "learned"), None)
+        if learned is not None:
+            print(f"  learned rates ({learned.status}): {learned.config}  accuracy {100 * learned.accuracy:.2f}%  "
+                  f"{learned.predicted_ms:.3f} ms  trial {learned.trial}")
         for kind in ("uniform",):
             rows = [b for b in result.baselines if b.kind == kind and b.feasible]
             if rows:

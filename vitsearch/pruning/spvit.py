@@ -104,7 +104,7 @@ TRAIN_DRAWS = ("topk", "logodds")  # the training draw rules of :func:`prune_sof
 
 
 def prune_soft(
-    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float, *,
+    selector: MultiHeadTokenSelector, patches: torch.Tensor, alive: torch.Tensor, keep: float | torch.Tensor, *,
     draw: str = TRAIN_DRAWS[0], noise: float = 1.0, tau: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training: straight-through keep decisions on the patches still alive, drawn by the rule ``draw``
@@ -112,7 +112,7 @@ def prune_soft(
     patches: (B, N, C); alive: (B, N). Returns (new alive mask (B, N), package (B, 1, C))."""
     margin, p_keep = selector(patches, alive)  # (B, N), (B, N)
     if draw == "logodds":
-        decision = draw_logodds(margin, alive, keep, tau)
+        decision = draw_logodds(margin, alive, _level(keep), tau)
     elif draw == "topk":
         decision = draw_topk(margin, alive, keep, noise, tau)
     else:
@@ -139,7 +139,7 @@ def draw_logodds(margin: torch.Tensor, alive: torch.Tensor, keep: float, tau: fl
     return F.gumbel_softmax(logits, tau=tau, hard=True)[..., 0] * alive  # (B, N)
 
 
-def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float, noise: float = 1.0,
+def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float | torch.Tensor, noise: float = 1.0,
               tau: float = 1.0) -> torch.Tensor:
     """A fixed-k Gumbel top-k on the keep log-odds margin (B, N) of the tokens alive (B, N), straight-through;
     every row has the same count n alive. Returns the decisions (B, N).
@@ -150,9 +150,12 @@ def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float, noise: flo
     Backward: through sigmoid((perturbed margin - threshold) / tau), the threshold halfway between the k-th and
     (k+1)-th perturbed margins, centred over the alive tokens (as :func:`draw_logodds` centres them). The kept
     count is the target's whatever the scores (:func:`draw_logodds` keeps a share pinned only in log-odds).
-    Measured against it in benchmarks/spvit_train_match.py (RESULTS.md)."""
+    Measured against it in benchmarks/spvit_train_match.py (RESULTS.md).
+
+    ``keep`` may be a learnable rate (a 0-d tensor, the learned strategy's): it then gets the gradient of
+    :func:`rate_surrogate`, how the loss changes as the cut moves down the ranking."""
     n = int(alive[0].sum().item())
-    k = kept_tokens(n, keep)
+    k = kept_tokens(n, _level(keep))
     # Centred over the alive tokens: the same top-k, but the straight-through gradient sums to zero per image.
     # Uncentred, its common part (every token "kept more") drove the selectors: on digits they learned to drop
     # the digit (3% of its patches kept at spvit:3=0.25, brief accuracy 0.77 against 0.92 for logodds).
@@ -165,8 +168,27 @@ def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float, noise: flo
     perturbed = perturbed.masked_fill(alive < 0.5, float("-inf"))  # the dead are never kept
     top = perturbed.topk(min(k + 1, n), dim=1)
     hard = torch.zeros_like(margin).scatter(1, top.indices[:, :k], 1.0)  # (B, N)
-    if k == n:
-        return hard * alive
-    threshold = (top.values[:, k - 1:k] + top.values[:, k:k + 1]).detach() / 2  # (B, 1)
-    soft = torch.sigmoid((perturbed.masked_fill(alive < 0.5, 0.0) - threshold) / tau) * alive
-    return hard + (soft - soft.detach())  # exactly hard in the forward
+    decision = hard * alive
+    if k < n:
+        threshold = (top.values[:, k - 1:k] + top.values[:, k:k + 1]).detach() / 2  # (B, 1)
+        soft = torch.sigmoid((perturbed.masked_fill(alive < 0.5, 0.0) - threshold) / tau) * alive
+        decision = decision + (soft - soft.detach())  # exactly hard in the forward
+    if isinstance(keep, torch.Tensor) and keep.requires_grad:
+        decision = decision + rate_surrogate(perturbed.detach(), alive, keep, n)
+    return decision
+
+
+def _level(keep: float | torch.Tensor) -> float:
+    return float(keep.detach()) if isinstance(keep, torch.Tensor) else keep
+
+
+def rate_surrogate(perturbed: torch.Tensor, alive: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero in the forward; backward, the gradient of a soft cut at ``keep * n`` down the ranking of ``perturbed``
+    (B, N) over the n alive tokens: d decision_i / d keep = n * sigmoid'((keep n - rank_i - 1/2) / w) / w, which
+    sums to about n per image (keeping a share d keep more keeps n d keep more tokens). The width w (n / 16, at
+    least one token) spreads the gradient over the tokens around the cut, so the rate learns from what keeping a
+    few more or fewer of them does to the loss, not from one token's."""
+    rank = perturbed.argsort(dim=1, descending=True).argsort(dim=1).to(perturbed.dtype)  # (B, N) 0 = best
+    width = max(1.0, n / 16)
+    soft = torch.sigmoid((keep * n - rank - 0.5) / width) * alive
+    return soft - soft.detach()

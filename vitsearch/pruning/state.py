@@ -17,6 +17,9 @@ class PruneState:
     # and SPViT's training draw rule (a name in pruning.spvit.TRAIN_DRAWS; TrainSettings.spvit_draw).
     progress: float = 0.0
     spvit_draw: str = TRAIN_DRAWS[0]
+    # The learned strategy's keep rates (0-d tensors with gradients) by selector block: SPViT's training draws
+    # keep that share and pass its gradient back (vitsearch.training.learned); None: the config's ratios.
+    rates: dict[int, torch.Tensor] | None = None
     # Written by attention / the model during a forward, read by losses and tests.
     cls_attn: torch.Tensor | None = None  # (B, H, N) the class token's attention over all tokens
     keep_decisions: list[torch.Tensor] = field(default_factory=list)  # per selector (B, N_patches) 0/1, straight-through

@@ -72,6 +72,9 @@ def draw_pareto(info: ParetoInfo, ax: Any = None, *, legend: bool = True, annota
         if annotate:
             for p in info.labelled:
                 ax.annotate(f"#{p.trial}", (p.x, p.y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    if info.learned:
+        ax.scatter([p.x for p in info.learned], [p.y for p in info.learned], marker="P", s=110, color="C3",
+                   edgecolor="black", zorder=5, label="learned keep rates (SPViT)")
     if info.infeasible:
         ax.scatter([p.x for p in info.infeasible], [p.y for p in info.infeasible], s=22, color=GREY, zorder=3,
                    label="over budget")

@@ -55,6 +55,7 @@ class ParetoInfo:
     y_view: tuple[float, float] | None = None
     outside: str = ""
     labelled: list[Point] = field(default_factory=list)  # front points whose "#trial" label collides with no other
+    learned: list[Point] = field(default_factory=list)  # the learned strategy's trial (also in trained / infeasible)
 
 
 LABEL_GAP = (0.07, 0.06)  # share of the view's width and height two labels need between them to stay readable
@@ -163,7 +164,8 @@ def pareto_info(study: StudyRecord, *, cost: str = "latency") -> ParetoInfo:
     return ParetoInfo(trained, infeasible, rejected, front, step_x, step_y, budget, unpruned, uniform, matched,
                       x_label, metric_label(study.metric),
                       f"{study.name}: {study.model} on {study.device}, budget {study.meta.get('budget', '?')}",
-                      *(box or (None, None)), outside, spaced_labels(front, box))
+                      *(box or (None, None)), outside, spaced_labels(front, box),
+                      [p for t in study.trials if t.kind == "learned" and (p := _point(t, of)) is not None])
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Everything lands in the study folder (:class:`~vitsearch.studyfolder.StudyFolder
 - :mod:`.setup`: the base model, data, predictor, space and budget, resolved once (:func:`prepare`);
 - :mod:`.storage`: the Optuna study (journal file or database) and what is read back from it;
 - :mod:`.evaluation`: a config to a :class:`Candidate` (brief training or the shared supernet);
-- :mod:`.running`: baselines, the objective, the results (:func:`run_search`).
+- :mod:`.learned`: the learned strategy (SPViT's keep rates learned under the budget), one more trial;
+- :mod:`.running`: baselines, the objective, the learned trial, the results (:func:`run_search`).
 
 ```python
 from vitsearch.search import SearchSettings, run_search

@@ -13,6 +13,7 @@ from ..pareto import pareto_front
 from ..pruning import PruneConfig, canonical_key
 from .claims import KEY, claim, owners
 from .evaluation import Evaluator
+from .learned import check_learned, learned_trial, run_learned
 from .record import REJECTED_ACCURACY, describe, set_constraints
 from .settings import Candidate, SearchResult, SearchSettings
 from .setup import Setup, prepare, write_provenance
@@ -166,6 +167,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
              budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms)
     recover_stale_trials(study, settings.heartbeat_s)
     evaluator = Evaluator(setup, settings)
+    if settings.learned:
+        check_learned(setup, settings)  # before hours of trials
 
     finished = (optuna.trial.TrialState.COMPLETE,)
     done = count_trained(study)
@@ -223,6 +226,12 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
     except KeyboardInterrupt:
         raise Interrupted("interrupted: the baselines done so far are kept in the study's storage; run the same "
                           "command again to resume") from None
+    if settings.learned and learned_trial(study) is None:
+        try:
+            run_learned(evaluator, study)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted while learning keep rates: the trials and baselines are kept in the "
+                              "study's storage; run the same command again to learn them again") from None
     trials = collect(study)
     front = write_results(setup, trials, baselines)
     return SearchResult(setup.folder.path, setup.budget_ms, setup.unpruned_ms, trials, front, baselines)

@@ -12,6 +12,7 @@ from ..studyfolder import check_study_name
 from .budget import parse_budget
 
 STRATEGIES = ("brief", "shared")
+LEARNED = "learned"  # the kind of the learned strategy's trial (search/learned.py)
 
 SAMPLERS = ("tpe", "nsga2", "random")
 
@@ -36,6 +37,10 @@ class SearchSettings:
     # 5% worse in hypervolume; 60 + 2 came within 0.6-0.9% in about a third of it (benchmarks/RESULTS.md).
     shared_steps: int = 60
     shared_finetune_steps: int = 2
+    # The learned strategy (search/learned.py): SPViT's keep rates learned under the budget, added to the study as
+    # one more trial after the Optuna ones, with the trials' training compute (trials x steps) unless learned_steps.
+    learned: bool = False
+    learned_steps: int | None = None
     storage: str | None = None  # Optuna storage URL (postgresql://...); a journal file in the study folder if None
     # Seconds between a worker's heartbeats while it runs a trial; a trial silent for 4 of them is failed and its
     # config run again by the next worker (Optuna's heartbeat on a database, Heartbeat on the journal file).
@@ -76,7 +81,7 @@ class Candidate:
     """One evaluated config: a trial of the study or a baseline."""
 
     config: PruneConfig
-    kind: str  # "search", "unpruned" or "uniform"
+    kind: str  # "search", LEARNED (the learned strategy's trial), "unpruned" or "uniform"
     predicted_ms: float
     accuracy: float | None = None  # None: rejected before training
     gmacs: float | None = None

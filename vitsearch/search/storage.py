@@ -20,7 +20,7 @@ from ..studyfolder import StudyFolder
 from .claims import KEY
 from .record import DIRECTIONS
 from .storage_url import parse_storage_url
-from .settings import Candidate, SearchSettings
+from .settings import LEARNED, Candidate, SearchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def collect(study: optuna.Study) -> list[Candidate]:
         config = PruneConfig.parse(t.user_attrs.get("config", "none"))
         feasible = all(v <= 0 for v in t.constraints.values())
         out.append(Candidate(
-            config, "search", float(t.user_attrs.get("predicted_ms", t.values[1])),
+            config, t.user_attrs.get("kind", "search"), float(t.user_attrs.get("predicted_ms", t.values[1])),
             accuracy=t.user_attrs.get("accuracy"), gmacs=t.user_attrs.get("gmacs"),
             train_seconds=float(t.user_attrs.get("train_seconds", 0.0)), trial=t.number, feasible=feasible,
             status=t.user_attrs.get("status", "trained"), block_tokens=tuple(t.user_attrs.get("block_tokens", ())),
@@ -243,5 +243,5 @@ def count_trained(study: Any, complete: Sequence[Any] | None = None) -> int:
     """Completed trials that were trained (``trials`` counts these; rejections before training cost nothing)."""
     if complete is None:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return sum(t.user_attrs.get("accuracy") is not None for t in complete)
+    return sum(t.user_attrs.get("accuracy") is not None and t.user_attrs.get("kind") != LEARNED for t in complete)
 

@@ -110,9 +110,11 @@ class SPViT(PruningMethod):
         packaged: list[torch.Tensor] = []  # per selector so far (B, 1): 1 if its package holds any token
         for i, blk in enumerate(model.blocks):
             if i in steps:
-                kept, pkg = spvit.prune_soft(model.token_selectors[str(i)], x[:, P:P + N], alive,
-                                             steps[i].n_keep / steps[i].n_in, draw=state.spvit_draw,
-                                             noise=selection_noise(state.progress))
+                keep = steps[i].n_keep / steps[i].n_in
+                if state.rates is not None and i in state.rates:
+                    keep = state.rates[i]  # the same share, learnable (its count is the schedule's)
+                kept, pkg = spvit.prune_soft(model.token_selectors[str(i)], x[:, P:P + N], alive, keep,
+                                             draw=state.spvit_draw, noise=selection_noise(state.progress))
                 # A draw that pruned nothing has an empty package: masked out, since inference never has one
                 # (attending to a zero token, it sent the selectors gradients of the tokens' scale, ~100).
                 packaged.append(((alive - kept).detach().sum(dim=1, keepdim=True) > 0).to(x.dtype))
