@@ -45,3 +45,11 @@ def test_an_image_folder_that_does_not_exist_or_holds_no_images(run_cli, tmp_pat
 
 def test_bad_budget(run_cli):
     _fails_cleanly(run_cli("search", "--budget", "fast"), "cannot read budget 'fast'")
+
+
+def test_learned_steps_without_learned_or_not_positive(run_cli, tmp_path):
+    _fails_cleanly(run_cli("search", "--learned-steps", "100", "--reports", str(tmp_path)), "--learned-steps",
+                   "--learned")
+    result = run_cli("search", "--learned", "--learned-steps", "0", "--reports", str(tmp_path))
+    assert result.returncode == 2 and "--learned-steps" in result.stderr and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing was started

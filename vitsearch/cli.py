@@ -480,7 +480,7 @@ class SearchCommand(Command):
         parser.add_argument("--learned", action="store_true",
                             help="also learn SPViT's keep rates under the budget (computation-aware loss, "
                                  "layer-to-phase) and add the result to the study as one more trial")
-        parser.add_argument("--learned-steps", type=int, metavar="N",
+        parser.add_argument("--learned-steps", type=positive_int, metavar="N",
                             help="training steps of the learned strategy (default: trials x steps, the trials' "
                                  "training compute)")
         parser.add_argument("--storage", metavar="URL",
@@ -498,6 +498,8 @@ class SearchCommand(Command):
         from .studyfolder import StudyFolder
         from .training import LossWeights, TrainSettings
 
+        if args.learned_steps is not None and not args.learned:
+            raise VitsearchError("--learned-steps sets the learned strategy's training: add --learned to run it")
         weights = LossWeights(ratio=args.ratio_weight, latency=args.latency_weight, distill=args.distill_weight)
         train = TrainSettings(steps=args.steps, batch_size=args.train_batch, lr=args.lr, selector_lr=args.selector_lr,
                               weights=weights, seed=args.seed)

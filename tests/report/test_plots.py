@@ -68,6 +68,20 @@ def test_the_view_zooms_to_the_front_and_labels_do_not_overprint(reports):
     assert info.y_view[0] <= 91.0 <= info.y_view[1]  # its accuracy stays in view, as a reference line
 
 
+def test_the_learned_trial_is_marked_on_the_front_and_named_in_the_tables(study_folder):
+    from vitsearch.report.tables import entry_rows
+
+    study = load_study(study_folder)
+    study.trials = [dataclasses.replace(t, kind="learned") if t.config == "spvit:3=0.7,6=0.7" else t
+                    for t in study.trials]
+    info = pareto_info(study)
+    assert [p.label for p in info.learned] == ["spvit:3=0.7,6=0.7"] and info.learned[0] in info.front
+    ax = draw_pareto(info)
+    assert "learned keep rates (SPViT)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    rows = {r[0]: r[1] for r in entry_rows(study.trials, study)}
+    assert rows["1"] == "spvit (learned rates)" and rows["0"] == "spvit"
+
+
 def test_legends_sit_outside_the_axes_and_hide_no_point(study_folder):
     study = load_study(study_folder)
     for name, ax in (("pareto", draw_pareto(pareto_info(study))), ("overlay", draw_overlay(overlay_info([study]))),

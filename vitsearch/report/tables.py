@@ -87,7 +87,8 @@ def entry_rows(entries: Iterable[Entry], study: StudyRecord, *, with_kind: bool 
     rows = []
     for e in entries:
         row = [e.kind] if with_kind else [DASH if e.trial is None else str(e.trial)]
-        row += [f"{e.method} (learned rates)" if e.kind == "learned" else e.method, fmt_selectors(e), fmt_tokens(e.block_tokens), fmt_acc(e.accuracy),
+        method = f"{e.method} (learned rates)" if e.kind == "learned" else e.method
+        row += [method, fmt_selectors(e), fmt_tokens(e.block_tokens), fmt_acc(e.accuracy),
                 fmt_delta(e.accuracy, reference), fmt_ms(e.predicted_ms), fmt_ms(e.measured_ms), fmt_gmacs(e.gmacs),
                 fmt_speedup(e.predicted_ms, study.unpruned_ms), fmt_seconds(e.train_seconds)]
         rows.append(row)
