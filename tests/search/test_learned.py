@@ -122,3 +122,36 @@ def test_a_space_without_spvit_is_refused_before_any_trial(tmp_path, env, lean_s
 def test_too_few_learning_steps_are_refused_before_any_trial(tmp_path, env, lean_space):
     with pytest.raises(VitsearchError, match="at least one per selector block.*--learned-steps"):
         run_search(settings(tmp_path, env, lean_space, learned_steps=5), progress=False)
+
+
+@pytest.mark.slow
+def test_the_rates_latency_is_the_prediction_with_the_block_curves_gradient(env):
+    """L(r) of the learned strategy: the predictor's value for the rates' config, and the gradient of the table's
+    block curve at the soft token counts (prefix + N x the rates so far + one package per selector so far)."""
+    import torch
+
+    from vitsearch.latency import table as table_mod
+    from vitsearch.latency.predict import Predictor
+    from vitsearch.models import create_model, geometry
+    from vitsearch.search.learned import rates_latency
+    from vitsearch.training import PiecewiseLinear
+    from vitsearch.training.learned import rates_config
+
+    g = geometry(create_model("digits"))
+    predictor = Predictor(table_mod.load(table_mod.table_path(env["tables"], "cpu", g, 1), geometry=g, batch=1))
+    curve = PiecewiseLinear(*predictor.block_curve())
+    rates = {3: torch.tensor(0.6, requires_grad=True), 7: torch.tensor(0.7, requires_grad=True)}
+    ms = rates_latency(rates, predictor, curve, 3, depth=DEPTH, num_patches=N, num_prefix=P)
+    assert float(ms.detach()) == pytest.approx(predictor.predict(rates_config(rates)).total_ms)  # 2 <= 3 selectors
+    ms.backward()
+    r3, r7 = (torch.tensor(float(rates[b].detach()), requires_grad=True) for b in (3, 7))
+    soft = sum(curve(torch.as_tensor(P + N * (r3 if b >= 3 else 1) * (r7 if b >= 7 else 1) + (b >= 3) + (b >= 7)))
+               for b in range(DEPTH))
+    soft.backward()
+    assert float(r3.grad) > 0 and float(rates[3].grad) == pytest.approx(float(r3.grad))
+    assert float(rates[7].grad) == pytest.approx(float(r7.grad))
+    # More selectors than a deployed config keeps: selection is charged for max_selectors of them only.
+    many = {b: torch.tensor(0.9) for b in (3, 4, 5, 6)}
+    pred = predictor.predict(rates_config(many))
+    charged = float(rates_latency(many, predictor, curve, 2, depth=DEPTH, num_patches=N, num_prefix=P))
+    assert pred.selection_ms > 0 and charged == pytest.approx(pred.total_ms - pred.selection_ms / 2)

@@ -46,11 +46,12 @@ class Merge:
     kept: int  # patch tokens summed over the blocks: what the fit maximises under the budget
 
 
-def learned_counts(rates: Mapping[int, float], *, depth: int, num_patches: int) -> list[float]:
-    """Patch tokens reaching each block under compounding keep rates (fractional: the rates' own profile)."""
+def learned_counts(rates: Mapping[int, Any], *, depth: int, num_patches: int) -> list[Any]:
+    """Patch tokens reaching each block under compounding keep rates (fractional: the rates' own profile; tensors
+    in, differentiable tensors out)."""
     alive, out = float(num_patches), []
     for block in range(depth):
-        alive *= rates.get(block, 1.0)
+        alive = alive * rates.get(block, 1.0)  # not *=: that would rewrite the tensors already in out
         out.append(alive)
     return out
 
@@ -123,6 +124,9 @@ def fit_budget(phases: Sequence[tuple[int, float]], predict: Any, budget_ms: flo
         return Merge(config, ms, ms <= budget_ms, kept)
 
     top = num_patches / max(phases[0][1], 1e-6)  # the factor at which the first phase keeps every patch
+    best = merge(top)
+    if best.within_budget:
+        return best
     lo, hi = 0.0, top
     best = merge(lo)
     if not best.within_budget:
@@ -134,8 +138,7 @@ def fit_budget(phases: Sequence[tuple[int, float]], predict: Any, budget_ms: flo
             lo, best = mid, m
         else:
             hi = mid
-    top_merge = merge(top)
-    return top_merge if top_merge.within_budget else best
+    return best
 
 
 def choose_merge(rates: Mapping[int, float], blocks: Sequence[int], max_selectors: int, predict: Any,
@@ -150,6 +153,21 @@ def choose_merge(rates: Mapping[int, float], blocks: Sequence[int], max_selector
     if within:
         return max(within, key=lambda m: (m.kept, -len(m.config.keep)))
     return min(merges, key=lambda m: m.predicted_ms)
+
+
+def rates_latency(rates: Mapping[int, torch.Tensor], predictor: Any, curve: Any, max_selectors: int, *, depth: int,
+                  num_patches: int, num_prefix: int) -> torch.Tensor:
+    """The learned strategy's L(r): the predictor's latency of the rates' config (its value), with the gradient of
+    the table's block curve (``curve``) at the rates' soft per-block token counts."""
+    pred = predictor.predict(rates_config(rates))
+    # Selection is charged for the selectors a deployed config keeps (the merge keeps at most max_selectors):
+    # charged for all 8 that a digits search inserts, 190 steps of learning ended at 1.01 ms for a 0.85 ms budget.
+    selectors = max(1, sum(p.kind == "spvit_select" for p, _ in pred.parts))
+    exact = pred.total_ms - pred.selection_ms * max(0.0, 1 - max_selectors / selectors)
+    alive = learned_counts({b: r.cpu() for b, r in rates.items()}, depth=depth, num_patches=num_patches)
+    packages = [sum(b <= block for b in rates) for block in range(depth)]  # one per selector so far
+    blocks_ms = sum(curve(torch.as_tensor(num_prefix + a + p)) for a, p in zip(alive, packages))
+    return exact + blocks_ms - blocks_ms.detach()  # the predictor's value, the block curve's gradient
 
 
 def learned_trial(study: optuna.Study) -> Any | None:
@@ -187,18 +205,8 @@ def run_learned(evaluator: Evaluator, study: optuna.Study) -> Candidate:
     steps = learn_steps(s)
 
     def latency_of(rates: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        pred = predictor.predict(rates_config(rates))
-        # Selection is charged for the selectors a deployed config keeps (the merge keeps at most max_selectors):
-        # charged for all 8 that a digits search inserts, 190 steps of learning ended at 1.01 ms for a 0.85 ms budget.
-        selectors = max(1, sum(p.kind == "spvit_select" for p, _ in pred.parts))
-        exact = pred.total_ms - pred.selection_ms * max(0.0, 1 - setup.space.max_selectors / selectors)
-        alive, packages, soft = torch.tensor(float(n_patches)), 0, []
-        for block in range(depth):
-            if block in rates:
-                alive, packages = alive * rates[block].cpu(), packages + 1
-            soft.append(curve(n_prefix + alive + packages))
-        blocks_ms = torch.stack(soft).sum()
-        return exact + blocks_ms - blocks_ms.detach()  # the predictor's value, the block curve's gradient
+        return rates_latency(rates, predictor, curve, setup.space.max_selectors, depth=depth, num_patches=n_patches,
+                             num_prefix=n_prefix)
 
     learn = LearnSettings(steps=steps, keep_min=setup.space.keep_min)
     logger.info("learned strategy: %d steps learning keep rates at blocks %s (layer-to-phase), then %d steps on the "

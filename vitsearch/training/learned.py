@@ -82,7 +82,6 @@ def phase_of(step: int, steps: int, phases: int) -> int:
 class LearnedRun:
     rates: dict[int, float]  # the learned keep rate of every selector block
     history: list[dict[str, Any]]  # per phase end: its selectors' rates and the predicted latency
-    steps: int
     seconds: float
 
 
@@ -142,4 +141,4 @@ def learn_rates(model: nn.Module, teacher: nn.Module, splits: Any, blocks: Seque
     state.reset()
     state.rates = None
     model.eval()
-    return LearnedRun(rates.values(), history, settings.steps, time.perf_counter() - started)
+    return LearnedRun(rates.values(), history, time.perf_counter() - started)
