@@ -142,8 +142,9 @@ def test_spvit_selector_matches_the_per_head_formula(masked):
         "out.1.weight": (4, 8), "out.1.bias": (4,), "out.2.weight": (1, 4), "out.2.bias": (1,)}
 
 
-def test_spvit_selector_exports_as_gemms_not_einsum(tmp_path):
+def test_spvit_selector_exports_as_gemms_without_token_reductions_or_concat(tmp_path):
     import onnx
+    import onnxruntime as ort
 
     from vitsearch.export import export_onnx
 
@@ -152,6 +153,18 @@ def test_spvit_selector_exports_as_gemms_not_einsum(tmp_path):
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "Einsum" not in ops
     assert ops.count("Gemm") >= 2 * 4  # every selector's four shared projections are 2-D Gemms, bias fused
+    # What onnxruntime runs, once it has folded what depends on weights and shapes alone (the derived weights):
+    # a mean over the token axis, the [local, global] concatenation and a gather with an index per element each
+    # cost it more than the matmuls and the row Gather that replace them (issue 18).
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(so.optimized_model_filepath).graph.node
+    selector_ops = {n.op_type for n in nodes if "token_selectors" in n.name}
+    assert "Gemm" in selector_ops and not selector_ops & {"ReduceMean", "Concat", "Expand", "Split", "Pad", "Tile"}
+    ops = [n.op_type for n in nodes]
+    assert "GatherElements" not in ops and "Gather" in ops
 
 
 def test_spvit_training_draws_gumbel_decisions_with_gradients(images):

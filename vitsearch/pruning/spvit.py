@@ -25,7 +25,8 @@ class MultiHeadTokenSelector(nn.Module):
     One scorer shared by all heads, as in the official code (its per-head module list repeats one instance): each
     head's slice of a token is a row, so every projection is one 2-D ``Gemm`` over (B * N * H) rows with its bias
     fused, and no transposes. Per-head weights (the paper's wording) made batched 3-D matmuls whose bias adds,
-    transposes and softmaxes cost 3-5% of a DeiT-S for 0.4% of its FLOPs (issue 18; benchmarks/selector_cost.py)."""
+    transposes and softmaxes cost 3-5% of a DeiT-S for 0.4% of its FLOPs (issue 18; benchmarks/selector_cost.py).
+    The forward is written for onnxruntime too: no mean over a token axis, no concatenation (see its comments)."""
 
     def __init__(self, dim: int, num_heads: int, keep_prior: float = 0.5) -> None:
         """``keep_prior``: the keep probability ``p_keep`` every token starts with (the selector's target). The
@@ -58,19 +59,29 @@ class MultiHeadTokenSelector(nn.Module):
         sum of the heads' keep probabilities sigmoid(d)."""
         B, N, C = x.shape
         H, hd = self.num_heads, self.head_dim
-        rows = x.reshape(-1, hd)  # (B * N * H, hd): one row per (token, head)
-        w = self.head_gate(x.reshape(B, N, H, hd).mean(dim=-1))  # (B, N, H)
+        gate = self.head_gate[0]
+        # The gate's first Linear reads each head's mean activation: folded into one Linear on the token itself
+        # (weights repeated over the head's channels, / hd), so no reshape or mean over x (B, N, C).
+        gate_in = F.linear(x.reshape(B * N, C), gate.weight.repeat_interleave(hd, dim=1) / hd, gate.bias)
+        w = self.head_gate[1:](gate_in).reshape(B, N, H)
         w = w / w.sum(dim=-1, keepdim=True)
-        h = F.gelu(self.in_proj(self.norm(rows))).reshape(B, N, H, hd)
-        split = hd // 2
-        local, glob = h[..., :split], h[..., split:]
+        rows = self.norm(x.reshape(-1, hd))  # (B * N * H, hd): one row per (token, head)
+        # out[0] reads [the local half of in_proj's output, the global half pooled over the tokens]. Each half is
+        # computed on its own and out[0] applied as W_local @ local + W_global @ context, so no concatenation (a
+        # Split, an Expand and a Concat per selector) and no product with the half a row does not read.
+        split, proj, first = hd // 2, self.in_proj, self.out[0]
+        local = F.gelu(F.linear(rows, proj.weight[:split], proj.bias[:split]))  # (B * N * H, split)
+        glob = F.gelu(F.linear(rows, proj.weight[split:], proj.bias[split:])).reshape(B, N, H * (hd - split))
+        # The context, the mean of the global half over the alive tokens, as one matmul (a ReduceMean over the
+        # token axis cost onnxruntime 3x more).
         if mask is None:
-            glob = glob.mean(dim=1, keepdim=True)  # (B, 1, H, hd - split)
+            pool = x.new_full((1, 1, N), 1 / N)
         else:
-            m = mask[:, :, None, None]  # (B, N, 1, 1)
-            glob = (glob * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1e-6)
-        h = torch.cat([local, glob.expand(-1, N, -1, -1)], dim=-1).reshape(-1, hd)
-        for layer in self.out[:-1]:
+            pool = (mask / mask.sum(dim=1, keepdim=True).clamp_min(1e-6))[:, None]  # (B, 1, N)
+        context = (pool @ glob).reshape(B, H, hd - split)
+        h = F.linear(local, first.weight[:, :split], first.bias).reshape(B, N, H, -1)
+        h = F.gelu(h + F.linear(context, first.weight[:, split:])[:, None]).reshape(B * N * H, -1)
+        for layer in self.out[1:-1]:
             h = F.gelu(layer(h))
         d = self.out[-1](h).reshape(B, N, H)  # each head's keep log-odds
         return (w * d).sum(dim=-1), (w * torch.sigmoid(d)).sum(dim=-1)
@@ -95,7 +106,10 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
     keep what training learned to keep. Returns (kept (B, n_keep, C), package (B, 1, C))."""
     margin, p_keep = selector(patches)  # (B, N), (B, N)
     idx = margin.topk(n_keep, dim=1).indices  # (B, K)
-    kept = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, C)
+    B, N, C = patches.shape
+    # Whole rows of the flattened batch (one Gather): a gather along the token axis needs an index per element.
+    rows = (idx + torch.arange(B, device=idx.device)[:, None] * N).reshape(-1)  # (B * K,)
+    kept = patches.reshape(B * N, C)[rows].reshape(B, n_keep, C)  # (B, K, C)
     dropped = torch.ones_like(p_keep).scatter(1, idx, 0.0)  # (B, N) 1 = packaged
     return kept, package(patches, dropped * p_keep)
 
