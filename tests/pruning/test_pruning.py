@@ -144,6 +144,7 @@ def test_spvit_selector_matches_the_per_head_formula(masked):
 
 def test_spvit_selector_exports_as_gemms_without_token_reductions_or_concat(tmp_path):
     import onnx
+    import onnx.numpy_helper
     import onnxruntime as ort
 
     from vitsearch.export import export_onnx
@@ -160,10 +161,13 @@ def test_spvit_selector_exports_as_gemms_without_token_reductions_or_concat(tmp_
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    nodes = onnx.load(so.optimized_model_filepath).graph.node
-    selector_ops = {n.op_type for n in nodes if "token_selectors" in n.name}
-    assert "Gemm" in selector_ops and not selector_ops & {"ReduceMean", "Concat", "Expand", "Split", "Pad", "Tile"}
-    ops = [n.op_type for n in nodes]
+    graph = onnx.load(so.optimized_model_filepath).graph
+    constants = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in graph.initializer}
+    selector = [n for n in graph.node if "token_selectors" in n.name]
+    assert "Gemm" in {n.op_type for n in selector}
+    assert not {n.op_type for n in selector} & {"Concat", "Expand", "Split", "Pad", "Tile"}
+    assert all(constants[n.input[1]] == [-1] for n in selector if n.op_type == "ReduceMean")  # channels only
+    ops = [n.op_type for n in graph.node]
     assert "GatherElements" not in ops and "Gather" in ops
 
 

@@ -26,7 +26,7 @@ class MultiHeadTokenSelector(nn.Module):
     head's slice of a token is a row, so every projection is one 2-D ``Gemm`` over (B * N * H) rows with its bias
     fused, and no transposes. Per-head weights (the paper's wording) made batched 3-D matmuls whose bias adds,
     transposes and softmaxes cost 3-5% of a DeiT-S for 0.4% of its FLOPs (issue 18; benchmarks/selector_cost.py).
-    The forward is written for onnxruntime too: no mean over a token axis, no concatenation (see its comments)."""
+    The forward is written for onnxruntime too: no mean over the token axis, no concatenation (see its comments)."""
 
     def __init__(self, dim: int, num_heads: int, keep_prior: float = 0.5) -> None:
         """``keep_prior``: the keep probability ``p_keep`` every token starts with (the selector's target). The
@@ -59,11 +59,7 @@ class MultiHeadTokenSelector(nn.Module):
         sum of the heads' keep probabilities sigmoid(d)."""
         B, N, C = x.shape
         H, hd = self.num_heads, self.head_dim
-        gate = self.head_gate[0]
-        # The gate's first Linear reads each head's mean activation: folded into one Linear on the token itself
-        # (weights repeated over the head's channels, / hd), so no reshape or mean over x (B, N, C).
-        gate_in = F.linear(x.reshape(B * N, C), gate.weight.repeat_interleave(hd, dim=1) / hd, gate.bias)
-        w = self.head_gate[1:](gate_in).reshape(B, N, H)
+        w = self.head_gate(x.reshape(B, N, H, hd).mean(dim=-1))  # (B, N, H)
         w = w / w.sum(dim=-1, keepdim=True)
         rows = self.norm(x.reshape(-1, hd))  # (B * N * H, hd): one row per (token, head)
         # out[0] reads [the local half of in_proj's output, the global half pooled over the tokens]. Each half is
@@ -74,13 +70,11 @@ class MultiHeadTokenSelector(nn.Module):
         glob = F.gelu(F.linear(rows, proj.weight[split:], proj.bias[split:])).reshape(B, N, H * (hd - split))
         # The context, the mean of the global half over the alive tokens, as one matmul (a ReduceMean over the
         # token axis cost onnxruntime 3x more).
-        if mask is None:
-            pool = x.new_full((1, 1, N), 1 / N)
-        else:
-            pool = (mask / mask.sum(dim=1, keepdim=True).clamp_min(1e-6))[:, None]  # (B, 1, N)
+        alive = x.new_ones(B, N) if mask is None else mask  # all ones at inference: a constant runtimes fold
+        pool = (alive / alive.sum(dim=1, keepdim=True).clamp_min(1e-6))[:, None]  # (B, 1, N)
         context = (pool @ glob).reshape(B, H, hd - split)
         h = F.linear(local, first.weight[:, :split], first.bias).reshape(B, N, H, -1)
-        h = F.gelu(h + F.linear(context, first.weight[:, split:])[:, None]).reshape(B * N * H, -1)
+        h = F.gelu(h + F.linear(context, first.weight[:, split:])[:, None]).reshape(-1, first.out_features)
         for layer in self.out[1:-1]:
             h = F.gelu(layer(h))
         d = self.out[-1](h).reshape(B, N, H)  # each head's keep log-odds
@@ -109,7 +103,7 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
     B, N, C = patches.shape
     # Whole rows of the flattened batch (one Gather): a gather along the token axis needs an index per element.
     rows = (idx + torch.arange(B, device=idx.device)[:, None] * N).reshape(-1)  # (B * K,)
-    kept = patches.reshape(B * N, C)[rows].reshape(B, n_keep, C)  # (B, K, C)
+    kept = patches.reshape(-1, C)[rows].reshape(B, n_keep, C)  # (B, K, C)
     dropped = torch.ones_like(p_keep).scatter(1, idx, 0.0)  # (B, N) 1 = packaged
     return kept, package(patches, dropped * p_keep)
 
