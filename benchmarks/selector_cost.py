@@ -42,6 +42,7 @@ from vitsearch.export import export_onnx  # noqa: E402
 from vitsearch.latency import runner  # noqa: E402
 from vitsearch.models import create_model, geometry  # noqa: E402
 from vitsearch.pruning import apply, spvit  # noqa: E402
+from vitsearch.pruning.tokens import weighted_mean  # noqa: E402
 
 TARGET = 0.015
 logger = logging.getLogger("benchmark")
@@ -75,7 +76,7 @@ def before_prune(selector: spvit.MultiHeadTokenSelector, patches: torch.Tensor, 
     idx = margin.topk(n_keep, dim=1).indices
     kept = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))
     dropped = torch.ones_like(p_keep).scatter(1, idx, 0.0)
-    return kept, spvit.package(patches, dropped * p_keep)
+    return kept, weighted_mean(patches, dropped * p_keep)
 
 
 @contextmanager
@@ -103,6 +104,31 @@ def export_variants(model: str, config: str, batch: int, folder: Path) -> dict[s
     return paths
 
 
+class FirstSelection(torch.nn.Module):
+    """The config's first selector with its top-k, gather and package, alone: patches (B, N, C) -> (B, K + 1, C)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.step = net.token_schedule.selectors[0]
+        self.selector = net.token_selectors[str(self.step.block)]
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return torch.cat(spvit.prune_hard(self.selector, patches, self.step.n_keep), dim=1)
+
+
+def export_selection(model: str, config: str, folder: Path) -> dict[str, str]:
+    """The first selection alone (batch 1), as vitsearch builds it and as it was ``before``."""
+    torch.manual_seed(0)
+    net = apply(create_model(model), config).eval()
+    module = FirstSelection(net)
+    x = torch.randn(1, module.step.n_in, net.embed_dim)
+    paths = {}
+    for name in ("spvit", "before"):
+        with variant(name):
+            paths[name] = str(export_onnx(module, (x,), folder / f"selection-{name}.onnx", check=False))
+    return paths
+
+
 def time_interleaved(paths: dict[str, str], threads: int, passes: int, seconds: float) -> list[dict[str, list[float]]]:
     """The timed calls (ms) of each variant, one dict per pass. Every pass builds one session per variant and then
     they take turns one call at a time (A B C A B C ...) for ``seconds`` per variant, so a slow stretch
@@ -116,7 +142,7 @@ def time_interleaved(paths: dict[str, str], threads: int, passes: int, seconds: 
                 call()
         samples: dict[str, list[float]] = {name: [] for name in paths}
         start = time.perf_counter()
-        while time.perf_counter() - start < seconds * len(calls) or len(samples["static"]) < 3:
+        while time.perf_counter() - start < seconds * len(calls) or min(map(len, samples.values())) < 3:
             for name, call in calls.items():
                 t0 = time.perf_counter_ns()
                 call()
@@ -126,9 +152,9 @@ def time_interleaved(paths: dict[str, str], threads: int, passes: int, seconds: 
     return passes_ms
 
 
-def round_ratios(samples: dict[str, list[float]], name: str) -> np.ndarray:
-    """Each round's call of ``name`` over the ``static`` call next to it."""
-    return np.asarray(samples[name]) / np.asarray(samples["static"])
+def round_ratios(samples: dict[str, list[float]], name: str, base: str = "static") -> np.ndarray:
+    """Each round's call of ``name`` over the ``base`` call next to it."""
+    return np.asarray(samples[name]) / np.asarray(samples[base])
 
 
 def verdict(row: dict) -> str:
@@ -164,6 +190,15 @@ def main() -> int:
                 row["share"] = {n: 1 - 1 / row["ratio"][n] for n in compared}
                 rows.append(row)
                 logger.info("batch %d, %d threads: %s", batch, threads, json.dumps(row))
+        # The first selection alone, where the selector's own difference is not lost in the model's noise.
+        paths = export_selection(args.model, args.config, Path(tmp))
+        alone = []
+        for threads in args.threads:
+            passes = time_interleaved(paths, threads, args.passes, args.seconds / 4)
+            us = {n: 1000 * float(np.median(np.concatenate([p[n] for p in passes]))) for n in paths}
+            ratio = float(np.median(np.concatenate([round_ratios(p, "spvit", "before") for p in passes])))
+            alone.append({"threads": threads, "us": us, "ratio": ratio})
+            logger.info("first selection alone, %d threads: %s", threads, json.dumps(alone[-1]))
     load1 = os.getloadavg()[0]
     lines = ["## SPViT selector cost against free selection (issue 18)", "",
              f"`.venv/bin/python benchmarks/selector_cost.py {' '.join(sys.argv[1:])}` on "
@@ -181,11 +216,16 @@ def main() -> int:
                      f"{r['ratio']['spvit']:.3f} [{lo:.3f}-{hi:.3f}] | {100 * r['share']['spvit']:.1f}% | "
                      f"{r['ratio']['before']:.3f} [{elo:.3f}-{ehi:.3f}] | {100 * r['share']['before']:.1f}% | "
                      f"{verdict(r)} |")
+    lines += ["", "The first selection alone (its selector, top-k, gather and package on the patches entering it, batch 1), "
+              "the two forms taking turns call by call:", "",
+              "| threads | before us | spvit us | spvit / before (median of the rounds) |", "|---|---|---|---|"]
+    lines += [f"| {a['threads']} | {a['us']['before']:.0f} | {a['us']['spvit']:.0f} | {a['ratio']:.3f} |" for a in alone]
     text = "\n".join(lines)
     if not args.no_results:
         write_section("selector_cost", text)
     print(text)
-    print(json.dumps({"benchmark": "selector_cost", "config": args.config, "load": [load0, load1], "rows": rows}))
+    print(json.dumps({"benchmark": "selector_cost", "config": args.config, "load": [load0, load1], "rows": rows,
+                      "selection_alone": alone}))
     return 0
 
 

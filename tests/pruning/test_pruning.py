@@ -171,6 +171,25 @@ def test_spvit_selector_exports_as_gemms_without_token_reductions_or_concat(tmp_
     assert "GatherElements" not in ops and "Gather" in ops
 
 
+def test_evovit_moves_whole_token_rows(tmp_path):
+    import onnx
+
+    from vitsearch.export import export_onnx
+
+    path = export_onnx(pruning.apply(tiny_vit(), "evovit:3=0.5,6=0.5"), (torch.randn(2, 3, 32, 32),), tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "GatherElements" not in ops and "Gather" in ops  # rows, not an index per element (issue 18)
+
+
+def test_gather_rows_takes_each_images_own_rows():
+    from vitsearch.pruning.tokens import gather_rows
+
+    x = torch.randn(3, 7, 5)
+    idx = torch.tensor([[6, 0], [2, 2], [5, 1]])
+    torch.testing.assert_close(gather_rows(x, idx), torch.stack([x[b, idx[b]] for b in range(3)]))
+    torch.testing.assert_close(gather_rows(x[..., 0], idx), torch.stack([x[b, idx[b], 0] for b in range(3)]))
+
+
 def test_spvit_training_draws_gumbel_decisions_with_gradients(images):
     model = pruning.apply(tiny_vit(), "spvit:3=0.7,6=0.7").train()
     out = model(images)
@@ -274,11 +293,11 @@ def test_masked_attention_is_the_softmax_over_the_kept_keys_with_bounded_gradien
 
 
 def test_an_empty_package_is_zero_with_a_finite_gradient():
-    from vitsearch.pruning import spvit
+    from vitsearch.pruning.tokens import weighted_mean
 
     x = torch.randn(2, 4, 8)
     weights = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.25, 0.0]], requires_grad=True)
-    pkg = spvit.package(x, weights)
+    pkg = weighted_mean(x, weights)
     assert (pkg[0] == 0).all()
     torch.testing.assert_close(pkg[1, 0], (0.5 * x[1, 0] + 0.25 * x[1, 2]) / 0.75)
     pkg.sum().backward()

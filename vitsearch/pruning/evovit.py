@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .tokens import gather_rows, weighted_mean
+
 # g <- (1 - alpha) g + alpha a: before the first selector g is just the last block's class attention,
 # afterwards it is smoothed across blocks (the official DeiT code's alpha).
 ALPHA_BEFORE, ALPHA_AFTER = 1.0, 0.5
@@ -19,13 +21,6 @@ ALPHA_BEFORE, ALPHA_AFTER = 1.0, 0.5
 def class_attention_score(cls_attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """(B, H, N) class-token attention over all tokens -> (B, N_patches) summed over heads."""
     return cls_attn.sum(dim=1)[:, num_prefix:]
-
-
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x (B, N, C) or (B, N); idx (B, K) -> rows of x at idx."""
-    if x.dim() == 2:
-        return x.gather(1, idx)
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
 @dataclass
@@ -46,10 +41,10 @@ class EvoStage:
 def enter_stage(patches: torch.Tensor, score: torch.Tensor, n_keep: int) -> EvoStage:
     """Split patches (B, N, C) by global score (B, N) into k informative tokens and placeholders."""
     order = score.argsort(dim=1, descending=True)  # (B, N)
-    permuted, score = _gather(patches, order), _gather(score, order)
+    permuted, score = gather_rows(patches, order), gather_rows(score, order)
     informative, placeholders = permuted[:, :n_keep], permuted[:, n_keep:]
     w = score[:, n_keep:].clamp_min(0.0)  # (B, N - K)
-    rep = (w[..., None] * placeholders).sum(dim=1, keepdim=True) / w.sum(dim=1)[:, None, None].clamp_min(1e-6)
+    rep = weighted_mean(placeholders, w)  # (B, 1, C)
     return EvoStage(order, informative, placeholders, rep, score)
 
 
@@ -79,4 +74,4 @@ def leave_stage(stage: EvoStage) -> tuple[torch.Tensor, torch.Tensor]:
     """Restore the original token order. Returns (patches (B, N, C), score (B, N))."""
     inverse = stage.order.argsort(dim=1)
     patches = torch.cat([stage.informative, stage.placeholders], dim=1)
-    return _gather(patches, inverse), _gather(stage.score, inverse)
+    return gather_rows(patches, inverse), gather_rows(stage.score, inverse)

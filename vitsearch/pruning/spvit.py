@@ -2,7 +2,7 @@
 
 The selector scores every patch token per head, weights the heads by a learned per-token head importance,
 and aggregates one keep score per token. Pruned tokens are not discarded: they are *packaged* into one token,
-their average weighted by their keep scores, appended after the kept tokens and never pruned again.
+their average weighted by their keep scores (:func:`vitsearch.pruning.tokens.weighted_mean`), appended after the kept tokens and never pruned again.
 
 Training keeps all tokens and draws hard Gumbel decisions (by default exactly the scheduled count, annealed to
 the inference top-k) that mask pruned keys in attention (so gradients reach the selector); inference keeps a fixed
@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .schedule import kept_tokens
+from .tokens import gather_rows, weighted_mean
 
 
 class MultiHeadTokenSelector(nn.Module):
@@ -81,17 +82,6 @@ class MultiHeadTokenSelector(nn.Module):
         return (w * d).sum(dim=-1), (w * torch.sigmoid(d)).sum(dim=-1)
 
 
-def package(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The package token: the average of x (B, N, C) weighted by ``weights`` (B, N), zero where all are zero.
-    Returns (B, 1, C)."""
-    total = weights.sum(dim=1, keepdim=True)  # (B, 1)
-    # An empty package (a training draw that pruned nothing) divides by 1, not by a tiny clamp, whose gradient
-    # x / 1e-6 blew up every selector upstream; the model also masks such a package out of attention.
-    total = torch.where(total > 0, total, torch.ones_like(total))
-    # One batched matmul (B, 1, N) @ (B, N, C): a broadcast multiply and a sum over N cost onnxruntime 3x more.
-    return (weights / total)[:, None, :] @ x
-
-
 def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference: keep the ``n_keep`` patches of (B, N, C) with the highest keep log-odds, package the rest.
 
@@ -100,12 +90,9 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
     keep what training learned to keep. Returns (kept (B, n_keep, C), package (B, 1, C))."""
     margin, p_keep = selector(patches)  # (B, N), (B, N)
     idx = margin.topk(n_keep, dim=1).indices  # (B, K)
-    B, N, C = patches.shape
-    # Whole rows of the flattened batch (one Gather): a gather along the token axis needs an index per element.
-    rows = (idx + torch.arange(B, device=idx.device)[:, None] * N).reshape(-1)  # (B * K,)
-    kept = patches.reshape(-1, C)[rows].reshape(B, n_keep, C)  # (B, K, C)
+    kept = gather_rows(patches, idx)  # (B, K, C)
     dropped = torch.ones_like(p_keep).scatter(1, idx, 0.0)  # (B, N) 1 = packaged
-    return kept, package(patches, dropped * p_keep)
+    return kept, weighted_mean(patches, dropped * p_keep)
 
 
 TRAIN_DRAWS = ("topk", "logodds")  # the training draw rules of :func:`prune_soft`; the first is the default
@@ -126,7 +113,7 @@ def prune_soft(
     else:
         raise ValueError(f"unknown SPViT training draw {draw!r}: expected one of {', '.join(TRAIN_DRAWS)}")
     dropped = alive - decision  # newly pruned by this selector
-    return decision, package(patches, dropped * p_keep)
+    return decision, weighted_mean(patches, dropped * p_keep)
 
 
 def draw_logodds(margin: torch.Tensor, alive: torch.Tensor, keep: float, tau: float = 1.0) -> torch.Tensor:
