@@ -2,7 +2,8 @@
 
 The selector scores every patch token per head, weights the heads by a learned per-token head importance,
 and aggregates one keep score per token. Pruned tokens are not discarded: they are *packaged* into one token,
-their average weighted by their keep scores (:func:`vitsearch.pruning.tokens.weighted_mean`), appended after the kept tokens and never pruned again.
+their average weighted by their keep scores (:func:`vitsearch.pruning.tokens.weighted_mean`), appended after the
+kept tokens and never pruned again.
 
 Training keeps all tokens and draws hard Gumbel decisions (by default exactly the scheduled count, annealed to
 the inference top-k) that mask pruned keys in attention (so gradients reach the selector); inference keeps a fixed
@@ -58,7 +59,7 @@ class MultiHeadTokenSelector(nn.Module):
         Each head scores a token with its keep log-odds d. The token's log-odds are the importance-weighted sum of
         the heads' d (the official weighted sum of log_softmax([keep, drop]), differenced); p_keep is the weighted
         sum of the heads' keep probabilities sigmoid(d)."""
-        B, N, C = x.shape
+        B, N = x.shape[:2]
         H, hd = self.num_heads, self.head_dim
         w = self.head_gate(x.reshape(B, N, H, hd).mean(dim=-1))  # (B, N, H)
         w = w / w.sum(dim=-1, keepdim=True)
