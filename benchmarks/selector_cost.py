@@ -186,7 +186,8 @@ def main() -> int:
                 row = {"batch": batch, "threads": threads,
                        "ms": {n: float(np.median(np.concatenate([p[n] for p in passes]))) for n in paths},
                        "ratio": {n: float(np.median(v)) for n, v in ratios.items()},
-                       "ratio_range": {n: [min(v), max(v)] for n, v in per_pass.items()}, "rounds": len(ratios["spvit"])}
+                       "ratio_range": {n: [min(v), max(v)] for n, v in per_pass.items()},
+                       "rounds": len(ratios["spvit"])}
                 row["share"] = {n: 1 - 1 / row["ratio"][n] for n in compared}
                 rows.append(row)
                 logger.info("batch %d, %d threads: %s", batch, threads, json.dumps(row))
@@ -204,11 +205,13 @@ def main() -> int:
              f"`.venv/bin/python benchmarks/selector_cost.py {' '.join(sys.argv[1:])}` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.model} (random weights), `{args.config}`, "
              f"onnxruntime {runner.ort.__version__} CPU (spinning off), {os.cpu_count()} cores, 1-min load "
-             f"{load0:.2f} -> {load1:.2f}. {args.passes} passes per batch and thread count, the variants taking turns call by "
-             "call; each ratio is the median over all rounds of a variant's call over the `static` call next to it "
-             "(in brackets: the range of the passes' medians).",
+             f"{load0:.2f} -> {load1:.2f}. {args.passes} passes per batch and thread count, the variants taking turns "
+             "call by call; each ratio is the median over all rounds of a variant's call over the `static` call next "
+             "to it (in brackets: the range of the passes' medians).",
              "", "| batch | threads | static ms | spvit ms | spvit / static | selector + packaging share | "
-             "the selector before (token-axis mean, concat, per-element gather) / static | its share | target <= 1.015 |", "|---|---|---|---|---|---|---|---|---|"]
+             "the selector before (token-axis mean, concat, per-element gather) / static | its share | "
+             "target <= 1.015 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["ratio_range"]["spvit"]
         elo, ehi = r["ratio_range"]["before"]
@@ -216,10 +219,11 @@ def main() -> int:
                      f"{r['ratio']['spvit']:.3f} [{lo:.3f}-{hi:.3f}] | {100 * r['share']['spvit']:.1f}% | "
                      f"{r['ratio']['before']:.3f} [{elo:.3f}-{ehi:.3f}] | {100 * r['share']['before']:.1f}% | "
                      f"{verdict(r)} |")
-    lines += ["", "The first selection alone (its selector, top-k, gather and package on the patches entering it, batch 1), "
-              "the two forms taking turns call by call:", "",
+    lines += ["", "The first selection alone (its selector, top-k, gather and package on the patches entering it, "
+              "batch 1), the two forms taking turns call by call:", "",
               "| threads | before us | spvit us | spvit / before (median of the rounds) |", "|---|---|---|---|"]
-    lines += [f"| {a['threads']} | {a['us']['before']:.0f} | {a['us']['spvit']:.0f} | {a['ratio']:.3f} |" for a in alone]
+    lines += [f"| {a['threads']} | {a['us']['before']:.0f} | {a['us']['spvit']:.0f} | {a['ratio']:.3f} |"
+              for a in alone]
     text = "\n".join(lines)
     if not args.no_results:
         write_section("selector_cost", text)

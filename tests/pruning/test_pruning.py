@@ -154,7 +154,7 @@ def test_spvit_selector_exports_as_gemms_without_token_reductions_or_concat(tmp_
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "Einsum" not in ops
     assert ops.count("Gemm") >= 2 * 4  # every selector's four shared projections are 2-D Gemms, bias fused
-    # What onnxruntime runs, once it has folded what depends on weights and shapes alone (the derived weights):
+    # What onnxruntime runs, once it has folded what depends on weights and shapes alone (weight slices, the mask):
     # a mean over the token axis, the [local, global] concatenation and a gather with an index per element each
     # cost it more than the matmuls and the row Gather that replace them (issue 18).
     so = ort.SessionOptions()
@@ -176,7 +176,8 @@ def test_evovit_moves_whole_token_rows(tmp_path):
 
     from vitsearch.export import export_onnx
 
-    path = export_onnx(pruning.apply(tiny_vit(), "evovit:3=0.5,6=0.5"), (torch.randn(2, 3, 32, 32),), tmp_path / "m.onnx")
+    model = pruning.apply(tiny_vit(), "evovit:3=0.5,6=0.5")
+    path = export_onnx(model, (torch.randn(2, 3, 32, 32),), tmp_path / "m.onnx")
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "GatherElements" not in ops and "Gather" in ops  # rows, not an index per element (issue 18)
 
