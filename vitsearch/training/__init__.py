@@ -1,7 +1,8 @@
 """Training pruned candidates on one floor (:mod:`.loop`: seeded RNG, batches, learning-rate curve, step loop,
 accuracy): the computation-aware loss (:mod:`.losses`), brief per-candidate fine-tuning and weight sharing
-(:mod:`.brief`), where training runs and in which precision (:mod:`.device`), and the progressive schedules finalize trains the chosen config with (:mod:`.progressive`), and SPViT's keep rates
-learned under a budget (:mod:`.learned`, ``search --learned``)."""
+(:mod:`.brief`), where training runs and in which precision (:mod:`.device`), the progressive schedules finalize
+trains the chosen config with (:mod:`.progressive`), and SPViT's keep rates learned under a budget (:mod:`.learned`,
+``search --learned``)."""
 from .brief import (SoftLatency, TrainResult, TrainSettings, candidate_loss, fresh_model, param_groups,
                     train_candidate, train_supernet)
 from .device import CPU, TRAIN_DEVICES, LossScaler, Precision, resolve_train_device
