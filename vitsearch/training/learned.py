@@ -11,8 +11,8 @@ rates' config (``latency_of``), whose gradient in r is the device table's block 
 the predictor's) at the soft per-block token counts. Two-sided, like DynamicViT's and SPViT's ratio losses: with a
 one-sided hinge, the rates' momentum carried them 13% under the budget in 80 steps and nothing brought them back (a
 model that has not learned which tokens matter has little task-loss pull; tests/training/test_learned.py). So the
-total settles at the budget, and where the tokens go is decided per selector: each one's rate moves with the task loss where its tokens are worth more than
-they cost on the device, and against it where they cost more.
+total settles at the budget, and where the tokens go is decided per selector: each one's rate moves with the task
+loss where its tokens are worth more than they cost on the device, and against it where they cost more.
 
 What the selectors learned is then merged into the few a deployed model can afford
 (:mod:`vitsearch.search.learned`).
