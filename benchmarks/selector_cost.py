@@ -125,7 +125,7 @@ def export_selection(model: str, config: str, folder: Path) -> dict[str, str]:
 
 def time_interleaved(paths: dict[str, str], threads: int, passes: int, seconds: float) -> list[dict[str, list[float]]]:
     """The timed calls (ms) of each variant, one dict per pass. Every pass builds one session per variant and then
-    they take turns one call at a time (A B C A B C ...) for ``seconds`` per variant, so a slow stretch
+    they take turns one call at a time (A B C, B C A, C A B, ...) for ``seconds`` per variant, so a slow stretch
     of the shared machine falls on every variant alike (this VM's per-call spread was 7-11%)."""
     cfg = {"threads": threads, "spinning": False}
     passes_ms = []
@@ -135,12 +135,15 @@ def time_interleaved(paths: dict[str, str], threads: int, passes: int, seconds: 
             for _ in range(2):
                 call()
         samples: dict[str, list[float]] = {name: [] for name in paths}
+        order = list(calls)
         start = time.perf_counter()
         while time.perf_counter() - start < seconds * len(calls) or min(map(len, samples.values())) < 3:
-            for name, call in calls.items():
+            for name in order:
                 t0 = time.perf_counter_ns()
-                call()
+                calls[name]()
                 samples[name].append((time.perf_counter_ns() - t0) / 1e6)
+            # Each round starts one variant later: a call's place in the round biased it by up to 0.8% here.
+            order = order[1:] + order[:1]
         passes_ms.append(samples)
         del calls
     return passes_ms
