@@ -3,8 +3,8 @@
 Exports three variants of one SPViT config on DeiT-S (random weights) with the same per-block token counts:
 - ``spvit``: the model as vitsearch builds it (one scorer shared by the heads as 2-D Gemms, top-k, gathers, package);
 - ``static``: selection that costs nothing: the first k patches kept and the next one as the "package" (slices);
-- ``before``: the selector before its head gate's mean was folded into a Gemm (a ReduceMean over each head's
-  channels, a per-head context reshape, the head weights normalised before the sums), same outputs, for comparison.
+- ``before``: the selector before its onnxruntime-minded forward (a mean over the token axis, a [local, global]
+  concatenation, a gather with an index per element), with the same outputs, for comparison.
 Then times them in one onnxruntime process (the runner's sessions: spinning off, inputs bound once),
 interleaved call by call: every pass builds each variant's session and the variants take turns one call at a time;
 a variant's ratio is the median over all rounds of its call over the ``static`` call next to it, so the ratios
@@ -42,6 +42,7 @@ from vitsearch.export import export_onnx  # noqa: E402
 from vitsearch.latency import runner  # noqa: E402
 from vitsearch.models import create_model, geometry  # noqa: E402
 from vitsearch.pruning import apply, spvit  # noqa: E402
+from vitsearch.pruning.tokens import weighted_mean  # noqa: E402
 
 TARGET = 0.015
 logger = logging.getLogger("benchmark")
@@ -53,25 +54,29 @@ def static_prune(selector: spvit.MultiHeadTokenSelector, patches: torch.Tensor, 
 
 
 def before_forward(self: spvit.MultiHeadTokenSelector, x: torch.Tensor, mask: torch.Tensor | None = None):
-    """The selector before its head gate's mean was folded into the gate's Gemm (issue 18, 2026-12-03), unmasked:
-    a ReduceMean over each head's channels, every head's context reshaped for out[0], the head weights normalised
-    before the sums."""
-    B, N = x.shape[:2]
+    """The selector before the onnxruntime-minded forward (issue 18, 2026-12-02 evening), unmasked: the gate's mean
+    over each head, a mean of the global half over the token axis, and a Split / Expand / Concat of [local, global]."""
+    B, N, C = x.shape
     H, hd = self.num_heads, self.head_dim
     w = self.head_gate(x.reshape(B, N, H, hd).mean(dim=-1))  # (B, N, H)
     w = w / w.sum(dim=-1, keepdim=True)
-    rows = self.norm(x.reshape(-1, hd))
-    split, proj, first = hd // 2, self.in_proj, self.out[0]
-    local = F.gelu(F.linear(rows, proj.weight[:split], proj.bias[:split]))
-    glob = F.gelu(F.linear(rows, proj.weight[split:], proj.bias[split:])).reshape(B, N, H * (hd - split))
-    pool = x.new_full((B, 1, N), 1.0 / N)
-    context = (pool @ glob).reshape(B, H, hd - split)
-    h = F.linear(local, first.weight[:, :split], first.bias).reshape(B, N, H, -1)
-    h = F.gelu(h + F.linear(context, first.weight[:, split:])[:, None]).reshape(-1, first.out_features)
-    for layer in self.out[1:-1]:
+    h = F.gelu(self.in_proj(self.norm(x.reshape(-1, hd)))).reshape(B, N, H, hd)
+    split = hd // 2
+    glob = h[..., split:].mean(dim=1, keepdim=True)
+    h = torch.cat([h[..., :split], glob.expand(-1, N, -1, -1)], dim=-1).reshape(-1, hd)
+    for layer in self.out[:-1]:
         h = F.gelu(layer(h))
     d = self.out[-1](h).reshape(B, N, H)
     return (w * d).sum(dim=-1), (w * torch.sigmoid(d)).sum(dim=-1)
+
+
+def before_prune(selector: spvit.MultiHeadTokenSelector, patches: torch.Tensor, n_keep: int):
+    """Inference pruning before the change: kept tokens gathered with an index per element (GatherElements)."""
+    margin, p_keep = selector(patches)
+    idx = margin.topk(n_keep, dim=1).indices
+    kept = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))
+    dropped = torch.ones_like(p_keep).scatter(1, idx, 0.0)
+    return kept, weighted_mean(patches, dropped * p_keep)
 
 
 @contextmanager
@@ -80,7 +85,8 @@ def variant(name: str) -> Iterator[None]:
         with mock.patch.object(spvit, "prune_hard", static_prune):
             yield
     elif name == "before":
-        with mock.patch.object(spvit.MultiHeadTokenSelector, "forward", before_forward):
+        with mock.patch.object(spvit.MultiHeadTokenSelector, "forward", before_forward), \
+                mock.patch.object(spvit, "prune_hard", before_prune):
             yield
     else:
         yield
@@ -142,7 +148,7 @@ def time_interleaved(paths: dict[str, str], threads: int, passes: int, seconds: 
                 t0 = time.perf_counter_ns()
                 calls[name]()
                 samples[name].append((time.perf_counter_ns() - t0) / 1e6)
-            # Each round starts one variant later: a call's place in the round biased it by up to 0.8% here.
+            # Each round starts one variant later, so no variant always runs right before or after another.
             order = order[1:] + order[:1]
         passes_ms.append(samples)
         del calls
@@ -206,7 +212,7 @@ def main() -> int:
              "call by call; each ratio is the median over all rounds of a variant's call over the `static` call next "
              "to it (in brackets: the range of the passes' medians).",
              "", "| batch | threads | static ms | spvit ms | spvit / static | selector + packaging share | "
-             "the selector before (the gate's channel mean, per-head context) / static | its share | "
+             "the selector before (token-axis mean, concat, per-element gather) / static | its share | "
              "target <= 1.015 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

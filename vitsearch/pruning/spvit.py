@@ -59,35 +59,28 @@ class MultiHeadTokenSelector(nn.Module):
         Each head scores a token with its keep log-odds d. The token's log-odds are the importance-weighted sum of
         the heads' d (the official weighted sum of log_softmax([keep, drop]), differenced); p_keep is the weighted
         sum of the heads' keep probabilities sigmoid(d)."""
-        B, N, C = x.shape
+        B, N = x.shape[:2]
         H, hd = self.num_heads, self.head_dim
-        split, proj, first, gate = hd // 2, self.in_proj, self.out[0], self.head_gate
-        # Head importance from each head's mean activation: the mean over a head's hd channels is folded into the
-        # gate's first Linear (its weight repeated over them, / hd), one Gemm on the tokens (a ReduceMean and two
-        # reshapes fewer per selector).
-        mean_weight = gate[0].weight.repeat_interleave(hd, dim=1) / hd  # (H // 2, C)
-        w = gate[1:](F.linear(x.reshape(-1, C), mean_weight, gate[0].bias)).reshape(B, N, H)  # (B, N, H)
+        w = self.head_gate(x.reshape(B, N, H, hd).mean(dim=-1))  # (B, N, H)
+        w = w / w.sum(dim=-1, keepdim=True)
         rows = self.norm(x.reshape(-1, hd))  # (B * N * H, hd): one row per (token, head)
         # out[0] reads [the local half of in_proj's output, the global half pooled over the tokens]. Each half is
         # computed on its own and out[0] applied as W_local @ local + W_global @ context, so no concatenation (a
         # Split, an Expand and a Concat per selector) and no product with the half a row does not read.
+        split, proj, first = hd // 2, self.in_proj, self.out[0]
         local = F.gelu(F.linear(rows, proj.weight[:split], proj.bias[:split]))  # (B * N * H, split)
         glob = F.gelu(F.linear(rows, proj.weight[split:], proj.bias[split:])).reshape(B, N, H * (hd - split))
         # The context, the mean of the global half over the alive tokens, as one matmul (a ReduceMean over the
-        # token axis cost onnxruntime 3x more), and W_global applied to every head's context at once by its
-        # block-diagonal copy (H * (hd - split), H * out), so the heads need no reshape.
+        # token axis cost onnxruntime 3x more).
         alive = x.new_ones(B, N) if mask is None else mask  # all ones at inference: a constant runtimes fold
         pool = (alive / alive.sum(dim=1, keepdim=True).clamp_min(1e-6))[:, None]  # (B, 1, N)
-        w_global = first.weight[:, split:].t()  # (hd - split, out)
-        per_head = torch.eye(H, dtype=w_global.dtype, device=w_global.device)[:, None, :, None] * w_global[None, :, None, :]
-        context = (pool @ glob) @ per_head.reshape(H * w_global.shape[0], H * w_global.shape[1])  # (B, 1, H * out)
-        h = F.linear(local, first.weight[:, :split], first.bias).reshape(B, N, -1)  # (B, N, H * out)
-        h = F.gelu(h + context).reshape(-1, first.out_features)
+        context = (pool @ glob).reshape(B, H, hd - split)
+        h = F.linear(local, first.weight[:, :split], first.bias).reshape(B, N, H, -1)
+        h = F.gelu(h + F.linear(context, first.weight[:, split:])[:, None]).reshape(-1, first.out_features)
         for layer in self.out[1:-1]:
             h = F.gelu(layer(h))
         d = self.out[-1](h).reshape(B, N, H)  # each head's keep log-odds
-        total = w.sum(dim=-1)  # (B, N): the head weights are normalised after the sums, on B * N values, not B * N * H
-        return (w * d).sum(dim=-1) / total, (w * torch.sigmoid(d)).sum(dim=-1) / total
+        return (w * d).sum(dim=-1), (w * torch.sigmoid(d)).sum(dim=-1)
 
 
 def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
