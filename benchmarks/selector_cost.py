@@ -42,7 +42,7 @@ from vitsearch.export import export_onnx  # noqa: E402
 from vitsearch.latency import runner  # noqa: E402
 from vitsearch.models import create_model, geometry  # noqa: E402
 from vitsearch.pruning import apply, spvit  # noqa: E402
-from vitsearch.pruning.tokens import weighted_mean  # noqa: E402
+from vitsearch.pruning.tokens import gather_rows, weighted_mean  # noqa: E402
 
 TARGET = 0.015
 logger = logging.getLogger("benchmark")
@@ -79,10 +79,32 @@ def before_prune(selector: spvit.MultiHeadTokenSelector, patches: torch.Tensor, 
     return kept, weighted_mean(patches, dropped * p_keep)
 
 
+def free_score_prune(selector: spvit.MultiHeadTokenSelector, patches: torch.Tensor, n_keep: int):
+    """Ablation: the real top-k, row gather, scatter and package, ranked by a free score (each patch's first two
+    channels), so the selector network does not run."""
+    margin, p_keep = patches[..., 0], torch.sigmoid(patches[..., 1])  # (B, N), (B, N)
+    idx = margin.topk(n_keep, dim=1).indices
+    dropped = torch.ones_like(p_keep).scatter(1, idx, 0.0)
+    return gather_rows(patches, idx), weighted_mean(patches, dropped * p_keep)
+
+
+def network_only_prune(selector: spvit.MultiHeadTokenSelector, patches: torch.Tensor, n_keep: int):
+    """Ablation: the selector network runs and its outputs are used, but the tokens move by static slices."""
+    margin, p_keep = selector(patches)  # (B, N), (B, N)
+    kept = patches[:, :n_keep] + margin[:, :n_keep, None]
+    return kept, weighted_mean(patches[:, n_keep:], p_keep[:, n_keep:])
+
+
+ABLATIONS = {"free_score": free_score_prune, "network_only": network_only_prune}
+
+
 @contextmanager
 def variant(name: str) -> Iterator[None]:
     if name == "static":
         with mock.patch.object(spvit, "prune_hard", static_prune):
+            yield
+    elif name in ABLATIONS:
+        with mock.patch.object(spvit, "prune_hard", ABLATIONS[name]):
             yield
     elif name == "before":
         with mock.patch.object(spvit.MultiHeadTokenSelector, "forward", before_forward), \
@@ -92,13 +114,13 @@ def variant(name: str) -> Iterator[None]:
         yield
 
 
-def export_variants(model: str, config: str, batch: int, folder: Path) -> dict[str, str]:
+def export_variants(model: str, config: str, batch: int, folder: Path, ablation: bool = False) -> dict[str, str]:
     torch.manual_seed(0)
     net = apply(create_model(model), config)
     g = geometry(net)
     x = torch.randn(batch, g.in_chans, *g.img_size)
     paths = {}
-    for name in ("spvit", "static", "before"):
+    for name in ("spvit", "static", "before", *(ABLATIONS if ablation else ())):
         with variant(name):
             paths[name] = str(export_onnx(net, (x,), folder / f"{name}-b{batch}.onnx", check=False))
     return paths
@@ -173,6 +195,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--passes", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=1.5, help="timing budget of one variant in one pass")
+    ap.add_argument("--ablation", action="store_true", help="also time free_score and network_only: where the cost is")
     ap.add_argument("--no-results", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s] %(message)s", datefmt="%H:%M:%S")
@@ -180,10 +203,10 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="vitsearch-selector-") as tmp:
         for batch in args.batches:
-            paths = export_variants(args.model, args.config, batch, Path(tmp))
+            paths = export_variants(args.model, args.config, batch, Path(tmp), args.ablation)
             for threads in args.threads:
                 passes = time_interleaved(paths, threads, args.passes, args.seconds * (1 + batch / 4))
-                compared = ("spvit", "before")
+                compared = tuple(n for n in paths if n != "static")
                 ratios = {n: np.concatenate([round_ratios(p, n) for p in passes]) for n in compared}
                 per_pass = {n: [float(np.median(round_ratios(p, n))) for p in passes] for n in compared}
                 row = {"batch": batch, "threads": threads,
@@ -222,6 +245,12 @@ def main() -> int:
                      f"{r['ratio']['spvit']:.3f} [{lo:.3f}-{hi:.3f}] | {100 * r['share']['spvit']:.1f}% | "
                      f"{r['ratio']['before']:.3f} [{elo:.3f}-{ehi:.3f}] | {100 * r['share']['before']:.1f}% | "
                      f"{verdict(r)} |")
+    if args.ablation:
+        lines += ["", "Ablation, each over `static` (free_score: top-k, gather, scatter and package without the selector "
+                  "network; network_only: the selector network without moving tokens):", "",
+                  "| batch | threads | free_score | network_only |", "|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['threads']} | {r['ratio']['free_score']:.3f} | {r['ratio']['network_only']:.3f} |"
+                  for r in rows]
     lines += ["", "The first selection alone (its selector, top-k, gather and package on the patches entering it, "
               "batch 1), the two forms taking turns call by call:", "",
               "| threads | before us | spvit us | spvit / before (median of the rounds) |", "|---|---|---|---|"]
