@@ -246,11 +246,11 @@ def main() -> int:
                      f"{r['ratio']['before']:.3f} [{elo:.3f}-{ehi:.3f}] | {100 * r['share']['before']:.1f}% | "
                      f"{verdict(r)} |")
     if args.ablation:
-        lines += ["", "Ablation, each over `static` (free_score: top-k, gather, scatter and package without the selector "
-                  "network; network_only: the selector network without moving tokens):", "",
+        lines += ["", "Ablation, each over `static` (free_score: top-k, gather, scatter and package without the "
+                  "selector network; network_only: the selector network without moving tokens):", "",
                   "| batch | threads | free_score | network_only |", "|---|---|---|---|"]
-        lines += [f"| {r['batch']} | {r['threads']} | {r['ratio']['free_score']:.3f} | {r['ratio']['network_only']:.3f} |"
-                  for r in rows]
+        lines += [f"| {r['batch']} | {r['threads']} | {r['ratio']['free_score']:.3f} | "
+                  f"{r['ratio']['network_only']:.3f} |" for r in rows]
     lines += ["", "The first selection alone (its selector, top-k, gather and package on the patches entering it, "
               "batch 1), the two forms taking turns call by call:", "",
               "| threads | before us | spvit us | spvit / before (median of the rounds) |", "|---|---|---|---|"]
