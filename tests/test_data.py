@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vitsearch.data import check_num_classes, digits_canvases, load_dataset, stratified_split, translate_within_canvas
+from vitsearch.data import (SplitFractions, check_num_classes, digits_canvases, load_dataset, stratified_split,
+                            translate_within_canvas)
 from vitsearch.errors import VitsearchError
 from vitsearch.models import create_model
 
@@ -34,16 +35,18 @@ def test_image_folder_loads_with_the_models_eval_transform(tmp_path):
     model = create_model("vitsearch_test_vit", patch_size=8, num_classes=2)
     splits = load_dataset(tmp_path, model)
     assert splits.classes == ("cat", "dog") and splits.num_classes == 2
-    assert (len(splits.train), len(splits.val)) == (10, 4)
-    x, y = next(splits.held_out_batches(4))
-    assert x.shape == (4, 3, 32, 32) and set(y.tolist()) == {0, 1}
-    assert model(x).shape == (4, 2)
+    # val/ as given; test is split off train/ (one of each class's five), so no image is in two splits
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (8, 4, 2)
+    for split in ("val", "test"):
+        x, y = next(splits.held_out_batches(4, split))
+        assert x.shape == (len(y), 3, 32, 32) and set(y.tolist()) == {0, 1}
+        assert model(x).shape == (len(y), 2)
 
 
 def test_a_flat_image_folder_is_split_by_class(tmp_path):
     _write_images(tmp_path, per_class=10)
     splits = load_dataset(tmp_path, create_model("vitsearch_test_vit", patch_size=8, num_classes=2))
-    assert len(splits.train) + len(splits.val) == 20 and len(splits.val) == 4
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 4, 4)
 
 
 @pytest.mark.parametrize("layout", ["missing", "no images", "val only"])
@@ -80,23 +83,28 @@ def digits(digits_model):
 
 
 def test_digits_splits_are_stratified_disjoint_and_complete(digits):
-    train, val = digits.train, digits.val
-    assert len(train) + len(val) == 1797 and abs(len(val) / 1797 - 0.2) < 0.01
+    train, val, test = digits.train, digits.val, digits.test
+    assert len(train) + len(val) + len(test) == 1797
+    assert abs(len(val) / 1797 - 0.2) < 0.01 and abs(len(test) / 1797 - 0.2) < 0.01
     assert digits.num_classes == 10 and digits.classes == tuple("0123456789")
-    for split in (train, val):  # every class in both, in proportion
+    for split in (train, val, test):  # every class in each, in proportion
         counts = torch.bincount(split.labels, minlength=10)
         assert counts.min() >= 0.9 * counts.max()
-    assert "load_digits" in digits.description and str(len(val)) in digits.description
-    assert digits.provenance["train_size"] == len(train)
+    assert "load_digits" in digits.description and f"{len(val)} val / {len(test)} test" in digits.description
+    assert [digits.provenance[f"{k}_size"] for k in ("train", "val", "test")] == [len(train), len(val), len(test)]
 
 
 def test_digits_are_deterministic(digits, digits_model):
     again = load_dataset("digits", digits_model)
     assert torch.equal(again.train.images, digits.train.images) and torch.equal(again.val.labels, digits.val.labels)
+    assert torch.equal(again.test.images, digits.test.images)
+    assert again.provenance["split_sha256"] == digits.provenance["split_sha256"]
     other_split = load_dataset("digits", digits_model, split_seed=1)
     assert not torch.equal(other_split.val.labels, digits.val.labels)
-    # A search's seed never moves the held-out split: it belongs to the base model (issue 15)
-    assert torch.equal(load_dataset("digits", digits_model, seed=1).val.labels, digits.val.labels)
+    assert other_split.provenance["split_sha256"] != digits.provenance["split_sha256"]
+    # A search's seed never moves the held-out splits: they belong to the base model (issue 15)
+    same = load_dataset("digits", digits_model, seed=1)
+    assert torch.equal(same.val.labels, digits.val.labels) and torch.equal(same.test.images, digits.test.images)
 
 
 def test_digits_are_normalised_for_the_model(digits, digits_model):
@@ -132,12 +140,17 @@ def test_translate_keeps_blank_images_and_stays_on_the_step_grid():
     assert r % 4 == 0 and c % 4 == 0 and (out[0] > 0).sum() == 16
 
 
-def test_stratified_split_keeps_one_of_each_class_out():
-    labels = np.array([0, 0, 1, 1, 1, 2])
-    train, val = stratified_split(labels, 0.2, seed=0)
-    assert sorted(labels[val]) == [0, 1] and set(train) | set(val) == set(range(6)) and not set(train) & set(val)
-    with pytest.raises(VitsearchError, match="outside"):
-        stratified_split(labels, 1.5, seed=0)
+def test_stratified_split_keeps_one_of_each_class_out_of_train_in_val_and_in_test():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    train, val, test = stratified_split(labels, SplitFractions(0.2, 0.2), seed=0)
+    for split in (train, val, test):
+        assert sorted(set(labels[split])) == [0, 1, 2]
+    assert sorted([*train, *val, *test]) == list(range(10))  # complete, and no index twice
+    with pytest.raises(VitsearchError, match="class 'owl' has 2 images.*at least 3 per class"):
+        stratified_split(np.array([0, 0, 0, 1, 1]), SplitFractions(), seed=0, classes=("cat", "owl"))
+    two = np.array([0, 0, 1, 1])
+    train, val, test = stratified_split(two, SplitFractions(0.0, 0.3), seed=0)
+    assert len(val) == 0 and sorted(two[test]) == [0, 1] and sorted(two[train]) == [0, 1]  # a share of 0: that split comes from elsewhere
 
 
 def test_class_count_mismatch_names_a_command_that_exists(digits, tiny_vit):
@@ -162,7 +175,7 @@ def test_image_folder_split_is_deterministic_and_subsets_are_seeded(tmp_path, ti
 
 
 def test_image_folder_for_a_grey_model(tmp_path):
-    _write_images(tmp_path / "ds", per_class=2, size=70)
+    _write_images(tmp_path / "ds", per_class=3, size=70)
     x, _ = load_dataset(tmp_path / "ds", create_model("digits", num_classes=2)).train[0]
     assert x.shape == (1, 64, 64)
 
@@ -299,9 +312,10 @@ def test_the_search_hands_its_workers_to_the_data(tmp_path, tables, checkpoint):
     from vitsearch.search import SearchSettings
     from vitsearch.search.setup import prepare
 
-    _write_images(tmp_path / "ten", classes=tuple("0123456789"), per_class=2, size=64)
+    _write_images(tmp_path / "ten", classes=tuple("0123456789"), per_class=3, size=64)
     # a budget far above any digits config: a coarse table measured on a busy machine never refuses it
     setup = prepare(SearchSettings(model="digits", budget="1000ms", checkpoint=str(checkpoint),
                                    dataset=str(tmp_path / "ten"),
                                    workers=2, tables=str(tables), reports=str(tmp_path / "reports")), progress=False)
-    assert setup.splits.loading.workers == 2 and (len(setup.splits.train), len(setup.splits.val)) == (10, 10)
+    assert setup.splits.loading.workers == 2
+    assert (len(setup.splits.train), len(setup.splits.val), len(setup.splits.test)) == (10, 10, 10)

@@ -1,4 +1,5 @@
-"""The embedded default: the digits base model, trained once, cached, reused, at least 95% held out."""
+"""The embedded default: the digits base model, trained on the train split once, cached, reused, at least 94% on
+test and on val."""
 import dataclasses
 import json
 from pathlib import Path
@@ -12,11 +13,24 @@ from vitsearch.pretrain import PretrainSettings, base_model, base_model_dir
 from vitsearch.training import accuracy
 
 
-def test_digits_base_model_reaches_95_percent_held_out(digits_base):
+def test_digits_base_model_reaches_94_percent_on_test_and_val(digits_base):
+    """94.7% test / 95.3% val (seed 0) from 1,078 training digits; 96.4% held out when it trained on 1,438 before
+    the test split was taken from train."""
     model, meta = digits_base
-    assert meta["val_accuracy"] >= 0.95
-    # The cached weights really give that accuracy on the held-out split, not just a number in a file.
-    assert accuracy(model, load_dataset("digits", model)) == meta["val_accuracy"]
+    assert meta["test_accuracy"] >= 0.94 and meta["val_accuracy"] >= 0.94
+    # The cached weights really give those accuracies on the held-out splits, not just numbers in a file.
+    splits = load_dataset("digits", model)
+    assert accuracy(model, splits, split="test") == meta["test_accuracy"]
+    assert accuracy(model, splits) == meta["val_accuracy"]
+    assert meta["dataset_provenance"]["split_sha256"] == splits.provenance["split_sha256"]
+    assert meta["dataset_provenance"]["train_size"] == len(splits.train)
+
+
+def test_the_base_models_cache_key_follows_the_split():
+    from vitsearch.data import DigitsSpec
+
+    assert PretrainSettings(data=DigitsSpec(test_fraction=0.25)).key != PretrainSettings().key
+    assert PretrainSettings(data=DigitsSpec(seed=1)).key != PretrainSettings().key
 
 
 def test_second_use_loads_the_cache(digits_base):

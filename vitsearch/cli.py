@@ -200,9 +200,11 @@ class PretrainCommand(Command):
                              precision=precision_of(args))
         source = "cached" if meta["cached"] else f"trained in {meta['train_seconds']:.1f} s"
         print(f"digits base model ({source}): {meta['path']}")
-        print(f"  held-out accuracy {100 * meta['val_accuracy']:.2f}% on {meta['dataset']}")
+        print(f"  test accuracy {100 * meta['test_accuracy']:.2f}% (val {100 * meta['val_accuracy']:.2f}%) on "
+              f"{meta['dataset']}")
         print(f"  created {meta['created']} with torch {meta['versions']['torch']}, timm {meta['versions']['timm']}")
-        print_json({"path": meta["path"], "val_accuracy": meta["val_accuracy"], "cached": meta["cached"],
+        print_json({"path": meta["path"], "accuracy": meta["test_accuracy"], "val_accuracy": meta["val_accuracy"],
+                    "cached": meta["cached"],
                     "train_seconds": meta["train_seconds"], "settings_key": meta["settings_key"]})
         return 0
 
@@ -219,9 +221,10 @@ class PretrainCommand(Command):
                               precision=precision_of(args))
         source = "cached" if meta["cached"] else f"fine-tuned in {meta['train_seconds']:.1f} s"
         print(f"{args.model} fitted to {meta['num_classes']} classes ({source}): {meta['checkpoint']}")
-        print(f"  held-out accuracy {100 * meta['val_accuracy']:.2f}%; search it with: vitsearch search --model "
-              f"{args.model} --checkpoint {meta['checkpoint']} --dataset {args.dataset}")
-        print_json({k: meta[k] for k in ("checkpoint", "num_classes", "val_accuracy", "cached", "train_seconds")})
+        print(f"  test accuracy {100 * meta['test_accuracy']:.2f}% (val {100 * meta['val_accuracy']:.2f}%); search it "
+              f"with: vitsearch search --model {args.model} --checkpoint {meta['checkpoint']} --dataset {args.dataset}")
+        print_json({"accuracy": meta["test_accuracy"]} | {
+            k: meta[k] for k in ("checkpoint", "num_classes", "val_accuracy", "cached", "train_seconds")})
         return 0
 
 

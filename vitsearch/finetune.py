@@ -102,9 +102,12 @@ def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, sett
                     total=settings.steps, scaler=scaler, after=step_log(f"fine-tuning {model_name}", settings.steps,
                                                                         logger))
     val_accuracy = accuracy(model, splits, precision=precision)
+    test_accuracy = accuracy(model, splits, precision=precision, split="test")
     seconds = time.perf_counter() - start
-    logger.info("fine-tuned in %.0f s: held-out accuracy %.2f%%", seconds, 100 * val_accuracy)
+    logger.info("fine-tuned in %.0f s: test accuracy %.2f%% (val %.2f%%)", seconds, 100 * test_accuracy,
+                100 * val_accuracy)
     meta = {"num_classes": splits.num_classes, "classes_before": before, "val_accuracy": val_accuracy,
+            "test_accuracy": test_accuracy,
             "train_seconds": round(seconds, 2), "dataset_description": splits.description,
             "training": precision.to_dict(), "versions": versions(),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

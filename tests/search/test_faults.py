@@ -379,9 +379,12 @@ def test_the_digits_split_is_the_base_models_whatever_the_search_seed(digits_bas
     _, meta = digits_base
     base, info = load_base(SearchSettings())
     recorded = meta["dataset_provenance"]["split_sha256"]
-    assert info["split"] == {"seed": meta["settings"]["data"]["seed"], "sha256": recorded}
+    data = meta["settings"]["data"]
+    assert info["split"] == {"seed": data["seed"], "val_fraction": data["val_fraction"],
+                             "test_fraction": data["test_fraction"], "sha256": recorded}
     for seed in (0, 1, 7):
         splits = load_splits(SearchSettings(seed=seed, max_val=100), base, info["split"])
         assert splits.provenance["split_sha256"] == recorded
-    with pytest.raises(VitsearchError, match="held-out split .* is not the base model's"):
-        load_splits(SearchSettings(), base, {"seed": 1, "sha256": recorded})
+    for other in ({"seed": 1}, {"test_fraction": 0.25}):  # another seed or other shares: other held-out images
+        with pytest.raises(VitsearchError, match="held-out splits .* are not the base model's"):
+            load_splits(SearchSettings(), base, {**info["split"], **other})

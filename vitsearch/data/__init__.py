@@ -1,11 +1,13 @@
-"""Data sets: the built-in digits canvases (default) and ImageFolder trees, as train / val splits.
+"""Data sets: the built-in digits canvases (default) and ImageFolder trees, as train / val / test splits.
 
 :func:`load_dataset` is the one entry point: ``"digits"`` or a folder path in, :class:`DatasetSplits` out, with
 images sized and normalised the way the given model expects (timm's ``pretrained_cfg``) and a provenance
-description. Splits are seeded and stratified, so every run sees the same images in the same split.
+description. Splits are seeded and stratified, so every run sees the same images in the same split. Each split has
+one job: train is learned from, val is what a search ranks and selects on, test is the accuracy results state
+(the search's decisions never read it).
 
 Training code asks the splits for batches through two calls: :meth:`DatasetSplits.train_batches` (endless,
-shuffled per epoch, augmented) and :meth:`DatasetSplits.held_out_batches` (the val split in order, never
+shuffled per epoch, augmented) and :meth:`DatasetSplits.held_out_batches` (val or test in order, never
 augmented). Digits live in memory as tensors and are sliced in the training process; ImageFolder images stream
 through a ``torch.utils.data.DataLoader`` (``LoaderSettings``: worker processes, pinned memory) with timm's
 training transforms for the train split and its eval transforms for held-out data. Each training image's random
@@ -28,10 +30,11 @@ from ..errors import VitsearchError
 
 from .digits import DIGITS, DigitsSpec, digits_canvases, digits_splits, translate_within_canvas
 from .imagefolder import ImageFiles, image_folder_splits, subset
-from .splits import Augment, Batch, DatasetSplits, LoaderSettings, TensorImageDataset, model_input, split_sha256, stratified_split
+from .splits import (HELD_OUT, Augment, Batch, DatasetSplits, LoaderSettings, SplitFractions, TensorImageDataset,
+                     model_input, split_sha256, stratified_split)
 
-__all__ = ["DIGITS", "Augment", "Batch", "DatasetSplits", "DigitsSpec", "ImageFiles", "LoaderSettings",
-           "TensorImageDataset", "check_num_classes", "digits_canvases", "digits_splits", "image_folder_splits",
+__all__ = ["DIGITS", "HELD_OUT", "Augment", "Batch", "DatasetSplits", "DigitsSpec", "ImageFiles", "LoaderSettings",
+           "SplitFractions", "TensorImageDataset", "check_num_classes", "digits_canvases", "digits_splits", "image_folder_splits",
            "load_dataset", "model_input", "split_sha256", "stratified_split", "translate_within_canvas"]
 
 
@@ -39,36 +42,42 @@ def load_dataset(
     spec: str | Path,
     model: torch.nn.Module,
     *,
-    val_fraction: float = 0.2,
+    fractions: SplitFractions = SplitFractions(),
     seed: int = 0,
     split_seed: int = 0,
     max_train: int | None = None,
     max_val: int | None = None,
+    max_test: int | None = None,
     loading: LoaderSettings = LoaderSettings(),
 ) -> DatasetSplits:
-    """The data set ``spec`` names, prepared for ``model``: ``"digits"`` (built in) or an ImageFolder path.
+    """The data set ``spec`` names, prepared for ``model``: ``"digits"`` (built in) or an ImageFolder path, as
+    train / val / test.
 
-    ``val_fraction`` and ``split_seed`` split a folder that has no ``val/`` (and the digits): the split belongs to
-    the base model (what it was trained on must stay out of val), never to a search's ``seed``. ``max_train`` /
-    ``max_val`` keep a random subset seeded by ``seed``, e.g. a few thousand ImageNet images for a search. Every image of a folder that
-    the splits use is checked here, before any training (``loading.workers`` processes check in parallel).
+    ``fractions`` and ``split_seed`` split off what a folder does not give as ``val/`` or ``test/`` (and the
+    digits): the split belongs to the base model (what it was trained on must stay out of val and test), never to
+    a search's ``seed``. ``max_train`` / ``max_val`` / ``max_test`` keep a random subset of that split seeded by
+    ``seed``, e.g. a few thousand ImageNet images for a search. Every image of a folder that the splits use is
+    checked here, before any training (``loading.workers`` processes check in parallel).
     """
     if str(spec) == DIGITS:
-        splits = digits_splits(model, DigitsSpec(val_fraction=val_fraction, seed=split_seed))
+        splits = digits_splits(model, DigitsSpec(val_fraction=fractions.val, test_fraction=fractions.test,
+                                                 seed=split_seed))
     else:
-        splits = image_folder_splits(spec, model, val_fraction=val_fraction, seed=split_seed)
-    if max_train is not None or max_val is not None:
+        splits = image_folder_splits(spec, model, fractions=fractions, seed=split_seed)
+    if max_train is not None or max_val is not None or max_test is not None:
         train = subset(splits.train, max_train, seed)
         val = subset(splits.val, max_val, seed + 1)
+        test = subset(splits.test, max_test, seed + 2)
         splits = dataclasses.replace(
-            splits, train=train, val=val,
-            description=f"{splits.description}; subset {len(train)} train / {len(val)} val (seed {seed})",
-            provenance={**splits.provenance, "train_size": len(train), "val_size": len(val)})
-    if isinstance(splits.train, ImageFiles) and isinstance(splits.val, ImageFiles):
+            splits, train=train, val=val, test=test,
+            description=f"{splits.description}; subset {len(train)} train / {len(val)} val / {len(test)} test "
+                        f"(seed {seed})",
+            provenance={**splits.provenance, "train_size": len(train), "val_size": len(val), "test_size": len(test)})
+    if isinstance(splits.train, ImageFiles):
         from ..image_check import check_images
 
-        check_images(splits.train.root, [p for ds in (splits.train, splits.val) for p, _ in ds.samples],
-                     workers=loading.workers)
+        check_images(splits.train.root, [p for ds in (splits.train, splits.val, splits.test)
+                                         for p, _ in ds.samples], workers=loading.workers)
     return dataclasses.replace(splits, loading=loading)
 
 

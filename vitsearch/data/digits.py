@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..errors import VitsearchError
 
 
-from .splits import DatasetSplits, TensorImageDataset, model_input, split_sha256, stratified_split
+from .splits import DatasetSplits, SplitFractions, TensorImageDataset, model_input, split_sha256, stratified_split
 
 DIGITS = "digits"
 
@@ -26,10 +26,15 @@ class DigitsSpec:
     canvas: int = 64  # side of the blank square canvas, in pixels
     scale: int = 2  # 8x8 digits are upscaled (nearest) to 16x16: 2x2 patches of vit_digits, each a quarter digit
     # Digits sit on a grid of this many pixels (the model's patch size), so each patch holds the same quarter of
-    # a digit wherever it is: a ViT learns from 1,438 images what to attend to, not every sub-patch shift.
+    # a digit wherever it is: a ViT learns from 1,078 images what to attend to, not every sub-patch shift.
     step: int = 8
-    val_fraction: float = 0.2  # held-out share of each class
+    val_fraction: float = 0.2  # share of each class held out as val (what a search selects on)
+    test_fraction: float = 0.2  # share of each class held out as test (what results state)
     seed: int = 0  # fixes both the placements and the split
+
+    @property
+    def fractions(self) -> SplitFractions:
+        return SplitFractions(self.val_fraction, self.test_fraction)
 
     @property
     def glyph(self) -> int:
@@ -62,23 +67,24 @@ def digits_canvases(spec: DigitsSpec = DigitsSpec()) -> tuple[torch.Tensor, torc
 
 
 def digits_splits(model: torch.nn.Module, spec: DigitsSpec = DigitsSpec()) -> DatasetSplits:
-    """The digits canvases as train / val, resized and normalised for ``model`` (any timm ViT)."""
+    """The digits canvases as train / val / test, resized and normalised for ``model`` (any timm ViT).
+
+    Stratified by class; each canvas is one source digit, so no digit is in two splits."""
     images, labels = digits_canvases(spec)
-    train_idx, val_idx = stratified_split(labels.numpy(), spec.val_fraction, spec.seed)
+    train_idx, val_idx, test_idx = stratified_split(labels.numpy(), spec.fractions, spec.seed)
     cfg = model_input(model)
     prepared = _prepare(images, cfg)
-    train = TensorImageDataset(prepared[train_idx], labels[train_idx])
-    val = TensorImageDataset(prepared[val_idx], labels[val_idx])
+    train, val, test = (TensorImageDataset(prepared[i], labels[i]) for i in (train_idx, val_idx, test_idx))
     background = tuple((-m / s) for m, s in zip(cfg["mean"], cfg["std"]))  # a blank pixel, normalised
     description = (f"digits: scikit-learn load_digits (1,797 real 8x8 hand-written digits), upscaled {spec.scale}x "
                    f"at seeded {spec.step}-pixel grid positions on {spec.canvas}x{spec.canvas} canvases; "
-                   f"{len(train)} train / {len(val)} val "
+                   f"{len(train)} train / {len(val)} val / {len(test)} test "
                    f"(stratified, seed {spec.seed}); input {tuple(cfg['input_size'])}")
     provenance = {"name": DIGITS, "source": "sklearn.datasets.load_digits", **asdict(spec),
-                  "split_sha256": split_sha256(val_idx),
+                  "split_sha256": split_sha256({"val": val_idx, "test": test_idx}),
                   "input_size": list(cfg["input_size"]), "mean": list(cfg["mean"]), "std": list(cfg["std"]),
-                  "train_size": len(train), "val_size": len(val), "num_classes": 10}
-    return DatasetSplits(DIGITS, train, val, 10, tuple(str(d) for d in range(10)), description, provenance,
+                  "train_size": len(train), "val_size": len(val), "test_size": len(test), "num_classes": 10}
+    return DatasetSplits(DIGITS, train, val, test, 10, tuple(str(d) for d in range(10)), description, provenance,
                          augment=functools.partial(translate_within_canvas, background=background, step=spec.step))
 
 
@@ -97,7 +103,7 @@ def translate_within_canvas(images: torch.Tensor, generator: torch.Generator, *,
                             background: Sequence[float], step: int = 1) -> torch.Tensor:
     """Move each image's content to a random place where it still fits, filling with ``background``.
 
-    The digits' training augmentation: placements seen in training then cover the canvas, not just the 1,438
+    The digits' training augmentation: placements seen in training then cover the canvas, not just the 1,078
     fixed ones, which a ViT with learned position embeddings needs to generalise to held-out placements.
     Shifts are multiples of ``step`` (the model's input pixels), so grid-aligned content stays aligned.
     """

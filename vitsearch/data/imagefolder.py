@@ -1,8 +1,10 @@
-"""ImageFolder trees (``ROOT/<class>/<image>``, or ``ROOT/train`` and ``ROOT/val``): timm's training transform for
-the train split, its eval transform for held-out data, each image's augmentation seeded by its key."""
+"""ImageFolder trees (``ROOT/<class>/<image>``, or ``ROOT/train`` with ``ROOT/val`` and ``ROOT/test``): timm's
+training transform for the train split, its eval transform for held-out data, each image's augmentation seeded by
+its key."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -14,7 +16,8 @@ from torch.utils.data import Dataset
 from ..errors import VitsearchError
 
 
-from .splits import DatasetSplits, model_input, split_sha256, stratified_split
+from .splits import HELD_OUT, DatasetSplits, SplitFractions, model_input, split_sha256, stratified_split
+
 
 class ImageFiles(Dataset):
     """Image files and their class indices, decoded and transformed on access.
@@ -52,8 +55,8 @@ class ImageFiles(Dataset):
 
 # --- ImageFolder ------------------------------------------------------------------------------------------------
 
-_LAYOUT = ("an ImageNet-style folder: ROOT/<class>/<image>.jpg, or ROOT/train/<class>/... with "
-           "ROOT/val/<class>/... beside it")
+_LAYOUT = ("an ImageNet-style folder: ROOT/<class>/<image>.jpg, or ROOT/train/<class>/... with ROOT/val/<class>/... "
+           "(and ROOT/test/<class>/...) beside it")
 
 
 def _open_image(path: str, mode: str) -> Any:
@@ -78,12 +81,15 @@ def _seeded_generators(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def image_folder_splits(root: str | Path, model: torch.nn.Module, *, val_fraction: float = 0.2,
+def image_folder_splits(root: str | Path, model: torch.nn.Module, *, fractions: SplitFractions = SplitFractions(),
                         seed: int = 0) -> DatasetSplits:
-    """An ImageFolder tree for ``model``: timm's training transform on the train split, its eval transform on val.
+    """An ImageFolder tree for ``model`` as train / val / test: timm's training transform on train, its eval
+    transform on the held-out splits.
 
-    ``root/train`` and ``root/val`` are used as given; ``root/train`` alone, or a folder of class folders, is split
-    with :func:`stratified_split`.
+    Folders given are used as given: ``root/train`` with ``root/val`` and ``root/test``. A held-out folder that is
+    missing is split off train (seeded by ``seed``, stratified by class, its share from ``fractions``): with
+    ``val/`` alone beside ``train/``, test is ``fractions.test`` of train's images (and the reverse); ``root/train``
+    alone, or a folder of class folders, is split three ways.
     """
     from timm.data import create_transform
 
@@ -99,36 +105,49 @@ def image_folder_splits(root: str | Path, model: torch.nn.Module, *, val_fractio
     def files(samples: Sequence[tuple[str, int]], training: bool) -> ImageFiles:
         return ImageFiles(path, samples, create_transform(**cfg, is_training=training), mode, augmented=training)
 
-    train_dir, val_dir = path / "train", path / "val"
-    if val_dir.is_dir() and not train_dir.is_dir():
-        raise VitsearchError(f"{str(path)!r} has val/ but no train/: expected {_LAYOUT}")
+    train_dir = path / "train"
+    given = {split: path / split for split in HELD_OUT if (path / split).is_dir()}
+    if given and not train_dir.is_dir():
+        raise VitsearchError(f"{str(path)!r} has {'/ and '.join(given)}/ but no train/: expected {_LAYOUT}")
     folder = train_dir if train_dir.is_dir() else path
     classes, samples = _scan(folder)
-    if val_dir.is_dir():
-        val_classes, val_samples = _scan(val_dir)
-        if val_classes != classes:
-            only_train = sorted(set(classes) - set(val_classes))[:5]
-            only_val = sorted(set(val_classes) - set(classes))[:5]
+    held: dict[str, list[tuple[str, int]]] = {}
+    for split, split_dir in given.items():
+        split_classes, split_samples = _scan(split_dir)
+        if split_classes != classes:
+            only_train = sorted(set(classes) - set(split_classes))[:5]
+            only_split = sorted(set(split_classes) - set(classes))[:5]
             raise VitsearchError(
-                f"train/ and val/ in {str(path)!r} hold different classes (only in train: {only_train}, only "
-                f"in val: {only_val}): both need the same class folders")
-        train, val, how = files(samples, True), files(val_samples, False), "train/ and val/ as given"
-        digest = None  # val/ as given
+                f"train/ and {split}/ in {str(path)!r} hold different classes (only in train: {only_train}, only "
+                f"in {split}: {only_split}): both need the same class folders")
+        held[split] = split_samples
+    # What the folders do not give is split off train: only the missing splits get a share.
+    missing = SplitFractions(0.0 if "val" in held else fractions.val, 0.0 if "test" in held else fractions.test)
+    if missing.val or missing.test:
+        try:
+            train_idx, val_idx, test_idx = stratified_split([c for _, c in samples], missing, seed, classes=classes)
+        except VitsearchError as e:
+            raise VitsearchError(f"{str(folder)!r}: {e}") from e
+        held.setdefault("val", [samples[i] for i in val_idx])
+        held.setdefault("test", [samples[i] for i in test_idx])
+        samples = [samples[i] for i in train_idx]
+        shares = {k: v for k, v in (("val", missing.val), ("test", missing.test)) if v}
+        how = (", ".join(f"{k}/ as given" for k in given) + "; " if given else "") + (
+            f"{' and '.join(f'{k} {v:.0%}' for k, v in shares.items())} of "
+            f"{'train/' if folder == train_dir else 'each class'} held out (stratified, seed {seed})")
     else:
-        train_idx, val_idx = stratified_split([c for _, c in samples], val_fraction, seed)
-        if len(val_idx) == 0:
-            raise VitsearchError(f"{str(folder)!r} has too few images to hold some out: give each class at least two")
-        train = files([samples[i] for i in train_idx], True)
-        val = files([samples[i] for i in val_idx], False)
-        how = f"stratified {1 - val_fraction:.0%}/{val_fraction:.0%} split, seed {seed}"
-        digest = split_sha256(val_idx)
-    description = (f"ImageFolder {str(path)!r}: {len(classes)} classes, {len(train)} train / {len(val)} val "
-                   f"({how}); timm train transform for train, eval transform for val, at {tuple(cfg['input_size'])}")
+        how = "train/, val/ and test/ as given"
+    train, val, test = files(samples, True), files(held["val"], False), files(held["test"], False)
+    digest = split_sha256({k: [os.path.relpath(p, path) for p, _ in held[k]] for k in HELD_OUT})
+    description = (f"ImageFolder {str(path)!r}: {len(classes)} classes, {len(train)} train / {len(val)} val / "
+                   f"{len(test)} test ({how}); timm train transform for train, eval transform for val and test, at "
+                   f"{tuple(cfg['input_size'])}")
     provenance = {"name": path.name, "source": str(path), "layout": how, "num_classes": len(classes),
-                  "split_sha256": digest,
-                  "train_size": len(train), "val_size": len(val), "input_size": list(cfg["input_size"]),
+                  "split_seed": seed, "split_sha256": digest,
+                  "train_size": len(train), "val_size": len(val), "test_size": len(test),
+                  "input_size": list(cfg["input_size"]),
                   "mean": list(cfg["mean"]), "std": list(cfg["std"]), "transforms": "timm create_transform"}
-    return DatasetSplits(path.name, train, val, len(classes), tuple(classes), description, provenance)
+    return DatasetSplits(path.name, train, val, test, len(classes), tuple(classes), description, provenance)
 
 
 def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:

@@ -1,5 +1,6 @@
 """The splits a training loop reads: in-memory tensors or image files, batched without end for training and once
-for held-out evaluation (``LoaderSettings``: DataLoader workers, pinned memory)."""
+for held-out evaluation on val or test (``LoaderSettings``: DataLoader workers, pinned memory), and the one seeded,
+stratified three-way split (:class:`SplitFractions`, :func:`stratified_split`)."""
 from __future__ import annotations
 
 import math
@@ -85,13 +86,22 @@ class _EpochKeys(Sampler[list[tuple[int, int]]]):
             epoch, skip = epoch + 1, 0
 
 
+HELD_OUT = ("val", "test")  # the held-out splits: val is what a search selects on, test what results state
+
+
 @dataclass(frozen=True)
 class DatasetSplits:
-    """Train and held-out val splits of one data set, ready for one model's input."""
+    """Train, val and test splits of one data set, ready for one model's input.
+
+    Three splits, each with one job: candidates learn from ``train``; a search ranks and selects on ``val``; the
+    accuracy a result states (reports, the front's accuracy column, ``finalize``) is measured on ``test``, which no
+    decision of the search reads. No image is in two of them.
+    """
 
     name: str  # "digits" or the folder's name
     train: Dataset
-    val: Dataset  # held out: accuracy is measured here
+    val: Dataset  # held out: what a search ranks candidates by and selects on
+    test: Dataset  # held out: the accuracy results state; never read by the search's decisions
     num_classes: int
     classes: tuple[str, ...]
     description: str  # one line of provenance for logs and reports
@@ -111,12 +121,19 @@ class DatasetSplits:
         return iter(DataLoader(self.train, batch_sampler=keys, num_workers=self.loading.workers,
                                pin_memory=self.loading.pin_memory, generator=torch.Generator().manual_seed(seed)))
 
-    def held_out_batches(self, batch_size: int) -> Iterator[Batch]:
-        """The val split once, in order, through the eval transform."""
-        if isinstance(self.val, TensorImageDataset):
-            n = len(self.val)
-            return self._sliced(self.val, (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)))
-        return iter(DataLoader(self.val, batch_size=batch_size, num_workers=self.loading.workers,
+    def held_out(self, split: str) -> Dataset:
+        """The held-out split named ``split``: ``"val"`` or ``"test"``."""
+        if split not in HELD_OUT:
+            raise ValueError(f"held-out split must be one of {HELD_OUT}, got {split!r}")
+        return self.val if split == "val" else self.test
+
+    def held_out_batches(self, batch_size: int, split: str = "val") -> Iterator[Batch]:
+        """The held-out ``split`` (``"val"`` or ``"test"``) once, in order, through the eval transform."""
+        data = self.held_out(split)
+        if isinstance(data, TensorImageDataset):
+            n = len(data)
+            return self._sliced(data, (range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)))
+        return iter(DataLoader(data, batch_size=batch_size, num_workers=self.loading.workers,
                                pin_memory=self.loading.pin_memory, generator=torch.Generator().manual_seed(0)))
 
     def _sliced(self, data: TensorImageDataset, batches: Iterator[Sequence[int]]) -> Iterator[Batch]:
@@ -148,25 +165,76 @@ def model_input(model: torch.nn.Module) -> dict[str, Any]:
             cfg[key] = (float(np.mean(values)),) * in_chans
     return cfg
 
-def stratified_split(labels: Sequence[int] | np.ndarray, val_fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val) with ``val_fraction`` of every class in val (at least one where a class has two)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise VitsearchError(f"val fraction {val_fraction:g} is outside (0, 1)")
+@dataclass(frozen=True)
+class SplitFractions:
+    """The shares of each class (of its source images) held out as val and as test; train keeps the rest.
+
+    The one normaliser of split fractions: each in [0, 1), together under 1. A share of 0 holds nothing out for that
+    split (an ImageFolder whose val/ folder is given splits only test off train). Every class needs at least one
+    image in train and in each split with a share above 0 (:meth:`images_needed`)."""
+
+    val: float = 0.2
+    test: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name, value in (("val", self.val), ("test", self.test)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
+                raise VitsearchError(f"{name} fraction {value!r} is outside [0, 1): give a share such as 0.2")
+        if self.val + self.test >= 1.0:
+            raise VitsearchError(
+                f"val fraction {self.val:g} and test fraction {self.test:g} sum to {self.val + self.test:g}, leaving "
+                "nothing to train on: give fractions that sum to less than 1 (e.g. 0.2 and 0.2)")
+
+    @property
+    def images_needed(self) -> int:
+        """Fewest images (source images) a class needs: one for train and one for each split with a share."""
+        return 1 + (self.val > 0) + (self.test > 0)
+
+    def describe(self) -> str:
+        return f"{1 - self.val - self.test:.0%}/{self.val:.0%}/{self.test:.0%} train/val/test"
+
+
+def stratified_split(labels: Sequence[int] | np.ndarray, fractions: SplitFractions, seed: int, *,
+                     groups: Sequence[int] | np.ndarray | None = None,
+                     classes: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (train, val, test), sorted and disjoint, with each class's share of ``fractions`` in val and test.
+
+    ``groups`` (one id per item, default: each item its own) keeps every item of one source (one image rendered
+    several ways) in the same split; each group belongs to one class. A split with a share above 0 gets at least
+    one group of every class, train keeps at least one, so a class needs ``fractions.images_needed`` groups; fewer
+    is refused, naming the class (``classes[label]`` where given).
+    """
     labels = np.asarray(labels)
+    group_ids = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    if len(group_ids) != len(labels):
+        raise ValueError(f"{len(group_ids)} group ids for {len(labels)} labels")
     rng = np.random.default_rng(seed)
-    train: list[np.ndarray] = []
-    val: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction))) if len(idx) > 1 else 0
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+        members = np.flatnonzero(labels == c)
+        sources = rng.permutation(np.unique(group_ids[members]))
+        n = len(sources)
+        if n < fractions.images_needed:
+            name = classes[int(c)] if classes is not None else str(int(c))
+            raise VitsearchError(
+                f"class {name!r} has {n} image{'s' if n != 1 else ''}, too few to split: a {fractions.describe()} "
+                f"split needs at least {fractions.images_needed} per class (one for each split); add images to it")
+        counts = [max(1, round(n * f)) if f > 0 else 0 for f in (fractions.val, fractions.test)]
+        while n - sum(counts) < 1:  # rounding up small classes: shrink the larger held-out share, keeping one each
+            counts[int(np.argmax(counts))] -= 1
+        n_val, n_test = counts
+        chosen = {"val": sources[:n_val], "test": sources[n_val:n_val + n_test], "train": sources[n_val + n_test:]}
+        for split, ids in chosen.items():
+            parts[split].append(members[np.isin(group_ids[members], ids)])
+    train, val, test = (np.sort(np.concatenate(parts[k])) for k in ("train", "val", "test"))
+    return train, val, test
 
 
-def split_sha256(val_idx: Sequence[int] | np.ndarray) -> str:
-    """A fingerprint of a held-out split (its sorted indices), recorded with the base model and the study."""
+def split_sha256(held_out: Mapping[str, Sequence[Any] | np.ndarray]) -> str:
+    """A fingerprint of the held-out splits (``{"val": ..., "test": ...}``: sorted indices, or the files'
+    relative paths), recorded with the base model and the study, so a later run can check it holds out the same."""
     import hashlib
+    import json
 
-    return hashlib.sha256(np.asarray(val_idx, dtype=np.int64).tobytes()).hexdigest()
+    blob = {k: np.asarray(held_out[k]).tolist() for k in sorted(held_out)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()

@@ -11,6 +11,7 @@ from typing import Any
 import torch.nn as nn
 
 from .. import versions
+from ..data import SplitFractions
 from ..errors import VitsearchError
 from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder
@@ -49,33 +50,40 @@ def load_base(settings: SearchSettings) -> tuple[nn.Module, dict[str, Any]]:
         weights = Path(meta["path"]) / "model.pt"
         data = meta.get("dataset_provenance", {})
         # The held-out digits are those the base model was not trained on: its own split, whatever the search's seed.
-        split = {"seed": meta["settings"]["data"]["seed"], "sha256": data.get("split_sha256")}
+        spec = meta["settings"]["data"]
+        split = {"seed": spec["seed"], "val_fraction": spec["val_fraction"], "test_fraction": spec["test_fraction"],
+                 "sha256": data.get("split_sha256")}
         return model, {"model": DIGITS, "checkpoint": str(weights), "sha256": file_sha256(weights),
-                       "base_accuracy_at_pretrain": meta.get("val_accuracy"), "split": split}
+                       "base_accuracy_at_pretrain": meta.get("test_accuracy"), "split": split}
     if settings.checkpoint is None:
         raise VitsearchError(
             f"model {settings.model!r} needs trained weights to search: pass --checkpoint PATH (a timm/PyTorch "
             "state_dict or .safetensors), or use the embedded default --model digits")
     model = create_model(settings.model, checkpoint=settings.checkpoint)
-    # A checkpoint carries no split: a folder without val/ is split with seed 0, never the search's seed.
+    # A checkpoint carries no split: what a folder does not give is split with seed 0 and the default fractions,
+    # never the search's seed (as `vitsearch pretrain --dataset` splits it).
+    fractions = SplitFractions()
     return model, {"model": settings.model, "checkpoint": str(Path(settings.checkpoint).resolve()),
-                   "sha256": file_sha256(settings.checkpoint), "split": {"seed": 0, "sha256": None}}
+                   "sha256": file_sha256(settings.checkpoint),
+                   "split": {"seed": 0, "val_fraction": fractions.val, "test_fraction": fractions.test, "sha256": None}}
 
 
 def load_splits(settings: SearchSettings, base: nn.Module, split: dict[str, Any], *, pin_memory: bool = False) -> Any:
-    """The data with the base model's held-out split (``split``: seed and sha256 of the val indices, as the base
-    model or ``study.json`` records them); a different split is refused."""
+    """The data with the base model's held-out splits (``split``: seed, fractions and the sha256 of the val and
+    test members, as the base model or ``study.json`` records them); a different split is refused."""
     from ..data import LoaderSettings, load_dataset
 
-    splits = load_dataset(settings.dataset, base, seed=settings.seed, split_seed=split["seed"],
+    default = SplitFractions()
+    fractions = SplitFractions(split.get("val_fraction", default.val), split.get("test_fraction", default.test))
+    splits = load_dataset(settings.dataset, base, fractions=fractions, seed=settings.seed, split_seed=split["seed"],
                           max_train=settings.max_train, max_val=settings.max_val,
                           loading=LoaderSettings(settings.workers, pin_memory=pin_memory))
     digest = splits.provenance.get("split_sha256")
     if split.get("sha256") and digest != split["sha256"]:
         raise VitsearchError(
-            f"the held-out split of {settings.dataset!r} drawn now (sha256 {str(digest)[:16]}...) is not the base "
-            f"model's (sha256 {split['sha256'][:16]}...): val would hold images the model was trained on. Use the "
-            "data set and base model the study was made with, or run a new search")
+            f"the held-out splits of {settings.dataset!r} drawn now (sha256 {str(digest)[:16]}...) are not the base "
+            f"model's (sha256 {split['sha256'][:16]}...): val and test would hold images the model was trained on. "
+            "Use the data set and base model the study was made with, or run a new search")
     return splits
 
 

@@ -96,12 +96,13 @@ def train_steps(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], ste
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, splits: Any, *, batch_size: int = 256, precision: Precision = CPU) -> float:
-    """Top-1 on the held-out split (with hard, inference-mode pruning for a pruned model), on ``precision``'s
-    device."""
+def accuracy(model: nn.Module, splits: Any, *, batch_size: int = 256, precision: Precision = CPU,
+             split: str = "val") -> float:
+    """Top-1 on the held-out ``split`` (``"val"``: what a search selects on; ``"test"``: what a result states),
+    with hard, inference-mode pruning for a pruned model, on ``precision``'s device."""
     model.eval()
     correct = total = 0
-    for x, y in splits.held_out_batches(batch_size):
+    for x, y in splits.held_out_batches(batch_size, split):
         with precision.autocast():
             logits = model(precision.move(x))
         correct += int((logits.argmax(dim=-1).cpu() == y).sum())
