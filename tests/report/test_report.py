@@ -109,7 +109,7 @@ def test_the_markdown_report_has_the_decision_the_front_and_the_provenance(writt
         assert f"](figures/{figure}.png)" in md and f"[SVG](figures/{figure}.svg)" in md
         assert written.files.figures[figure]["png"].is_file() and written.files.figures[figure]["svg"].is_file()
     assert "sha256 abababababababab" in md and "digits: 1438 train / 359 val" in md
-    assert "postgresql://db.example:5432/vs" in md and "secret" not in md  # no credentials in a report
+    assert "postgresql://user:***@db.example:5432/vs" in md and "secret" not in md  # no credentials in a report
     assert "median |error| 5.0%" in md.replace("\\|", "|")
     # What to do next, what training cost, and no rank statistic from 3 validation points.
     assert "**Next:** `vitsearch finalize s --trial 2" not in md and "Trial 2 is finalized" in md

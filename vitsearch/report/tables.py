@@ -72,11 +72,10 @@ def fmt_selectors(e: Entry) -> str:
 
 
 def _safe_storage(url: str | None) -> str:
-    """A storage URL without its credentials."""
-    if not url:
-        return "journal file (journal.log in the study folder)"
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}"
+    """A storage URL without its secrets (study.json has it redacted already; a hand-edited one may not be)."""
+    from ..search.storage_url import redact
+
+    return redact(url) if url else "journal file (journal.log in the study folder)"
 
 
 # ---------------------------------------------------------------------------------------------------------------

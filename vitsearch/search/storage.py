@@ -19,7 +19,7 @@ from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder
 from .claims import KEY
 from .record import DIRECTIONS
-from .storage_url import parse_storage_url
+from .storage_url import parse_storage_url, redact
 from .settings import LEARNED, Candidate, SearchSettings
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ def _requeue(study: Any, trial: Any) -> None:
 def _rdb_storage(url: str, heartbeat_s: int, attempts: int = 3) -> Any:
     import sqlalchemy.exc
 
+    given = url
     url, safe = parse_storage_url(url)  # the driver checked first, the password never shown
     kwargs = {"connect_args": {"connect_timeout": 10}} if "postgresql" in url else {}
     for attempt in range(attempts):
@@ -139,7 +140,8 @@ def _rdb_storage(url: str, heartbeat_s: int, attempts: int = 3) -> Any:
             time.sleep(1.0 + random.random())
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as e:
             error = RunFailure if isinstance(e, sqlalchemy.exc.OperationalError) else VitsearchError  # out of reach / bad URL
-            raise error(f"cannot open the study storage at {safe}: {str(e).splitlines()[0]}. "
+            reason = redact(redact(str(e).splitlines()[0], given), url)  # a driver's error may quote the URL
+            raise error(f"cannot open the study storage at {safe}: {reason}. "
                         "Check the database URL, that the server is running and reachable") from None
 
 
