@@ -96,3 +96,27 @@ def test_threads_zero_profiles_with_every_core_and_records_the_count(tmp_path):
     table = profile("cpu", model=TINY_MODEL, model_kwargs=TINY_KWARGS, threads=0, tables=tmp_path,
                     grid_spec=TINY_GRID, settings=QUICK, progress=False)
     assert table.meta["threads"] == table.meta["runtime"]["threads"] == cpu_count()
+
+
+def test_two_profiles_of_one_table_at_once_measure_it_once(tmp_path):
+    """Two workers started together on a fresh machine (issue 27): they used to measure at once, on the same
+    cores, into one file, and both failed on the duplicated rows. Now one profiles while the other waits for the
+    table's lock, then reads the finished table: both succeed, and each grid point is in the table once."""
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from vitsearch.latency import profile, GridSpec, MeasureSettings\n"
+            f"t = profile('cpu', model={TINY_MODEL!r}, model_kwargs={TINY_KWARGS!r}, threads=1, "
+            f"tables={str(tmp_path)!r}, grid_spec=GridSpec(**{TINY_GRID.__dict__!r}), "
+            f"settings=MeasureSettings(**{QUICK.__dict__!r}), progress=False)\n"
+            "print(len(t.rows))\n")
+    workers = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    total = len(grid(geometry(create_model(TINY_MODEL, **TINY_KWARGS)), TINY_GRID))
+    for w, (out, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+        assert out.split() == [str(total)]
+    (path,) = tmp_path.glob("cpu/*.csv")
+    assert len(path.read_text().splitlines()) == 1 + total  # the header and each point once: nothing appended twice
+    table = T.load(path)
+    assert len(table.rows) == total and table.meta["complete"] is True
+    assert sum("being profiled by another process" in err for _, err in outs) == 1  # the second one waited

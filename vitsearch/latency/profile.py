@@ -5,7 +5,8 @@ export the kind once, specialise it to each pending grid point, measure them all
 append each row to the CSV the moment its result arrives. Every call also times the drift reference
 (:mod:`vitsearch.latency.reference`), recorded with each row. Rows already in the table are skipped, so an
 interrupted profile resumes where it stopped; the metadata must match (same device, runtime, threads, spinning
-policy, batch and geometry), else ``restart=True`` starts over.
+policy, batch and geometry), else ``restart=True`` starts over. One process profiles a table at a time (the
+table's lock, :func:`.table.holding`): a second one started meanwhile waits, then reads the finished table.
 """
 from __future__ import annotations
 
@@ -116,40 +117,41 @@ def profile(
     net = create_model(model, **dict(model_kwargs or {}))
     g = geometry(net)
     path = table_mod.table_path(tables, device, g, batch)
-    if restart:
-        for p in (path, table_mod.meta_path(path)):
-            p.unlink(missing_ok=True)
-    meta: dict[str, Any] = {
-        "format": table_mod.FORMAT, "device": spec.to_dict(), "model": model, "geometry": g.to_dict(),
-        "batch": batch, "precision": table_mod.PRECISION, "threads": threads, "settings": asdict(settings),
-        "grid": asdict(grid_spec), "vitsearch_version": __version__,
-        "latency": "per step, with the overhead row's median subtracted; the overhead is counted once per model",
-    }
-    old_meta = _read_meta(path) if path.exists() else None
-    if old_meta is not None:
-        table_mod.check_meta(old_meta, path, g, batch)
-        _check_settings(old_meta, meta, path)
-    graphs = component_graphs(net, batch)
-    start = time.perf_counter()
-    with RowWriter(path) as writer, contextlib.ExitStack() as cleanup:
-        pending = [p for p in grid(g, grid_spec) if p not in writer.rows]
-        reference = cleanup.enter_context(contextlib.closing(Reference.build(dev, net, batch))) if pending else None
-        logger.info("profiling %s on %s: %d of %d grid points to measure (%s)", g.key, device, len(pending),
-                    len(grid(g, grid_spec)), path)
-        failures = _measure_all(dev, graphs, reference, pending, writer, settings, meta, old_meta, path,
-                                progress)
-        rows = dict(writer.rows)
-    elapsed = time.perf_counter() - start
-    final = table_mod.load(path) if table_mod.meta_path(path).exists() else None
-    if final is not None:
-        done = all(p in rows for p in grid(g, grid_spec))
-        final.meta.update(complete=done, profile_seconds=round(final.meta.get("profile_seconds", 0) + elapsed, 1))
-        table_mod.write_meta(path, final.meta)
-    if failures:
-        listed = "; ".join(f"{name}: {msg}" for name, msg in failures[:5])
-        raise VitsearchError(f"{len(failures)} component(s) could not be measured on {device} ({listed}). The "
-                             f"{len(rows)} measured rows are kept in {path}; run the same command to retry")
-    return table_mod.load(path, geometry=g, batch=batch)
+    with table_mod.holding(path):  # one profiler per table: a second one waits, then reads the finished table
+        if restart:
+            for p in (path, table_mod.meta_path(path)):
+                p.unlink(missing_ok=True)
+        meta: dict[str, Any] = {
+            "format": table_mod.FORMAT, "device": spec.to_dict(), "model": model, "geometry": g.to_dict(),
+            "batch": batch, "precision": table_mod.PRECISION, "threads": threads, "settings": asdict(settings),
+            "grid": asdict(grid_spec), "vitsearch_version": __version__,
+            "latency": "per step, with the overhead row's median subtracted; the overhead is counted once per model",
+        }
+        old_meta = _read_meta(path) if path.exists() else None
+        if old_meta is not None:
+            table_mod.check_meta(old_meta, path, g, batch)
+            _check_settings(old_meta, meta, path)
+        graphs = component_graphs(net, batch)
+        start = time.perf_counter()
+        with RowWriter(path) as writer, contextlib.ExitStack() as cleanup:
+            pending = [p for p in grid(g, grid_spec) if p not in writer.rows]
+            reference = cleanup.enter_context(contextlib.closing(Reference.build(dev, net, batch))) if pending else None
+            logger.info("profiling %s on %s: %d of %d grid points to measure (%s)", g.key, device, len(pending),
+                        len(grid(g, grid_spec)), path)
+            failures = _measure_all(dev, graphs, reference, pending, writer, settings, meta, old_meta, path,
+                                    progress)
+            rows = dict(writer.rows)
+        elapsed = time.perf_counter() - start
+        final = table_mod.load(path) if table_mod.meta_path(path).exists() else None
+        if final is not None:
+            done = all(p in rows for p in grid(g, grid_spec))
+            final.meta.update(complete=done, profile_seconds=round(final.meta.get("profile_seconds", 0) + elapsed, 1))
+            table_mod.write_meta(path, final.meta)
+        if failures:
+            listed = "; ".join(f"{name}: {msg}" for name, msg in failures[:5])
+            raise VitsearchError(f"{len(failures)} component(s) could not be measured on {device} ({listed}). The "
+                                 f"{len(rows)} measured rows are kept in {path}; run the same command to retry")
+        return table_mod.load(path, geometry=g, batch=batch)
 
 
 def _settings_for(graph: ComponentGraph, settings: MeasureSettings) -> MeasureSettings:

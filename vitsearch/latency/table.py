@@ -26,17 +26,25 @@ for a profile asked for 0), spinning (the intra-op spinning policy: ``off``, ``o
 could not set it; absent in tables from before the option, which spun), batch, precision, date,
 vitsearch version, geometry, measurement settings and grid. A table is only ever applied to the geometry and
 batch it was measured for: :func:`load` refuses anything else and says which field differs.
+
+One process profiles a table at a time: :func:`holding` takes ``<table>.csv.lock`` beside it (workers started
+together on a fresh machine wait for the first one's table instead of measuring at once into one file), and
+:class:`RowWriter`, the one appender, holds that lock while it is open.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
+
+from filelock import FileLock, Timeout
 
 from ..errors import VitsearchError, naming
 from ..files import write_text
@@ -55,6 +63,8 @@ FORMAT = 1
 GEOMETRY_FIELDS = ("embed_dim", "num_heads", "depth", "mlp_ratio", "patch_size", "img_size", "in_chans",
                    "num_prefix_tokens", "num_patches")
 FIX_ROW = "fix or delete that line (vitsearch profile re-measures deleted rows), or start over with --restart"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,30 @@ def table_path(tables: str | os.PathLike[str], device: str, geometry: ModelGeome
 
 def meta_path(path: Path) -> Path:
     return path.with_suffix(".json")
+
+
+def lock(path: Path) -> FileLock:
+    """Table ``path``'s lock (``<table>.csv.lock``), the same object for every caller in a process, so a holder
+    may take it again (a profile, then its :class:`RowWriter`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{path}.lock", is_singleton=True)
+
+
+@contextlib.contextmanager
+def holding(path: Path) -> Iterator[None]:
+    """Hold table ``path``'s lock for a profile: one profiler per table across processes. Another one holding it
+    is waited for (logged), and its table is what the caller then reads."""
+    held = lock(path)
+    try:
+        held.acquire(timeout=0)
+    except Timeout:
+        logger.info("%s is being profiled by another process: waiting for it to finish, then reading its table",
+                    path)
+        held.acquire()
+    try:
+        yield
+    finally:
+        held.release()
 
 
 @dataclass
@@ -228,12 +262,19 @@ class RowWriter:
 
     Opening an existing table reads (and validates) its rows; a last line cut short by an interruption (no line
     end) is cut off first. The file is created with the first row, so a device that measures nothing leaves none.
+    The writer holds the table's :func:`lock` from opening to :meth:`close`: no other process appends meanwhile.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows = self._recover() if path.exists() else {}
+        self._lock = lock(path)
+        self._lock.acquire()
         self._file: Any = None
+        try:
+            self.rows = self._recover() if path.exists() else {}
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _recover(self) -> dict[Point, Row]:
         data = self.path.read_bytes()
@@ -262,9 +303,14 @@ class RowWriter:
         self.rows[row.point] = row
 
     def close(self) -> None:
-        if self._file is not None:
-            with naming(self.path):
-                self._file.close()
+        try:
+            if self._file is not None:
+                with naming(self.path):
+                    self._file.close()
+                self._file = None
+        finally:
+            if self._lock.is_locked:
+                self._lock.release()
 
     def __enter__(self) -> "RowWriter":
         return self
