@@ -96,5 +96,5 @@ def checkpoint(tmp_path_factory) -> Path:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that starts a server (a fixture below) must say so with the ``server`` marker."""
     for item in items:
-        if {"postgres", "sshd"} & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("server") is None:
+        if {"postgres", "stoppable_postgres", "sshd"} & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("server") is None:
             raise pytest.UsageError(f"{item.nodeid} starts a server: mark it @pytest.mark.server")

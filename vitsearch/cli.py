@@ -19,7 +19,9 @@ import dataclasses
 import errno
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +32,8 @@ logger = logging.getLogger("vitsearch")
 
 EXIT_FAILURE = 1  # the input was fine, running it failed
 EXIT_BAD_INPUT = 2  # the same code argparse uses for a bad command line
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM (a scheduler, docker stop, timeout): 128 + SIGTERM
 
 
 class Command(abc.ABC):
@@ -670,6 +674,29 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logger.setLevel(level)
 
 
+class _Terminated:
+    """SIGTERM handled as Ctrl-C is: the KeyboardInterrupt paths re-queue the running trial, write the records and
+    remove temporary files, then the CLI prints their one line. A second SIGTERM is ignored while that runs."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.previous: Any = None
+
+    def __enter__(self) -> "_Terminated":
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt("terminated")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -677,6 +704,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits on --help / --version (0) and on a bad command line (2)
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     _setup_logging(args)
+    with _Terminated() as terminated:
+        try:
+            return _run(args)
+        except KeyboardInterrupt as e:
+            print(str(e) or "interrupted", file=sys.stderr)
+            return EXIT_TERMINATED if terminated.received else EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.handler.run(args)
     except (VitsearchError, FileNotFoundError, ValueError, ConnectionError, TimeoutError) as e:
@@ -689,9 +725,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {disk_full_message(e)}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt as e:
-        print(str(e) or "interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch.nn as nn
 
-from .errors import RunFailure, VitsearchError
+from .errors import Interrupted, RunFailure, VitsearchError
 from .files import load_torch
 from .flops import gmacs
 from .models import load_state_dict
@@ -266,5 +266,14 @@ def finalize(study: str | Path, trials: Sequence[int] | None = None, settings: F
             raise VitsearchError(f"study {ctx.folder.name} has an empty Pareto front: no trial met the budget")
     for t in trials:  # every bad trial number fails before hours of training on the good ones
         choose_trial(ctx, t)
-    return [finalize_trial(ctx, t, settings, measure_only=measure_only, restart=restart, progress=progress)
-            for t in trials]
+    done = []
+    for t in trials:
+        try:
+            done.append(finalize_trial(ctx, t, settings, measure_only=measure_only, restart=restart,
+                                       progress=progress))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI's handler)
+            kept = f"; trials {', '.join(str(d.record['trial']) for d in done)} are finalized" if done else ""
+            raise Interrupted(f"interrupted while finalizing trial {t}: its training state (saved every "
+                              f"{settings.checkpoint_every} steps) is kept in {ctx.folder.finalized_dir(t)}{kept}; "
+                              "run the same command to resume") from None
+    return done

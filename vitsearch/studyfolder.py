@@ -10,9 +10,11 @@ latency table's. Search, finalize and report read and write it only through :cla
 ``checkpoints/``            the front's trained configs (``trial_NNNN.pt``)
 ``supernet.pt/json``        the shared strategy's supernet and its training time
 ``finalized.json``          one row per finalized trial; its model, state and ONNX in ``finalized/trial_NNNN/``
+``.records.lock`` ...       locks: the records and ``finalized.json`` are rewritten by one process at a time
 ==========================  ===================================================================================
 
-Every file is written atomically (:mod:`.files`).
+Every file is written atomically (:mod:`.files`). The records are rewritten whole as each trial finishes, under
+a lock (:meth:`StudyFolder.lock`), so the last writer writes the newest state of the storage.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from filelock import FileLock
 
 from .errors import VitsearchError
 from .files import save_torch, write_json, write_text
@@ -129,7 +133,13 @@ class StudyFolder:
         return self.path / "checkpoints"
 
     def checkpoint(self, trial: int) -> Path:
-        return self.checkpoints / f"trial_{trial:04d}.pt"
+        """Trial ``trial``'s checkpoint: named by its number, so no path read from a storage is ever opened."""
+        return self.checkpoints / f"trial_{int(trial):04d}.pt"
+
+    def checkpoint_of(self, trial: int) -> str | None:
+        """How records name trial ``trial``'s checkpoint, None where this folder has none."""
+        path = self.checkpoint(trial)
+        return self.relative(path) if path.is_file() else None
 
     @property
     def supernet(self) -> Path:
@@ -137,6 +147,12 @@ class StudyFolder:
 
     def finalized_dir(self, trial: int) -> Path:
         return self.path / "finalized" / f"trial_{trial:04d}"
+
+    def lock(self, what: str) -> FileLock:
+        """The lock one process holds while it rewrites ``what`` (``"records"``: trials, front, baselines;
+        ``"finalized"``): workers and finalize runs of one study at once, on one host or on a shared folder."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path / f".{what}.lock"), is_singleton=True)
 
     def relative(self, path: Path) -> str:
         """How records name a file of this folder (relative, so a moved folder still reads)."""
@@ -158,6 +174,7 @@ class StudyFolder:
         record = json.loads(json.dumps(record, default=str))  # compare as it reads back: tuples become lists
         if self.study_file.exists():
             old = self.read_study()
+            self._check_storage(old["settings"].get("storage"), (record.get("settings") or {}).get("storage"))
             changed = [k for k in IDENTITY if old.get(k) != record.get(k)]
             if changed:
                 raise VitsearchError(
@@ -173,6 +190,21 @@ class StudyFolder:
         record["created"] = record.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(self.study_file, record)
         return record
+
+    def _check_storage(self, recorded: str | None, given: str | None) -> None:
+        """A study's trials live in one storage (``settings.storage`` in study.json, redacted; None: its journal):
+        another one would start the study afresh and rewrite this folder's records from it."""
+        if recorded == given:
+            return
+
+        def where(url: str | None) -> str:
+            return f"the journal {self.journal}" if url is None else f"the database {url}"
+
+        again = ("without --storage" if recorded is None else
+                 f"with --storage {recorded}" + (" (its password for ***)" if "***" in recorded else ""))
+        raise VitsearchError(
+            f"study {self.name!r} keeps its trials in {where(recorded)}, not {where(given)}: resume it {again}, or "
+            "pass --study NEW_NAME for a new study")
 
     # Trials, front, baselines ---------------------------------------------------------------------------------
 
@@ -212,12 +244,11 @@ class StudyFolder:
         self.save_checkpoint(model, config, self.supernet, extra=record)
         write_json(self.supernet.with_suffix(".json"), dict(record))
 
-    def remove_checkpoints(self, remove: Iterable[str | None]) -> None:
-        """Remove the trial checkpoints at these relative paths (those already gone are skipped: workers sharing
-        a study remove the same ones)."""
-        for rel in remove:
-            if rel is not None:
-                (self.path / rel).unlink(missing_ok=True)
+    def remove_checkpoints(self, trials: Iterable[int]) -> None:
+        """Remove these trials' checkpoints (those already gone are skipped: workers sharing a study remove the same
+        ones). By trial number, never by a path a storage holds: a shared study's attributes are anyone's to write."""
+        for trial in trials:
+            self.checkpoint(trial).unlink(missing_ok=True)
 
     # Finalized rows -------------------------------------------------------------------------------------------
 
@@ -225,9 +256,11 @@ class StudyFolder:
         return self.read_records("finalized") or []
 
     def store_finalized(self, row: Mapping[str, Any]) -> None:
-        """Add or replace the row of ``row["trial"]`` in ``finalized.json``."""
-        rows = [r for r in self.finalized() if r.get("trial") != row["trial"]] + [dict(row)]
-        write_json(self.path / FINALIZED_FILE, sorted(rows, key=lambda r: r["trial"]))
+        """Add or replace the row of ``row["trial"]`` in ``finalized.json``: read and rewritten under the lock, so
+        finalize runs of one study at once (one trial each, on two GPUs) keep each other's rows."""
+        with self.lock("finalized"):
+            rows = [r for r in self.finalized() if r.get("trial") != row["trial"]] + [dict(row)]
+            write_json(self.path / FINALIZED_FILE, sorted(rows, key=lambda r: r["trial"]))
 
     # The journal beside the records ------------------------------------------------------------------------------
 

@@ -120,3 +120,33 @@ def test_two_profiles_of_one_table_at_once_measure_it_once(tmp_path):
     table = T.load(path)
     assert len(table.rows) == total and table.meta["complete"] is True
     assert sum("being profiled by another process" in err for _, err in outs) == 1  # the second one waited
+
+
+def test_sigterm_ends_a_profile_like_ctrl_c(tmp_path):
+    """SIGTERM (a scheduler, docker stop, timeout) mid-profile: the rows measured are kept and resumable, the
+    temporary ONNX folders are removed, one line, exit 143 (it used to die at once with -15, leaving them)."""
+    import os
+    import signal
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    log = tmp_path / "profile.log"
+    proc = subprocess.Popen([sys.executable, "-m", "vitsearch", "profile", "--device", "cpu", "--model", "digits",
+                             "--threads", "1", "--tables", str(tmp_path / "tables")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"), env={**os.environ, "TMPDIR": str(tmp)})
+    deadline = time.monotonic() + 300
+    csv_files: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        csv_files = list((tmp_path / "tables").glob("cpu/*.csv"))
+        if csv_files and len(csv_files[0].read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert csv_files and proc.poll() is None, log.read_text()[-3000:]
+    assert list(tmp.glob("vitsearch-profile-*"))  # the folder the test expects removed is there
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
+    stderr = log.read_text()
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted: the "), stderr
+    assert not list(tmp.glob("vitsearch-*")), list(tmp.iterdir())
+    with T.RowWriter(csv_files[0]) as w:  # what was measured reads back, for the same command to resume
+        assert len(w.rows) >= 2

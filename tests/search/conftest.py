@@ -1,4 +1,5 @@
 """What the search tests share: a small digits space, the search inputs, and a real PostgreSQL server on loopback."""
+import contextlib
 import os
 import shutil
 import socket
@@ -25,9 +26,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """A throwaway PostgreSQL cluster on 127.0.0.1, trust auth, removed afterwards."""
+@contextlib.contextmanager
+def _postgres_server():
+    """A throwaway PostgreSQL cluster on 127.0.0.1, trust auth: yields (URL of database ``studies``, stop), removed
+    afterwards."""
     initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
     if not (initdb and pg_ctl):
         if os.environ.get("CI") == "true":
@@ -42,6 +44,13 @@ def postgres(tmp_path_factory):
         shutil.chown(root, "postgres")
         os.chmod(root, 0o755)
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, timeout=120)
+    stopped = []
+
+    def stop() -> None:
+        if not stopped:
+            run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
+            stopped.append(True)
+
     run(initdb, "-D", str(data), "-U", "vitsearch", "--auth=trust", "-E", "UTF8")
     run(pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "-o",
         f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}", "start")
@@ -52,10 +61,24 @@ def postgres(tmp_path_factory):
         conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
         conn.cursor().execute("CREATE DATABASE studies")
         conn.close()
-        yield f"postgresql://vitsearch@127.0.0.1:{port}/studies"
+        yield f"postgresql://vitsearch@127.0.0.1:{port}/studies", stop
     finally:
-        run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
+        stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server's database URL, shared by a module's tests."""
+    with _postgres_server() as (url, _):
+        yield url
+
+
+@pytest.fixture
+def stoppable_postgres():
+    """A PostgreSQL server of the test's own: (database URL, a function that stops the server at once)."""
+    with _postgres_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

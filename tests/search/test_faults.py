@@ -174,6 +174,76 @@ def test_a_study_name_is_one_folder_under_reports(tmp_path, name):
     assert not any(p.name == "study.json" for p in tmp_path.rglob("*")) and not Path("/abs").exists()
 
 
+# What a storage holds is not trusted; a study lives in one storage ---------------------------------------------------
+
+def test_a_checkpoint_path_read_from_the_storage_never_deletes_a_file(reports, env):
+    """Trials whose ``checkpoint`` attribute names a file outside the study, or a study file (a hostile colleague's
+    shared database, a handed-over journal): the end-of-search cleanup removes checkpoints by trial number only,
+    and the records name only the study's own checkpoints."""
+    victim = reports.parent / "victim.txt"
+    victim.write_text("keep me")
+    folder = reports / "s"
+    journal = folder / "journal.log"
+    study = load(journal)
+    done = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if "accuracy" in t.user_attrs]
+    kept = {json.loads((folder / "front.json").read_text())[0]["checkpoint"]}
+    before = json.loads((folder / "trials.json").read_text())
+    assert (folder / next(iter(kept))).is_file()
+    for path in ("../../victim.txt", str(victim), "study.json"):  # dominated by the trained trials: off the front
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE, values=[0.0, 999.0], params=done[0].params,
+            distributions=done[0].distributions, system_attrs=done[0].system_attrs,
+            user_attrs={**done[0].user_attrs, "accuracy": 0.0, "predicted_ms": 999.0, "checkpoint": path}))
+    result = vitsearch(*search_args(reports, env))  # enough trials: straight to the records and the cleanup
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert victim.read_text() == "keep me" and (folder / "study.json").is_file()
+    records = json.loads((folder / "trials.json").read_text())
+    assert len(records) == len(before) + 3
+    named = {r["checkpoint"] for r in records} - {None}
+    assert named and all(re.fullmatch(r"checkpoints/trial_\d{4}\.pt", c) for c in named), named
+    assert all((folder / c).is_file() for c in kept)
+
+
+@pytest.mark.parametrize("recorded, given", [(None, "sqlite:///{tmp}/sq.db"), ("sqlite:///{tmp}/sq.db", None)])
+def test_another_storage_than_the_studys_is_refused(reports, env, tmp_path, recorded, given):
+    """A study made on its journal, rerun with --storage (or the other way round), used to start afresh in the
+    other storage and rewrite trials.json and front.json from it."""
+    folder = reports / "s"
+    study_file = folder / "study.json"
+    if recorded is not None:
+        meta = json.loads(study_file.read_text())
+        meta["settings"]["storage"] = recorded.format(tmp=tmp_path)
+        study_file.write_text(json.dumps(meta))
+    before = {name: (folder / name).read_bytes() for name in ("study.json", "trials.json", "front.json")}
+    args = search_args(reports, env) + (["--storage", given.format(tmp=tmp_path)] if given else [])
+    last = fails_cleanly(vitsearch(*args), "--study NEW_NAME", "keeps its trials in")
+    assert ("without --storage" if recorded is None else f"with --storage {recorded.format(tmp=tmp_path)}") in last
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert not (tmp_path / "sq.db").exists()
+
+
+def test_records_are_written_as_trials_finish_so_a_killed_search_reports_them(tmp_path, env, lean_space):
+    """SIGKILL a search while it trains its second trial: trials.json already holds the first (written when it
+    finished), and report and plot show the study as it is, not "0 trials"."""
+    reports, log = tmp_path / "reports", tmp_path / "worker.log"
+    journal = reports / "r" / "journal.log"
+    args = search_args(reports, {**env, "space": str(lean_space)}, study="r", trials=3, steps=8)
+    worker = start(*args, log=log)
+    try:
+        wait_for(lambda: "accuracy" in log.read_text() and log.read_text().count(": training ") >= 2, worker, log)
+    finally:
+        worker.kill()
+        worker.wait()
+    done = trained(load(journal, "r"))
+    assert done
+    records = json.loads((reports / "r" / "trials.json").read_text())
+    assert {r["trial"]: (r["config"], r["accuracy"]) for r in records if r["accuracy"] is not None} == done
+    report = vitsearch("report", "r", "--reports", str(reports))
+    assert report.returncode == 0 and f"report of r: {len(records)} trials" in report.stdout, report.stderr[-3000:]
+    plot = vitsearch("plot", "r", "--reports", str(reports), "-o", str(tmp_path / "overlay.png"))
+    assert plot.returncode == 0 and "left out" not in plot.stdout, plot.stdout + plot.stderr[-3000:]
+
+
 # Workers that die -----------------------------------------------------------------------------------------------
 
 def test_a_trial_left_running_on_another_host_is_run_again(reports, env):
@@ -215,7 +285,7 @@ def test_a_live_worker_beats_while_its_trial_trains(tmp_path, env, lean_space):
     assert trial.state == optuna.trial.TrialState.COMPLETE  # never taken for dead while it beat
 
 
-def wait_for(predicate, worker: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+def wait_for(predicate, worker: subprocess.Popen, log: Path, timeout: float = 900) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
@@ -238,14 +308,17 @@ def training_after_a_trial_finished(log: Path, journal: Path) -> bool:
             and journal_has(journal, '"user_attr":{"accuracy":'))
 
 
-def test_ctrl_c_in_a_trial_keeps_the_trials_and_runs_the_trial_again(tmp_path, env, lean_space):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_in_a_trial_keeps_the_trials_and_runs_the_trial_again(tmp_path, env, lean_space, signum, code):
+    """Ctrl-C, and SIGTERM (a scheduler, docker stop, timeout) the same way: the running trial re-queued, the
+    records written, one line, exit 128 + the signal."""
     reports, log = tmp_path / "reports", tmp_path / "worker.log"
     journal = reports / "c" / "journal.log"
     args = search_args(tmp_path / "reports", {**env, "space": str(lean_space)}, study="c", trials=3, steps=20)
     worker = start(*args, log=log)
     wait_for(lambda: "accuracy" in log.read_text() and log.read_text().count(": training ") >= 2, worker, log)
-    worker.send_signal(signal.SIGINT)
-    assert worker.wait(timeout=120) == 130
+    worker.send_signal(signum)
+    assert worker.wait(timeout=120) == code
     stderr = log.read_text()
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
@@ -367,6 +440,29 @@ def test_a_dead_database_worker_on_another_host_is_failed_by_optunas_heartbeat(p
     assert recorded["settings"]["storage"] == url.replace("s3cret-pw", "***")
     assert not any(b"s3cret-pw" in p.read_bytes() for p in (reports / "pg").rglob("*") if p.is_file())
     assert "s3cret-pw" not in log.read_text() + result.stderr
+
+
+@pytest.mark.server
+def test_a_database_stopped_during_a_trial_is_one_message(stoppable_postgres, tmp_path, env, lean_space):
+    """PostgreSQL stopped while a worker trains: one line naming the storage (its password hidden) and how to go
+    on, exit 1, instead of Optuna's tracebacks ending in "invalid data in the commit, e.g. exceeding max length"."""
+    url, stop = stoppable_postgres
+    url = url.replace("vitsearch@", "vitsearch:s3cret-pw@")  # trust auth: the password is only carried along
+    log = tmp_path / "worker.log"
+    args = search_args(tmp_path / "reports", {**env, "space": str(lean_space)}, study="down", trials=3, steps=10)
+    worker = start(*args, "--storage", url, log=log)
+    try:
+        wait_for(lambda: ": training " in log.read_text(), worker, log)
+        stop()
+        assert worker.wait(timeout=600) == 1, log.read_text()[-3000:]
+    finally:
+        worker.kill()
+        worker.wait()
+    stderr = log.read_text()
+    assert "Traceback" not in stderr and "Exception in thread" not in stderr, stderr[-5000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the study storage {url.replace('s3cret-pw', '***')} stopped answering"), last
+    assert "run the same command to resume" in last and "s3cret-pw" not in stderr
 
 
 # The held-out split belongs to the base model ----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import torch
 
 from .. import __version__
-from ..errors import VitsearchError
+from ..errors import Interrupted, VitsearchError
 from ..models import create_model, geometry
 from . import artefacts as art
 from . import table as table_mod
@@ -138,8 +138,12 @@ def profile(
             reference = cleanup.enter_context(contextlib.closing(Reference.build(dev, net, batch))) if pending else None
             logger.info("profiling %s on %s: %d of %d grid points to measure (%s)", g.key, device, len(pending),
                         len(grid(g, grid_spec)), path)
-            failures = _measure_all(dev, graphs, reference, pending, writer, settings, meta, old_meta, path,
-                                    progress)
+            try:
+                failures = _measure_all(dev, graphs, reference, pending, writer, settings, meta, old_meta, path,
+                                        progress)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI's handler): the rows measured are on disk
+                raise Interrupted(f"interrupted: the {len(writer.rows)} rows measured are kept in {path}; run the "
+                                  "same command to measure the rest") from None
             rows = dict(writer.rows)
         elapsed = time.perf_counter() - start
         final = table_mod.load(path) if table_mod.meta_path(path).exists() else None

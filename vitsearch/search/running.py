@@ -17,8 +17,8 @@ from .learned import check_learned, learned_trial, run_learned
 from .record import REJECTED_ACCURACY, describe, set_constraints
 from .settings import Candidate, SearchResult, SearchSettings
 from .setup import Setup, prepare, write_provenance
-from .storage import (Heartbeat, collect, count_trained, open_optuna_study, recover_stale_trials, requeue,
-                      worker_id)
+from .storage import (Heartbeat, collect, count_trained, database_failures, open_optuna_study, recover_stale_trials,
+                      requeue, worker_id)
 
 logger = logging.getLogger(__name__)
 
@@ -144,19 +144,38 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
     return objective
 
 
+def record_study(evaluator: Evaluator, study: Any) -> list[Candidate]:
+    """The records as the storage holds them now (:func:`write_results`), read and written under the study
+    folder's lock: whichever worker writes last writes the newest state. Called as each trial finishes, by its
+    worker, so ``report`` and ``plot`` show a running or killed search as it is."""
+    setup = evaluator.setup
+    with setup.folder.lock("records"):
+        return write_results(setup, collect(study), stored_baselines(evaluator, study))
+
+
 def write_results(setup: Setup, trials: list[Candidate], baselines: list[Candidate]) -> list[Candidate]:
     """trials.csv/json, front.csv/json; checkpoints of configs off the front are removed."""
     trained = [c for c in trials if c.feasible and c.accuracy is not None]
-    front = [trained[i] for i in pareto_front([(c.accuracy, c.predicted_ms) for c in trained])]
+    on_front = pareto_front([(c.accuracy, c.predicted_ms) for c in trained])
+    front = [trained[i] for i in on_front]
+    # Only finished trials' checkpoints: a trial another worker is still training keeps the one it just saved.
+    # By trial number: the checkpoint attribute a storage holds is never a path used (studyfolder.py).
+    setup.folder.remove_checkpoints(c.trial for i, c in enumerate(trained) if i not in on_front and c.trial is not None)
+    for c in trials:
+        c.checkpoint = None if c.trial is None else setup.folder.checkpoint_of(c.trial)
     for name, rows in (("trials", trials), ("front", front), ("baselines", baselines)):
         setup.folder.write_records(name, [c.to_dict() for c in rows])
-    # Only finished trials' checkpoints: a trial another worker is still training keeps the one it just saved.
-    setup.folder.remove_checkpoints(c.checkpoint for c in trained if c not in front)
     return front
 
 
 def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResult:
-    """Run (or resume) the search ``settings`` describe; returns the trials, the Pareto front and the baselines."""
+    """Run (or resume) the search ``settings`` describe; returns the trials, the Pareto front and the baselines.
+    A database that stops answering is one RunFailure (:func:`.storage.database_failures`)."""
+    with database_failures(settings.storage):
+        return _run_search(settings, progress=progress)
+
+
+def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
     from tqdm.auto import tqdm
 
     setup = prepare(settings, progress=progress)
@@ -184,6 +203,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
             if heartbeat is not None:
                 heartbeat.trial(None)
             recover_stale_trials(study, settings.heartbeat_s)  # a worker that died meanwhile, on any host
+            record_study(evaluator, study)
             acc = trial.user_attrs.get("accuracy")
             if acc is not None:
                 bar.update(1)
@@ -214,8 +234,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
             except KeyboardInterrupt:
                 bar.close()
                 requeue_interrupted(study)
-                trials = collect(study)
-                write_results(setup, trials, stored_baselines(evaluator, study))
+                record_study(evaluator, study)
                 raise Interrupted(
                     f"interrupted: {count_trained(study)} trained trials are kept in {setup.folder.path} (trials.csv, "
                     "front.csv written) and the interrupted one runs again on resume: run the same command again "
@@ -224,16 +243,19 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
     try:  # the baselines the trials did not reach (or other workers hold)
         baselines = evaluate_baselines(evaluator, study)
     except KeyboardInterrupt:
+        record_study(evaluator, study)
         raise Interrupted("interrupted: the baselines done so far are kept in the study's storage; run the same "
                           "command again to resume") from None
     if settings.learned and learned_trial(study) is None:
         try:
             run_learned(evaluator, study)
         except KeyboardInterrupt:
+            record_study(evaluator, study)
             raise Interrupted("interrupted while learning keep rates: the trials and baselines are kept in the "
                               "study's storage; run the same command again to learn them again") from None
-    trials = collect(study)
-    front = write_results(setup, trials, baselines)
+    with setup.folder.lock("records"):
+        trials = collect(study)
+        front = write_results(setup, trials, baselines)
     return SearchResult(setup.folder.path, setup.budget_ms, setup.unpruned_ms, trials, front, baselines)
 
 

@@ -2,6 +2,7 @@
 what the search reads back from it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import optuna
 
@@ -143,6 +144,59 @@ def _rdb_storage(url: str, heartbeat_s: int, attempts: int = 3) -> Any:
             reason = redact(redact(str(e).splitlines()[0], given), url)  # a driver's error may quote the URL
             raise error(f"cannot open the study storage at {safe}: {reason}. "
                         "Check the database URL, that the server is running and reachable") from None
+
+
+def lost_connection(error: BaseException) -> BaseException | None:
+    """The database error in ``error``'s chain that says the connection is gone (a server stopped or out of reach),
+    or None. Optuna wraps it (StorageInternalError's "invalid data in the commit"), and its trial bookkeeping
+    fails after it, so the error that reaches the search is seldom the database's own."""
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+                isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated):
+            return e
+        e = e.__cause__ if e.__cause__ is not None else None if e.__suppress_context__ else e.__context__
+    return None
+
+
+@contextlib.contextmanager
+def database_failures(url: str | None) -> Iterator[None]:
+    """A database that stops answering mid-search becomes one :class:`RunFailure` naming it (redacted) and what to
+    do, instead of the cascade that follows: Optuna's failed-trial warning and its heartbeat thread, each with a
+    traceback, then the failed tell's "invalid data in the commit". No-op for the journal file (``url`` None)."""
+    if not url:
+        yield
+        return
+
+    def quiet(record: logging.LogRecord) -> bool:  # Optuna's "Trial N failed ..." with the traceback
+        return not (record.exc_info and record.exc_info[1] is not None and lost_connection(record.exc_info[1]))
+
+    def thread_hook(args: Any) -> None:  # Optuna's heartbeat thread dies with the connection: said below, once
+        if args.exc_value is None or not lost_connection(args.exc_value):
+            previous_hook(args)
+
+    handlers = list(logging.getLogger("optuna").handlers)
+    previous_hook, threading.excepthook = threading.excepthook, thread_hook
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    except Exception as e:
+        lost = None if isinstance(e, VitsearchError) else lost_connection(e)
+        if lost is None:
+            raise
+        reason = redact(str(getattr(lost, "orig", None) or lost).strip().splitlines()[0], url)
+        raise RunFailure(f"the study storage {redact(url)} stopped answering ({reason}): the trials completed "
+                         "before are kept in it; once it answers again, run the same command to resume (the "
+                         "interrupted trial runs again)") from e
+    finally:
+        threading.excepthook = previous_hook
+        for h in handlers:
+            h.removeFilter(quiet)
 
 
 def worker_id() -> str:
