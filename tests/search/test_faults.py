@@ -63,7 +63,7 @@ def trained(study: optuna.Study) -> dict[int, tuple]:
 def made(tmp_path_factory, env):
     """A finished study of two trained trials; tests work on copies."""
     reports = tmp_path_factory.mktemp("made")
-    result = vitsearch(*search_args(reports, env))
+    result = vitsearch(*search_args(reports, env), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return reports
 
@@ -164,6 +164,30 @@ def test_a_truncated_finalize_state_is_one_message_naming_it(reports):
     state.write_bytes(b"PK\x03\x04 cut short")
     fails_cleanly(vitsearch("finalize", "s", "--reports", str(reports), "--trial", str(front), "--steps", "2"),
                   str(state), "--restart")
+
+
+def test_sigterm_ends_a_finalize_keeping_its_training_state(reports, tmp_path):
+    """SIGTERM mid-training: the resumable state stays, no temporary file is left, one line, exit 143 (it used to
+    die at once, -15, without a word)."""
+    front = json.loads((reports / "s" / "front.json").read_text())[0]["trial"]
+    state = reports / "s" / "finalized" / f"trial_{front:04d}" / "state.pt"
+    log, tmp = tmp_path / "finalize.log", tmp_path / "tmp"
+    tmp.mkdir()
+    worker = subprocess.Popen([sys.executable, "-m", "vitsearch", "finalize", "s", "--reports", str(reports), "--trial",
+                               str(front), "--steps", "400", "--checkpoint-every", "2"], stdout=subprocess.DEVNULL,
+                              stderr=log.open("w"), env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)})
+    try:
+        wait_for(state.is_file, worker, log)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=300) == 143, log.read_text()[-3000:]
+    finally:
+        worker.kill()
+        worker.wait()
+    stderr = log.read_text()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted while finalizing trial {front}") and str(state.parent) in last, last
+    assert state.is_file() and not list(tmp.glob("vitsearch-*")) and not list(tmp.glob("tmp*"))
 
 
 @pytest.mark.parametrize("name", ["../../etc", "/abs", "a/b", "..", "", "."])
