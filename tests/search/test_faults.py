@@ -356,7 +356,7 @@ def test_ctrl_c_in_a_trial_keeps_the_trials_and_runs_the_trial_again(tmp_path, e
     recorded = json.loads((reports / "c" / "trials.json").read_text())
     assert {r["trial"] for r in recorded if r["accuracy"] is not None} == set(before)
     assert (reports / "c" / "trials.csv").is_file() and (reports / "c" / "front.csv").is_file()
-    result = vitsearch(*args)
+    result = vitsearch(*args, timeout=900)  # two 20-step trials: minutes on a loaded machine
     assert result.returncode == 0, result.stderr[-3000:]
     study = load(journal, "c")
     after = trained(study)
