@@ -69,6 +69,64 @@ def test_the_merge_that_keeps_the_most_tokens_within_the_budget_wins():
     assert m.kept == max(kept.values())
 
 
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, table_writer):
+    """The predictor of the digits table written with chosen costs (selector costs included), and its geometry."""
+    from vitsearch.latency.predict import Predictor
+
+    predictor = Predictor(table_writer(tmp_path_factory.mktemp("table")))
+    g = predictor.geometry
+    return (lambda config: predictor.predict(config).total_ms), dict(depth=g.depth, num_patches=g.num_patches,
+                                                                     num_prefix=g.num_prefix_tokens)
+
+
+def alive_patches(config: PruneConfig, depth: int, num_patches: int, num_prefix: int) -> list[int]:
+    schedule = token_schedule(config, depth=depth, num_patches=num_patches, num_prefix=num_prefix)
+    return [t - num_prefix - sum(s.block <= b for s in schedule.selectors) for b, t in enumerate(schedule.block_tokens)]
+
+
+@pytest.mark.parametrize("direction, factor", [("down", 0.8), ("up", 1.25)])
+def test_fitting_scales_a_merge_over_the_budget_down_and_one_under_it_up(written, direction, factor):
+    """A merge whose own counts are over the budget comes back with fewer patches at every block, one under it with
+    more (each phase scaled by one factor), within the budget and keeping the most tokens any factor keeps within
+    it (a scan of factors, for the fit's bisection). Three phases, so the later ones must keep scaling after the
+    first keeps every patch."""
+    ms, geom = written
+    phases = [(3, 40.0), (6, 20.0), (9, 10.0)]
+    own = phases_config(phases, 1.0, geom["num_patches"])
+    budget = factor * ms(own)
+    assert budget < ms(PruneConfig())  # the unpruned model is over it: the fit has something to find
+    fit = fit_budget(phases, ms, budget, **geom)
+    assert fit.within_budget and fit.predicted_ms == pytest.approx(ms(fit.config)) and fit.predicted_ms <= budget
+    before, after = alive_patches(own, **geom), alive_patches(fit.config, **geom)
+    if direction == "down":
+        assert all(a <= b for a, b in zip(after, before)) and after != before
+    else:
+        assert all(a >= b for a, b in zip(after, before)) and after != before
+    top = geom["num_patches"] / phases[-1][1]
+    scanned = [phases_config(phases, top * i / 2000, geom["num_patches"]) for i in range(2001)]
+    most = max(sum(token_schedule(c, **geom).block_tokens) for c in scanned if ms(c) <= budget)
+    assert fit.kept >= most
+
+
+def test_the_learned_merge_never_has_more_selectors_than_the_space_allows(written):
+    """A learned profile with four steps, whose four-selector merge is the only one within the budget: capped at 3, 2
+    or 1, the choice has at most that many selectors, and is the best of those merges (here none is within, so the
+    fastest of them, marked as over the budget), never the four."""
+    ms, geom = written
+    rates = {b: {3: 0.95, 5: 0.4, 8: 0.3, 10: 0.3}.get(b, 0.999) for b in range(3, 11)}
+    budget = 0.5 * ms(PruneConfig())
+    free = choose_merge(rates, range(3, 11), 8, ms, budget, **geom)
+    assert len(free.config.keep) == 4 and free.within_budget  # uncapped, the caps below bind
+    counts = learned_counts(rates, depth=geom["depth"], num_patches=geom["num_patches"])
+    for cap in (3, 2, 1):
+        capped = choose_merge(rates, range(3, 11), cap, ms, budget, **geom)
+        fits = [fit_budget(merge_phases(counts, range(3, 11), m, geom["num_patches"]), ms, budget, **geom)
+                for m in range(1, cap + 1)]
+        assert 1 <= len(capped.config.keep) <= cap and not capped.within_budget
+        assert capped.predicted_ms == min(f.predicted_ms for f in fits) > budget
+
+
 FAST = TrainSettings(steps=2, batch_size=16)
 
 
