@@ -1,5 +1,7 @@
 """Each mechanism of each method, tested so that removing, reversing or replacing it by identity fails a test
 (issue 14 item 6), and the models a method refuses."""
+import copy
+
 import pytest
 import torch
 
@@ -185,6 +187,48 @@ def test_evovit_assisted_head_reads_a_normalised_class_token(images):
     model(images)
     assert pruning.prune_state(model).aux_logits is not None
     assert float(seen["x"].std(dim=-1).mean()) == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("variant", [{}, {"qk_norm": True}])
+def test_evovit_records_the_stock_attentions_class_token_row(variant, fused, images, monkeypatch):
+    """The class-attention row Evo-ViT records at each block that feeds a selection is the row the stock timm
+    attention computes (its own attention matrix, which its unfused path hands to ``attn_drop``) for the class
+    token on the same weights and the same input: the block before the first selector on all tokens, the stage
+    blocks on the slow ones. The first stage ranks the patches by that row summed over heads. Breaks if the row
+    drops the scale, q_norm / k_norm, or is another token's, or the score reads another block's row."""
+    stock = tiny_vit(**variant)
+    for blk in stock.blocks:  # peaky attention, as in a trained ViT, so that a wrong row shows
+        blk.attn.qkv.weight.data *= 4
+    stock.requires_grad_(False)
+    model = pruning.apply(copy.deepcopy(stock), "evovit:4=0.5,8=0.5")
+    state = pruning.prune_state(model)
+    inputs, rows, scores = {}, {}, []
+    for i, blk in enumerate(model.blocks):
+        blk.attn.fused_attn = fused
+        blk.register_forward_pre_hook(lambda m, args, i=i: inputs.update({i: args[0]}))
+        blk.attn.register_forward_hook(
+            lambda m, args, out, i=i: rows.update({i: state.cls_attn}) if state.record_cls_attn else None)
+    enter = evovit.enter_stage
+
+    def recorded(patches, score, n_keep):
+        scores.append(score)
+        return enter(patches, score, n_keep)
+
+    monkeypatch.setattr(evovit, "enter_stage", recorded)
+    with torch.no_grad():
+        model(images)
+    assert sorted(rows) == [3, 4, 5, 6, 7]  # the block before the first selector, the first stage's blocks
+    for i, row in rows.items():
+        attn, seen = stock.blocks[i].attn, {}
+        attn.fused_attn = False
+        hook = attn.attn_drop.register_forward_pre_hook(lambda m, args: seen.update(attn=args[0]))
+        with torch.no_grad():
+            attn(stock.blocks[i].norm1(inputs[i]))
+        hook.remove()
+        assert row.shape == seen["attn"][:, :, 0].shape  # (B, H, tokens the block computed on)
+        torch.testing.assert_close(row, seen["attn"][:, :, 0])
+    torch.testing.assert_close(scores[0], rows[3][:, :, 1:].sum(dim=1))
 
 
 @pytest.fixture
