@@ -266,6 +266,37 @@ def test_evovit_mean_head_reads_every_patch_so_the_placeholders_reach_the_logits
         torch.testing.assert_close(pruning.prune_state(model).aux_logits, model.head_aux(captured["tokens"][:, 0]))
 
 
+@pytest.mark.parametrize("head_pooling", [None, "avg"])
+@pytest.mark.parametrize("variant", [{}, {"fc_norm": True}, {"global_pool": "avg"}, {"global_pool": "avg", "fc_norm": False}])
+def test_evovit_assisted_head_reads_the_other_pooling_normalised_as_the_main_heads_input(variant, head_pooling, images,
+                                                                                         monkeypatch):
+    """Under every pooling the patch accepts (class token or mean of the patches, with the final norm before or
+    after pooling as timm builds it, and Evo-ViT's own mean head), the assisted head's classifier reads the pooling
+    the main head does not, of the same tokens, normalised exactly as the stock model normalises its head's input
+    (timm's ``global_pool_nlc``, ``norm``, ``fc_norm``). Breaks if it reads the main head's pooling, a raw
+    residual stream, or a norm applied twice."""
+    from timm.models.vision_transformer import global_pool_nlc
+
+    monkeypatch.setattr(pruning.METHODS["evovit"], "head_pooling", head_pooling)
+    model = tiny_vit(**variant)
+    g = torch.Generator().manual_seed(3)
+    for norm in (model.norm, model.fc_norm):  # affine norms, so a norm applied twice or to the wrong input shows
+        for p in norm.parameters():
+            p.data = torch.randn(p.shape, generator=g)
+    model = pruning.apply(model, "evovit:4=0.5,8=0.5").train()
+    linear = model.head_aux[-1] if isinstance(model.head_aux, torch.nn.Sequential) else model.head_aux
+    torch.nn.init.normal_(linear.weight, generator=torch.Generator().manual_seed(2))  # not the main head's copy
+    seen = {}
+    # the first call's input only: (B, P + N, C) (a hook that returns nothing leaves the input as it is)
+    model.norm.register_forward_pre_hook(lambda m, args: None if "tokens" in seen else seen.update(tokens=args[0]))
+    with torch.no_grad():
+        model(images)
+        other = "avg" if model.global_pool == "token" else "token"
+        expected = linear(model.fc_norm(global_pool_nlc(model.norm(seen["tokens"]), other, num_prefix_tokens=1)))
+    assert seen["tokens"].shape[1] == 1 + 64  # training restores every patch for the mean
+    torch.testing.assert_close(pruning.prune_state(model).aux_logits, expected)
+
+
 def test_evovit_mean_head_pooling_is_the_methods_own_and_other_configs_get_the_stock_pooling_back(mean_head):
     """A supernet switches configs on one model: SPViT and the unpruned config pool as the stock model did."""
     model = pruning.apply(tiny_vit(), "evovit:4=0.5")
@@ -301,7 +332,8 @@ def test_evovit_class_token_head_computes_nothing_of_the_last_stages_placeholder
 # Models a method refuses -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["spvit:3=0.5", "evovit:4=0.5"])
-@pytest.mark.parametrize("kw", [{"global_pool": "map"}, {"global_pool": "max"}])
+@pytest.mark.parametrize("kw", [{"global_pool": "map"}, {"global_pool": "max"}, {"global_pool": "avgmax"},
+                                {"global_pool": ""}])
 def test_unsupported_pooling_is_refused_with_the_fix(method, kw):
     model = tiny_vit(**kw)
     with pytest.raises(VitsearchError, match="global_pool='token' or 'avg'"):
