@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny registered timm ViT (no downloads) and the trained digits base model.
+"""Shared fixtures: one tiny registered timm ViT (no downloads), the trained digits base model, and a digits latency
+table written with chosen costs (no test reads values timed in its own session; profiling is tested in latency/).
 
 No test writes outside a temporary folder: ``$VITSEARCH_CACHE`` points at a session temporary folder, so the
 digits base model is trained there once per session (about a minute on two cores) and never touches the user's
