@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny registered timm ViT (no downloads) and the trained digits base model.
+"""Shared fixtures: one tiny registered timm ViT (no downloads), the trained digits base model, and a digits latency
+table written with chosen costs (no test reads values timed in its own session; profiling is tested in latency/).
 
 No test writes outside a temporary folder: ``$VITSEARCH_CACHE`` points at a session temporary folder, so the
 digits base model is trained there once per session (about a minute on two cores) and never touches the user's
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 import timm
@@ -68,19 +70,74 @@ def run_cli():
     return run
 
 
+def chosen_ms(point) -> float:
+    """The tests' latency of one component (ms per step), strictly increasing in each of its token counts and in
+    proportion to a small CPU's (blocks quadratic in n, the rest linear, selection a few percent of a block), so
+    every config the digits space allows has one known, reproducible prediction."""
+    n, k = point.n, point.k
+    block = 0.004 + 0.0008 * n + 0.000004 * n * n
+    return {"overhead": lambda: 0.01 + 0.00001 * n, "embed": lambda: 0.02 + 0.0001 * n,
+            "block": lambda: block, "block_cls": lambda: block + 0.002,
+            "evo_block": lambda: block + 0.001 + 0.00002 * k, "evo_block_cls": lambda: block + 0.003 + 0.00002 * k,
+            "evo_stage": lambda: 0.01 + 0.0001 * n + 0.0001 * k, "evo_enter": lambda: 0.006 + 0.0001 * n + 0.0001 * k,
+            "spvit_select": lambda: 0.008 + 0.0002 * n + 0.00005 * k, "head": lambda: 0.002 + 0.00005 * n}[point.kind]()
+
+
+COARSE_GRID = dict(block_points=6, head_points=3, select_rows=4, select_cols=2, stage_points=3)
+QUICK_MEASURE = dict(warmup=2, min_repeats=5, max_repeats=20, max_seconds=0.5)
+
+
+def write_table(tables: Path, *, model: str = "digits", costs: Callable[[Any], float] = chosen_ms,
+                speeds: Mapping[str, float] | None = None, reference_ms: float = 1.0, grid_spec: Any = None,
+                model_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """A complete CPU latency table for ``model`` written through vitsearch.latency.table (rows, metadata, path),
+    with the latencies ``costs`` gives at every grid point instead of timings: no test reads a table whose values
+    depend on how busy the machine was while the session profiled it (a flat monotone fit once zeroed a gradient).
+
+    ``speeds`` scales a kind's rows as if they had been profiled in a slow minute: its latencies and its calls'
+    drift reference (``ref_ms``) both multiplied, so the predictor, scaling every row to the table's reference
+    speed (the median reference, ``reference_ms`` where most kinds are at speed 1), predicts ``costs`` again."""
+    import onnxruntime
+
+    from vitsearch import __version__
+    from vitsearch.latency import table as T
+    from vitsearch.latency.components import GridSpec, grid
+    from vitsearch.latency.devices import MeasureSettings
+    from vitsearch.latency.registry import resolve
+    from vitsearch.models import geometry
+
+    spec = GridSpec(**COARSE_GRID) if grid_spec is None else grid_spec
+    g = geometry(create_model(model, **dict(model_kwargs or {})))
+    rows = []
+    for p in grid(g, spec):
+        speed = (speeds or {}).get(p.kind, 1.0)
+        ms, steps = costs(p) * speed, g.depth if "block" in p.kind else 1
+        rows.append(T.Row(p, steps, ms, 1.1 * ms, 0.1 * ms, 20, p10_ms=0.95 * ms, raw_median_ms=ms * steps,
+                          stable=True, ref_ms=reference_ms * speed))
+    threads = 1
+    meta = {"format": T.FORMAT, "device": resolve("cpu", tables).to_dict(), "model": model, "geometry": g.to_dict(),
+            "batch": 1, "precision": T.PRECISION, "threads": threads, "spinning": "off",
+            "settings": asdict(MeasureSettings(threads=threads, **QUICK_MEASURE)), "grid": asdict(spec),
+            "vitsearch_version": __version__, "complete": True, "date": "2026-01-01T00:00:00+00:00",
+            "runtime": {"runtime": "onnxruntime", "version": onnxruntime.__version__, "threads": threads},
+            "latency": "written by the tests (tests/conftest.py write_table): chosen costs, not measurements"}
+    return T.save(T.table_path(tables, "cpu", g, 1), meta, rows)
+
+
 @pytest.fixture(scope="session")
 def tables(tmp_path_factory) -> Path:
-    """A real but coarse CPU latency table for the digits geometry, profiled once for the search and finalize
-    tests (they read it; none of them profiles)."""
-    from vitsearch.latency.components import GridSpec
-    from vitsearch.latency.devices import MeasureSettings
-    from vitsearch.latency.profile import profile
-
+    """The digits CPU latency table folder the search and finalize tests read: written with chosen costs
+    (:func:`write_table`), never profiled in the session, so what a search finds feasible never depends on the
+    machine's load. Profiling itself is tested in tests/latency/."""
     folder = tmp_path_factory.mktemp("latency_tables")
-    profile("cpu", model="digits", tables=folder, progress=False,
-            grid_spec=GridSpec(block_points=6, head_points=3, select_rows=4, select_cols=2, stage_points=3),
-            settings=MeasureSettings(warmup=2, min_repeats=5, max_repeats=20, max_seconds=0.5))
+    write_table(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def table_writer() -> Callable[..., Any]:
+    """:func:`write_table`, for tests that write a table of their own (costs, drift speeds, model)."""
+    return write_table
 
 
 @pytest.fixture(scope="session")

@@ -167,3 +167,53 @@ def test_rows_without_a_reference_turn_drift_correction_off_with_a_warning(tmp_p
     with caplog.at_level("WARNING", logger="vitsearch.latency.predict"):
         Predictor(synthetic)  # no row has a reference: an older table, read as stored without a word
     assert caplog.text == ""
+
+
+def test_monotone_fit_is_the_least_squares_non_decreasing_fit():
+    """Against scikit-learn's isotonic regression (an independent pool-adjacent-violators) on noisy curves with
+    runs of inversions: breaks if pooled means lose their weights, or a new point pools with one block only."""
+    from sklearn.isotonic import IsotonicRegression
+
+    from vitsearch.latency.predict import monotone
+
+    rng = np.random.default_rng(0)
+    for size in (2, 5, 25, 60):
+        for _ in range(20):
+            ys = list(np.linspace(0.1, 1.0, size) + rng.normal(0, 0.15, size))
+            fit = monotone(ys)
+            assert fit == pytest.approx(list(IsotonicRegression().fit_transform(range(size), ys)), abs=1e-12)
+            assert all(b >= a for a, b in zip(fit, fit[1:]))
+
+
+def test_the_block_curve_the_losses_differentiate_is_drift_scaled_and_monotone(tmp_path, model):
+    """``Predictor.block_curve`` (what PiecewiseLinear turns into the latency losses' gradient): each block row
+    scaled by the table's reference over its own call's, then made non-decreasing. Block rows profiled at half
+    speed (latency and reference doubled) with one noisy inversion give back the true costs, the inversion pooled;
+    the curve's slope, the loss's gradient, is then the true one and never 0 or negative where costs rise.
+    Breaks if the rows are not scaled, scaled the wrong way, or the curve skips the monotone fit."""
+    from vitsearch.training import PiecewiseLinear
+
+    g = geometry(model)
+    points = grid(g, TINY_GRID)
+    blocks = sorted(p.n for p in points if p.kind == "block")
+    noisy = blocks[1]  # measured too fast: below its left neighbour
+
+    def cost(p: Point) -> float:
+        if p.kind != "block":
+            return 0.5
+        return 0.1 * blocks[0] - 0.1 if p.n == noisy else 0.1 * p.n
+
+    rows = [T.Row(p, 1, cost(p) * (2 if p.kind == "block" else 1), 1.0, 0.0, 1,
+                  ref_ms=2.0 if p.kind == "block" else 1.0) for p in points]
+    predictor = Predictor(T.save(tmp_path / "t.csv", {"device": {"name": "cpu"}, "geometry": g.to_dict(), "batch": 1,
+                                                      "runtime": {}, "threads": 1}, rows))
+    assert predictor.reference_ms == 1.0
+    xs, ys = predictor.block_curve()
+    pooled = 0.1 * blocks[0] - 0.05
+    assert xs == blocks
+    assert ys == pytest.approx([pooled, pooled] + [0.1 * n for n in blocks[2:]])
+    n = torch.tensor(float(blocks[-2] + 1), requires_grad=True)
+    PiecewiseLinear(xs, ys)(n).backward()
+    assert float(n.grad) == pytest.approx(0.1, rel=1e-5)  # the true slope, as a latency loss sees it
+    # A prediction reads the same curve: what the loss differentiates is what the search is told.
+    assert predictor.component(Point("block", blocks[-1])) == pytest.approx(ys[-1])

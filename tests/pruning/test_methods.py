@@ -1,5 +1,7 @@
 """Each mechanism of each method, tested so that removing, reversing or replacing it by identity fails a test
 (issue 14 item 6), and the models a method refuses."""
+import copy
+
 import pytest
 import torch
 
@@ -187,6 +189,48 @@ def test_evovit_assisted_head_reads_a_normalised_class_token(images):
     assert float(seen["x"].std(dim=-1).mean()) == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("variant", [{}, {"qk_norm": True}])
+def test_evovit_records_the_stock_attentions_class_token_row(variant, fused, images, monkeypatch):
+    """The class-attention row Evo-ViT records at each block that feeds a selection is the row the stock timm
+    attention computes (its own attention matrix, which its unfused path hands to ``attn_drop``) for the class
+    token on the same weights and the same input: the block before the first selector on all tokens, the stage
+    blocks on the slow ones. The first stage ranks the patches by that row summed over heads. Breaks if the row
+    drops the scale, q_norm / k_norm, or is another token's, or the score reads another block's row."""
+    stock = tiny_vit(**variant)
+    for blk in stock.blocks:  # peaky attention, as in a trained ViT, so that a wrong row shows
+        blk.attn.qkv.weight.data *= 4
+    stock.requires_grad_(False)
+    model = pruning.apply(copy.deepcopy(stock), "evovit:4=0.5,8=0.5")
+    state = pruning.prune_state(model)
+    inputs, rows, scores = {}, {}, []
+    for i, blk in enumerate(model.blocks):
+        blk.attn.fused_attn = fused
+        blk.register_forward_pre_hook(lambda m, args, i=i: inputs.update({i: args[0]}))
+        blk.attn.register_forward_hook(
+            lambda m, args, out, i=i: rows.update({i: state.cls_attn}) if state.record_cls_attn else None)
+    enter = evovit.enter_stage
+
+    def recorded(patches, score, n_keep):
+        scores.append(score)
+        return enter(patches, score, n_keep)
+
+    monkeypatch.setattr(evovit, "enter_stage", recorded)
+    with torch.no_grad():
+        model(images)
+    assert sorted(rows) == [3, 4, 5, 6, 7]  # the block before the first selector, the first stage's blocks
+    for i, row in rows.items():
+        attn, seen = stock.blocks[i].attn, {}
+        attn.fused_attn = False
+        hook = attn.attn_drop.register_forward_pre_hook(lambda m, args: seen.update(attn=args[0]))
+        with torch.no_grad():
+            attn(stock.blocks[i].norm1(inputs[i]))
+        hook.remove()
+        assert row.shape == seen["attn"][:, :, 0].shape  # (B, H, tokens the block computed on)
+        torch.testing.assert_close(row, seen["attn"][:, :, 0])
+    torch.testing.assert_close(scores[0], rows[3][:, :, 1:].sum(dim=1))
+
+
 @pytest.fixture
 def mean_head(monkeypatch):
     """Evo-ViT with the official DeiT head: the mean of all patch tokens (``EvoViT.head_pooling = "avg"``)."""
@@ -220,6 +264,37 @@ def test_evovit_mean_head_reads_every_patch_so_the_placeholders_reach_the_logits
         model.train()
         model(images)
         torch.testing.assert_close(pruning.prune_state(model).aux_logits, model.head_aux(captured["tokens"][:, 0]))
+
+
+@pytest.mark.parametrize("head_pooling", [None, "avg"])
+@pytest.mark.parametrize("variant", [{}, {"fc_norm": True}, {"global_pool": "avg"}, {"global_pool": "avg", "fc_norm": False}])
+def test_evovit_assisted_head_reads_the_other_pooling_normalised_as_the_main_heads_input(variant, head_pooling, images,
+                                                                                         monkeypatch):
+    """Under every pooling the patch accepts (class token or mean of the patches, with the final norm before or
+    after pooling as timm builds it, and Evo-ViT's own mean head), the assisted head's classifier reads the pooling
+    the main head does not, of the same tokens, normalised exactly as the stock model normalises its head's input
+    (timm's ``global_pool_nlc``, ``norm``, ``fc_norm``). Breaks if it reads the main head's pooling, a raw
+    residual stream, or a norm applied twice."""
+    from timm.models.vision_transformer import global_pool_nlc
+
+    monkeypatch.setattr(pruning.METHODS["evovit"], "head_pooling", head_pooling)
+    model = tiny_vit(**variant)
+    g = torch.Generator().manual_seed(3)
+    for norm in (model.norm, model.fc_norm):  # affine norms, so a norm applied twice or to the wrong input shows
+        for p in norm.parameters():
+            p.data = torch.randn(p.shape, generator=g)
+    model = pruning.apply(model, "evovit:4=0.5,8=0.5").train()
+    linear = model.head_aux[-1] if isinstance(model.head_aux, torch.nn.Sequential) else model.head_aux
+    torch.nn.init.normal_(linear.weight, generator=torch.Generator().manual_seed(2))  # not the main head's copy
+    seen = {}
+    # the first call's input only: (B, P + N, C) (a hook that returns nothing leaves the input as it is)
+    model.norm.register_forward_pre_hook(lambda m, args: None if "tokens" in seen else seen.update(tokens=args[0]))
+    with torch.no_grad():
+        model(images)
+        other = "avg" if model.global_pool == "token" else "token"
+        expected = linear(model.fc_norm(global_pool_nlc(model.norm(seen["tokens"]), other, num_prefix_tokens=1)))
+    assert seen["tokens"].shape[1] == 1 + 64  # training restores every patch for the mean
+    torch.testing.assert_close(pruning.prune_state(model).aux_logits, expected)
 
 
 def test_evovit_mean_head_pooling_is_the_methods_own_and_other_configs_get_the_stock_pooling_back(mean_head):
@@ -257,7 +332,8 @@ def test_evovit_class_token_head_computes_nothing_of_the_last_stages_placeholder
 # Models a method refuses -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["spvit:3=0.5", "evovit:4=0.5"])
-@pytest.mark.parametrize("kw", [{"global_pool": "map"}, {"global_pool": "max"}])
+@pytest.mark.parametrize("kw", [{"global_pool": "map"}, {"global_pool": "max"}, {"global_pool": "avgmax"},
+                                {"global_pool": ""}])
 def test_unsupported_pooling_is_refused_with_the_fix(method, kw):
     model = tiny_vit(**kw)
     with pytest.raises(VitsearchError, match="global_pool='token' or 'avg'"):

@@ -69,6 +69,64 @@ def test_the_merge_that_keeps_the_most_tokens_within_the_budget_wins():
     assert m.kept == max(kept.values())
 
 
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, table_writer):
+    """The predictor of the digits table written with chosen costs (selector costs included), and its geometry."""
+    from vitsearch.latency.predict import Predictor
+
+    predictor = Predictor(table_writer(tmp_path_factory.mktemp("table")))
+    g = predictor.geometry
+    return (lambda config: predictor.predict(config).total_ms), dict(depth=g.depth, num_patches=g.num_patches,
+                                                                     num_prefix=g.num_prefix_tokens)
+
+
+def alive_patches(config: PruneConfig, depth: int, num_patches: int, num_prefix: int) -> list[int]:
+    schedule = token_schedule(config, depth=depth, num_patches=num_patches, num_prefix=num_prefix)
+    return [t - num_prefix - sum(s.block <= b for s in schedule.selectors) for b, t in enumerate(schedule.block_tokens)]
+
+
+@pytest.mark.parametrize("direction, factor", [("down", 0.8), ("up", 1.25)])
+def test_fitting_scales_a_merge_over_the_budget_down_and_one_under_it_up(written, direction, factor):
+    """A merge whose own counts are over the budget comes back with fewer patches at every block, one under it with
+    more (each phase scaled by one factor), within the budget and keeping the most tokens any factor keeps within
+    it (a scan of factors, for the fit's bisection). Three phases, so the later ones must keep scaling after the
+    first keeps every patch."""
+    ms, geom = written
+    phases = [(3, 40.0), (6, 20.0), (9, 10.0)]
+    own = phases_config(phases, 1.0, geom["num_patches"])
+    budget = factor * ms(own)
+    assert budget < ms(PruneConfig())  # the unpruned model is over it: the fit has something to find
+    fit = fit_budget(phases, ms, budget, **geom)
+    assert fit.within_budget and fit.predicted_ms == pytest.approx(ms(fit.config)) and fit.predicted_ms <= budget
+    before, after = alive_patches(own, **geom), alive_patches(fit.config, **geom)
+    if direction == "down":
+        assert all(a <= b for a, b in zip(after, before)) and after != before
+    else:
+        assert all(a >= b for a, b in zip(after, before)) and after != before
+    top = geom["num_patches"] / phases[-1][1]
+    scanned = [phases_config(phases, top * i / 2000, geom["num_patches"]) for i in range(2001)]
+    most = max(sum(token_schedule(c, **geom).block_tokens) for c in scanned if ms(c) <= budget)
+    assert fit.kept >= most
+
+
+def test_the_learned_merge_never_has_more_selectors_than_the_space_allows(written):
+    """A learned profile with four steps, whose four-selector merge is the only one within the budget: capped at 3, 2
+    or 1, the choice has at most that many selectors, and is the best of those merges (here none is within, so the
+    fastest of them, marked as over the budget), never the four."""
+    ms, geom = written
+    rates = {b: {3: 0.95, 5: 0.4, 8: 0.3, 10: 0.3}.get(b, 0.999) for b in range(3, 11)}
+    budget = 0.5 * ms(PruneConfig())
+    free = choose_merge(rates, range(3, 11), 8, ms, budget, **geom)
+    assert len(free.config.keep) == 4 and free.within_budget  # uncapped, the caps below bind
+    counts = learned_counts(rates, depth=geom["depth"], num_patches=geom["num_patches"])
+    for cap in (3, 2, 1):
+        capped = choose_merge(rates, range(3, 11), cap, ms, budget, **geom)
+        fits = [fit_budget(merge_phases(counts, range(3, 11), m, geom["num_patches"]), ms, budget, **geom)
+                for m in range(1, cap + 1)]
+        assert 1 <= len(capped.config.keep) <= cap and not capped.within_budget
+        assert capped.predicted_ms == min(f.predicted_ms for f in fits) > budget
+
+
 FAST = TrainSettings(steps=2, batch_size=16)
 
 
@@ -124,34 +182,38 @@ def test_too_few_learning_steps_are_refused_before_any_trial(tmp_path, env, lean
         run_search(settings(tmp_path, env, lean_space, learned_steps=5), progress=False)
 
 
-@pytest.mark.slow
-def test_the_rates_latency_is_the_prediction_with_the_block_curves_gradient(env):
+def test_the_rates_latency_is_the_prediction_with_the_block_curves_gradient(tmp_path, table_writer):
     """L(r) of the learned strategy: the predictor's value for the rates' config, and the gradient of the table's
-    block curve at the soft token counts (prefix + N x the rates so far + one package per selector so far)."""
+    block curve at the soft token counts (prefix + N x the rates so far + one package per selector so far).
+
+    On a table written with strictly increasing costs, its block rows as if profiled at half speed (so the curve is
+    the drift-scaled one), never a table timed in the session: a noisy profile's monotone fit can be flat where the
+    soft counts fall, and the gradient 0."""
     import torch
 
-    from vitsearch.latency import table as table_mod
     from vitsearch.latency.predict import Predictor
-    from vitsearch.models import create_model, geometry
     from vitsearch.search.learned import rates_latency
     from vitsearch.training import PiecewiseLinear
     from vitsearch.training.learned import rates_config
 
-    g = geometry(create_model("digits"))
-    predictor = Predictor(table_mod.load(table_mod.table_path(env["tables"], "cpu", g, 1), geometry=g, batch=1))
+    predictor = Predictor(table_writer(tmp_path / "drift", speeds={"block": 2.0}))
+    (xs, ys), (even_xs, even_ys) = predictor.block_curve(), Predictor(table_writer(tmp_path / "even")).block_curve()
+    assert xs == even_xs and ys == pytest.approx(even_ys)  # the drift-scaled curve is the one-speed table's
     curve = PiecewiseLinear(*predictor.block_curve())
+    g = predictor.geometry
+    depth, n, p = g.depth, g.num_patches, g.num_prefix_tokens
     rates = {3: torch.tensor(0.6, requires_grad=True), 7: torch.tensor(0.7, requires_grad=True)}
-    ms = rates_latency(rates, predictor, curve, 3, depth=DEPTH, num_patches=N, num_prefix=P)
+    ms = rates_latency(rates, predictor, curve, 3, depth=depth, num_patches=n, num_prefix=p)
     assert float(ms.detach()) == pytest.approx(predictor.predict(rates_config(rates)).total_ms)  # 2 <= 3 selectors
     ms.backward()
     r3, r7 = (torch.tensor(float(rates[b].detach()), requires_grad=True) for b in (3, 7))
-    soft = sum(curve(torch.as_tensor(P + N * (r3 if b >= 3 else 1) * (r7 if b >= 7 else 1) + (b >= 3) + (b >= 7)))
-               for b in range(DEPTH))
+    soft = sum(curve(torch.as_tensor(p + n * (r3 if b >= 3 else 1) * (r7 if b >= 7 else 1) + (b >= 3) + (b >= 7)))
+               for b in range(depth))
     soft.backward()
     assert float(r3.grad) > 0 and float(rates[3].grad) == pytest.approx(float(r3.grad))
-    assert float(rates[7].grad) == pytest.approx(float(r7.grad))
+    assert float(r7.grad) > 0 and float(rates[7].grad) == pytest.approx(float(r7.grad))
     # More selectors than a deployed config keeps: selection is charged for max_selectors of them only.
     many = {b: torch.tensor(0.9) for b in (3, 4, 5, 6)}
     pred = predictor.predict(rates_config(many))
-    charged = float(rates_latency(many, predictor, curve, 2, depth=DEPTH, num_patches=N, num_prefix=P))
+    charged = float(rates_latency(many, predictor, curve, 2, depth=depth, num_patches=n, num_prefix=p))
     assert pred.selection_ms > 0 and charged == pytest.approx(pred.total_ms - pred.selection_ms / 2)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from vitsearch.data import load_dataset
+from vitsearch import pruning
 from vitsearch.models import create_model
-from vitsearch.pruning import kept_tokens
+from vitsearch.pruning import PruneConfig, kept_tokens, prune_state
 from vitsearch.pruning.spvit import draw_topk
 from vitsearch.training import PiecewiseLinear, TrainSettings
 from vitsearch.training.learned import KeepRates, LearnSettings, learn_rates, phase_of, rates_config
@@ -28,6 +29,43 @@ def test_a_learnable_rate_keeps_its_count_and_gets_the_gradient_of_moving_the_cu
     top = torch.zeros(3, n).scatter(1, order[:, :4], 1.0)
     (draw_topk(margin, alive, keep, noise=0.0) * top).sum().backward()
     assert abs(float(keep.grad)) < 0.01 * 3 * n
+
+
+def rate_grads(model, images, labels, learnable, *, read_at=None):
+    """The gradients a task loss (cross-entropy of the logits, or of the head on block ``read_at``'s output) gives
+    the keep rates of the selectors in ``learnable``; the others keep the config's 0.5 as a plain number."""
+    rates = {b: torch.tensor(0.5, requires_grad=b in learnable) for b in (2, 6)}
+    state = prune_state(model)
+    state.progress, state.spvit_draw, state.rates = 1.0, "topk", rates  # noise 0: the draws are the top-k
+    seen = {}
+    hook = None if read_at is None else model.blocks[read_at].register_forward_hook(
+        lambda m, args, out: seen.update(x=out))
+    logits = model(images)
+    if read_at is not None:
+        hook.remove()
+        logits = model.head(model.norm(seen["x"])[:, 0])
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    state.rates = None
+    return {b: None if r.grad is None else float(r.grad) for b, r in rates.items()}
+
+
+def test_a_rates_task_loss_gradient_lands_on_the_rate_of_the_selector_whose_cut_moved(tiny_vit):
+    """Two learnable rates in a training forward (selectors at blocks 2 and 6): each one's gradient is its own
+    selector's (the same whether or not the other rate learns), and a loss read between the two selectors, which
+    the second cut cannot move, reaches the first rate only. Breaks if a selector draws with another block's rate,
+    or the rate's surrogate gradient is not attached."""
+    model = pruning.apply(tiny_vit, PruneConfig("spvit", {2: 0.5, 6: 0.5})).train()
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3])
+    both = rate_grads(model, images, labels, {2, 6})
+    assert both[2] is not None and both[6] is not None and abs(both[2]) > 1e-6 and abs(both[6]) > 1e-6
+    model.zero_grad()
+    assert rate_grads(model, images, labels, {2})[2] == pytest.approx(both[2], rel=1e-4)
+    model.zero_grad()
+    assert rate_grads(model, images, labels, {6})[6] == pytest.approx(both[6], rel=1e-4)
+    model.zero_grad()
+    between = rate_grads(model, images, labels, {2, 6}, read_at=4)
+    assert abs(between[2]) > 1e-6 and not between[6]  # None or 0: the cut at block 6 moves nothing before it
 
 
 def test_rates_live_in_keep_min_to_one_and_start_where_told():

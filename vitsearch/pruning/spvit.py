@@ -186,5 +186,7 @@ def rate_surrogate(perturbed: torch.Tensor, alive: torch.Tensor, keep: torch.Ten
     few more or fewer of them does to the loss, not from one token's."""
     rank = perturbed.argsort(dim=1, descending=True).argsort(dim=1).to(perturbed.dtype)  # (B, N) 0 = best
     width = max(1.0, n / 16)
-    soft = torch.sigmoid((keep * n - rank - 0.5) / width) * alive
+    # alive only masks the dead: through it the rate's surrogate would also send a second straight-through
+    # gradient to the earlier selectors' decisions (and so to their rates), as if this cut had moved theirs.
+    soft = torch.sigmoid((keep * n - rank - 0.5) / width) * alive.detach()
     return soft - soft.detach()

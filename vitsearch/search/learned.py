@@ -123,7 +123,9 @@ def fit_budget(phases: Sequence[tuple[int, float]], predict: Any, budget_ms: flo
         kept = sum(token_schedule(config, depth=depth, num_patches=num_patches, num_prefix=num_prefix).block_tokens)
         return Merge(config, ms, ms <= budget_ms, kept)
 
-    top = num_patches / max(phases[0][1], 1e-6)  # the factor at which the first phase keeps every patch
+    # The factor at which every phase keeps every patch (the unpruned model); not the first phase's: scaled only
+    # that far, the later phases of a merge under a loose budget stayed far below it.
+    top = num_patches / max(min(count for _, count in phases), 1e-6)
     best = merge(top)
     if best.within_budget:
         return best

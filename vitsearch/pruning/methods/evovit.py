@@ -79,12 +79,11 @@ class EvoViT(PruningMethod):
     def patch(self, model: nn.Module, schedule: TokenSchedule) -> None:
         if not hasattr(model, "head_aux"):
             # Starts as the main head, so the aux loss starts sensible. A model whose tokens leave the blocks
-            # un-normalised (fc_norm after average pooling) gets its own copy of that norm for the class token
-            # (the official code's norm_cls), so the aux head never reads a raw residual stream.
+            # un-normalised (fc_norm after pooling, whichever pooling) gets its own copy of that norm for the other
+            # pooling (the official code's norm_cls), so the aux head never reads a raw residual stream.
             head = copy.deepcopy(model.head)
-            fc_norm = model.fc_norm if model.base_pool == "avg" else None
-            if fc_norm is not None and not isinstance(fc_norm, nn.Identity):
-                head = nn.Sequential(copy.deepcopy(fc_norm), head)
+            if not isinstance(model.fc_norm, nn.Identity):
+                head = nn.Sequential(copy.deepcopy(model.fc_norm), head)
             model.head_aux = head
 
     def forward_blocks(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
