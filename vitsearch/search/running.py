@@ -114,7 +114,7 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
             trial.set_user_attr("status", str(e))
             trial.study.stop()
             raise optuna.TrialPruned() from None
-        pred = evaluator.predict(config)
+        pred = evaluator.predict(config)  # the sampler's configs fit; an enqueued one may not
         over_ms = pred.total_ms - setup.budget_ms
         over_selectors = max(len(config.keep) - setup.space.max_selectors, 1 - len(config.keep))
         trial.set_user_attr("config", str(config))
@@ -129,9 +129,9 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
                             num_prefix=base.num_prefix_tokens)
         owner = claim(trial, key)
         if owner is not None:
-            # One model (the same token schedule) is trained once across all workers; TPE also re-suggests
-            # configs of a small discrete space. A finished owner's result is returned, so the sampler sees it
-            # again; one still training leaves this trial pruned. Neither is counted as trained.
+            # One model (the same token schedule) is trained once across all workers: two workers that chose the
+            # same model at once, or a config enqueued by hand. A finished owner's result is returned; one still
+            # training leaves this trial pruned. Neither is counted as trained.
             trial.set_user_attr("same_as", owner.number)
             if owner.state == optuna.trial.TrialState.COMPLETE:
                 trial.set_user_attr("status", f"same model as trial {owner.number}: not trained again")
