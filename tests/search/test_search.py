@@ -79,19 +79,31 @@ def test_a_budget_below_the_fastest_config_names_the_minimum(tmp_path, env):
         run_search(settings(tmp_path, env, budget="1%"), progress=False)
 
 
-def test_a_study_with_no_feasible_trial_says_so(tmp_path, env):
+def test_a_budget_that_holds_fewer_models_than_asked_trains_them_all_and_says_so(tmp_path, env, caplog):
+    from vitsearch.pruning import canonical_key
     from vitsearch.search import fastest_config, load_base, load_predictor
     from vitsearch.search import load_space
+    from vitsearch.search.coverage import FeasibleSet
 
     s = settings(tmp_path, env)
     base, _ = load_base(s)
     predictor = load_predictor(s, base, progress=False)
-    _, fastest_ms = fastest_config(load_space(env["space"], depth=len(base.blocks)), predictor)
-    result = run_search(settings(tmp_path, env, budget=f"{fastest_ms + 1e-5:.6f}ms", trials=2, study="tight",
-                                 max_attempts=6), progress=False)
-    assert result.best is None and result.front == []
-    assert json.loads((result.folder / "front.json").read_text()) == []
-    assert all(c.status.startswith("rejected") for c in result.trials)
+    space = load_space(env["space"], depth=len(base.blocks))
+    _, fastest_ms = fastest_config(space, predictor)
+    budget_ms = fastest_ms + 1e-5
+    feasible = FeasibleSet(space, lambda c: predictor.predict(c).total_ms,
+                           lambda c: canonical_key(c, depth=12, num_patches=64), budget_ms)
+    while feasible.complete():  # the parts known from a sample, listed whole
+        pass
+    asked = len(feasible) + 2
+    with caplog.at_level("INFO"):
+        result = run_search(settings(tmp_path, env, budget=f"{budget_ms:.6f}ms", trials=asked, study="tight"),
+                            progress=False)
+    trained = [c for c in result.trials if c.accuracy is not None]
+    assert {canonical_key(c.config, depth=12, num_patches=64) for c in trained} == set(feasible.models)
+    assert all(c.predicted_ms <= budget_ms for c in trained) and result.best is not None
+    assert "distinct models fit the budget" in caplog.text  # said at the start
+    assert f"trained {len(feasible)} of the {asked} candidates asked" in caplog.text
 
 
 def test_changing_the_settings_of_an_existing_study_is_refused(tmp_path, env):

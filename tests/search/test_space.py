@@ -23,24 +23,30 @@ def test_the_digits_model_has_its_own_space():
 
 def test_suggest_and_params_of_round_trip_through_optuna():
     space = load_space(default_space_file("deit_small_patch16_224"), depth=12)
-    config = PruneConfig("spvit", {3: 0.7, 6: 0.5, 9: 0.35})
+    for config in (PruneConfig("spvit", {3: 0.7, 6: 0.5, 9: 0.35}), PruneConfig("evovit", {10: 0.5})):
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        study.enqueue_trial(space.params_of(config))
+        trial = study.ask()
+        assert space.suggest(trial) == config
+        # Only the parameters the config uses: no block_2/keep_2 for one selector.
+        assert set(trial.params) == {"method", "selectors"} | {f"{p}_{i}" for p in ("block", "keep")
+                                                               for i in range(1, len(config.keep) + 1)}
+
+
+def test_a_proposal_whose_blocks_are_not_increasing_is_no_config():
+    space = load_space(default_space_file("digits"), depth=12)
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.enqueue_trial(space.params_of(config))
-    trial = study.ask()
-    assert space.suggest(trial) == config
-    # Free sampling stays inside the space.
-    for _ in range(20):
-        c = space.suggest(study.ask())
-        assert set(c.keep) <= set(space.blocks)
-        assert len(c.keep) <= space.max_selectors  # surplus flags are dropped, never a wasted trial
-        assert all(space.keep_min - 1e-9 <= r <= space.keep_max + 1e-9 for r in c.keep.values())
+    study.enqueue_trial({"method": "spvit", "selectors": 2, "block_1": 7, "keep_1": 0.5, "block_2": 5, "keep_2": 0.5})
+    with pytest.raises(VitsearchError, match="not increasing"):
+        space.suggest(study.ask())
 
 
-def test_every_selector_count_is_sampled_often():
-    space = load_space(default_space_file("digits"), depth=12)  # eight blocks, up to three selectors
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    counts = [len(space.suggest(study.ask()).keep) for _ in range(90)]
-    assert all(counts.count(n) >= 15 for n in (1, 2, 3))  # about 30 each; eight free flags gave 1 in 3%
+def test_the_space_lists_every_config_once():
+    space = load_space(default_space_file("digits"), depth=12)  # eight blocks, up to three selectors, 17 ratios
+    for method, n in space.strata():
+        configs = list(space.configs(method, n))
+        assert len(configs) == len({str(c) for c in configs}) == space.stratum_size(n)
+    assert space.stratum_size(3) == 56 * 17 ** 3
 
 
 @pytest.mark.parametrize("body, message", [

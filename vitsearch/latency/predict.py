@@ -76,6 +76,7 @@ class Predictor:
         self.reference_ms: float | None = statistics.median(refs) if drift else None
         self._1d: dict[str, tuple[list[int], list[float]]] = {}
         self._2d: dict[int, tuple[list[int], list[float]]] = {}  # spvit_select: n -> (k values, latencies)
+        self._looked_up: dict[Point, float] = {}  # a search predicts hundreds of thousands of configs from few points
         grouped: dict[str, dict[int, float]] = defaultdict(dict)
         for point, row in table.rows.items():
             value = getattr(row, statistic)
@@ -116,6 +117,12 @@ class Predictor:
 
     def component(self, point: Point) -> float:
         """Latency of one component in ms (per step, overhead excluded except for the ``overhead`` kind)."""
+        ms = self._looked_up.get(point)
+        if ms is None:
+            ms = self._looked_up[point] = self._lookup(point)
+        return ms
+
+    def _lookup(self, point: Point) -> float:
         if point.kind == "spvit_select":
             return self._select(point)
         if point.kind not in self._1d:

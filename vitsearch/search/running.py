@@ -12,6 +12,7 @@ from ..errors import Interrupted
 from ..pareto import pareto_front
 from ..pruning import PruneConfig, canonical_key
 from .claims import KEY, claim, owners
+from .coverage import CoverageSampler, FeasibleSet, NoModelLeft
 from .evaluation import Evaluator
 from .learned import check_learned, learned_trial, run_learned
 from .record import REJECTED_ACCURACY, describe, set_constraints
@@ -107,8 +108,13 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
         if baseline is not None:
             run_baseline(evaluator, trial, *baseline)
             raise optuna.TrialPruned()
-        config = setup.space.suggest(trial)
-        pred = evaluator.predict(config)
+        try:
+            config = setup.space.suggest(trial)
+        except NoModelLeft as e:
+            trial.set_user_attr("status", str(e))
+            trial.study.stop()
+            raise optuna.TrialPruned() from None
+        pred = evaluator.predict(config)  # the sampler's configs fit; an enqueued one may not
         over_ms = pred.total_ms - setup.budget_ms
         over_selectors = max(len(config.keep) - setup.space.max_selectors, 1 - len(config.keep))
         trial.set_user_attr("config", str(config))
@@ -123,9 +129,9 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
                             num_prefix=base.num_prefix_tokens)
         owner = claim(trial, key)
         if owner is not None:
-            # One model (the same token schedule) is trained once across all workers; TPE also re-suggests
-            # configs of a small discrete space. A finished owner's result is returned, so the sampler sees it
-            # again; one still training leaves this trial pruned. Neither is counted as trained.
+            # One model (the same token schedule) is trained once across all workers: two workers that chose the
+            # same model at once, or a config enqueued by hand. A finished owner's result is returned; one still
+            # training leaves this trial pruned. Neither is counted as trained.
             trial.set_user_attr("same_as", owner.number)
             if owner.state == optuna.trial.TrialState.COMPLETE:
                 trial.set_user_attr("status", f"same model as trial {owner.number}: not trained again")
@@ -186,6 +192,13 @@ def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
              budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms)
     recover_stale_trials(study, settings.heartbeat_s)
     evaluator = Evaluator(setup, settings)
+    base = setup.base
+    feasible = FeasibleSet(setup.space, lambda c: evaluator.predict(c).total_ms,
+                           lambda c: canonical_key(c, depth=len(base.blocks), num_patches=base.patch_embed.num_patches,
+                                                   num_prefix=base.num_prefix_tokens),
+                           setup.budget_ms, seed=settings.seed)
+    logger.info("search space %s: %s", setup.space.source, feasible.describe())
+    sampler = study.sampler = CoverageSampler(study.sampler, setup.space, feasible, seed=settings.seed)
     if settings.learned:
         check_learned(setup, settings)  # before hours of trials
 
@@ -216,12 +229,11 @@ def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
             # Running candidates count too: workers sharing a database stop together at settings.trials.
             running = sum(not str(t.user_attrs.get(KEY, "")).startswith("baseline:")
                           for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-            if trained + running >= settings.trials:
+            if trained + running >= settings.trials or sampler.exhausted:
                 study.stop()
             elif len(complete) >= attempts:
-                logger.warning("stopping after %d candidates: only %d of them fit the budget of %.3f ms and were "
-                               "new configs; a larger budget or a larger search space finds more", len(complete),
-                               trained, setup.budget_ms)
+                logger.warning("stopping after %d candidates (--max-attempts): %d of them were trained",
+                               len(complete), trained)
                 study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -240,6 +252,9 @@ def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
                     "front.csv written) and the interrupted one runs again on resume: run the same command again "
                     "to continue") from None
         bar.close()
+        if sampler.exhausted and count_trained(study) < settings.trials:
+            logger.warning("trained %d of the %d candidates asked: every model of the space within the budget is "
+                           "trained (%s)", count_trained(study), settings.trials, feasible.describe())
     try:  # the baselines the trials did not reach (or other workers hold)
         baselines = evaluate_baselines(evaluator, study)
     except KeyboardInterrupt:

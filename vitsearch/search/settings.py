@@ -14,7 +14,7 @@ from .budget import parse_budget
 STRATEGIES = ("brief", "shared")
 LEARNED = "learned"  # the kind of the learned strategy's trial (search/learned.py)
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "random")
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,14 @@ an installed wheel finds them from any folder; a user's own space is any TOML fi
 """
 from __future__ import annotations
 
+import itertools
+import math
+import random
 import tomllib
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import VitsearchError
 from ..pruning import PruneConfig, pruning_methods
@@ -36,29 +39,57 @@ class SearchSpace:
         return [round(self.keep_min + i * self.keep_step, 6) for i in range(n + 1)]
 
     def suggest(self, trial: Any) -> PruneConfig:
-        """Sample a config with an Optuna trial. The space is the same for every trial (a use flag and a keep
-        ratio per block, and how many selectors), which TPE and NSGA-II model best. The config takes the first
-        ``selectors`` flagged blocks: a fixed map from parameters to configs, so no trial is wasted on a config the
-        space does not allow. The count is its own parameter because it decides latency at batch 1 (each selector
-        is a sequential step): from eight independent flags alone, one selector came up in 3% of the trials."""
+        """Sample a config with an Optuna trial, each parameter only where the config uses it: the method, the
+        number of selectors n, then ``block_i`` and ``keep_i`` for i = 1..n (the i-th selector's block and keep
+        ratio). The count is its own parameter because it decides latency at batch 1 (each selector is a
+        sequential step), and so that every count is sampled as often as the others. ``block_i`` ranges over
+        the blocks that leave room for the selectors before it; proposals whose blocks are not increasing are
+        not configs, and :class:`~vitsearch.search.coverage.CoverageSampler` never makes one."""
         method = trial.suggest_categorical("method", list(self.methods))
         count = trial.suggest_int("selectors", 1, self.max_selectors)
-        keep = {}
-        for b in self.blocks:
-            use = trial.suggest_categorical(f"use_{b}", [True, False])
-            ratio = trial.suggest_float(f"keep_{b}", self.keep_min, self.keep_max, step=self.keep_step)
-            if use and len(keep) < count:
-                keep[b] = ratio
+        keep: dict[int, float] = {}
+        for i in range(1, count + 1):
+            lo, hi = self.block_range(i)
+            b = trial.suggest_int(f"block_{i}", lo, hi)
+            keep[b] = trial.suggest_float(f"keep_{i}", self.keep_min, self.keep_max, step=self.keep_step)
+        blocks = list(keep)
+        if len(keep) != count or blocks != sorted(blocks):
+            raise VitsearchError(f"blocks {blocks} of a sampled config are not increasing")
         return PruneConfig(method=method, keep=keep)
+
+    def block_range(self, i: int) -> tuple[int, int]:
+        """The blocks the i-th selector (from 1) may take: every block but the first i - 1, which the selectors
+        before it need. The same range for every count, so TPE learns one distribution per parameter."""
+        return self.blocks[i - 1], self.blocks[-1]
 
     def params_of(self, config: PruneConfig) -> dict[str, Any]:
         """The trial parameters that :meth:`suggest` turns into ``config`` (for enqueueing known configs)."""
-        params: dict[str, Any] = {"method": config.method, "selectors": min(max(1, len(config.keep)),
-                                                                            self.max_selectors)}
-        for b in self.blocks:
-            params[f"use_{b}"] = b in config.keep
-            params[f"keep_{b}"] = config.keep.get(b, self.keep_max)
+        params: dict[str, Any] = {"method": config.method, "selectors": len(config.keep)}
+        for i, (b, r) in enumerate(sorted(config.keep.items()), 1):
+            params[f"block_{i}"], params[f"keep_{i}"] = b, r
         return params
+
+    def strata(self) -> list[tuple[str, int]]:
+        """(method, selector count) of every part of the space, in order."""
+        return [(m, n) for m in self.methods for n in range(1, min(self.max_selectors, len(self.blocks)) + 1)]
+
+    def stratum_size(self, n: int) -> int:
+        """How many configs one method has with ``n`` selectors."""
+        return math.comb(len(self.blocks), n) * len(self.keep_choices) ** n
+
+    def configs(self, method: str, n: int) -> Iterator[PruneConfig]:
+        """Every config of ``method`` with ``n`` selectors: each placement, each keep ratio at each selector (many
+        are the same model: see :func:`~vitsearch.pruning.canonical_key`)."""
+        for blocks in itertools.combinations(self.blocks, n):
+            for ratios in itertools.product(self.keep_choices, repeat=n):
+                yield PruneConfig(method, dict(zip(blocks, ratios)))
+
+    def sample_configs(self, method: str, n: int, size: int, rng: random.Random) -> Iterator[PruneConfig]:
+        """``size`` configs of ``method`` with ``n`` selectors drawn uniformly (with replacement)."""
+        keep = self.keep_choices
+        for _ in range(size):
+            blocks = sorted(rng.sample(self.blocks, n))
+            yield PruneConfig(method, {b: rng.choice(keep) for b in blocks})
 
     def baselines(self) -> list[PruneConfig]:
         """Uniform keep ratios at the standard placements, for every method."""

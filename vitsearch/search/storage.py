@@ -10,6 +10,7 @@ import random
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -27,11 +28,14 @@ logger = logging.getLogger(__name__)
 
 
 def make_sampler(name: str, seed: int) -> Any:
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
+    """The sampler that proposes configs (:class:`~vitsearch.search.coverage.CoverageSampler` keeps the feasible, new
+    ones). TPE models the conditional space jointly (``multivariate``), one group per set of parameters a config
+    uses (``group``: a one-selector config has no ``block_2``)."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+    with warnings.catch_warnings():  # multivariate and group are experimental since Optuna 2.2 / 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, group=True)
 
 
 def join(study: Any) -> int:

@@ -1,0 +1,134 @@
+"""Benchmark: does the search cover its space? (issue 25, item 1)
+
+Runs the README's main job (``vitsearch search --budget 60%``, 24 candidates, brief training) with the default
+sampler (TPE) and with ``--sampler random``, for several seeds, and reports per search: the trials the sampler made
+(baselines aside), how many of them were repeats of a trained model or over the budget, the candidates trained,
+their methods and selector counts, and the hypervolume of the front at equal trained candidates (reference: the
+unpruned latency and accuracy 0). Targets: 24 trained; at most 20% of the sampled trials repeats or over budget;
+both methods and 1, 2 and 3 selectors among the trained; TPE's mean hypervolume over the seeds at least random's.
+
+Each search is a study folder under ``--reports``; one already complete is read back, not run again, so an
+interrupted benchmark resumes (``--fresh`` starts over).
+
+    .venv/bin/python benchmarks/coverage.py [--seeds 0,1,2] [--samplers tpe,random] [--steps 40]
+
+Writes its section of benchmarks/RESULTS.md, prints a summary and a last JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, wait_for_quiet, write_section  # noqa: E402
+from vitsearch import __version__  # noqa: E402
+from vitsearch.pareto import hypervolume  # noqa: E402
+from vitsearch.search import SearchSettings, prepare, run_search  # noqa: E402
+from vitsearch.training import TrainSettings  # noqa: E402
+
+MAX_WASTED = 0.20  # repeats and over-budget trials, as a share of the trials the sampler made
+
+
+def sampled_trials(folder: Path, name: str) -> list[dict]:
+    """The study's trials that ran a sampled config (baselines aside): status and config of each."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(folder / "journal.log"))))
+    return [{"status": t.user_attrs.get("status", ""), "config": t.user_attrs.get("config")}
+            for t in study.get_trials(deepcopy=False) if "config" in t.user_attrs]
+
+
+def run(sampler: str, seed: int, args: argparse.Namespace) -> dict:
+    train = TrainSettings() if args.steps is None else TrainSettings(steps=args.steps)
+    settings = SearchSettings(budget=args.budget, trials=args.trials, sampler=sampler, seed=seed, train=train,
+                              study=f"coverage-{sampler}-{seed}", reports=str(args.reports), tables=args.tables)
+    folder = Path(args.reports) / settings.name()
+    if args.fresh:
+        shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    result = run_search(settings, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    trials = sampled_trials(result.folder, settings.name())
+    repeats = sum(t["status"].startswith("same model") for t in trials)
+    over = sum(t["status"].startswith("rejected") for t in trials)
+    trained = [c for c in result.trials if c.accuracy is not None]
+    strata = Counter(f"{c.config.method}/{len(c.config.keep)}" for c in trained)
+    return {
+        "sampler": sampler, "seed": seed, "seconds": round(seconds, 1), "sampled": len(trials), "repeats": repeats,
+        "over_budget": over, "wasted_share": (repeats + over) / max(len(trials), 1), "trained": len(trained),
+        "strata": dict(sorted(strata.items())),
+        "hypervolume": hypervolume([(c.accuracy, c.predicted_ms) for c in result.front], ref_latency=result.unpruned_ms),
+        "best": None if result.best is None else {"config": str(result.best.config), "accuracy": result.best.accuracy},
+        "folder": str(result.folder),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--budget", default="60%")
+    ap.add_argument("--steps", type=int, default=None, help="brief training steps per candidate (default: the search's)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--samplers", default="tpe,random")
+    ap.add_argument("--reports", default=str(ROOT / "reports" / "benchmarks"))
+    ap.add_argument("--tables", default=str(ROOT / "latency_tables"))
+    ap.add_argument("--fresh", action="store_true", help="run every search again instead of resuming its study")
+    ap.add_argument("--wait", type=float, default=300, help="seconds to wait for a quiet machine first")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    prepare(SearchSettings(budget=args.budget, tables=args.tables), progress=not args.quiet)  # base model + table
+    load = wait_for_quiet(1.0, args.wait)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = [run(sampler, seed, args) for seed in seeds for sampler in args.samplers.split(",")]  # interleaved
+
+    mean_hv = {s: statistics.mean(r["hypervolume"] for r in runs if r["sampler"] == s) for s in args.samplers.split(",")}
+    tpe = [r for r in runs if r["sampler"] == "tpe"]
+    verdict = {
+        "all_trained": all(r["trained"] == args.trials for r in runs),
+        "wasted_at_most_20pct": all(r["wasted_share"] <= MAX_WASTED for r in tpe),
+        "both_methods_and_1_2_3_selectors": all({k.split("/")[0] for k in r["strata"]} >= {"spvit", "evovit"}
+                                                and {k.split("/")[1] for k in r["strata"]} >= {"1", "2", "3"}
+                                                for r in tpe),
+    }
+    if "tpe" in mean_hv and "random" in mean_hv:
+        verdict["tpe_hv_at_least_random"] = mean_hv["tpe"] >= mean_hv["random"]
+
+    lines = ["## Coverage of the search (issue 25, item 1)", "",
+             f"`.venv/bin/python benchmarks/coverage.py --seeds {args.seeds} --samplers {args.samplers}"
+             f"{f' --steps {args.steps}' if args.steps else ''}` — vitsearch {__version__}, "
+             f"{platform.processor() or platform.machine()}, load average {load:.2f} at start, {time.strftime('%Y-%m-%d')}; "
+             f"budget {args.budget}, {args.trials} candidates.", "",
+             "| sampler | seed | sampled | repeats | over budget | trained | method/selectors trained | front HV | best | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        best = r["best"] or {}
+        lines.append(f"| {r['sampler']} | {r['seed']} | {r['sampled']} | {r['repeats']} | {r['over_budget']} | "
+                     f"{r['trained']} | {', '.join(f'{k}: {v}' for k, v in r['strata'].items())} | "
+                     f"{r['hypervolume']:.5f} | `{best.get('config', '-')}` {100 * best.get('accuracy', float('nan')):.2f}% | "
+                     f"{r['seconds']} |")
+    lines += ["", "Mean front hypervolume: " + ", ".join(f"{s} {v:.5f}" for s, v in mean_hv.items()), "",
+              "Verdict: " + ", ".join(f"{k} = {v}" for k, v in verdict.items())]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_results:
+        write_section("coverage", text)
+    print(json.dumps({"runs": runs, "mean_hypervolume": mean_hv, "verdict": verdict, "load": load}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
