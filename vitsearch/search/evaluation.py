@@ -70,6 +70,10 @@ class Evaluator:
             result = train_candidate(model, setup.base, setup.splits, dataclasses.replace(s.train, steps=steps),
                                      latency=self.latency, precision=setup.precision, after=self._cost_log(steps))
             cand.train_seconds = result.seconds
+        elif not (s.strategy == "shared" and config.keep):
+            # Only the shared strategy's candidates are trained with 0 steps of their own (in the supernet); a
+            # library caller's brief search of 0 steps measures the untrained config, and says so.
+            cand.status = "not trained (0 steps): accuracy of the untrained config"
         cand.accuracy = accuracy(model, setup.splits, precision=setup.precision)
         cand.gmacs = gmacs(model)
         if trial is not None:
