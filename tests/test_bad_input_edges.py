@@ -85,3 +85,15 @@ def test_train_settings_refuse_what_the_cli_refuses():
         with pytest.raises(VitsearchError):
             TrainSettings(**bad)
     assert TrainSettings(steps=0).steps == 0  # 0 steps stays a library setting (the learned strategy's tests)
+
+
+# Space files (every rule has a library test in tests/search/test_space.py; one goes through the CLI) ---------
+
+def test_search_refuses_a_misspelt_space_key_before_any_work(run_cli, tmp_path, checkpoint):
+    space = tmp_path / "space.toml"
+    space.write_text("[space]\nmax_selector = 2\n")
+    result = run_cli("search", "--space", str(space), "--checkpoint", str(checkpoint), "--reports",
+                     str(tmp_path / "reports"), "--tables", str(tmp_path / "t"))
+    fails_cleanly(result, f"search space file {space}: unknown key in [space] 'max_selector' (did you mean "
+                          "'max_selectors'?)")
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "t").exists()
