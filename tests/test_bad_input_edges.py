@@ -97,3 +97,54 @@ def test_search_refuses_a_misspelt_space_key_before_any_work(run_cli, tmp_path, 
     fails_cleanly(result, f"search space file {space}: unknown key in [space] 'max_selector' (did you mean "
                           "'max_selectors'?)")
     assert not (tmp_path / "reports").exists() and not (tmp_path / "t").exists()
+
+
+# Training that diverges ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_diverging_training_stops_naming_the_learning_rate(run_cli, tmp_path, checkpoint, tables):
+    """A finite but far too high rate (the CLI refuses NaN): the first NaN loss stops the search; no trial or
+    baseline is stored as trained on NaN weights."""
+    import json
+
+    import optuna
+
+    reports = tmp_path / "reports"
+    result = run_cli("search", "--budget", "1000ms", "--checkpoint", str(checkpoint), "--tables", str(tables),
+                     "--reports", str(reports), "--study", "diverged", "--trials", "1", "--steps", "4",
+                     "--max-train", "32", "--max-val", "16", "--lr", "1e30")
+    fails_cleanly(result, "the training diverged: its loss is nan at step", "lower the learning rate (--lr",
+                  "under a new --study name")
+    folder = reports / "diverged"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "journal.log")))
+    study = optuna.load_study(study_name="diverged", storage=storage)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all(t.user_attrs.get("accuracy") is None for t in study.trials)
+    assert not list(folder.rglob("*.pt"))
+    if (folder / "trials.json").exists():
+        assert not [t for t in json.loads((folder / "trials.json").read_text()) if t.get("accuracy") is not None]
+
+
+def test_train_steps_stops_at_a_nan_loss_or_nan_weights():
+    """The step loop's two checks in this process: a NaN loss stops before the optimiser steps; weights that an
+    update made NaN (the loss before it was finite) are caught after the last step."""
+    import torch
+
+    from vitsearch.training import TrainingDiverged, train_steps
+
+    layer = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+
+    def step_nan_loss(i: int) -> dict[str, float]:
+        return {"total": 1.0 if i < 2 else float("nan")}
+
+    with pytest.raises(TrainingDiverged, match=r"its loss is nan at step 3 of 5 \(learning rates 0.1\): lower"):
+        train_steps(opt, [0.1], range(5), step_nan_loss, warmup=0, total=5)
+
+    def step_nan_grad(i: int) -> dict[str, float]:
+        loss = layer(torch.ones(1, 2)).sum() * (float("inf") if i == 1 else 1.0)
+        loss.backward()
+        return {"total": 1.0}  # what the loss was before the update
+
+    with pytest.raises(TrainingDiverged, match="its weights hold NaN or infinite values after step 2 of 2"):
+        train_steps(opt, [0.1], range(2), step_nan_grad, warmup=0, total=2)
