@@ -148,3 +148,161 @@ def test_train_steps_stops_at_a_nan_loss_or_nan_weights():
 
     with pytest.raises(TrainingDiverged, match="its weights hold NaN or infinite values after step 2 of 2"):
         train_steps(opt, [0.1], range(2), step_nan_grad, warmup=0, total=2)
+
+
+# Folders that cannot be written, study names ------------------------------------------------------------------
+# Tests run as root, for whom permission bits do not count: a folder "under" a regular file cannot be made by
+# anyone (ENOTDIR), and an immutable folder (chattr +i, where the file system has it) cannot be written by root.
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "a_file"
+    path.write_text("not a folder\n")
+    return path
+
+
+@pytest.fixture
+def immutable():
+    """Make a folder (made if missing) immutable for the test: even root cannot write in it; writable again after."""
+    import contextlib
+
+    made: list[Path] = []
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here (needs root and a file system with the attribute)")
+        made.append(folder)
+        return folder
+
+    yield make
+    for folder in made:
+        with contextlib.suppress(OSError):
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_search_refuses_a_reports_folder_it_cannot_make(run_cli, tmp_path, a_file, checkpoint, tables):
+    reports = a_file / "reports"
+    result = run_cli("search", "--checkpoint", str(checkpoint), "--tables", str(tables), "--reports", str(reports),
+                     "--trials", "1", "--steps", "1")
+    fails_cleanly(result, f"reports folder {reports} cannot be made: {a_file} is a file, not a folder",
+                  "pass --reports DIR with a folder you can write")
+
+
+def test_profile_refuses_a_tables_folder_it_cannot_write(run_cli, tmp_path, immutable):
+    tables = immutable(tmp_path / "tables")
+    # A missing folder under an immutable one: the nearest existing folder decides.
+    result = run_cli("profile", "--threads", "1", "--tables", str(tables / "cpu"))
+    fails_cleanly(result, f"latency tables folder {tables / 'cpu'} is not writable ({tables} above it)",
+                  "pass --tables DIR")
+
+
+def test_export_refuses_an_output_folder_it_cannot_make(run_cli, checkpoint, a_file):
+    out = a_file / "m.onnx"
+    fails_cleanly(run_cli("export", "--checkpoint", str(checkpoint), "-o", str(out)),
+                  f"the folder of the ONNX file {a_file} cannot be made: {a_file} is a file", "pass -o")
+
+
+def test_a_home_that_is_a_file_is_named_with_the_fix(run_cli, monkeypatch, a_file):
+    monkeypatch.delenv("VITSEARCH_CACHE")
+    monkeypatch.setenv("HOME", str(a_file))
+    fails_cleanly(run_cli("pretrain"), f"cache folder {a_file}/.cache/vitsearch/base_models cannot be made: "
+                                       f"{a_file} is a file", "set $VITSEARCH_CACHE to a folder you can write")
+
+
+def test_a_read_only_cache_serves_its_model_and_refuses_training(run_cli, monkeypatch, tmp_path, digits_base,
+                                                                 immutable):
+    """A cache folder no one can write (a shared or read-only one): a model already in it is used (no lock file
+    is needed where nobody can write); one that is not there is refused before training, naming the folder."""
+    import shutil
+
+    entry = Path(digits_base[1]["path"])
+    cache = tmp_path / "cache"
+    shutil.copytree(entry, cache / "base_models" / entry.name)
+    monkeypatch.setenv("VITSEARCH_CACHE", str(cache))
+    immutable(cache / "base_models")
+    result = run_cli("pretrain")
+    assert result.returncode == 0 and "(cached)" in result.stdout, result.stderr
+    empty = immutable(tmp_path / "empty")
+    monkeypatch.setenv("VITSEARCH_CACHE", str(empty))
+    fails_cleanly(run_cli("pretrain"), f"cache folder {empty}/base_models is not writable ({empty} above it)")
+
+
+@pytest.mark.parametrize("name, shown", [("x" * 300, "(300 characters)"), ("two\nlines", "'two\\nlines'")])
+def test_a_study_name_too_long_or_with_a_newline_is_refused_with_the_rule(run_cli, tmp_path, name, shown):
+    result = run_cli("search", "--study", name, "--checkpoint", str(tmp_path / "missing.pt"), "--reports",
+                     str(tmp_path / "reports"))
+    fails_cleanly(result, "is not a plain folder name", shown, "at most 128 printable characters",
+                  "a newline or other control character")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_study_names_in_this_process():
+    from vitsearch.errors import VitsearchError
+    from vitsearch.studyfolder import check_study_name
+
+    for bad in ("a/b", "a\\b", "..", " a", "a\tb", "a\x00", "é" * 128, "x" * 129):
+        with pytest.raises(VitsearchError, match="is not a plain folder name"):
+            check_study_name(bad)
+    assert check_study_name("x" * 128) and check_study_name("é" * 127) and check_study_name("digits-60pct")
+
+
+# Checkpoints ---------------------------------------------------------------------------------------------------
+
+def test_a_checkpoint_of_nan_weights_is_named_as_such(run_cli, checkpoint, tmp_path):
+    import torch
+
+    state = torch.load(checkpoint, weights_only=True)
+    state["blocks.5.mlp.fc1.weight"][0, 0] = float("nan")
+    path = tmp_path / "diverged.pt"
+    torch.save(state, path)
+    out = tmp_path / "m.onnx"
+    fails_cleanly(run_cli("export", "--checkpoint", str(path), "-o", str(out)),
+                  f"checkpoint {str(path)!r} holds NaN or infinite weights (in blocks.5.mlp.fc1.weight)",
+                  "train again with a lower learning rate")
+    assert not out.exists()
+
+
+def test_export_of_a_model_with_nan_weights_names_the_weights(tiny_vit, tmp_path):
+    """A model trained in this process (finalize's) never passes through a checkpoint file: export says it too."""
+    import torch
+
+    from vitsearch.errors import VitsearchError
+    from vitsearch.export import export_model
+
+    with torch.no_grad():
+        tiny_vit.blocks[2].attn.qkv.weight[0, 0] = float("nan")
+    with pytest.raises(VitsearchError, match=r"its weights hold NaN or infinity \(in blocks.2.attn.qkv.weight\)"):
+        export_model(tiny_vit, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+class RunsCode:
+    """Unpickling this runs a shell command (the marker file shows whether it ran)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_pickle_with_code_is_refused_naming_what_it_holds(run_cli, tmp_path, writer):
+    import pickle
+
+    import torch
+
+    marker, path = tmp_path / "ran", tmp_path / "weights.pt"
+    obj = {"blocks.0.norm1.weight": torch.ones(3), "hook": RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(obj, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(obj, f)
+    fails_cleanly(run_cli("info", "--checkpoint", str(path)),
+                  f"checkpoint {str(path)!r} holds code or Python objects (posix.system) besides tensors",
+                  "re-save just its weights as a plain state_dict", "or as safetensors")
+    assert not marker.exists()

@@ -692,6 +692,17 @@ def disk_full_message(e: OSError) -> str:
             "then run the same command again")
 
 
+# A path this process may not use: permissions, a read-only mount, an immutable folder, a file where a folder
+# should be. The commands check their output folders before working; this names any other such path in one line.
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR)
+
+
+def unwritable_message(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename is not None else ""
+    return (f"cannot use{where}: {e.strerror or e}. Give a path in a folder you can write (--reports, --tables, "
+            "-o), or set $VITSEARCH_CACHE to one for the cache")
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
@@ -715,10 +726,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURE if isinstance(e, (RunFailure, ConnectionError, TimeoutError)) else EXIT_BAD_INPUT
     except OSError as e:
-        if e.errno != errno.ENOSPC or args.debug:
+        if args.debug or e.errno not in (errno.ENOSPC, *UNWRITABLE):
             raise
-        print(f"error: {disk_full_message(e)}", file=sys.stderr)
-        return EXIT_FAILURE
+        if e.errno == errno.ENOSPC:
+            print(f"error: {disk_full_message(e)}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"error: {unwritable_message(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt as e:
         print(str(e) or "interrupted", file=sys.stderr)
         return 130
