@@ -154,7 +154,8 @@ class DeprecatedAlias(argparse.Action):
 def add_train_batch_argument(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument("--train-batch", type=positive_int, default=default, metavar="B",
                         help=f"training batch size (default: {default})")
-    parser.add_argument("--batch-size", type=positive_int, dest="train_batch", action=DeprecatedAlias, new="--train-batch")
+    parser.add_argument("--batch-size", type=positive_int, dest="train_batch",
+                        action=DeprecatedAlias, new="--train-batch")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, default: int | None = 0) -> None:
@@ -310,7 +311,8 @@ class ProfileCommand(Command):
         parser.add_argument("--validate", type=non_negative_int, default=0, metavar="N",
                             help="then measure N random pruned models end to end against the table's prediction")
         parser.add_argument("--restart", action="store_true", help="discard an existing table and start over")
-        parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the validation configs (default: 0)")
+        parser.add_argument("--seed", type=non_negative_int, default=0,
+                            help="seed of the validation configs (default: 0)")
 
     def run(self, args: argparse.Namespace) -> int:
         from .latency import profile, validate
@@ -485,8 +487,10 @@ class SearchCommand(Command):
         parser.add_argument("--checkpoint", metavar="PATH", help="base weights (.pt state_dict or .safetensors)")
         parser.add_argument("--dataset", default=d.dataset, metavar="DATA",
                             help="'digits' (built in) or an ImageFolder directory (ImageNet layout)")
-        parser.add_argument("--max-train", type=positive_int, metavar="N", help="use a seeded subset of N training images")
-        parser.add_argument("--max-val", type=positive_int, metavar="N", help="use a seeded subset of N held-out images")
+        parser.add_argument("--max-train", type=positive_int, metavar="N",
+                            help="use a seeded subset of N training images")
+        parser.add_argument("--max-val", type=positive_int, metavar="N",
+                            help="use a seeded subset of N held-out images")
         add_workers_argument(parser)
         parser.add_argument("--device", default=d.device, metavar="NAME",
                             help="device whose latency table predicts latency (default: cpu, profiled if missing)")
@@ -494,21 +498,29 @@ class SearchCommand(Command):
                             help="batch the latency is predicted for (default: 1)")
         add_threads_argument(parser, default=None)
         parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
-        parser.add_argument("--trials", type=positive_int, default=d.trials, metavar="N", help=f"candidates to train; those over budget are rejected first and not counted (default: {d.trials})")
+        parser.add_argument("--trials", type=positive_int, default=d.trials, metavar="N",
+                            help=f"candidates to train; those over budget are rejected first and not counted "
+                                 f"(default: {d.trials})")
         parser.add_argument("--space", metavar="TOML",
                             help="search-space file (default: the model family's built-in vitsearch/spaces/*.toml)")
         parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
                             help="brief: train each candidate; shared: weight sharing (default: %(default)s)")
         parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler (default: tpe)")
-        parser.add_argument("--steps", type=positive_int, default=t.steps, help=f"training steps per candidate (default: {t.steps})")
+        parser.add_argument("--steps", type=positive_int, default=t.steps,
+                            help=f"training steps per candidate (default: {t.steps})")
         add_train_batch_argument(parser, t.batch_size)
-        parser.add_argument("--lr", type=positive_float, default=t.lr, help=f"backbone learning rate (default: {t.lr:g})")
+        parser.add_argument("--lr", type=positive_float, default=t.lr,
+                            help=f"backbone learning rate (default: {t.lr:g})")
         parser.add_argument("--selector-lr", type=positive_float, default=t.selector_lr,
                             help=f"selector learning rate (default: {t.selector_lr:g})")
-        parser.add_argument("--ratio-weight", type=non_negative_float, default=t.weights.ratio, help="keep-ratio loss weight")
-        parser.add_argument("--latency-weight", type=non_negative_float, default=t.weights.latency, help="latency loss weight")
-        parser.add_argument("--distill-weight", type=non_negative_float, default=t.weights.distill, help="distillation weight")
-        parser.add_argument("--shared-steps", type=positive_int, default=d.shared_steps, help="supernet steps (shared strategy)")
+        parser.add_argument("--ratio-weight", type=non_negative_float, default=t.weights.ratio,
+                            help="keep-ratio loss weight")
+        parser.add_argument("--latency-weight", type=non_negative_float, default=t.weights.latency,
+                            help="latency loss weight")
+        parser.add_argument("--distill-weight", type=non_negative_float, default=t.weights.distill,
+                            help="distillation weight")
+        parser.add_argument("--shared-steps", type=positive_int, default=d.shared_steps,
+                            help="supernet steps (shared strategy)")
         parser.add_argument("--shared-finetune-steps", type=non_negative_int, default=d.shared_finetune_steps,
                             help="extra steps per candidate after the supernet (shared strategy; 0: evaluate each "
                                  "candidate straight from the supernet)")
@@ -596,11 +608,14 @@ class FinalizeCommand(Command):
         parser.add_argument("--steps", type=positive_int, default=d.steps, help=f"training steps (default: {d.steps})")
         parser.add_argument("--epochs", type=positive_float, metavar="E", help="train E epochs instead of --steps")
         add_train_batch_argument(parser, d.batch_size)
-        parser.add_argument("--lr", type=positive_float, default=d.lr, help=f"backbone learning rate (default: {d.lr:g})")
+        parser.add_argument("--lr", type=positive_float, default=d.lr,
+                            help=f"backbone learning rate (default: {d.lr:g})")
         parser.add_argument("--selector-lr", type=positive_float, default=d.selector_lr,
                             help=f"selector / aux head learning rate (default: {d.selector_lr:g})")
-        parser.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps, help="linear warm-up steps")
-        parser.add_argument("--distill-weight", type=non_negative_float, default=d.weights.distill, help="distillation weight")
+        parser.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps,
+                            help="linear warm-up steps")
+        parser.add_argument("--distill-weight", type=non_negative_float, default=d.weights.distill,
+                            help="distillation weight")
         parser.add_argument("--aux-weight", type=non_negative_float, default=d.weights.aux,
                             help="Evo-ViT: share of the assisted head's loss (default: %(default)s, the paper's)")
         parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,

@@ -48,8 +48,9 @@ def check_study_name(name: str) -> str:
         shown = repr(name if len(name) <= 40 else name[:40] + "...") + (f" ({len(name)} characters)"
                                                                        if len(name) > 40 else "")
         raise VitsearchError(f"study name {shown} is not a plain folder name: give --study one non-empty name of at "
-                             f"most {MAX_STUDY_NAME} printable characters (255 bytes), without '/', '\\', a newline or other "
-                             "control character, leading or trailing spaces, '.' or '..' (e.g. --study digits-60pct)")
+                             f"most {MAX_STUDY_NAME} printable characters (255 bytes), without '/', '\\', a newline "
+                             "or other control character, leading or trailing spaces, '.' or '..' (e.g. --study "
+                             "digits-60pct)")
     return name
 
 

@@ -73,8 +73,8 @@ def test_bad_space_files_are_named(tmp_path, body, message):
     ("[space]\nfirst_block = 3.0\n", "first_block = 3.0 must be a whole number"),
     ("[space]\nmax_selectors = true\n", "max_selectors = True must be a whole number"),
     ("[space]\nkeep_min = '0.3'\n", "keep_min = '0.3' must be a finite number"),
-    ("[space]\nlast_block = -2\nmax_selectors = 1000000\n", "max_selectors = 1000000 is more than the 8 blocks that may hold a "
-                                            "selector (3..10): use at most 8"),
+    ("[space]\nlast_block = -2\nmax_selectors = 1000000\n",
+     "max_selectors = 1000000 is more than the 8 blocks that may hold a selector (3..10): use at most 8"),
     ("[space]\nkeep_min = 0.3\nkeep_max = 0.9\nkeep_step = 0.07\n",
      "keep_step 0.07 does not divide keep_max - keep_min = 0.6 (8.57 steps): use a step that does (e.g. 0.05), or "
      "keep_max = 0.86"),

@@ -15,7 +15,8 @@ from ..files import load_torch
 from ..flops import gmacs
 from ..models import load_state_dict
 from ..pruning import PruneConfig, token_schedule
-from ..training import PiecewiseLinear, SoftLatency, TrainingDiverged, accuracy, fresh_model, train_candidate, train_supernet
+from ..training import (PiecewiseLinear, SoftLatency, TrainingDiverged, accuracy, fresh_model, train_candidate,
+                        train_supernet)
 from .settings import Candidate, SearchSettings
 from .setup import Setup
 from .space import SearchSpace

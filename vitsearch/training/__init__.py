@@ -12,4 +12,5 @@ from .losses import LossWeights, PiecewiseLinear, latency_loss
 
 __all__ = ["CPU", "TRAIN_DEVICES", "LossScaler", "Precision", "resolve_train_device", "TrainSettings", "TrainResult", "SoftLatency", "train_candidate", "train_supernet", "candidate_loss",
            "fresh_model", "param_groups", "accuracy", "batches", "lr_factor", "next_batch", "seeded", "set_lr",
-           "train_steps", "TrainingDiverged", "LossWeights", "PiecewiseLinear", "keep_ratio_loss", "latency_loss", "soft_block_tokens"]
+           "train_steps", "TrainingDiverged",
+           "LossWeights", "PiecewiseLinear", "keep_ratio_loss", "latency_loss", "soft_block_tokens"]
