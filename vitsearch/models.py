@@ -177,11 +177,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         except pickle.UnpicklingError as e:
             # torch reports a disallowed class or function, a plain pickle.dump file and a file that is no
             # pickle at all as UnpicklingError; the first two are pickles its weights-only reader refused.
-            if "Weights only load failed" not in str(e):
+            names = re.findall(r"GLOBAL ([\w.]+)", str(e)) or pickle_globals(path)
+            if "Weights only load failed" not in str(e) or not names:
                 raise VitsearchError(
                     f"checkpoint {str(path)!r} is not a PyTorch checkpoint (cannot unpickle it)") from e
-            names = re.findall(r"GLOBAL ([\w.]+)", str(e)) or pickle_globals(path)
-            what = f" ({', '.join(dict.fromkeys(names))})" if names else ""
+            what = f" ({', '.join(dict.fromkeys(names))})"
             raise VitsearchError(
                 f"checkpoint {str(path)!r} holds code or Python objects{what} besides tensors, which vitsearch never "
                 "loads (weights_only=True refuses them: unpickling them could run any code). If you trust the file, "
