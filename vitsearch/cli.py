@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -54,6 +55,9 @@ class Command(abc.ABC):
         """Run with the parsed arguments and return the exit code."""
 
 
+# Numeric options are checked where they are parsed (argparse ``type=``): argparse then names the option and its
+# value in one line, before anything runs. Floats must be finite: ``float()`` reads "nan" and "inf" too.
+
 def positive_int(text: str) -> int:
     """An ``int >= 1`` option (argparse names the option and its value when this raises)."""
     try:
@@ -62,6 +66,44 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (1 or more)")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type``: any finite number (no NaN, no infinity)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number: give a number like 0.001")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (a learning rate, a share of epochs)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not positive: give a number greater than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse ``type``: a finite number >= 0 (a loss weight, a tolerance)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: give 0 or more")
     return value
 
 
@@ -114,13 +156,14 @@ class DeprecatedAlias(argparse.Action):
 
 
 def add_train_batch_argument(parser: argparse.ArgumentParser, default: int) -> None:
-    parser.add_argument("--train-batch", type=int, default=default, metavar="B",
+    parser.add_argument("--train-batch", type=positive_int, default=default, metavar="B",
                         help=f"training batch size (default: {default})")
-    parser.add_argument("--batch-size", type=int, dest="train_batch", action=DeprecatedAlias, new="--train-batch")
+    parser.add_argument("--batch-size", type=positive_int, dest="train_batch",
+                        action=DeprecatedAlias, new="--train-batch")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, default: int | None = 0) -> None:
-    parser.add_argument("--threads", type=int, default=default, metavar="T",
+    parser.add_argument("--threads", type=non_negative_int, default=default, metavar="T",
                         help="runtime intra-op threads of the latency measurements (0: all the device's cores, recorded in the "
                              "table; default: " + ("0)" if default == 0 else "an existing table's own threads)"))
 
@@ -130,17 +173,6 @@ def gmacs_of(model: Any) -> float:
     from .flops import count_macs
 
     return count_macs(model).gmacs
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse ``type``: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
 
 
 def add_workers_argument(parser: argparse.ArgumentParser) -> None:
@@ -268,7 +300,7 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
                              "<tables>/devices.toml) or ssh://user@host[:port] (default: cpu)")
     parser.add_argument("--model", default=DIGITS, metavar="NAME",
                         help=f"timm ViT/DeiT whose geometry is profiled; weights do not matter (default: {DIGITS})")
-    parser.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default: 1)")
+    parser.add_argument("--batch", type=positive_int, default=1, metavar="B", help="batch size (default: 1)")
     parser.add_argument("--tables", type=Path, default=Path("latency_tables"), metavar="DIR",
                         help="latency tables folder (default: latency_tables)")
 
@@ -280,10 +312,11 @@ class ProfileCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_table_arguments(parser)
         add_threads_argument(parser)
-        parser.add_argument("--validate", type=int, default=0, metavar="N",
+        parser.add_argument("--validate", type=non_negative_int, default=0, metavar="N",
                             help="then measure N random pruned models end to end against the table's prediction")
         parser.add_argument("--restart", action="store_true", help="discard an existing table and start over")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the validation configs (default: 0)")
+        parser.add_argument("--seed", type=non_negative_int, default=0,
+                            help="seed of the validation configs (default: 0)")
 
     def run(self, args: argparse.Namespace) -> int:
         from .latency import profile, validate
@@ -358,7 +391,7 @@ class ExportCommand(Command):
         parser.add_argument("--config", default="none", metavar="SPEC",
                             help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' (default: none)")
         parser.add_argument("--output", "-o", type=Path, required=True, metavar="PATH", help="ONNX file to write")
-        parser.add_argument("--batch", type=int, default=1, metavar="B", help="static batch size (default: 1)")
+        parser.add_argument("--batch", type=positive_int, default=1, metavar="B", help="static batch size (default: 1)")
         parser.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: vitsearch's, 18)")
         parser.add_argument("--dynamo", action="store_true",
                             help="use the torch.export-based exporter (slower) instead of the TorchScript one")
@@ -458,32 +491,43 @@ class SearchCommand(Command):
         parser.add_argument("--checkpoint", metavar="PATH", help="base weights (.pt state_dict or .safetensors)")
         parser.add_argument("--dataset", default=d.dataset, metavar="DATA",
                             help="'digits' (built in) or an ImageFolder directory (ImageNet layout)")
-        parser.add_argument("--max-train", type=int, metavar="N", help="use a seeded subset of N training images")
-        parser.add_argument("--max-val", type=int, metavar="N", help="use a seeded subset of N held-out images")
+        parser.add_argument("--max-train", type=positive_int, metavar="N",
+                            help="use a seeded subset of N training images")
+        parser.add_argument("--max-val", type=positive_int, metavar="N",
+                            help="use a seeded subset of N held-out images")
         add_workers_argument(parser)
         parser.add_argument("--device", default=d.device, metavar="NAME",
                             help="device whose latency table predicts latency (default: cpu, profiled if missing)")
-        parser.add_argument("--batch", type=int, default=d.batch, metavar="B",
+        parser.add_argument("--batch", type=positive_int, default=d.batch, metavar="B",
                             help="batch the latency is predicted for (default: 1)")
         add_threads_argument(parser, default=None)
         parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
-        parser.add_argument("--trials", type=int, default=d.trials, metavar="N", help=f"candidates to train; those over budget are rejected first and not counted (default: {d.trials})")
+        parser.add_argument("--trials", type=positive_int, default=d.trials, metavar="N",
+                            help=f"candidates to train; those over budget are rejected first and not counted "
+                                 f"(default: {d.trials})")
         parser.add_argument("--space", metavar="TOML",
                             help="search-space file (default: the model family's built-in vitsearch/spaces/*.toml)")
         parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
                             help="brief: train each candidate; shared: weight sharing (default: %(default)s)")
         parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler (default: tpe)")
-        parser.add_argument("--steps", type=int, default=t.steps, help=f"training steps per candidate (default: {t.steps})")
+        parser.add_argument("--steps", type=positive_int, default=t.steps,
+                            help=f"training steps per candidate (default: {t.steps})")
         add_train_batch_argument(parser, t.batch_size)
-        parser.add_argument("--lr", type=float, default=t.lr, help=f"backbone learning rate (default: {t.lr:g})")
-        parser.add_argument("--selector-lr", type=float, default=t.selector_lr,
+        parser.add_argument("--lr", type=positive_float, default=t.lr,
+                            help=f"backbone learning rate (default: {t.lr:g})")
+        parser.add_argument("--selector-lr", type=positive_float, default=t.selector_lr,
                             help=f"selector learning rate (default: {t.selector_lr:g})")
-        parser.add_argument("--ratio-weight", type=float, default=t.weights.ratio, help="keep-ratio loss weight")
-        parser.add_argument("--latency-weight", type=float, default=t.weights.latency, help="latency loss weight")
-        parser.add_argument("--distill-weight", type=float, default=t.weights.distill, help="distillation weight")
-        parser.add_argument("--shared-steps", type=int, default=d.shared_steps, help="supernet steps (shared strategy)")
-        parser.add_argument("--shared-finetune-steps", type=int, default=d.shared_finetune_steps,
-                            help="extra steps per candidate after the supernet (shared strategy)")
+        parser.add_argument("--ratio-weight", type=non_negative_float, default=t.weights.ratio,
+                            help="keep-ratio loss weight")
+        parser.add_argument("--latency-weight", type=non_negative_float, default=t.weights.latency,
+                            help="latency loss weight")
+        parser.add_argument("--distill-weight", type=non_negative_float, default=t.weights.distill,
+                            help="distillation weight")
+        parser.add_argument("--shared-steps", type=positive_int, default=d.shared_steps,
+                            help="supernet steps (shared strategy)")
+        parser.add_argument("--shared-finetune-steps", type=non_negative_int, default=d.shared_finetune_steps,
+                            help="extra steps per candidate after the supernet (shared strategy; 0: evaluate each "
+                                 "candidate straight from the supernet)")
         parser.add_argument("--learned", action="store_true",
                             help="also learn SPViT's keep rates under the budget (computation-aware loss, "
                                  "layer-to-phase) and add the result to the study as one more trial")
@@ -495,7 +539,7 @@ class SearchCommand(Command):
                                  "(default: a journal file in the study folder)")
         parser.add_argument("--resume", action="store_true",
                             help="continue an interrupted study (re-running the same study name does the same)")
-        parser.add_argument("--seed", type=int, default=d.seed)
+        parser.add_argument("--seed", type=non_negative_int, default=d.seed)
         parser.add_argument("--reports", default=d.reports, metavar="DIR", help="reports folder (default: reports)")
         parser.add_argument("--tables", default=d.tables, metavar="DIR", help="latency tables (default: latency_tables)")
         add_train_device_arguments(parser)
@@ -560,20 +604,23 @@ class FinalizeCommand(Command):
         d = FinalizeSettings()
         parser.add_argument("study", metavar="STUDY", help="study name under --reports, or a study folder's path")
         which = parser.add_mutually_exclusive_group(required=True)
-        which.add_argument("--trial", type=int, action="append", metavar="N",
+        which.add_argument("--trial", type=non_negative_int, action="append", metavar="N",
                            help="trial number to finalize (repeat for several)")
         which.add_argument("--pareto", action="store_true", help="finalize every trial on the Pareto front")
         parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
                             help="folder of study folders (default: reports)")
-        parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default: {d.steps})")
-        parser.add_argument("--epochs", type=float, metavar="E", help="train E epochs instead of --steps")
+        parser.add_argument("--steps", type=positive_int, default=d.steps, help=f"training steps (default: {d.steps})")
+        parser.add_argument("--epochs", type=positive_float, metavar="E", help="train E epochs instead of --steps")
         add_train_batch_argument(parser, d.batch_size)
-        parser.add_argument("--lr", type=float, default=d.lr, help=f"backbone learning rate (default: {d.lr:g})")
-        parser.add_argument("--selector-lr", type=float, default=d.selector_lr,
+        parser.add_argument("--lr", type=positive_float, default=d.lr,
+                            help=f"backbone learning rate (default: {d.lr:g})")
+        parser.add_argument("--selector-lr", type=positive_float, default=d.selector_lr,
                             help=f"selector / aux head learning rate (default: {d.selector_lr:g})")
-        parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
-        parser.add_argument("--distill-weight", type=float, default=d.weights.distill, help="distillation weight")
-        parser.add_argument("--aux-weight", type=float, default=d.weights.aux,
+        parser.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps,
+                            help="linear warm-up steps")
+        parser.add_argument("--distill-weight", type=non_negative_float, default=d.weights.distill,
+                            help="distillation weight")
+        parser.add_argument("--aux-weight", type=non_negative_float, default=d.weights.aux,
                             help="Evo-ViT: share of the assisted head's loss (default: %(default)s, the paper's)")
         parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                             help="progressive: SPViT layer-to-phase / Evo-ViT layer-to-stage; plain: the whole "
@@ -582,23 +629,21 @@ class FinalizeCommand(Command):
                             help="phase boundaries as shares of the steps (SPViT: one per selector phase after the "
                                  "first; Evo-ViT: one, the end of every-block selection); default: evenly spaced, "
                                  f"Evo-ViT {d.evo_switch:g}")
-        parser.add_argument("--merge-tol", type=float, default=d.merge_tol, metavar="T",
+        parser.add_argument("--merge-tol", type=non_negative_float, default=d.merge_tol, metavar="T",
                             help="SPViT: neighbouring selectors whose keep ratios differ by at most T share a phase "
                                  "(default: 0, one selector per phase)")
-        parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K",
+        parser.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, metavar="K",
                             help="save resumable training state every K steps (and at every phase boundary)")
         parser.add_argument("--measure-only", action="store_true",
                             help="only (re)measure already finalized models on the study's device")
         parser.add_argument("--restart", action="store_true", help="discard earlier finalize results and train afresh")
-        parser.add_argument("--seed", type=int, default=d.seed)
+        parser.add_argument("--seed", type=non_negative_int, default=d.seed)
         add_workers_argument(parser)
         add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .finalize import FinalizeSettings, finalize
 
-        if args.steps < 1 or (args.epochs is not None and args.epochs <= 0) or args.checkpoint_every < 1:
-            raise VitsearchError("--steps, --epochs and --checkpoint-every must be positive")
         try:
             switch = None if args.switch is None else tuple(float(v) for v in args.switch.split(","))
         except ValueError:
@@ -666,6 +711,17 @@ def disk_full_message(e: OSError) -> str:
             "then run the same command again")
 
 
+# A path this process may not use: permissions, a read-only mount, an immutable folder, a file where a folder
+# should be. The commands check their output folders before working; this names any other such path in one line.
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR)
+
+
+def unwritable_message(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename is not None else ""
+    return (f"cannot use{where}: {e.strerror or e}. Give a path in a folder you can write (--reports, --tables, "
+            "-o), or set $VITSEARCH_CACHE to one for the cache")
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
@@ -721,10 +777,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURE if isinstance(e, (RunFailure, ConnectionError, TimeoutError)) else EXIT_BAD_INPUT
     except OSError as e:
-        if e.errno != errno.ENOSPC or args.debug:
+        if args.debug or e.errno not in (errno.ENOSPC, *UNWRITABLE):
             raise
-        print(f"error: {disk_full_message(e)}", file=sys.stderr)
-        return EXIT_FAILURE
+        if e.errno == errno.ENOSPC:
+            print(f"error: {disk_full_message(e)}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"error: {unwritable_message(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

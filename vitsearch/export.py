@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from . import __version__
 from .errors import VitsearchError, naming
-from .files import write_bytes
+from .files import check_writable, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +151,13 @@ def export_onnx(
 
 
 def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """The ONNX file to write, refused where it is a folder (before minutes of export are spent)."""
+    """The ONNX file to write, refused where it is a folder or its folder cannot be written (before minutes of
+    export are spent)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise VitsearchError(f"{path} is a folder, not an ONNX file to write: give a file name, "
                              f"e.g. -o {path / 'model.onnx'}")
+    check_writable(path.parent, "the folder of the ONNX file", "pass -o with a path in a folder you can write")
     return path
 
 
@@ -298,6 +300,15 @@ def export_model(
     try:
         with torch.no_grad():
             reference = model(x).float().cpu()  # (B, num_classes)
+        if not bool(torch.isfinite(reference).all()):
+            from .models import non_finite  # deferred: models pulls in timm's registry
+
+            bad = non_finite(model.state_dict())
+            raise VitsearchError(
+                f"{type(model).__name__} gives NaN or infinite outputs, so no export could be checked: "
+                + (f"its weights hold NaN or infinity (in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''})"
+                   ", from a training that diverged: export an earlier checkpoint, or train again with a lower "
+                   "learning rate" if bad else "its weights are finite, so an operation overflows: report the config"))
         start = time.perf_counter()
         out_path = export_onnx(model, (x,), path, opset=opset, check=True, dynamo=dynamo, metadata=metadata)
         seconds = time.perf_counter() - start

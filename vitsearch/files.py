@@ -57,6 +57,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VITSEARCH_CACHE") or Path.home() / ".cache" / "vitsearch").expanduser()
 
 
+CACHE_FIX = "set $VITSEARCH_CACHE to a folder you can write (the default, ~/.cache/vitsearch, is under $HOME)"
+
+
+def check_writable(folder: str | os.PathLike[str], what: str, fix: str) -> Path:
+    """``folder``, refused with one message naming it, ``what`` it is and ``fix`` where this process can neither
+    write in it nor make it: checked before the work whose results go there, not after minutes of it.
+
+    The nearest existing folder above a missing one decides. ``os.access`` tells a read-only mount and an
+    immutable folder apart even for root, for whom permission bits do not count."""
+    from .errors import VitsearchError
+
+    folder = Path(folder).expanduser()
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise VitsearchError(f"{what} {folder} cannot be made: {probe} is a file, not a folder: {fix}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == folder else f" ({probe} above it)"
+        raise VitsearchError(f"{what} {folder} is not writable{where}: {fix}")
+    return folder
+
+
 def load_torch(path: str | os.PathLike[str], fix: str) -> Any:
     """A file :func:`save_torch` wrote, read with ``weights_only=True``; a truncated or damaged one is one error
     naming it and ``fix`` (what to do)."""

@@ -21,7 +21,7 @@ from filelock import FileLock
 from . import versions
 from .data import LoaderSettings, load_dataset
 from .errors import VitsearchError
-from .files import cache_dir
+from .files import CACHE_FIX, cache_dir, check_writable
 from .models import create_model, file_sha256
 from .pretrain import write_cache_entry
 from .training.device import CPU, Precision
@@ -58,6 +58,7 @@ def finetuned_base(model_name: str, checkpoint: str | Path, dataset: str | Path,
                 "settings": settings.to_dict()}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     target = Path(root or cache_dir()).expanduser() / "base_models" / f"{model_name}-{key}"
+    check_writable(target.parent, "cache folder", CACHE_FIX)  # before the fine-tuning, not after it
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if retrain and (target / "meta.json").is_file():

@@ -15,6 +15,7 @@ does not decode a million images again; a changed or new file is checked again.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
@@ -139,7 +140,16 @@ def _read_cache(path: Path) -> dict[str, list[int]]:
 
 
 def _write_cache(path: Path, root: Path, files: dict[str, list[int]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Remember the checked files; a cache that cannot be written only costs the next run the same check."""
+    from .files import CACHE_FIX
+
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several workers may check one folder at once
-    tmp.write_text(json.dumps({"root": str(root), "files": files}))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"root": str(root), "files": files}))
+        tmp.replace(path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        logger.warning("cannot keep the image check in %s (%s): the next run checks the images again; %s",
+                       path.parent, e.strerror or e, CACHE_FIX)

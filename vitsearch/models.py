@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import logging
 import pickle
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -174,13 +175,18 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            # torch reports both a disallowed class and a file that is no pickle at all as UnpicklingError.
-            if "Unsupported global" not in str(e):
+            # torch reports a disallowed class or function, a plain pickle.dump file and a file that is no
+            # pickle at all as UnpicklingError; the first two are pickles its weights-only reader refused.
+            names = re.findall(r"GLOBAL ([\w.]+)", str(e)) or pickle_globals(path)
+            if "Weights only load failed" not in str(e) or not names:
                 raise VitsearchError(
                     f"checkpoint {str(path)!r} is not a PyTorch checkpoint (cannot unpickle it)") from e
+            what = f" ({', '.join(dict.fromkeys(names))})"
             raise VitsearchError(
-                f"checkpoint {str(path)!r} holds Python objects besides tensors, which are not loaded for safety "
-                "(weights_only=True). Re-save just the weights: torch.save(ckpt['model'], 'weights.pt')") from e
+                f"checkpoint {str(path)!r} holds code or Python objects{what} besides tensors, which vitsearch never "
+                "loads (weights_only=True refuses them: unpickling them could run any code). If you trust the file, "
+                "re-save just its weights as a plain state_dict, torch.save(model.state_dict(), 'weights.pt'), or "
+                "as safetensors (safetensors.torch.save_file), and pass that") from e
         except (RuntimeError, EOFError, OSError) as e:
             # A cut-off zip archive (torch.save's format) or pickle: torch's own text names no file.
             reason = str(e).strip().split(". ")[0] or type(e).__name__
@@ -195,7 +201,51 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise VitsearchError(
             f"checkpoint {str(path)!r} is not a state_dict: expected a dict of tensors, or a dict with one "
             "under 'model', 'state_dict' or 'model_state'")
+    bad = non_finite(obj)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise VitsearchError(
+            f"checkpoint {str(path)!r} holds NaN or infinite weights (in {', '.join(bad[:3])}{more}): it was saved "
+            "from a training that diverged. Pass an earlier checkpoint, or train again with a lower learning rate")
     return {_strip_prefixes(k): v for k, v in obj.items()}
+
+
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity (weights of a training that diverged)."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def pickle_globals(path: str | Path) -> list[str]:
+    """The ``module.name`` globals a pickle (or torch.save's zip of one) would import when unpickled, read with
+    :mod:`pickletools` without unpickling anything: what a refused checkpoint holds, for its message."""
+    import pickletools
+    import zipfile
+
+    found: list[str] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            data = Path(path).read_bytes()
+        pushed: list[Any] = []
+        memo: dict[int, Any] = {}
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(pushed) >= 2:
+                found.append(f"{pushed[-2]}.{pushed[-1]}")
+            elif op.name == "MEMOIZE" and pushed:
+                memo[len(memo)] = pushed[-1]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                pushed.append(memo.get(int(arg)))
+            elif isinstance(arg, str) and "UNICODE" in op.name:
+                pushed.append(arg)
+    except Exception:  # a damaged pickle: name what was read before the damage
+        pass
+    safe = ("torch._utils.", "torch.storage.", "collections.OrderedDict", "torch.FloatStorage", "torch.LongStorage")
+    return [g for g in found if not g.startswith(safe)]
 
 
 def _strip_prefixes(key: str) -> str:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import versions
 from .data import DigitsSpec, LoaderSettings, digits_splits
 from .errors import VitsearchError
-from .files import cache_dir
+from .files import CACHE_FIX, cache_dir, check_writable
 from .models import DIGITS, DIGITS_MODEL_ARGS, create_model, load_state_dict
 from .training.device import CPU, Precision
 from .training.loop import accuracy, step_log, train_steps
@@ -88,25 +88,37 @@ def base_model(
     cached on first use; ``loading`` says how batches are made (speed only, not part of the cache key)."""
     settings = settings or PretrainSettings()
     target = base_model_dir(settings, root)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if retrain and target.exists():
-            shutil.rmtree(target)
-        if not (target / "meta.json").is_file():
-            logger.info("training the digits base model (settings %s) into %s", settings.key, target)
-            model, meta = train_base_model(settings, loading=loading, precision=precision)
-            write_cache_entry(target, model, meta)
-            meta["cached"] = False
-        else:
-            meta = json.loads((target / "meta.json").read_text())
-            meta["cached"] = True
-            model = create_model(DIGITS, num_classes=settings.model["num_classes"], **_arch_kwargs(settings))
-            state = torch.load(target / "model.pt", map_location="cpu", weights_only=True)
-            load_state_dict(model, state, source=str(target / "model.pt"), name=DIGITS)
-            logger.info("digits base model from cache %s (test accuracy %.2f%%, val %.2f%%)", target,
-                        100 * meta["test_accuracy"], 100 * meta["val_accuracy"])
+    if not retrain and (target / "meta.json").is_file() and not os.access(target.parent, os.W_OK):
+        # A read-only cache (shared, or on a read-only mount) holding the model: an entry is whole once its
+        # meta.json is there (written by one rename), and nobody can write beside it, so no lock is needed.
+        model, meta = _cached(target, settings)
+    else:
+        check_writable(target.parent, "cache folder", CACHE_FIX)  # the lock file goes there, trained or not
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if retrain and target.exists():
+                shutil.rmtree(target)
+            if not (target / "meta.json").is_file():
+                logger.info("training the digits base model (settings %s) into %s", settings.key, target)
+                model, meta = train_base_model(settings, loading=loading, precision=precision)
+                write_cache_entry(target, model, meta)
+                meta["cached"] = False
+            else:
+                model, meta = _cached(target, settings)
     meta["path"] = str(target)
     model.eval()
+    return model, meta
+
+
+def _cached(target: Path, settings: PretrainSettings) -> tuple[VisionTransformer, dict[str, Any]]:
+    """The model and metadata of a complete cache entry."""
+    meta = json.loads((target / "meta.json").read_text())
+    meta["cached"] = True
+    model = create_model(DIGITS, num_classes=settings.model["num_classes"], **_arch_kwargs(settings))
+    state = torch.load(target / "model.pt", map_location="cpu", weights_only=True)
+    load_state_dict(model, state, source=str(target / "model.pt"), name=DIGITS)
+    logger.info("digits base model from cache %s (test accuracy %.2f%%, val %.2f%%)", target,
+                100 * meta["test_accuracy"], 100 * meta["val_accuracy"])
     return model, meta
 
 

@@ -40,11 +40,21 @@ IDENTITY = ("model", "sha256", "dataset", "split", "device", "batch", "budget_ms
 EVALUATION = ("train", "dataset", "max_train", "max_val", "seed", "strategy", "shared_steps", "shared_finetune_steps")
 
 
+MAX_STUDY_NAME = 128  # characters: a folder name (255 bytes at most) that a terminal and a report title can show
+
+
 def check_study_name(name: str) -> str:
-    """A study name is one folder under the reports folder: no separators, no ``.``/``..``, not empty."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip():
-        raise VitsearchError(f"study name {name!r} is not a plain folder name: give --study one non-empty name without "
-                             "'/', '\\', leading or trailing spaces, '.' or '..' (e.g. --study digits-60pct)")
+    """A study name is one folder under the reports folder: not empty, no separators, no ``.``/``..``, printable
+    characters only (a newline would split every log line and CSV row naming it), at most
+    :data:`MAX_STUDY_NAME` characters."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or not name.isprintable()
+            or name != name.strip() or len(name) > MAX_STUDY_NAME or len(name.encode()) > 255):
+        shown = repr(name if len(name) <= 40 else name[:40] + "...") + (f" ({len(name)} characters)"
+                                                                       if len(name) > 40 else "")
+        raise VitsearchError(f"study name {shown} is not a plain folder name: give --study one non-empty name of at "
+                             f"most {MAX_STUDY_NAME} printable characters (255 bytes), without '/', '\\', a newline "
+                             "or other control character, leading or trailing spaces, '.' or '..' (e.g. --study "
+                             "digits-60pct)")
     return name
 
 

@@ -51,7 +51,7 @@ def test_the_space_lists_every_config_once():
 
 @pytest.mark.parametrize("body, message", [
     ("[space]\nfirst_block = 3\nlast_block = 20\n", "do not fit"),
-    ("[space]\nkeep_min = 0\n", "keep ratios"),
+    ("[space]\nkeep_min = 0\n", "keep_min = 0 is outside"),
     ("[space]\nmethods = ['tome']\n", "methods"),
     ("[space\n", "not valid TOML"),
     ("[baselines]\nblocks = [3, 14]\n", "baseline blocks"),
@@ -62,6 +62,46 @@ def test_bad_space_files_are_named(tmp_path, body, message):
     with pytest.raises(VitsearchError, match=message) as e:
         load_space(path, depth=12)
     assert str(path) in str(e.value)
+
+
+# Issue 27: each of these ran on defaults, or sampled outside the space, without a word.
+@pytest.mark.parametrize("body, message", [
+    ("[space]\nmax_selector = 2\n", "unknown key in [space] 'max_selector' (did you mean 'max_selectors'?): the "
+                                     "known ones are first_block, keep_max, keep_min, keep_step, last_block, "
+                                     "max_selectors, methods"),
+    ("[spaec]\nkeep_min = 0.5\n", "unknown section 'spaec' (did you mean 'space'?): the known ones are baselines, "
+                                   "space"),
+    ("[baselines]\nkep = [0.5]\n", "unknown key in [baselines] 'kep' (did you mean 'keep'?)"),
+    ("[space]\nkeep_step = nan\n", "keep_step = nan must be a finite number"),
+    ("[space]\nkeep_max = inf\n", "keep_max = inf must be a finite number"),
+    ("[baselines]\nblocks = [3]\nkeep = [1.5]\n", "baselines.keep = 1.5 is outside (0, 1]"),
+    ("[baselines]\nblocks = [3.5]\nkeep = [0.5]\n", "baselines.blocks = 3.5 must be a whole number"),
+    ("[space]\nfirst_block = 3.0\n", "first_block = 3.0 must be a whole number"),
+    ("[space]\nmax_selectors = true\n", "max_selectors = True must be a whole number"),
+    ("[space]\nkeep_min = '0.3'\n", "keep_min = '0.3' must be a finite number"),
+    ("[space]\nlast_block = -2\nmax_selectors = 1000000\n",
+     "max_selectors = 1000000 is more than the 8 blocks that may hold a selector (3..10): use at most 8"),
+    ("[space]\nkeep_min = 0.3\nkeep_max = 0.9\nkeep_step = 0.07\n",
+     "keep_step 0.07 does not divide keep_max - keep_min = 0.6 (8.57 steps): use a step that does (e.g. 0.05), or "
+     "keep_max = 0.86"),
+    ("[space]\nkeep_min = 0.8\nkeep_max = 0.5\n", "keep_min 0.8 is above keep_max 0.5"),
+    ("[baselines]\nblocks = [3, 3]\nkeep = [0.5]\n", "name a block twice"),
+    ("space = 3\n", "space must be a [space] section"),
+])
+def test_a_space_file_is_checked_against_its_schema(tmp_path, body, message):
+    path = tmp_path / "space.toml"
+    path.write_text("# a user's space\n" + body)
+    with pytest.raises(VitsearchError) as e:
+        load_space(path, depth=12)
+    assert str(e.value).startswith(f"search space file {path}: ") and message in str(e.value), str(e.value)
+
+
+def test_a_space_whose_step_divides_the_range_stays_inside_it(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text("[space]\nkeep_min = 0.3\nkeep_max = 0.86\nkeep_step = 0.07\nlast_block = -2\n"
+                    "max_selectors = 8\n")
+    space = load_space(path, depth=12)
+    assert space.keep_choices[0] == 0.3 and space.keep_choices[-1] == 0.86 and space.max_selectors == 8
 
 
 def test_missing_space_file_lists_the_builtin_ones(tmp_path):

@@ -27,6 +27,7 @@ import torch
 
 from .. import __version__
 from ..errors import Interrupted, VitsearchError
+from ..files import check_writable
 from ..models import create_model, geometry
 from . import artefacts as art
 from . import table as table_mod
@@ -111,6 +112,7 @@ def profile(
     if threads < 0:
         raise VitsearchError(f"threads must be 0 (the runtime's default) or a positive count, got {threads}")
     spec = resolve(device, tables)
+    check_writable(tables, "latency tables folder", "pass --tables DIR with a folder you can write")  # before minutes
     dev = open_device(spec)
     settings = replace(settings or MeasureSettings(), threads=threads)
     torch.manual_seed(0)

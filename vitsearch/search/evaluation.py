@@ -15,7 +15,8 @@ from ..files import load_torch
 from ..flops import gmacs
 from ..models import load_state_dict
 from ..pruning import PruneConfig, token_schedule
-from ..training import PiecewiseLinear, SoftLatency, accuracy, fresh_model, train_candidate, train_supernet
+from ..training import (PiecewiseLinear, SoftLatency, TrainingDiverged, accuracy, fresh_model, train_candidate,
+                        train_supernet)
 from .settings import Candidate, SearchSettings
 from .setup import Setup
 from .space import SearchSpace
@@ -67,9 +68,17 @@ class Evaluator:
         model = fresh_model(self.start_from() if config.keep else setup.base, config, s.train.seed)
         steps = candidate_steps(s)
         if steps > 0:
-            result = train_candidate(model, setup.base, setup.splits, dataclasses.replace(s.train, steps=steps),
-                                     latency=self.latency, precision=setup.precision, after=self._cost_log(steps))
+            try:
+                result = train_candidate(model, setup.base, setup.splits, dataclasses.replace(s.train, steps=steps),
+                                         latency=self.latency, precision=setup.precision, after=self._cost_log(steps))
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"{e}, under a new --study name (a study keeps the training settings it was "
+                                       "made with)") from None
             cand.train_seconds = result.seconds
+        elif not (s.strategy == "shared" and config.keep):
+            # Only the shared strategy's candidates are trained with 0 steps of their own (in the supernet); a
+            # library caller's brief search of 0 steps measures the untrained config, and says so.
+            cand.status = "not trained (0 steps): accuracy of the untrained config"
         cand.accuracy = accuracy(model, setup.splits, precision=setup.precision)
         cand.gmacs = gmacs(model)
         if trial is not None:

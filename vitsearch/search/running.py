@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import optuna
 
-from ..errors import Interrupted
+from ..errors import Interrupted, VitsearchError
 from ..pareto import pareto_front
 from ..pruning import PruneConfig, canonical_key
 from .claims import KEY, claim, owners
@@ -289,10 +289,10 @@ def requeue_interrupted(study: Any) -> None:
 
 @contextlib.contextmanager
 def _quiet_interrupt() -> Any:
-    """Optuna logs an interrupted trial's KeyboardInterrupt with its traceback before raising it: drop that record
-    (the CLI says in one line what was kept)."""
+    """Optuna logs an interrupted trial's KeyboardInterrupt, or a VitsearchError (a training that diverged), with
+    its traceback before raising it: drop that record (the CLI says in one line what was kept, or what to do)."""
     def keep(record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+        return not (record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, VitsearchError)))
 
     optuna_logger = logging.getLogger("optuna")
     handlers = list(optuna_logger.handlers)

@@ -13,6 +13,7 @@ import torch.nn as nn
 from .. import versions
 from ..data import SplitFractions
 from ..errors import VitsearchError
+from ..files import check_writable
 from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder
 from ..training import Precision
@@ -143,6 +144,7 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
     if settings.trials < 1:
         raise VitsearchError(f"--trials must be at least 1, got {settings.trials}")
     settings.name()  # a bad --study is refused before anything is loaded
+    check_writable(settings.reports, "reports folder", "pass --reports DIR with a folder you can write")
     budget = parse_budget(settings.budget)
     precision = Precision.resolve(settings.train_device, amp=settings.amp)  # a missing GPU fails before any work
     base, base_info = load_base(settings)

@@ -5,6 +5,7 @@ an installed wheel finds them from any folder; a user's own space is any TOML fi
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import random
@@ -12,7 +13,7 @@ import tomllib
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..errors import VitsearchError
 from ..pruning import PruneConfig, pruning_methods
@@ -106,47 +107,117 @@ def default_space_file(model_name: str) -> Path:
     return SPACES_DIR / ("digits.toml" if model_name in ("digits", "vit_digits") else "vit.toml")
 
 
+# A space file's schema: its sections and, for each key, its default (None: no default). Anything else is a typo
+# that would otherwise run on the defaults without a word.
+SCHEMA: dict[str, dict[str, Any]] = {
+    "space": {"methods": None, "first_block": 3, "last_block": -1, "max_selectors": 3, "keep_min": 0.3,
+              "keep_max": 0.95, "keep_step": 0.05},
+    "baselines": {"blocks": [], "keep": []},
+}
+
+
+def _unknown(name: str, known: Iterable[str], what: str) -> str:
+    """``what`` ``name`` is unknown: the known ones, and the closest as a suggestion."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {name!r}{hint}: the known ones are {', '.join(known)}"
+
+
+def _whole(where: str, value: Any) -> int:
+    """A TOML integer (not a float like 3.5 or 3.0, nor a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where} = {value!r} must be a whole number, e.g. 3")
+    return value
+
+
+def _ratio(where: str, value: Any) -> float:
+    """A finite TOML number in (0, 1]: a keep ratio."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where} = {value!r} must be a finite number")
+    if not 0 < value <= 1:
+        raise ValueError(f"{where} = {value!r} is outside (0, 1]: a keep ratio is the share of tokens kept")
+    return float(value)
+
+
+def _list(where: str, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where} = {value!r} must be a list, e.g. [3, 6, 9]")
+    return value
+
+
 def load_space(path: str | Path, *, depth: int) -> SearchSpace:
-    """Read a search-space TOML for a model of ``depth`` blocks, checking every field against the model."""
+    """Read a search-space TOML for a model of ``depth`` blocks, checking it against :data:`SCHEMA` and every
+    field against the model: unknown sections and keys, numbers that are not whole or not finite, keep ratios
+    outside (0, 1], a step that does not divide the keep range, more selectors than blocks are all refused."""
     path = Path(path)
     if not path.is_file():
         known = ", ".join(sorted(p.name for p in SPACES_DIR.glob("*.toml"))) or "none"
         raise VitsearchError(f"search space file {path} does not exist (built-in spaces in {SPACES_DIR}: {known})")
     try:
         doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise VitsearchError(f"search space file {path} is not valid TOML: {e}") from None
-    s, b = doc.get("space", {}), doc.get("baselines", {})
+    problems = [_unknown(k, SCHEMA, "section") + " (each written as [name])" for k in doc if k not in SCHEMA]
+    for section, keys in SCHEMA.items():
+        table = doc.get(section, {})
+        if not isinstance(table, dict):
+            problems.append(f"{section} must be a [{section}] section, not a value")
+            continue
+        problems += [_unknown(k, keys, f"key in [{section}]") for k in table if k not in keys]
+    if problems:
+        raise VitsearchError(f"search space file {path}: " + "; ".join(problems))
+    s = {**SCHEMA["space"], "methods": list(pruning_methods()), **doc.get("space", {})}
+    b = {**SCHEMA["baselines"], **doc.get("baselines", {})}
 
     def block(i: int) -> int:
         return i + depth if i < 0 else i
 
     try:
-        first, last = block(int(s.get("first_block", 3))), block(int(s.get("last_block", -1)))
+        first, last = block(_whole("first_block", s["first_block"])), block(_whole("last_block", s["last_block"]))
+        methods = _list("methods", s["methods"])
+        if not all(isinstance(m, str) for m in methods):
+            raise ValueError(f"methods = {methods!r} must be a list of method names")
         space = SearchSpace(
-            methods=tuple(s.get("methods", pruning_methods())),
+            methods=tuple(methods),
             blocks=tuple(range(first, last + 1)),
-            max_selectors=int(s.get("max_selectors", 3)),
-            keep_min=float(s.get("keep_min", 0.3)), keep_max=float(s.get("keep_max", 0.95)),
-            keep_step=float(s.get("keep_step", 0.05)),
-            baseline_blocks=tuple(block(int(i)) for i in b.get("blocks", [])),
-            baseline_keep=tuple(float(r) for r in b.get("keep", [])),
+            max_selectors=_whole("max_selectors", s["max_selectors"]),
+            keep_min=_ratio("keep_min", s["keep_min"]), keep_max=_ratio("keep_max", s["keep_max"]),
+            keep_step=_ratio("keep_step", s["keep_step"]),
+            baseline_blocks=tuple(block(_whole("baselines.blocks", i)) for i in _list("baselines.blocks", b["blocks"])),
+            baseline_keep=tuple(_ratio("baselines.keep", r) for r in _list("baselines.keep", b["keep"])),
             source=str(path),
         )
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
         raise VitsearchError(f"search space file {path}: {e}") from None
     problems = []
     if not space.blocks or space.blocks[0] < 0 or space.blocks[-1] >= depth:
         problems.append(f"selector blocks {first}..{last} do not fit a model of {depth} blocks")
     if any(not 0 <= x < depth for x in space.baseline_blocks):
         problems.append(f"baseline blocks {list(space.baseline_blocks)} do not fit a model of {depth} blocks")
-    if not 0 < space.keep_min <= space.keep_max <= 1 or space.keep_step <= 0:
-        problems.append("keep ratios need 0 < keep_min <= keep_max <= 1 and keep_step > 0")
+    if len(set(space.baseline_blocks)) < len(space.baseline_blocks):
+        problems.append(f"baseline blocks {list(space.baseline_blocks)} name a block twice")
+    if space.keep_min > space.keep_max:
+        problems.append(f"keep_min {space.keep_min:g} is above keep_max {space.keep_max:g}")
+    else:
+        # The supernet and Optuna sample keep_min + i * keep_step: a step that overshoots the range samples
+        # above keep_max (0.3 + 9 * 0.07 = 0.93 for keep_max = 0.9).
+        steps = (space.keep_max - space.keep_min) / space.keep_step
+        if abs(steps - round(steps)) > 1e-6:
+            fits = space.keep_min + math.floor(steps) * space.keep_step
+            problems.append(
+                f"keep_step {space.keep_step:g} does not divide keep_max - keep_min = "
+                f"{space.keep_max - space.keep_min:g} ({steps:.2f} steps): use a step that does (e.g. 0.05), or "
+                f"keep_max = {fits:g}")
     bad = [m for m in space.methods if m not in pruning_methods()]
     if bad or not space.methods:
         problems.append(f"methods must be among {', '.join(pruning_methods())}, got {list(space.methods)}")
     if space.max_selectors < 1:
         problems.append("max_selectors must be at least 1")
+    elif space.blocks and space.max_selectors > len(space.blocks):
+        # Refused rather than clamped: a typo (1000000 for 3) would otherwise run a different search silently.
+        problems.append(f"max_selectors = {space.max_selectors} is more than the {len(space.blocks)} blocks that "
+                        f"may hold a selector ({first}..{last}): use at most {len(space.blocks)}")
     if problems:
         raise VitsearchError(f"search space file {path}: " + "; ".join(problems))
     return space

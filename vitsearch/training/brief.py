@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,16 @@ class TrainSettings:
     spvit_draw: str = TRAIN_DRAWS[0]
 
     def __post_init__(self) -> None:
+        # A NaN or negative rate trains a model of NaN weights (or away from the data) without a word.
+        for name, value, option in (("lr", self.lr, "--lr"), ("selector_lr", self.selector_lr, "--selector-lr")):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise VitsearchError(f"learning rate {name}={value!r} must be a finite number above 0 ({option})")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise VitsearchError(f"weight_decay={self.weight_decay!r} must be a finite number >= 0")
+        if self.batch_size < 1:
+            raise VitsearchError(f"batch_size={self.batch_size} must be at least 1 (--train-batch)")
+        if self.steps < 0 or self.warmup_steps < 0:
+            raise VitsearchError(f"steps={self.steps} and warmup_steps={self.warmup_steps} must be 0 or more")
         if self.spvit_draw not in TRAIN_DRAWS:
             raise VitsearchError(f"spvit_draw {self.spvit_draw!r} is not a training draw rule: use one of "
                                  f"{', '.join(TRAIN_DRAWS)}")

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from ..errors import VitsearchError
 from .device import CPU, LossScaler, Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), labels (B,)
@@ -76,22 +77,49 @@ def step_log(what: str, total: int, log: Any, *, every_s: float = 10.0) -> After
     return after
 
 
+class TrainingDiverged(VitsearchError):
+    """The loss or the weights are no longer finite numbers: the learning rate is too high for this model."""
+
+
+DIVERGED_FIX = "lower the learning rate (--lr, and --selector-lr for the selectors) and run again"
+
+
+def check_finite(parts: dict[str, float], step: int, total: int, base_lrs: Sequence[float],
+                 fix: str = DIVERGED_FIX) -> None:
+    """Stop a training whose loss is no longer a finite number: every later step would only train NaN weights,
+    which a search would then store as a trained trial."""
+    loss = parts.get("total", parts.get("ce"))
+    if loss is not None and not math.isfinite(loss):
+        rates = ", ".join(f"{lr:g}" for lr in base_lrs)
+        raise TrainingDiverged(f"the training diverged: its loss is {loss} at step {step + 1} of {total} (learning "
+                             f"rates {rates}): {fix}")
+
+
 def train_steps(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], steps: range, step: StepFn, *,
                 warmup: int, total: int, after: AfterFn | None = None,
-                scaler: LossScaler | None = None) -> dict[str, float]:
+                scaler: LossScaler | None = None, fix: str = DIVERGED_FIX) -> dict[str, float]:
     """The step loop: for each step ``i`` in ``steps``, the learning rate of step ``i`` on the curve over
     ``total`` (from ``base_lrs``, the groups' rates as the optimiser was made), cleared gradients, ``step(i)``
     (which computes the loss and calls ``backward``, through ``scaler`` where there is one), one optimiser step,
-    then ``after(i + 1, parts)``. Returns the last step's loss parts."""
+    then ``after(i + 1, parts)``. Returns the last step's loss parts.
+
+    A loss that is NaN or infinite, or weights that are after the last step, raise :class:`TrainingDiverged`
+    with ``fix`` (what to change), so no caller keeps a model of NaN weights."""
     scaler = scaler or LossScaler()
     parts: dict[str, float] = {}
     for i in steps:
         set_lr(optimizer, base_lrs, i, warmup, total)
         optimizer.zero_grad(set_to_none=True)
         parts = step(i)
+        check_finite(parts, i, total, base_lrs, fix)
         scaler.step(optimizer)
         if after is not None:
             after(i + 1, parts)
+    with torch.no_grad():
+        finite = all(bool(torch.isfinite(p).all()) for g in optimizer.param_groups for p in g["params"])
+    if not finite:
+        raise TrainingDiverged(f"the training diverged: its weights hold NaN or infinite values after step "
+                             f"{steps.stop} of {total}: {fix}")
     return parts
 
 
