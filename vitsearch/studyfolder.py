@@ -33,7 +33,7 @@ RECORDS = ("trials", "front", "baselines")  # written by the search as JSON and 
 IDENTITY = ("model", "sha256", "dataset", "split", "device", "batch", "budget_ms", "space", "strategy")
 # The settings (study.json's "settings") that decide how a trial is trained and evaluated: a resume that changes
 # one would put trials evaluated differently on one front.
-EVALUATION = ("train", "dataset", "max_train", "max_val", "seed", "strategy", "shared_steps", "shared_finetune_steps")
+EVALUATION = ("train", "dataset", "max_train", "max_val", "max_test", "seed", "strategy", "shared_steps", "shared_finetune_steps")
 
 
 def check_study_name(name: str) -> str:
