@@ -68,7 +68,7 @@ def run(sampler: str, seed: int, args: argparse.Namespace) -> dict:
         "sampler": sampler, "seed": seed, "seconds": round(seconds, 1), "sampled": len(trials), "repeats": repeats,
         "over_budget": over, "wasted_share": (repeats + over) / max(len(trials), 1), "trained": len(trained),
         "strata": dict(sorted(strata.items())),
-        "hypervolume": hypervolume([(c.accuracy, c.predicted_ms) for c in result.front], ref_latency=result.unpruned_ms),
+        "hypervolume": hypervolume([(c.val_accuracy, c.predicted_ms) for c in result.front], ref_latency=result.unpruned_ms),
         "best": None if result.best is None else {"config": str(result.best.config), "accuracy": result.best.accuracy},
         "folder": str(result.folder),
     }

@@ -319,3 +319,123 @@ def test_the_search_hands_its_workers_to_the_data(tmp_path, tables, checkpoint):
                                    workers=2, tables=str(tables), reports=str(tmp_path / "reports")), progress=False)
     assert setup.splits.loading.workers == 2
     assert (len(setup.splits.train), len(setup.splits.val), len(setup.splits.test)) == (10, 10, 10)
+
+
+# --- three splits of an ImageFolder: each file in one split, links counted once (issues 25 and 27) ---------------
+
+def _identities(splits):
+    """split -> the set of (device, inode) of its files."""
+    return {k: {(os.stat(p).st_dev, os.stat(p).st_ino) for p, _ in getattr(splits, k).samples}
+            for k in ("train", "val", "test")}
+
+
+@pytest.mark.parametrize("layout", ["flat", "train only", "train+val", "train+test", "train+val+test"])
+def test_no_file_is_in_two_splits_whatever_the_layout(tmp_path, tiny_vit, layout):
+    root = tmp_path / "pets"
+    classes = ("cat", "dog", "owl")
+    if layout == "flat":
+        _write_images(root, classes, per_class=10)
+    else:
+        _write_images(root / "train", classes, per_class=10)
+        for split in ("val", "test"):
+            if split in layout:
+                _write_images(root / split, classes, per_class=3)
+    splits = load_dataset(root, tiny_vit)
+    files = _identities(splits)
+    assert all(files.values())  # three non-empty splits
+    assert not files["train"] & files["val"] and not files["train"] & files["test"] and not files["val"] & files["test"]
+    written = {(os.stat(p).st_dev, os.stat(p).st_ino) for p in root.rglob("*.png")}
+    assert files["train"] | files["val"] | files["test"] == written  # and nothing left out
+    for split in ("val", "test"):  # every class in each held-out split
+        assert {c for _, c in getattr(splits, split).samples} == {0, 1, 2}
+    assert [splits.provenance[f"{k}_size"] for k in ("train", "val", "test")] == [len(splits.train), len(splits.val),
+                                                                                  len(splits.test)]
+
+
+def test_a_symlink_loop_and_links_count_each_file_once(tmp_path, tiny_vit, caplog):
+    """Issue 27: `c0/loop -> .` gave 215 samples from 15 files, 5 of them in both train and val."""
+    root = tmp_path / "data"
+    _write_images(root, ("c0", "c1", "c2"), per_class=5)
+    (root / "c0" / "loop").symlink_to(".")  # a folder loop
+    (root / "c1" / "alias.png").symlink_to(root / "c0" / "0.png")  # a second name (symlink) of a file
+    os.link(root / "c0" / "1.png", root / "c2" / "hard.png")  # and a hard link
+    _write_images(tmp_path / "elsewhere", ("x",), per_class=1)
+    (root / "c2" / "outside.png").symlink_to(tmp_path / "elsewhere" / "x" / "0.png")  # out of the folder
+    caplog.set_level("WARNING", logger="vitsearch")
+    splits = load_dataset(root, tiny_vit)
+    files = _identities(splits)
+    assert sum(len(v) for v in files.values()) == len(splits.train) + len(splits.val) + len(splits.test) == 15
+    assert not files["train"] & files["val"] and not files["train"] & files["test"] and not files["val"] & files["test"]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "symlinked folders (not followed): 1" in warned and "symlinks to outside the folder: 1" in warned
+    assert "second names (links) of files already listed: 2" in warned
+
+
+def test_one_file_in_two_given_split_folders_is_refused(tmp_path, tiny_vit):
+    root = tmp_path / "pets"
+    _write_images(root / "train", per_class=4)
+    _write_images(root / "val", per_class=2)
+    (root / "val" / "dog" / "0.png").unlink()
+    os.link(root / "train" / "dog" / "3.png", root / "val" / "dog" / "0.png")
+    with pytest.raises(VitsearchError, match=r"'train/dog/3.png' and 'val/dog/0.png' .* are one file .* train/ and "
+                                             r"val/.*Keep each image in one split folder"):
+        load_dataset(root, tiny_vit)
+
+
+def test_the_split_fingerprint_follows_the_held_out_files(tmp_path, tiny_vit):
+    root = tmp_path / "pets"
+    _write_images(root, per_class=10)
+    digest = load_dataset(root, tiny_vit).provenance["split_sha256"]
+    assert load_dataset(root, tiny_vit).provenance["split_sha256"] == digest
+    assert load_dataset(root, tiny_vit, split_seed=1).provenance["split_sha256"] != digest
+    assert load_dataset(root, tiny_vit, fractions=SplitFractions(0.2, 0.3)).provenance["split_sha256"] != digest
+
+
+@pytest.mark.parametrize("fractions, message", [
+    ((0.5, 0.5), "sum to 1, leaving nothing to train on"), ((0.7, 0.4), "sum to 1.1"),
+    ((1.0, 0.1), "val fraction 1.0 is outside"), ((0.2, float("nan")), "test fraction nan is outside"),
+    ((-0.1, 0.2), "val fraction -0.1 is outside")])
+def test_split_fractions_are_checked(fractions, message):
+    with pytest.raises(VitsearchError, match=message):
+        SplitFractions(*fractions)
+
+
+def test_a_class_too_small_for_three_splits_is_named_with_what_it_needs(tmp_path, tiny_vit):
+    root = tmp_path / "pets"
+    _write_images(root, ("cat", "dog"), per_class=6)
+    _write_images(root, ("owl",), per_class=2)
+    with pytest.raises(VitsearchError, match=r"'.*pets': class 'owl' has 2 images, too few to split: a 60%/20%/20% "
+                                             r"train/val/test split needs at least 3 per class"):
+        load_dataset(root, tiny_vit)
+    # with val/ given, test alone is split off train/: two images of a class are enough there
+    _write_images(tmp_path / "given" / "train", ("cat", "owl"), per_class=2)
+    _write_images(tmp_path / "given" / "val", ("cat", "owl"), per_class=1)
+    splits = load_dataset(tmp_path / "given", tiny_vit)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (2, 2, 2)
+
+
+def test_held_out_classes_that_train_lacks_are_named(tmp_path, tiny_vit):
+    _write_images(tmp_path / "d" / "train", ("cat", "dog"), per_class=3)
+    _write_images(tmp_path / "d" / "test", ("cat", "dog", "emu"), per_class=1)
+    with pytest.raises(VitsearchError, match=r"train/ and test/ .* different classes \(only in train: \[\], only in "
+                                             r"test: \['emu'\]\): test/ needs exactly the class folders of train/"):
+        load_dataset(tmp_path / "d", tiny_vit)
+
+
+def test_groups_keep_every_rendering_of_a_source_in_one_split():
+    """A source image rendered several ways (the embedded task's placements) is never in two splits."""
+    labels = np.repeat(np.arange(3), 12)  # 3 classes x 4 sources x 3 renderings
+    groups = np.repeat(np.arange(12), 3)
+    train, val, test = stratified_split(labels, SplitFractions(0.25, 0.25), seed=0, groups=groups)
+    by_split = [set(groups[s]) for s in (train, val, test)]
+    assert not by_split[0] & by_split[1] and not by_split[0] & by_split[2] and not by_split[1] & by_split[2]
+    assert [len(s) for s in by_split] == [6, 3, 3]  # 2, 1 and 1 source per class
+
+
+def test_digits_held_out_splits_are_disjoint_from_train(digits):
+    """No digit canvas is in two splits (each canvas is one source digit)."""
+    def rows(ds):
+        return {bytes(x.numpy().tobytes()) for x in ds.images}
+
+    train, val, test = rows(digits.train), rows(digits.val), rows(digits.test)
+    assert not train & val and not train & test and not val & test

@@ -14,7 +14,7 @@ from vitsearch.export import example_input, run_onnxruntime
 from vitsearch.pruning import apply
 from vitsearch.report import load_study
 from vitsearch.search import SearchSettings, run_search
-from vitsearch.training import TrainSettings, fresh_model, progressive
+from vitsearch.training import TrainSettings, accuracy, fresh_model, progressive
 
 pytestmark = pytest.mark.slow  # a real search, then finalize training
 
@@ -148,6 +148,7 @@ def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
     row = rows[0]
     brief = next(t for t in json.loads((study / "trials.json").read_text()) if t["trial"] == trial)
     assert row["trial"] == trial and row["config"] == brief["config"] and row["accuracy_brief"] == brief["accuracy"]
+    assert row["val_accuracy_brief"] == brief["val_accuracy"]
     assert 0 <= row["accuracy"] <= 1 and 0 <= row["accuracy_training_free"] <= 1
     assert row["measured_ms"] > 0 and row["predicted_ms"] > 0 and row["gmacs"] > 0 and row["steps"] == 4
     assert row["onnx_max_diff"] < 1e-3 and row["settings"]["weights"]["aux"] == 0.2
@@ -164,6 +165,10 @@ def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
         expected = model(x)
     torch.testing.assert_close(torch.from_numpy(run_onnxruntime(study / row["onnx"], [x])[0]), expected,
                                atol=1e-4, rtol=1e-4)
+    # The accuracy finalize states is the test split's; val's (what the search chose by) beside it.
+    splits = fin.load_context(study).splits
+    assert row["accuracy"] == accuracy(model, splits, split="test") and row["val_accuracy"] == accuracy(model, splits)
+    assert f"test accuracy {100 * row['accuracy']:.2f}% (val {100 * row['val_accuracy']:.2f}%" in out
     assert not (study / "finalized" / f"trial_{trial:04d}" / "state.pt").exists()
     # The report shows it.
     finalized = load_study(study).finalized

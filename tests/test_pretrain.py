@@ -14,7 +14,7 @@ from vitsearch.training import accuracy
 
 
 def test_digits_base_model_reaches_94_percent_on_test_and_val(digits_base):
-    """94.7% test / 95.3% val (seed 0) from 1,078 training digits; 96.4% held out when it trained on 1,438 before
+    """94.7% test / 95.3% val (seed 0) from 1,079 training digits; 96.4% held out when it trained on 1,438 before
     the test split was taken from train."""
     model, meta = digits_base
     assert meta["test_accuracy"] >= 0.94 and meta["val_accuracy"] >= 0.94

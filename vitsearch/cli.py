@@ -107,6 +107,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """A fraction option: a finite number in [0, 1)."""
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share in [0, 1), such as 0.2")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that name a model, shared by every command that takes one."""
     from .models import DIGITS
@@ -215,7 +223,16 @@ class PretrainCommand(Command):
         parser.add_argument("--model", default=DIGITS, metavar="NAME",
                             help="timm model name of --checkpoint (default: the built-in digits model)")
         parser.add_argument("--checkpoint", type=Path, metavar="PATH", help="base weights to fine-tune")
-        parser.add_argument("--dataset", metavar="DIR", help="ImageFolder to fit the base to (its classes)")
+        parser.add_argument("--dataset", metavar="DIR",
+                            help="ImageFolder to fit the base to (its classes): train/ with val/ and test/, or one "
+                                 "folder of class folders split by the fractions below")
+        split = FinetuneSettings()
+        parser.add_argument("--val-fraction", type=share, metavar="F",
+                            help="share of each class of --dataset held out as val when it has no val/ folder (what "
+                                 f"a search selects on; default: {split.val_fraction:g})")
+        parser.add_argument("--test-fraction", type=share, metavar="F",
+                            help="share of each class of --dataset held out as test when it has no test/ folder (the "
+                                 f"accuracy results state; default: {split.test_fraction:g}); the two sum under 1")
         parser.add_argument("--steps", type=positive_int, default=FinetuneSettings().steps,
                             help="fine-tuning steps (default: %(default)s)")
         parser.add_argument("--cache-dir", type=Path, metavar="DIR",
@@ -231,6 +248,9 @@ class PretrainCommand(Command):
 
         if args.model != DIGITS or args.checkpoint or args.dataset:
             return self.finetune(args)
+        if args.val_fraction is not None or args.test_fraction is not None:
+            raise VitsearchError("--val-fraction and --test-fraction split a --dataset folder; the built-in digits "
+                                 "model keeps its own 60/20/20 split (the search's default data)")
 
         _, meta = base_model(root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers),
                              precision=precision_of(args))
@@ -245,14 +265,18 @@ class PretrainCommand(Command):
         return 0
 
     def finetune(self, args: argparse.Namespace) -> int:
-        from .data import LoaderSettings
+        from .data import LoaderSettings, SplitFractions
         from .finetune import FinetuneSettings, finetuned_base
         from .models import DIGITS
 
         if args.model == DIGITS or args.checkpoint is None or args.dataset is None:
             raise VitsearchError("fitting a base to a data set takes --model NAME --checkpoint PATH --dataset DIR "
                                  "(the built-in digits model is trained by plain `vitsearch pretrain`)")
-        meta = finetuned_base(args.model, args.checkpoint, args.dataset, FinetuneSettings(steps=args.steps),
+        d = FinetuneSettings()
+        fractions = SplitFractions(d.val_fraction if args.val_fraction is None else args.val_fraction,
+                                   d.test_fraction if args.test_fraction is None else args.test_fraction)
+        settings = FinetuneSettings(steps=args.steps, val_fraction=fractions.val, test_fraction=fractions.test)
+        meta = finetuned_base(args.model, args.checkpoint, args.dataset, settings,
                               root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers),
                               precision=precision_of(args))
         source = "cached" if meta["cached"] else f"fine-tuned in {meta['train_seconds']:.1f} s"
@@ -494,7 +518,9 @@ class SearchCommand(Command):
         parser.add_argument("--max-train", type=positive_int, metavar="N",
                             help="use a seeded subset of N training images")
         parser.add_argument("--max-val", type=positive_int, metavar="N",
-                            help="use a seeded subset of N held-out images")
+                            help="use a seeded subset of N val images (val: what the search ranks and selects on)")
+        parser.add_argument("--max-test", type=positive_int, metavar="N",
+                            help="use a seeded subset of N test images (test: the accuracy results state)")
         add_workers_argument(parser)
         parser.add_argument("--device", default=d.device, metavar="NAME",
                             help="device whose latency table predicts latency (default: cpu, profiled if missing)")
@@ -561,7 +587,8 @@ class SearchCommand(Command):
             space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
             shared_finetune_steps=args.shared_finetune_steps, learned=args.learned, learned_steps=args.learned_steps,
             storage=args.storage, sampler=args.sampler,
-            seed=args.seed, max_train=args.max_train, max_val=args.max_val, workers=args.workers, reports=args.reports,
+            seed=args.seed, max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
+            workers=args.workers, reports=args.reports,
             tables=args.tables, train_device=args.train_device, amp=args.amp)
         if args.resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
             raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
@@ -570,24 +597,30 @@ class SearchCommand(Command):
         unpruned = next((b for b in result.baselines if b.kind == "unpruned"), None)
         print(f"study {result.folder}: {record['trials']} trials, {record['trained']} trained, "
               f"{len(result.front)} on the Pareto front")
+        print("  accuracy: on the test split, which no decision of the search reads; the front and the pick are "
+              "chosen on val (val_accuracy)")
         print(f"  budget {args.budget} = {result.budget_ms:.3f} ms on {args.device}; unpruned {result.unpruned_ms:.3f} ms"
-              + (f", accuracy {100 * unpruned.accuracy:.2f}%" if unpruned and unpruned.accuracy is not None else ""))
+              + (f", accuracy {100 * unpruned.accuracy:.2f}% (val {100 * unpruned.val_accuracy:.2f}%)"
+                 if unpruned and unpruned.accuracy is not None else ""))
         best = result.best
         if best is None:
             print("  no candidate met the budget: see trials.csv for how far over budget each one was")
         else:
-            print(f"  best under budget: {best.config}  accuracy {100 * best.accuracy:.2f}%  "
+            print(f"  best under budget (by val): {best.config}  accuracy {100 * best.accuracy:.2f}% "
+                  f"(val {100 * best.val_accuracy:.2f}%)  "
                   f"{best.predicted_ms:.3f} ms ({result.unpruned_ms / best.predicted_ms:.2f}x faster)  "
                   f"{best.gmacs:.4f} GMACs  tokens per block {list(best.block_tokens)}")
         learned = next((c for c in result.trials if c.kind == "learned"), None)
         if learned is not None:
-            print(f"  learned rates ({learned.status}): {learned.config}  accuracy {100 * learned.accuracy:.2f}%  "
+            print(f"  learned rates ({learned.status}): {learned.config}  accuracy {100 * learned.accuracy:.2f}% "
+                  f"(val {100 * learned.val_accuracy:.2f}%)  "
                   f"{learned.predicted_ms:.3f} ms  trial {learned.trial}")
         for kind in ("uniform",):
             rows = [b for b in result.baselines if b.kind == kind and b.feasible]
             if rows:
-                top = max(rows, key=lambda b: (b.accuracy, -b.predicted_ms))
-                print(f"  best uniform baseline under budget: {top.config}  accuracy {100 * top.accuracy:.2f}%  "
+                top = max(rows, key=lambda b: (b.val_accuracy, -b.predicted_ms))
+                print(f"  best uniform baseline under budget (by val): {top.config}  accuracy "
+                      f"{100 * top.accuracy:.2f}% (val {100 * top.val_accuracy:.2f}%)  "
                       f"{top.predicted_ms:.3f} ms")
         print_json(record)
         return 0
@@ -664,8 +697,9 @@ class FinalizeCommand(Command):
             measured = "not measured" if r["measured_ms"] is None else f"measured {r['measured_ms']:.3f} ms"
             if r.get("measured_at_table_speed_ms") is not None:
                 measured += f" ({r['measured_at_table_speed_ms']:.3f} ms at the table's speed)"
-            print(f"trial {r['trial']} {r['config']}: accuracy {pct(r['accuracy'])} (brief {pct(r['accuracy_brief'])}, "
-                  f"training-free {pct(r['accuracy_training_free'])}); {measured}, predicted "
+            print(f"trial {r['trial']} {r['config']}: test accuracy {pct(r['accuracy'])} (val "
+                  f"{pct(r.get('val_accuracy'))}; brief {pct(r['accuracy_brief'])}, training-free "
+                  f"{pct(r['accuracy_training_free'])}, both on test); {measured}, predicted "
                   f"{r['predicted_ms']:.3f} ms; {r['gmacs']:.4f} GMACs; {r['steps']} steps in {r['seconds']:.0f} s")
             print(f"  {r['schedule']} schedule: {r['phases']}")
             print(f"  ONNX {f.folder / 'model.onnx'} (onnxruntime vs PyTorch max diff {r['onnx_max_diff']:.2e})")
@@ -673,7 +707,8 @@ class FinalizeCommand(Command):
         if errors:
             raise RunFailure(" ".join(errors))
         print_json({"study": str(results[0].folder.parent.parent) if results else str(args.study),
-                    "finalized": [{k: f.record.get(k) for k in ("trial", "config", "accuracy", "accuracy_brief",
+                    "finalized": [{k: f.record.get(k) for k in ("trial", "config", "accuracy", "val_accuracy",
+                                                                  "accuracy_brief",
                                                                   "accuracy_training_free", "predicted_ms",
                                                                   "measured_ms", "measured_at_table_speed_ms",
                                                                   "gmacs", "steps", "onnx")}

@@ -1,7 +1,9 @@
-"""A base that fits the data: a timm model's checkpoint (an ImageNet one, say) fine-tuned with a new head for an
-ImageFolder's classes (timm's ``reset_classifier``), cached like the digits model and keyed by the model, the
-checkpoint's bytes, the data set and the settings. ``search``/``finalize`` then take the cached file as their
-``--checkpoint`` (its head gives the number of classes)."""
+"""A base that fits the data: a timm model's checkpoint (an ImageNet one, say) fine-tuned on the train split with a
+new head for an ImageFolder's classes (timm's ``reset_classifier``), cached like the digits model and keyed by the
+model, the checkpoint's bytes, the data's content (every file's split, path, size and modification time: adding an
+image is another key) and the settings, the split among them. ``search``/``finalize`` then take the cached file as
+their ``--checkpoint`` (its head gives the number of classes) and read its split from the ``meta.json`` beside it,
+so they hold out exactly the images it did not train on."""
 from __future__ import annotations
 
 import datetime as dt
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 
 from . import versions
-from .data import LoaderSettings, load_dataset
+from .data import DIGITS, DigitsSpec, LoaderSettings, SplitFractions, load_dataset, scan_image_folder
 from .errors import VitsearchError
 from .files import CACHE_FIX, cache_dir, check_writable
 from .models import create_model, file_sha256
@@ -28,6 +30,8 @@ from .training.device import CPU, Precision
 from .training.loop import accuracy, seeded, step_log, train_steps
 
 logger = logging.getLogger(__name__)
+
+FINETUNED = "finetuned"  # meta.json's kind: a base fitted to a data set, its split recorded beside its weights
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,15 @@ class FinetuneSettings:
     weight_decay: float = 0.05
     warmup_steps: int = 10
     seed: int = 0
+    # The split of a folder without val/ or test/ (what the base must not train on); search and finalize read it
+    # from the base's meta.json.
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    @property
+    def fractions(self) -> SplitFractions:
+        return SplitFractions(self.val_fraction, self.test_fraction)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,7 +67,7 @@ def finetuned_base(model_name: str, checkpoint: str | Path, dataset: str | Path,
         raise VitsearchError(f"--steps must be at least 1, got {settings.steps}")
     if not Path(checkpoint).is_file():
         raise VitsearchError(f"checkpoint {checkpoint} does not exist: pass the base weights to fine-tune")
-    identity = {"model": model_name, "sha256": file_sha256(checkpoint), "dataset": str(Path(dataset).resolve()),
+    identity = {"model": model_name, "sha256": file_sha256(checkpoint), **data_identity(dataset, settings),
                 "settings": settings.to_dict()}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     target = Path(root or cache_dir()).expanduser() / "base_models" / f"{model_name}-{key}"
@@ -72,10 +85,26 @@ def finetuned_base(model_name: str, checkpoint: str | Path, dataset: str | Path,
     return meta | {"path": str(target), "checkpoint": str(target / "model.pt")}
 
 
+def data_identity(dataset: str | Path, settings: FinetuneSettings) -> dict[str, Any]:
+    """What the fine-tuned base's cache key takes from the data: the folder, a fingerprint of its content, and the
+    split (seed, fractions, and the held-out files' fingerprint the search checks)."""
+    fractions = settings.fractions
+    if str(dataset) == DIGITS:
+        spec = DigitsSpec(val_fraction=fractions.val, test_fraction=fractions.test, seed=settings.split_seed)
+        return {"dataset": DIGITS, "content_sha256": None,
+                "split": {"seed": spec.seed, "val_fraction": fractions.val, "test_fraction": fractions.test,
+                          "sha256": None, "digits": asdict(spec)}}
+    layout = scan_image_folder(dataset, fractions=fractions, seed=settings.split_seed)
+    return {"dataset": str(layout.root), "content_sha256": layout.content_sha256(),
+            "split": {"seed": settings.split_seed, "val_fraction": fractions.val, "test_fraction": fractions.test,
+                      "sha256": layout.split_sha256()}}
+
+
 def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, settings: FinetuneSettings,
               loading: LoaderSettings, precision: Precision) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = create_model(model_name, checkpoint=checkpoint)
-    splits = load_dataset(dataset, model, seed=settings.seed, loading=loading)
+    splits = load_dataset(dataset, model, fractions=settings.fractions, seed=settings.seed,
+                          split_seed=settings.split_seed, loading=loading)
     before = int(model.num_classes)
     with seeded(settings.seed):
         model.reset_classifier(splits.num_classes)  # a new head, one output per class of the folder
@@ -107,7 +136,7 @@ def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, sett
     seconds = time.perf_counter() - start
     logger.info("fine-tuned in %.0f s: test accuracy %.2f%% (val %.2f%%)", seconds, 100 * test_accuracy,
                 100 * val_accuracy)
-    meta = {"num_classes": splits.num_classes, "classes_before": before, "val_accuracy": val_accuracy,
+    meta = {"kind": FINETUNED, "num_classes": splits.num_classes, "classes_before": before, "val_accuracy": val_accuracy,
             "test_accuracy": test_accuracy,
             "train_seconds": round(seconds, 2), "dataset_description": splits.description,
             "training": precision.to_dict(), "versions": versions(),

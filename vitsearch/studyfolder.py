@@ -37,7 +37,7 @@ RECORDS = ("trials", "front", "baselines")  # written by the search as JSON and 
 IDENTITY = ("model", "sha256", "dataset", "split", "device", "batch", "budget_ms", "space", "strategy")
 # The settings (study.json's "settings") that decide how a trial is trained and evaluated: a resume that changes
 # one would put trials evaluated differently on one front.
-EVALUATION = ("train", "dataset", "max_train", "max_val", "seed", "strategy", "shared_steps", "shared_finetune_steps")
+EVALUATION = ("train", "dataset", "max_train", "max_val", "max_test", "seed", "strategy", "shared_steps", "shared_finetune_steps")
 
 
 MAX_STUDY_NAME = 128  # characters: a folder name (255 bytes at most) that a terminal and a report title can show

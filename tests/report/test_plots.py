@@ -35,7 +35,7 @@ def test_pareto_info_splits_trials_by_feasibility_and_marks_budget_and_baselines
     # spvit uniform (84% at 1.45 ms) is beaten by trial 1; evovit uniform (89% at 1.30 ms) is not.
     assert [u.label for u in info.uniform] == ["spvit:3=0.7,5=0.7,7=0.7", "evovit:3=0.7,5=0.7,7=0.7"]
     assert info.uniform_matched == [True, False]
-    assert info.x_label == "predicted latency (ms, batch 1)" and info.y_label == "top-1 accuracy (%)"
+    assert info.x_label == "predicted latency (ms, batch 1)" and info.y_label == "top-1 accuracy on test (%)"
 
 
 def test_a_trained_trial_over_budget_is_kept_apart_from_the_feasible(study_folder):

@@ -95,13 +95,14 @@ def written(tmp_path_factory) -> Written:
 
 def test_the_markdown_report_has_the_decision_the_front_and_the_provenance(written):
     md = written.files.markdown.read_text()
-    assert "**Most accurate within the budget:** trial 2, `evovit:4=0.8`: 90.00% top-1 (-1.00 points vs unpruned " \
-           "91.00%) at 1.550 ms predicted, 1.29× faster than unpruned (2.000 ms)." in md
+    assert "**Most accurate within the budget (on val):** trial 2, `evovit:4=0.8`: 90.00% top-1 on test, -1.00 " \
+           "points vs unpruned 91.00% on test at 1.550 ms predicted, 1.29× faster than unpruned (2.000 ms)." in md
     assert "not `evovit:3=0.7,5=0.7,7=0.7`" in md  # the uniform baseline the search did not match
-    # The front table: method, placement, per-layer tokens, accuracy, predicted and measured latency, GMACs, speedup.
-    assert ("| 1 | spvit | 3: 0.7, 6: 0.7 | 65×3 · 47×3 · 35×2 | 88.00 | -3.00 | 1.400 | 1.470 | 0.406 | 1.43× |"
+    # The front table: method, placement, per-layer tokens, test accuracy, val accuracy (a record written before
+    # the test split has none), predicted and measured latency, GMACs, speedup.
+    assert ("| 1 | spvit | 3: 0.7, 6: 0.7 | 65×3 · 47×3 · 35×2 | 88.00 | -3.00 | — | 1.400 | 1.470 | 0.406 | 1.43× |"
             in md)
-    assert "| 0 | spvit | 3: 0.5 | 65×3 · 34×5 | 80.00 | -11.00 | 1.200 | — |" in md
+    assert "| 0 | spvit | 3: 0.5 | 65×3 · 34×5 | 80.00 | -11.00 | — | 1.200 | — |" in md
     # The finalized row: measured vs predicted, as measured and at the table's speed, and the fields this report
     # does not know yet, as columns.
     assert "## Finalized models" in md and "| 1.550 | 1.610 | — | 1.29× | — | -3.7 | +3.3 | 1.5 | 0.71 |" in md
@@ -243,3 +244,35 @@ def test_a_real_search_folder_renders(tmp_path):
     assert "8 completed trials: 5 trained, 3 rejected before training" in md
     assert "| 5 | evovit | 5: 0.4, 6: 0.85 | 65×5 · 28 · 25×2 | 52.09 |" in md
     assert "medians as measured: median |error| 45.1%" in md  # a table validated before drift references
+
+
+def test_the_report_states_test_and_keeps_the_front_the_search_chose_on_val(reports):
+    """Issue 25: the accuracy a report states is test's; the front and the pick are the search's, made on val. Here
+    test would choose differently: `evovit:4=0.8` is on the test front but dominated on val by `evovit:3=0.6`."""
+    from vitsearch.report.info import pareto_info
+    from vitsearch.report.tables import headline, trials_table
+
+    folder = write_study(reports, "splits")
+    val = {"spvit:3=0.5": 0.70, "spvit:3=0.7,6=0.7": 0.75, "evovit:4=0.8": 0.72, "evovit:3=0.6": 0.80}
+    trials = json.loads((folder / "trials.json").read_text())
+    for t in trials:
+        t["val_accuracy"] = val.get(t["config"])
+    (folder / "trials.json").write_text(json.dumps(trials))
+    front = [t for t in trials if t["config"] in ("spvit:3=0.5", "spvit:3=0.7,6=0.7", "evovit:3=0.6")]
+    (folder / "front.json").write_text(json.dumps(front))  # as the search writes it: chosen on val
+    study = load_study(folder)
+
+    info = pareto_info(study)
+    assert [(p.label, p.y) for p in info.front] == [("spvit:3=0.5", 80.0), ("spvit:3=0.7,6=0.7", 88.0),
+                                                    ("evovit:3=0.6", 85.0)]  # val's front, at test accuracy
+    assert info.y_label == "top-1 accuracy on test (%)"
+    text = headline(study)
+    assert "**Most accurate within the budget (on val):** trial 3, `evovit:3=0.6`: 85.00% top-1 on test " \
+           "(val 80.00%), -6.00 points vs unpruned 91.00% on test" in text
+    table = trials_table(study)
+    rows = {r[1]: r for r in table.rows}
+    assert table.headers[3:5] == ["top-1 test (%)", "val (%)"]
+    assert rows["evovit:4=0.8"][3:5] == ["90.00", "72.00"] and rows["evovit:4=0.8"][-1] == "matched"
+    assert rows["evovit:3=0.6"][-1] == "front"
+    md = write_report(study).markdown.read_text()
+    assert "Accuracy is on the test split, which no decision of the search reads" in md

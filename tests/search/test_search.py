@@ -33,7 +33,8 @@ def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, en
     for f in front:
         assert f["feasible"] and f["predicted_ms"] <= result.budget_ms
         assert (folder / f["checkpoint"]).is_file()
-        assert not any(dominates((t["accuracy"], t["predicted_ms"]), (f["accuracy"], f["predicted_ms"]))
+        # the front is chosen on val: no trained trial beats a front config there (on test one may)
+        assert not any(dominates((t["val_accuracy"], t["predicted_ms"]), (f["val_accuracy"], f["predicted_ms"]))
                        for t in trials if t["accuracy"] is not None and t["feasible"])
     assert len(list((folder / "checkpoints").glob("trial_*.pt"))) == len(front)
     baselines = json.loads((folder / "baselines.json").read_text())
@@ -42,6 +43,33 @@ def test_search_writes_trials_front_baselines_and_front_checkpoints(tmp_path, en
     record = json.loads((folder / "study.json").read_text())
     assert record["budget"] == "95%" and record["sha256"] and record["versions"]["optuna"].startswith(("4", "5"))
     assert summary(result)["trained"] == 3  # trials counts trained candidates; rejections are extra
+
+
+def test_the_search_decides_on_val_and_never_reads_test(tmp_path, env):
+    """Issue 25: val is what the search ranks and selects on, test what it states. Two searches whose test splits
+    differ (all 359 test digits, or 24 of them) sample the same configs, score them the same on val and keep the same
+    front: no decision reads test. Their stated (test) accuracies differ."""
+    full = run_search(settings(tmp_path, env, study="full-test"), progress=False)
+    small = run_search(settings(tmp_path, env, study="small-test", max_test=24), progress=False)
+
+    def decisions(result):
+        return ([(str(c.config), c.val_accuracy, c.predicted_ms) for c in result.trials],
+                [str(c.config) for c in result.front], str(result.best.config))
+
+    assert decisions(full) == decisions(small)
+    assert [c.accuracy for c in full.trials if c.accuracy is not None] != \
+        [c.accuracy for c in small.trials if c.accuracy is not None]
+    study = optuna.load_study(study_name="full-test", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(full.folder / "journal.log"))))
+    assert study.metric_names == ["val_accuracy", "predicted_latency_ms"]
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("accuracy") is not None:  # the objective is val's; test's sits beside it
+            assert t.values[0] == t.user_attrs["val_accuracy"] and 0 <= t.user_attrs["accuracy"] <= 1
+    line = summary(full)
+    assert line["best"]["val_accuracy"] == full.best.val_accuracy and line["best"]["accuracy"] == full.best.accuracy
+    record = json.loads((full.folder / "study.json").read_text())
+    assert record["splits"]["decides_by"] == "val" and record["splits"]["test_size"] == 359
+    assert json.loads((small.folder / "study.json").read_text())["splits"]["test_size"] == 24
 
 
 def test_the_cost_estimate_comes_before_the_first_result_and_adds_up(tmp_path, env, lean_space, caplog):

@@ -29,13 +29,14 @@ from ..errors import VitsearchError
 
 
 from .digits import DIGITS, DigitsSpec, digits_canvases, digits_splits, translate_within_canvas
-from .imagefolder import ImageFiles, image_folder_splits, subset
+from .imagefolder import FolderLayout, ImageFiles, image_folder_splits, scan_image_folder, subset
 from .splits import (HELD_OUT, Augment, Batch, DatasetSplits, LoaderSettings, SplitFractions, TensorImageDataset,
                      model_input, split_sha256, stratified_split)
 
-__all__ = ["DIGITS", "HELD_OUT", "Augment", "Batch", "DatasetSplits", "DigitsSpec", "ImageFiles", "LoaderSettings",
-           "SplitFractions", "TensorImageDataset", "check_num_classes", "digits_canvases", "digits_splits", "image_folder_splits",
-           "load_dataset", "model_input", "split_sha256", "stratified_split", "translate_within_canvas"]
+__all__ = ["DIGITS", "HELD_OUT", "Augment", "Batch", "DatasetSplits", "DigitsSpec", "FolderLayout", "ImageFiles",
+           "LoaderSettings", "SplitFractions", "TensorImageDataset", "check_num_classes", "digits_canvases",
+           "digits_splits", "image_folder_splits", "load_dataset", "model_input", "scan_image_folder", "split_sha256",
+           "stratified_split", "translate_within_canvas"]
 
 
 def load_dataset(

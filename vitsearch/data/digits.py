@@ -26,7 +26,7 @@ class DigitsSpec:
     canvas: int = 64  # side of the blank square canvas, in pixels
     scale: int = 2  # 8x8 digits are upscaled (nearest) to 16x16: 2x2 patches of vit_digits, each a quarter digit
     # Digits sit on a grid of this many pixels (the model's patch size), so each patch holds the same quarter of
-    # a digit wherever it is: a ViT learns from 1,078 images what to attend to, not every sub-patch shift.
+    # a digit wherever it is: a ViT learns from 1,079 images what to attend to, not every sub-patch shift.
     step: int = 8
     val_fraction: float = 0.2  # share of each class held out as val (what a search selects on)
     test_fraction: float = 0.2  # share of each class held out as test (what results state)
@@ -103,7 +103,7 @@ def translate_within_canvas(images: torch.Tensor, generator: torch.Generator, *,
                             background: Sequence[float], step: int = 1) -> torch.Tensor:
     """Move each image's content to a random place where it still fits, filling with ``background``.
 
-    The digits' training augmentation: placements seen in training then cover the canvas, not just the 1,078
+    The digits' training augmentation: placements seen in training then cover the canvas, not just the 1,079
     fixed ones, which a ViT with learned position embeddings needs to generalise to held-out placements.
     Shifts are multiples of ``step`` (the model's input pixels), so grid-aligned content stays aligned.
     """

@@ -4,10 +4,13 @@ its key."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +20,8 @@ from ..errors import VitsearchError
 
 
 from .splits import HELD_OUT, DatasetSplits, SplitFractions, model_input, split_sha256, stratified_split
+
+logger = logging.getLogger(__name__)
 
 
 class ImageFiles(Dataset):
@@ -81,45 +86,66 @@ def _seeded_generators(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def image_folder_splits(root: str | Path, model: torch.nn.Module, *, fractions: SplitFractions = SplitFractions(),
-                        seed: int = 0) -> DatasetSplits:
-    """An ImageFolder tree for ``model`` as train / val / test: timm's training transform on train, its eval
-    transform on the held-out splits.
+@dataclass(frozen=True)
+class FolderLayout:
+    """An ImageFolder's files as train / val / test, before any model: what is split, and how."""
 
-    Folders given are used as given: ``root/train`` with ``root/val`` and ``root/test``. A held-out folder that is
-    missing is split off train (seeded by ``seed``, stratified by class, its share from ``fractions``): with
-    ``val/`` alone beside ``train/``, test is ``fractions.test`` of train's images (and the reverse); ``root/train``
-    alone, or a folder of class folders, is split three ways.
-    """
-    from timm.data import create_transform
+    root: Path  # the data set folder, resolved
+    classes: tuple[str, ...]
+    splits: Mapping[str, list[tuple[str, int]]]  # "train", "val", "test" -> (path, class index), disjoint
+    how: str  # which splits were given as folders and which were held out of train, for the description
+    seed: int
+    fractions: SplitFractions
 
+    def split_sha256(self) -> str:
+        """The held-out splits' fingerprint: their files' paths relative to the root."""
+        return split_sha256({k: [os.path.relpath(p, self.root) for p, _ in self.splits[k]] for k in HELD_OUT})
+
+    def content_sha256(self) -> str:
+        """A fingerprint of what the splits hold: each file's split, relative path, size and modification time.
+        Adding, removing, replacing or moving an image changes it (what a cache keyed by the data needs)."""
+        h = hashlib.sha256()
+        for split in ("train", *HELD_OUT):
+            for p, label in self.splits[split]:
+                st = os.stat(p)
+                h.update(f"{split}\0{os.path.relpath(p, self.root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                         .encode())
+        return h.hexdigest()
+
+
+def scan_image_folder(root: str | Path, *, fractions: SplitFractions = SplitFractions(),
+                      seed: int = 0) -> FolderLayout:
+    """An ImageFolder tree's files as train / val / test (see :func:`image_folder_splits`); needs no model."""
     path = Path(root).expanduser()
     if not path.exists():
         raise VitsearchError(f"data set path {str(path)!r} does not exist: expected 'digits' or {_LAYOUT}")
     if not path.is_dir():
         raise VitsearchError(f"data set path {str(path)!r} is not a folder: expected 'digits' or {_LAYOUT}")
     path = path.resolve()
-    cfg = model_input(model)
-    mode = "L" if cfg["input_size"][0] == 1 else "RGB"
-
-    def files(samples: Sequence[tuple[str, int]], training: bool) -> ImageFiles:
-        return ImageFiles(path, samples, create_transform(**cfg, is_training=training), mode, augmented=training)
-
     train_dir = path / "train"
     given = {split: path / split for split in HELD_OUT if (path / split).is_dir()}
     if given and not train_dir.is_dir():
         raise VitsearchError(f"{str(path)!r} has {'/ and '.join(given)}/ but no train/: expected {_LAYOUT}")
     folder = train_dir if train_dir.is_dir() else path
-    classes, samples = _scan(folder)
+    classes, samples, files = _scan(folder)
+    owner = {key: ("train", p) for key, p in files.items()}  # file identity -> (split folder, path)
     held: dict[str, list[tuple[str, int]]] = {}
     for split, split_dir in given.items():
-        split_classes, split_samples = _scan(split_dir)
+        split_classes, split_samples, split_files = _scan(split_dir)
         if split_classes != classes:
             only_train = sorted(set(classes) - set(split_classes))[:5]
             only_split = sorted(set(split_classes) - set(classes))[:5]
             raise VitsearchError(
                 f"train/ and {split}/ in {str(path)!r} hold different classes (only in train: {only_train}, only "
-                f"in {split}: {only_split}): both need the same class folders")
+                f"in {split}: {only_split}): {split}/ needs exactly the class folders of train/")
+        twice = sorted((owner[k], p) for k, p in split_files.items() if k in owner)
+        if twice:
+            (other, first), second = twice[0]
+            raise VitsearchError(
+                f"{os.path.relpath(first, path)!r} and {os.path.relpath(second, path)!r} in {str(path)!r} are one "
+                f"file (hard links; {len(twice)} such) in {other}/ and {split}/: an image in two splits is scored on "
+                "what the model trained on or selected by. Keep each image in one split folder")
+        owner.update((k, (split, p)) for k, p in split_files.items())
         held[split] = split_samples
     # What the folders do not give is split off train: only the missing splits get a share.
     missing = SplitFractions(0.0 if "val" in held else fractions.val, 0.0 if "test" in held else fractions.test)
@@ -137,28 +163,95 @@ def image_folder_splits(root: str | Path, model: torch.nn.Module, *, fractions: 
             f"{'train/' if folder == train_dir else 'each class'} held out (stratified, seed {seed})")
     else:
         how = "train/, val/ and test/ as given"
-    train, val, test = files(samples, True), files(held["val"], False), files(held["test"], False)
-    digest = split_sha256({k: [os.path.relpath(p, path) for p, _ in held[k]] for k in HELD_OUT})
+    return FolderLayout(path, tuple(classes), {"train": samples, **held}, how, seed, fractions)
+
+
+def image_folder_splits(root: str | Path, model: torch.nn.Module, *, fractions: SplitFractions = SplitFractions(),
+                        seed: int = 0) -> DatasetSplits:
+    """An ImageFolder tree for ``model`` as train / val / test: timm's training transform on train, its eval
+    transform on the held-out splits.
+
+    Folders given are used as given: ``root/train`` with ``root/val`` and ``root/test``. A held-out folder that is
+    missing is split off train (seeded by ``seed``, stratified by class, its share from ``fractions``): with
+    ``val/`` alone beside ``train/``, test is ``fractions.test`` of train's images (and the reverse); ``root/train``
+    alone, or a folder of class folders, is split three ways. No file is in two splits: a folder is walked without
+    following symlinked folders, a symlinked image counts only where it points inside its own split folder, and
+    one file (one inode: hard links, symlinks) counts once; one file in two given split folders is refused.
+    """
+    from timm.data import create_transform
+
+    layout = scan_image_folder(root, fractions=fractions, seed=seed)
+    path = layout.root
+    cfg = model_input(model)
+    mode = "L" if cfg["input_size"][0] == 1 else "RGB"
+
+    def files(split: str) -> ImageFiles:
+        training = split == "train"
+        return ImageFiles(path, layout.splits[split], create_transform(**cfg, is_training=training), mode,
+                          augmented=training)
+
+    train, val, test = files("train"), files("val"), files("test")
+    classes = layout.classes
     description = (f"ImageFolder {str(path)!r}: {len(classes)} classes, {len(train)} train / {len(val)} val / "
-                   f"{len(test)} test ({how}); timm train transform for train, eval transform for val and test, at "
-                   f"{tuple(cfg['input_size'])}")
-    provenance = {"name": path.name, "source": str(path), "layout": how, "num_classes": len(classes),
-                  "split_seed": seed, "split_sha256": digest,
+                   f"{len(test)} test ({layout.how}); timm train transform for train, eval transform for val and "
+                   f"test, at {tuple(cfg['input_size'])}")
+    provenance = {"name": path.name, "source": str(path), "layout": layout.how, "num_classes": len(classes),
+                  "split_seed": seed, "val_fraction": fractions.val, "test_fraction": fractions.test,
+                  "split_sha256": layout.split_sha256(), "content_sha256": layout.content_sha256(),
                   "train_size": len(train), "val_size": len(val), "test_size": len(test),
                   "input_size": list(cfg["input_size"]),
                   "mean": list(cfg["mean"]), "std": list(cfg["std"]), "transforms": "timm create_transform"}
     return DatasetSplits(path.name, train, val, test, len(classes), tuple(classes), description, provenance)
 
 
-def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class folder names and (path, class index) of every image, as torchvision's ImageFolder finds them."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]], dict[tuple[int, int], str]]:
+    """Class folder names, (path, class index) of every image in torchvision's ImageFolder order, and each
+    image's file identity (device, inode) -> its path.
 
+    Unlike torchvision's ``make_dataset`` (``os.walk(followlinks=True)``), symlinked folders are not followed
+    (``c0/loop -> .`` would list the class again, without end), a symlinked image counts only where it points
+    inside ``folder``, and one file reached by two names (hard links, symlinks) counts once, under its first name.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = str(folder.resolve())
     try:
-        classes, class_to_idx = find_classes(str(folder))
-        return classes, make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as e:  # torchvision's words for "no class folders" and "a class without images"
-        raise VitsearchError(f"no images found in {str(folder)!r} ({e}): expected {_LAYOUT}") from e
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+    except OSError as e:
+        raise VitsearchError(f"cannot read {root!r} ({e.strerror}): expected {_LAYOUT}") from e
+    if not classes:
+        raise VitsearchError(f"no class folders found in {root!r}: expected {_LAYOUT}")
+    samples: list[tuple[str, int]] = []
+    seen: dict[tuple[int, int], str] = {}
+    skipped = {"symlinked folders (not followed)": 0, "symlinks to outside the folder": 0,
+               "second names (links) of files already listed": 0}
+    for idx, c in enumerate(classes):
+        found = 0
+        for dirpath, dirnames, filenames in sorted(os.walk(os.path.join(root, c), followlinks=False)):
+            skipped["symlinked folders (not followed)"] += sum(os.path.islink(os.path.join(dirpath, d)) for d in dirnames)
+            for name in sorted(filenames):
+                p = os.path.join(dirpath, name)
+                if not name.lower().endswith(IMG_EXTENSIONS):
+                    continue
+                real = os.path.realpath(p)
+                if os.path.commonpath([real, root]) != root or not os.path.isfile(real):
+                    skipped["symlinks to outside the folder"] += 1
+                    continue
+                st = os.stat(real)
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    skipped["second names (links) of files already listed"] += 1
+                    continue
+                seen[key] = p
+                samples.append((p, idx))
+                found += 1
+        if not found:
+            raise VitsearchError(f"no images found in class folder {os.path.join(root, c)!r}: give every class at "
+                                 f"least one image ({', '.join(ext for ext in IMG_EXTENSIONS)}), or remove the "
+                                 f"folder; expected {_LAYOUT}")
+    if any(skipped.values()):
+        logger.warning("%s: left out %s", root, "; ".join(f"{what}: {n}" for what, n in skipped.items() if n))
+    return classes, samples, seen
 
 
 def subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:

@@ -16,7 +16,8 @@ METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy"}
 
 
 def metric_label(metric: str) -> str:
-    return f"{METRIC_NAMES.get(metric, metric)} (%)"
+    """The accuracy axis: the test split's accuracy (the front on it was chosen on val)."""
+    return f"{METRIC_NAMES.get(metric, metric)} on test (%)"
 
 
 def latency_label(study: StudyRecord) -> str:
@@ -122,8 +123,11 @@ def _point(e: Entry, cost: Callable[[Entry], float | None]) -> Point | None:
     return Point(float(x), 100.0 * e.accuracy, e.config, e.trial)
 
 
-def _front_of(points: Sequence[Point]) -> list[Point]:
-    return [points[i] for i in pareto_front([(p.y, p.x) for p in points])]
+def _front_of(entries: Sequence[Entry], points: Sequence[Point]) -> list[Point]:
+    """The points (test accuracy) of the entries on the front chosen by val accuracy, as the search chose it: the
+    report never picks by test. By ascending cost."""
+    ranked = [(e.ranked_by, p.x) for e, p in zip(entries, points)]
+    return sorted((points[i] for i in pareto_front(ranked)), key=lambda p: p.x)
 
 
 def _latency(e: Entry) -> float:
@@ -140,21 +144,26 @@ def pareto_info(study: StudyRecord, *, cost: str = "latency") -> ParetoInfo:
     if cost not in ("latency", "gmacs"):
         raise ValueError(f"cost must be 'latency' or 'gmacs', got {cost!r}")
     of = _latency if cost == "latency" else _gmacs
-    trained, infeasible, rejected = [], [], []
+    trained, infeasible, rejected, kept = [], [], [], []
     for t in study.trials:
         p = _point(t, of)
         if p is not None:
             (trained if t.feasible else infeasible).append(p)
+            if t.feasible:
+                kept.append(t)
         elif cost == "latency":
             rejected.append(t.predicted_ms)
-    front = _front_of(trained)
+    front = _front_of(kept, trained)
     budget = study.budget_ms if cost == "latency" else None
     # The staircase runs on to the budget: up to it, the front's last config is the best one can ship.
     right = budget if budget is not None else max((p.x for p in trained), default=None)
     step_x, step_y = front_steps(front, right)
     unpruned = _point(study.unpruned, of) if study.unpruned else None
-    uniform = [p for p in (_point(b, of) for b in study.baselines if b.kind == "uniform") if p is not None]
-    matched = [dominated_by_front([(f.y, f.x) for f in front], (u.y, u.x)) for u in uniform]
+    uniform_entries = [b for b in study.baselines if b.kind == "uniform" and _point(b, of) is not None]
+    uniform = [p for p in (_point(b, of) for b in uniform_entries) if p is not None]
+    by_val = {e.config: e.ranked_by for e in kept}
+    matched = [dominated_by_front([(by_val[f.label], f.x) for f in front], (b.ranked_by, u.x))
+               for b, u in zip(uniform_entries, uniform)]
     x_label = latency_label(study) if cost == "latency" else "GMACs per image (10⁹ multiply-accumulates in matmuls)"
     core = trained or infeasible
     box = view_box([p.x for p in core] + ([budget] if budget is not None else []),

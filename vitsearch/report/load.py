@@ -33,7 +33,7 @@ class Entry:
     method: str
     kind: str  # "search", "unpruned", "uniform" or "finalized"
     predicted_ms: float
-    accuracy: float | None  # None: rejected before training (over budget)
+    accuracy: float | None  # on test: the accuracy the report states; None: rejected before training (over budget)
     gmacs: float | None
     feasible: bool  # within the budget (and the selector limit)
     blocks: tuple[int, ...]  # selector placement
@@ -46,10 +46,17 @@ class Entry:
     measured_source: str | None = None  # "finalized" or "validation"
     train_seconds: float = 0.0  # brief training of this candidate (0: not trained, or a repeat)
     extra: Mapping[str, Any] = field(default_factory=dict)  # fields this report does not know (kept, not shown)
+    val_accuracy: float | None = None  # on val: what the search ranked and selected by
 
     @property
     def trained(self) -> bool:
         return self.accuracy is not None
+
+    @property
+    def ranked_by(self) -> float | None:
+        """The accuracy the search decided by: val's (a record written before vitsearch held out a test split has
+        one accuracy only, and the search decided by it)."""
+        return self.val_accuracy if self.val_accuracy is not None else self.accuracy
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], *, default_kind: str = "search") -> "Entry":
@@ -67,6 +74,7 @@ class Entry:
             checkpoint=record.get("checkpoint"), measured_ms=measured,
             measured_source=str(record.get("measured_source", default_kind)) if measured is not None else None,
             train_seconds=float(record.get("train_seconds") or 0.0),
+            val_accuracy=_float_or_none(record.get("val_accuracy")),
             extra={k: v for k, v in record.items() if k not in known})
 
 

@@ -15,8 +15,8 @@ from typing import Any, Sequence, Union
 from . import draw
 from .info import flops_info, overlay_info, pareto_info, token_info, validation_info
 from .load import StudyRecord, load_study
-from .tables import (DASH, MEASURED_NOTE, Table, baselines_table, entry_headers, entry_rows, finalized_table, headline,
-                     settings_table, trials_table, validation_text)
+from .tables import (DASH, MEASURED_NOTE, SPLITS_NOTE, Table, baselines_table, entry_headers, entry_rows,
+                     finalized_table, headline, settings_table, trials_table, validation_text)
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def build_figures(study: StudyRecord, folder: Path) -> list[Figure]:
     lat = pareto_info(study)
     add("pareto", "Accuracy vs predicted latency", (
         f"Every trial at its predicted latency on {study.device}; grey: over the budget (ticks on the axis: rejected "
-        "before training, so without accuracy). The step line is the Pareto front: the best accuracy reachable at each "
-        "latency. Black star: the unpruned model; diamonds: uniform keep ratios at the standard placements."),
+        "before training, so without accuracy). Accuracy on the test split. The step line is the search's Pareto front, "
+        "chosen on val accuracy (never on test) and drawn at each config's test accuracy. Black star: the unpruned model; diamonds: uniform keep ratios at the standard placements."),
         draw.draw_pareto(lat))
     tokens = token_info([study])
     if tokens.lines:
@@ -103,7 +103,8 @@ def sections(study: StudyRecord, figures: Sequence[Figure]) -> list[Section]:
     out = [Section("Summary", [headline(study)] + [f"Note: {n}" for n in study.notes])]
     front: list[Block] = []
     if study.front:
-        front.append(Table(entry_headers(study, "trial"), entry_rows(study.front, study), note=MEASURED_NOTE,
+        front.append(Table(entry_headers(study, "trial"), entry_rows(study.front, study),
+                           note="The front is chosen on val. " + SPLITS_NOTE + " " + MEASURED_NOTE,
                            css_class="front"))
     else:
         front.append("No config is on the Pareto front yet: no trial was trained within the budget.")

@@ -1,5 +1,5 @@
-"""Evaluating candidates: predicted latency, and within budget brief training (or the shared supernet), accuracy
-and GMACs."""
+"""Evaluating candidates: predicted latency, and within budget brief training (or the shared supernet), accuracy on
+val (what the search decides by) and on test (what it states), and GMACs."""
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +37,15 @@ def training_seconds(per_config_step: float, settings: SearchSettings, baselines
     return candidate, (settings.trials + baselines) * candidate + supernet
 
 
+def held_out_accuracies(model: nn.Module, setup: Setup) -> tuple[float, float]:
+    """(val, test) accuracy of a trained candidate: val is what the search decides by, test what it states."""
+    return (accuracy(model, setup.splits, precision=setup.precision),
+            accuracy(model, setup.splits, precision=setup.precision, split="test"))
+
+
 class Evaluator:
-    """Turns a config into a Candidate: predicted latency, and if within budget brief training, accuracy, GMACs."""
+    """Turns a config into a Candidate: predicted latency, and if within budget brief training, val and test
+    accuracy, GMACs."""
 
     def __init__(self, setup: Setup, settings: SearchSettings) -> None:
         self.setup, self.settings = setup, settings
@@ -79,7 +86,7 @@ class Evaluator:
             # Only the shared strategy's candidates are trained with 0 steps of their own (in the supernet); a
             # library caller's brief search of 0 steps measures the untrained config, and says so.
             cand.status = "not trained (0 steps): accuracy of the untrained config"
-        cand.accuracy = accuracy(model, setup.splits, precision=setup.precision)
+        cand.val_accuracy, cand.accuracy = held_out_accuracies(model, setup)
         cand.gmacs = gmacs(model)
         if trial is not None:
             path = setup.folder.checkpoint(trial)

@@ -30,11 +30,11 @@ import torch
 from ..errors import VitsearchError
 from ..flops import gmacs
 from ..pruning import PruneConfig, apply, kept_tokens, token_schedule
-from ..training import accuracy, train_candidate
+from ..training import train_candidate
 from ..training.learned import LearnSettings, learn_rates, rates_config
-from .evaluation import Evaluator
+from .evaluation import Evaluator, held_out_accuracies
 from .record import CONSTRAINTS_LIST_KEY
-from .settings import LEARNED as KIND, Candidate, SearchSettings
+from .settings import LEARNED as KIND, TRAINED_ATTRS, Candidate, SearchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,8 @@ def run_learned(evaluator: Evaluator, study: optuna.Study) -> Candidate:
     apply(model, config)
     result = train_candidate(model, base, setup.splits, s.train, latency=evaluator.latency, precision=setup.precision)
     pred = predictor.predict(config)
-    cand = Candidate(config, KIND, pred.total_ms, accuracy=accuracy(model, setup.splits, precision=setup.precision),
+    val_accuracy, test_accuracy = held_out_accuracies(model, setup)
+    cand = Candidate(config, KIND, pred.total_ms, accuracy=test_accuracy, val_accuracy=val_accuracy,
                      gmacs=gmacs(model), train_seconds=run.seconds + result.seconds, feasible=merge.within_budget,
                      status="trained (learned rates)" if merge.within_budget else
                      f"learned, but over budget by {pred.total_ms - setup.budget_ms:.3f} ms: the fastest merge of "
@@ -251,11 +252,11 @@ def record(study: optuna.Study, cand: Candidate, budget_ms: float, max_selectors
     and what was learned."""
     constraints = {"latency_ms": cand.predicted_ms - budget_ms,
                    "selectors": float(max(len(cand.config.keep) - max_selectors, 1 - len(cand.config.keep)))}
-    attrs = {k: getattr(cand, k) for k in ("accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status")}
+    attrs = {k: getattr(cand, k) for k in TRAINED_ATTRS}
     attrs.update(kind=KIND, config=str(cand.config), predicted_ms=cand.predicted_ms,
                  block_tokens=list(cand.block_tokens), learned_rates={str(b): r for b, r in run.rates.items()},
                  learned_history=run.history, learned_settings=learn.to_dict(), train_steps=total_steps)
     study.add_trial(optuna.trial.create_trial(
-        values=[cand.accuracy, cand.predicted_ms], user_attrs=attrs, constraints=constraints,
+        values=[cand.val_accuracy, cand.predicted_ms], user_attrs=attrs, constraints=constraints,
         system_attrs={CONSTRAINTS_LIST_KEY: [float(v) for v in constraints.values()]}))
 

@@ -1,7 +1,9 @@
 """How a search is written into Optuna's storage, so that Optuna's own tools read it right.
 
 - The objectives are named (``study.set_metric_names``): optuna-dashboard, ``optuna.visualization`` and
-  ``trials_dataframe()`` show ``accuracy`` and ``predicted_latency_ms`` instead of ``0`` and ``1``.
+  ``trials_dataframe()`` show ``val_accuracy`` and ``predicted_latency_ms`` instead of ``0`` and ``1``. The
+  objective is the val split's accuracy, what the search decides by; the test split's (the accuracy vitsearch
+  states) is the user attr ``accuracy``, which no decision reads.
 - Each constraint is stored in both forms Optuna's ecosystem reads: by name (``trial.set_constraint``, read by
   ``FrozenTrial.constraints``, the samplers and ``plot_pareto_front``), and as one list under ``"constraints"``, the
   form samplers' ``constraints_func`` wrote before Optuna 5 and the only one optuna-dashboard (0.21) reads: a trial
@@ -13,7 +15,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Mapping
 
-OBJECTIVES = ("accuracy", "predicted_latency_ms")
+OBJECTIVES = ("val_accuracy", "predicted_latency_ms")
 DIRECTIONS = ("maximize", "minimize")
 CONSTRAINTS_LIST_KEY = "constraints"  # optuna-dashboard's ``CONSTRAINTS_KEY``; Optuna's old list form
 # Returned as a rejected trial's accuracy: Optuna needs a value for a complete trial. The trial's constraints mark it
@@ -41,8 +43,9 @@ def describe(study: Any, *, metric: str, device: str, batch: int, budget: str, b
         study.set_metric_names(list(OBJECTIVES))
     attrs: dict[str, Any] = {
         "objectives": {
-            "accuracy": f"{metric} accuracy on the held-out split (0..1) after brief training; "
-                        f"{REJECTED_ACCURACY} for a trial rejected before training (infeasible, never on a front)",
+            "val_accuracy": f"{metric} accuracy on the val split (0..1) after brief training: what the search "
+                            f"ranks and selects by; {REJECTED_ACCURACY} for a trial rejected before training "
+                            "(infeasible, never on a front)",
             "predicted_latency_ms": f"latency predicted from the {device} latency table, batch {batch} (ms)",
         },
         "constraints": {
@@ -50,6 +53,8 @@ def describe(study: Any, *, metric: str, device: str, batch: int, budget: str, b
             "selectors": "selectors over the space's limit, or 1 for none (<= 0: allowed)",
         },
         "budget_ms": budget_ms, "unpruned_ms": unpruned_ms, "device": device, "batch": batch,
+        "accuracy": f"user attr accuracy: {metric} accuracy on the test split (0..1) after brief training, the "
+                    "accuracy vitsearch states for the candidate; never read by the sampler or the front",
         "gmacs": "user attr gmacs: 10^9 multiply-accumulates per image in matmuls (linear layers and attention "
                  "products), the convention of every vitsearch figure",
         "status": "user attr status: trained, rejected before training (and why), or same config as an earlier trial",

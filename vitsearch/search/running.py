@@ -16,7 +16,7 @@ from .coverage import CoverageSampler, FeasibleSet, NoModelLeft
 from .evaluation import Evaluator
 from .learned import check_learned, learned_trial, run_learned
 from .record import REJECTED_ACCURACY, describe, set_constraints
-from .settings import Candidate, SearchResult, SearchSettings
+from .settings import TRAINED_ATTRS, Candidate, SearchResult, SearchSettings
 from .setup import Setup, prepare, write_provenance
 from .storage import (Heartbeat, collect, count_trained, database_failures, open_optuna_study, recover_stale_trials,
                       requeue, worker_id)
@@ -69,7 +69,8 @@ def run_baseline(evaluator: Evaluator, trial: Any, kind: str, config: PruneConfi
     cand.feasible = cand.predicted_ms <= evaluator.setup.budget_ms
     trial.study.set_user_attr(f"baseline:{config}", cand.to_dict())
     trial.set_user_attr("status", f"baseline {config}")
-    logger.info("baseline %s: accuracy %.4f, %.3f ms", config, cand.accuracy, cand.predicted_ms)
+    logger.info("baseline %s: test accuracy %.4f (val %.4f), %.3f ms", config, cand.accuracy, cand.val_accuracy,
+                cand.predicted_ms)
 
 
 def evaluate_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
@@ -142,10 +143,10 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
         if on_train is not None:
             on_train(trial.number, config)
         cand = evaluator.evaluate(config, "search", trial=trial.number)
-        for k in ("accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status"):
+        for k in TRAINED_ATTRS:  # val_accuracy (the objective) and accuracy (test: stated, never decided by)
             trial.set_user_attr(k, getattr(cand, k))
         trial.set_user_attr("block_tokens", list(cand.block_tokens))
-        return cand.accuracy, pred.total_ms
+        return cand.val_accuracy, pred.total_ms
 
     return objective
 
@@ -160,9 +161,10 @@ def record_study(evaluator: Evaluator, study: Any) -> list[Candidate]:
 
 
 def write_results(setup: Setup, trials: list[Candidate], baselines: list[Candidate]) -> list[Candidate]:
-    """trials.csv/json, front.csv/json; checkpoints of configs off the front are removed."""
-    trained = [c for c in trials if c.feasible and c.accuracy is not None]
-    on_front = pareto_front([(c.accuracy, c.predicted_ms) for c in trained])
+    """trials.csv/json, front.csv/json; checkpoints of configs off the front are removed. The front is chosen on
+    val accuracy, never on test."""
+    trained = [c for c in trials if c.feasible and c.val_accuracy is not None]
+    on_front = pareto_front([(c.val_accuracy, c.predicted_ms) for c in trained])
     front = [trained[i] for i in on_front]
     # Only finished trials' checkpoints: a trial another worker is still training keeps the one it just saved.
     # By trial number: the checkpoint attribute a storage holds is never a path used (studyfolder.py).
@@ -217,13 +219,13 @@ def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
                 heartbeat.trial(None)
             recover_stale_trials(study, settings.heartbeat_s)  # a worker that died meanwhile, on any host
             record_study(evaluator, study)
-            acc = trial.user_attrs.get("accuracy")
+            acc, val = trial.user_attrs.get("accuracy"), trial.user_attrs.get("val_accuracy")
             if acc is not None:
                 bar.update(1)
             bar.set_postfix_str(f"trial {trial.number} done, sampling the next")
             logger.log(logging.DEBUG if progress else logging.INFO, "trial %d %s: %s%s", trial.number,
                        trial.user_attrs.get("config", "?"), trial.user_attrs.get("status", "?"),
-                       f", accuracy {acc:.4f}" if acc is not None else "")
+                       f", test accuracy {acc:.4f} (val {val:.4f})" if acc is not None else "")
             complete = study.get_trials(deepcopy=False, states=finished)
             trained = count_trained(study, complete)
             # Running candidates count too: workers sharing a database stop together at settings.trials.
@@ -306,16 +308,18 @@ def _quiet_interrupt() -> Any:
 
 
 def summary(result: SearchResult) -> dict[str, Any]:
-    """The JSON line the CLI ends with."""
+    """The JSON line the CLI ends with: ``accuracy`` on test, ``val_accuracy`` (what the search chose by) beside."""
     best = result.best
     unpruned = next((b for b in result.baselines if b.kind == "unpruned"), None)
     return {
         "study": str(result.folder), "budget_ms": round(result.budget_ms, 4), "unpruned_ms": round(result.unpruned_ms, 4),
         "unpruned_accuracy": unpruned.accuracy if unpruned else None,
+        "unpruned_val_accuracy": unpruned.val_accuracy if unpruned else None,
         "trials": len(result.trials), "trained": sum(c.accuracy is not None for c in result.trials),
-        "front": [{"config": str(c.config), "accuracy": c.accuracy, "predicted_ms": round(c.predicted_ms, 4)}
-                  for c in result.front],
+        "front": [{"config": str(c.config), "accuracy": c.accuracy, "val_accuracy": c.val_accuracy,
+                   "predicted_ms": round(c.predicted_ms, 4)} for c in result.front],
         "best": None if best is None else {"config": str(best.config), "accuracy": best.accuracy,
+                                           "val_accuracy": best.val_accuracy,
                                            "predicted_ms": round(best.predicted_ms, 4), "gmacs": best.gmacs,
                                            "block_tokens": list(best.block_tokens)},
     }

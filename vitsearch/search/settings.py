@@ -13,6 +13,8 @@ from .budget import parse_budget
 
 STRATEGIES = ("brief", "shared")
 LEARNED = "learned"  # the kind of the learned strategy's trial (search/learned.py)
+# What a trained candidate stores in its trial's user attrs (and its records): both held-out accuracies first.
+TRAINED_ATTRS = ("val_accuracy", "accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status")
 
 SAMPLERS = ("tpe", "random")
 
@@ -49,6 +51,7 @@ class SearchSettings:
     seed: int = 0
     max_train: int | None = None  # subset sizes for large ImageFolder data sets
     max_val: int | None = None
+    max_test: int | None = None
     train_device: str = "auto"  # where training runs (vitsearch.training.device); ``device`` is the latency target
     amp: bool = True  # mixed precision on a CUDA GPU (bf16, or fp16 with a grad scaler); the CPU is always fp32
     workers: int = 0  # DataLoader processes for ImageFolder images (speed only: results do not depend on it)
@@ -78,12 +81,16 @@ class SearchSettings:
 
 @dataclass
 class Candidate:
-    """One evaluated config: a trial of the study or a baseline."""
+    """One evaluated config: a trial of the study or a baseline.
+
+    Two accuracies, each from its split: ``val_accuracy`` is what the search decides by (Optuna's objective, the
+    front, the best pick); ``accuracy`` is on the test split, which no decision reads: the model's accuracy as
+    reports and records state it."""
 
     config: PruneConfig
     kind: str  # "search", LEARNED (the learned strategy's trial), "unpruned" or "uniform"
     predicted_ms: float
-    accuracy: float | None = None  # None: rejected before training
+    accuracy: float | None = None  # on test: the accuracy stated; None: rejected before training
     gmacs: float | None = None
     train_seconds: float = 0.0
     trial: int | None = None
@@ -92,6 +99,7 @@ class Candidate:
     block_tokens: tuple[int, ...] = ()
     selection_ms: float = 0.0
     checkpoint: str | None = None
+    val_accuracy: float | None = None  # on val: what the search ranks and selects by; None: not trained
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -120,6 +128,6 @@ class SearchResult:
 
     @property
     def best(self) -> Candidate | None:
-        """The most accurate feasible candidate (the faster one on ties)."""
-        ok = [c for c in self.trials if c.feasible and c.accuracy is not None]
-        return max(ok, key=lambda c: (c.accuracy, -c.predicted_ms), default=None)
+        """The feasible candidate the search picks: the most accurate on val (the faster one on ties)."""
+        ok = [c for c in self.trials if c.feasible and c.val_accuracy is not None]
+        return max(ok, key=lambda c: (c.val_accuracy, -c.predicted_ms), default=None)

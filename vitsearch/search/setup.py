@@ -61,12 +61,29 @@ def load_base(settings: SearchSettings) -> tuple[nn.Module, dict[str, Any]]:
             f"model {settings.model!r} needs trained weights to search: pass --checkpoint PATH (a timm/PyTorch "
             "state_dict or .safetensors), or use the embedded default --model digits")
     model = create_model(settings.model, checkpoint=settings.checkpoint)
-    # A checkpoint carries no split: what a folder does not give is split with seed 0 and the default fractions,
-    # never the search's seed (as `vitsearch pretrain --dataset` splits it).
-    fractions = SplitFractions()
     return model, {"model": settings.model, "checkpoint": str(Path(settings.checkpoint).resolve()),
-                   "sha256": file_sha256(settings.checkpoint),
-                   "split": {"seed": 0, "val_fraction": fractions.val, "test_fraction": fractions.test, "sha256": None}}
+                   "sha256": file_sha256(settings.checkpoint), "split": checkpoint_split(Path(settings.checkpoint))}
+
+
+def checkpoint_split(checkpoint: Path) -> dict[str, Any]:
+    """The split a checkpoint's base was trained with: a base `vitsearch pretrain --dataset` fitted records it in
+    the meta.json beside its weights (with the held-out files' sha256, so data changed since is refused); any
+    other checkpoint carries none, and what a folder does not give is split with seed 0 and the default fractions,
+    never the search's seed."""
+    from ..finetune import FINETUNED
+
+    meta_file = checkpoint.with_name("meta.json")
+    if checkpoint.name == "model.pt" and meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError) as e:
+            raise VitsearchError(f"{meta_file} beside the checkpoint cannot be read ({e}): it records the split the "
+                                 "base was fitted with; fit it again with: vitsearch pretrain --model NAME "
+                                 "--checkpoint PATH --dataset DIR --retrain") from e
+        if isinstance(meta, dict) and meta.get("kind") == FINETUNED and isinstance(meta.get("split"), dict):
+            return {k: meta["split"].get(k) for k in ("seed", "val_fraction", "test_fraction", "sha256")}
+    fractions = SplitFractions()
+    return {"seed": 0, "val_fraction": fractions.val, "test_fraction": fractions.test, "sha256": None}
 
 
 def load_splits(settings: SearchSettings, base: nn.Module, split: dict[str, Any], *, pin_memory: bool = False) -> Any:
@@ -78,13 +95,15 @@ def load_splits(settings: SearchSettings, base: nn.Module, split: dict[str, Any]
     fractions = SplitFractions(split.get("val_fraction", default.val), split.get("test_fraction", default.test))
     splits = load_dataset(settings.dataset, base, fractions=fractions, seed=settings.seed, split_seed=split["seed"],
                           max_train=settings.max_train, max_val=settings.max_val,
+                          max_test=settings.max_test,
                           loading=LoaderSettings(settings.workers, pin_memory=pin_memory))
     digest = splits.provenance.get("split_sha256")
     if split.get("sha256") and digest != split["sha256"]:
         raise VitsearchError(
             f"the held-out splits of {settings.dataset!r} drawn now (sha256 {str(digest)[:16]}...) are not the base "
             f"model's (sha256 {split['sha256'][:16]}...): val and test would hold images the model was trained on. "
-            "Use the data set and base model the study was made with, or run a new search")
+            "Use the data set and base model the study was made with; for a folder whose images changed, fit the "
+            "base to it again (vitsearch pretrain --model NAME --checkpoint PATH --dataset DIR) and run a new search")
     return splits
 
 
@@ -180,6 +199,9 @@ def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
         "budget": str(setup.budget), "budget_ms": round(setup.budget_ms, 6), "unpruned_ms": setup.unpruned_ms,
         "fastest": {"config": str(setup.fastest[0]), "ms": setup.fastest[1]},
         "space": setup.space.to_dict(), "strategy": settings.strategy, "training": setup.precision.to_dict(), "versions": versions(),
-        "objectives": ["accuracy (maximise)", "predicted latency ms (minimise)"], "metric": "top1",
+        "objectives": ["val_accuracy (maximise)", "predicted latency ms (minimise)"], "metric": "top1",
+        # The search decides on val; the accuracy it states is test's, which no decision reads.
+        "splits": {"decides_by": "val", "states": "test", "split_sha256": setup.splits.provenance.get("split_sha256"),
+                   **{f"{k}_size": len(getattr(setup.splits, k)) for k in ("train", "val", "test")}},
     }
     return setup.folder.write_study(record)

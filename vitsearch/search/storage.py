@@ -292,7 +292,7 @@ def collect(study: optuna.Study) -> list[Candidate]:
         feasible = all(v <= 0 for v in t.constraints.values())
         out.append(Candidate(
             config, t.user_attrs.get("kind", "search"), float(t.user_attrs.get("predicted_ms", t.values[1])),
-            accuracy=t.user_attrs.get("accuracy"), gmacs=t.user_attrs.get("gmacs"),
+            accuracy=t.user_attrs.get("accuracy"), val_accuracy=t.user_attrs.get("val_accuracy"), gmacs=t.user_attrs.get("gmacs"),
             train_seconds=float(t.user_attrs.get("train_seconds", 0.0)), trial=t.number, feasible=feasible,
             status=t.user_attrs.get("status", "trained"), block_tokens=tuple(t.user_attrs.get("block_tokens", ())),
             selection_ms=float(t.user_attrs.get("selection_ms", 0.0)), checkpoint=t.user_attrs.get("checkpoint")))
