@@ -2,8 +2,10 @@
 
 Token pruning here patches timm's plain :class:`~timm.models.vision_transformer.VisionTransformer` (one token
 sequence, class/prefix tokens in front), so :func:`create_model` refuses every other architecture up front.
-The embedded default model ``"digits"`` (timm name ``vit_digits``) is a small ViT for the built-in digits data
-set; its trained weights come from :mod:`vitsearch.pretrain`, which builds on this module.
+The embedded tasks (:data:`EMBEDDED`) pair a small ViT with a built-in data set of the same name: ``"digits"``
+(timm name ``vit_digits``, the default) and ``"clutter"`` (``vit_clutter``, digits among clutter, where the
+tokens a method keeps decide what the model can read). Their trained weights come from :mod:`vitsearch.pretrain`,
+which builds on this module.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 DIGITS = "digits"  # the embedded default model, an alias of DIGITS_ARCH
 DIGITS_ARCH = "vit_digits"
+CLUTTER = "clutter"  # the embedded cluttered-digits model, an alias of CLUTTER_ARCH
+CLUTTER_ARCH = "vit_clutter"
 
 # The digits ViT: 64x64 grey canvases in patches of 8 give 64 patch tokens, most of them background, which
 # is what token pruning removes. Depth 12, like ViT/DeiT, so the same search space applies (no selector in the
@@ -45,42 +49,78 @@ DIGITS_MODEL_ARGS: dict[str, Any] = dict(
     global_pool="token",
 )
 
-# The data contract of vit_digits travels with the model (model.pretrained_cfg), like every timm model's:
-# pixels in [0, 1] normalised to [-1, 1], one channel.
-default_cfgs = generate_default_cfgs({
-    DIGITS_ARCH: dict(
-        url="",
-        num_classes=10,
-        input_size=(1, 64, 64),
-        pool_size=None,
-        crop_pct=1.0,
-        interpolation="bilinear",
-        fixed_input_size=True,
-        mean=(0.5,),
-        std=(0.5,),
-        first_conv="patch_embed.proj",
-        classifier="head",
-        license="apache-2.0",
-    ),
-})
+# The clutter ViT: the digits ViT on 96x96 canvases (vitsearch.data.clutter), 144 patch tokens, a digit covering
+# 9 of them among fragments of others. More tokens than digits' 64, so its latency follows the token count more
+# than the runtime's per-op cost.
+CLUTTER_MODEL_ARGS: dict[str, Any] = {**DIGITS_MODEL_ARGS, "img_size": 96}
+
+
+@dataclass(frozen=True)
+class EmbeddedTask:
+    """A built-in model with its own data set of the same name, trained and cached by :mod:`vitsearch.pretrain`:
+    ``--model NAME`` without a checkpoint means its cached base, ``--dataset NAME`` its data and
+    ``vitsearch/spaces/NAME.toml`` its search space."""
+
+    name: str  # what --model and --dataset take
+    arch: str  # its timm registry name
+    model_args: Mapping[str, Any]  # the architecture: timm VisionTransformer arguments
+
+    @property
+    def space_file(self) -> str:
+        return f"{self.name}.toml"
+
+
+EMBEDDED: dict[str, EmbeddedTask] = {t.name: t for t in (
+    EmbeddedTask(DIGITS, DIGITS_ARCH, DIGITS_MODEL_ARGS),
+    EmbeddedTask(CLUTTER, CLUTTER_ARCH, CLUTTER_MODEL_ARGS),
+)}
+
+
+def embedded_task(name: str) -> EmbeddedTask | None:
+    """The embedded task a model name means (its alias or its timm name), or None for any other model."""
+    return next((t for t in EMBEDDED.values() if name in (t.name, t.arch)), None)
+
+
+def _input_cfg(task: EmbeddedTask) -> dict[str, Any]:
+    # The data contract of an embedded model travels with it (model.pretrained_cfg), like every timm model's:
+    # pixels in [0, 1] normalised to [-1, 1], one channel.
+    size = task.model_args["img_size"]
+    return dict(url="", num_classes=task.model_args["num_classes"], input_size=(1, size, size), pool_size=None,
+                crop_pct=1.0, interpolation="bilinear", fixed_input_size=True, mean=(0.5,), std=(0.5,),
+                first_conv="patch_embed.proj", classifier="head", license="apache-2.0")
+
+
+default_cfgs = generate_default_cfgs({t.arch: _input_cfg(t) for t in EMBEDDED.values()})
+
+
+def _build_embedded(task: EmbeddedTask, pretrained: bool, kwargs: Mapping[str, Any]) -> VisionTransformer:
+    if pretrained:
+        raise VitsearchError(f"the {task.name} model's trained weights come from its cache: use "
+                             f"vitsearch.pretrain.base_model() (the CLI loads them for --model {task.name})")
+    return build_model_with_cfg(VisionTransformer, task.arch, False, **{**task.model_args, **kwargs})
 
 
 @register_model
 def vit_digits(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """The embedded digits ViT (its architecture; the trained weights are :func:`vitsearch.pretrain.base_model`'s,
     which stands on this module, so the registry does not load them)."""
-    if pretrained:
-        raise VitsearchError("the digits model's trained weights come from its cache: use "
-                             "vitsearch.pretrain.base_model() (the CLI loads them for --model digits)")
-    return build_model_with_cfg(VisionTransformer, DIGITS_ARCH, False, **{**DIGITS_MODEL_ARGS, **kwargs})
+    return _build_embedded(EMBEDDED[DIGITS], pretrained, kwargs)
+
+
+@register_model
+def vit_clutter(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """The embedded cluttered-digits ViT (its architecture; the trained weights are
+    :func:`vitsearch.pretrain.base_model`'s)."""
+    return _build_embedded(EMBEDDED[CLUTTER], pretrained, kwargs)
 
 
 def _canonical_name(name: str) -> str:
-    return DIGITS_ARCH if name == DIGITS else name
+    task = embedded_task(name)
+    return task.arch if task is not None else name
 
 
 def _suggest(name: str) -> str:
-    candidates = [DIGITS, *timm.list_models(["*vit*", "*deit*"])]  # the ViT family, where a typo most likely came from
+    candidates = [*EMBEDDED, *timm.list_models(["*vit*", "*deit*"])]  # the ViT family, where a typo most likely came from
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     if close:
         return "did you mean " + ", ".join(close) + "?"
@@ -111,7 +151,7 @@ def create_model(
     num_classes: int | None = None,
     **kwargs: Any,
 ) -> VisionTransformer:
-    """A timm ViT/DeiT by name (``"digits"`` is the embedded default), in eval mode.
+    """A timm ViT/DeiT by name (``"digits"`` and ``"clutter"`` are the embedded ones), in eval mode.
 
     ``checkpoint`` loads a state_dict (``.safetensors``, or a PyTorch file read with ``weights_only=True``);
     when ``num_classes`` is not given it is read from the checkpoint's head, so a fine-tuned checkpoint
