@@ -82,6 +82,8 @@ def test_the_same_seed_renders_the_same_images_and_another_seed_others(tiny):
     assert not torch.equal(same[0], tiny.augment(batch, torch.Generator().manual_seed(6)))
     other = clutter_data(dataclasses.replace(TINY, seed=1), CFG)
     assert not np.array_equal(other.val.sources, tiny.val.sources)
+    assert not np.array_equal(other.test.sources, tiny.test.sources)
+    assert not torch.equal(other.val.images[:16], tiny.val.images[:16])
 
 
 def test_the_clutter_model_sees_144_tokens_and_its_splits_fit_it():
