@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vitsearch.data import CLUTTER, ClutterSpec, clutter_data, clutter_splits, load_dataset
-from vitsearch.data.clutter import ink_box
+from vitsearch.data.clutter import ink_boxes
 from vitsearch.errors import VitsearchError
 from vitsearch.models import CLUTTER_MODEL_ARGS, EMBEDDED, create_model, embedded_task, geometry
 from vitsearch.pretrain import RECIPES, PretrainSettings, base_model, base_model_dir, recipe
@@ -62,7 +62,7 @@ def test_clutter_never_covers_the_target_digit(tiny):
     assert not torch.equal(made, clean)
     for before, after in zip(clean, made):
         # the digit moved whole, on the grid, and no fragment touches its box
-        r0, r1, c0, c1 = ink_box(before, bg)
+        r0, r1, c0, c1 = ink_boxes(before[None], bg)[0].tolist()
         digit = before[:, r0:r1, c0:c1]
         hits = [(r, c) for r in range(0, 33 - (r1 - r0)) for c in range(0, 33 - (c1 - c0))
                 if (r - r0) % TINY.step == 0 and (c - c0) % TINY.step == 0

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from ..errors import VitsearchError
-from .digits import translate_within_canvas
 from .splits import DatasetSplits, SplitFractions, TensorImageDataset, model_input, split_sha256, stratified_split
 
 CLUTTER = "clutter"
@@ -88,52 +87,59 @@ class Clutter:
             raise VitsearchError("clutter: the pool of digits holds no fragment with ink")
         self.crops = torch.tensor(sorted(crops), dtype=torch.long).view(-1, 3)  # (K, 3): pool index, row, col
 
-    def paste(self, canvas: torch.Tensor, box: tuple[int, int, int, int], generator: torch.Generator,
-              exclude: int | None = None) -> list[int]:
-        """Paste ``spec.fragments`` pieces into ``canvas`` (C, H, W) in place, none overlapping ``box`` (rows
-        r0:r1, cols c0:c1), none from the digit whose source index is ``exclude``; returns the sources used."""
+    def paste(self, canvases: torch.Tensor, boxes: np.ndarray, generator: torch.Generator,
+              exclude: np.ndarray | None = None) -> list[tuple[int, ...]]:
+        """Paste ``spec.fragments`` pieces into each of ``canvases`` (B, C, H, W) in place, none overlapping its
+        box (``boxes`` (B, 4): rows r0:r1, cols c0:c1), none from the digit whose source index is its
+        ``exclude`` (B,); returns the sources each image's pieces were cut from."""
         n, F, s = self.spec.fragments, self.spec.piece, self.spec.scale
-        _, H, W = canvas.shape
-        if n == 0:
-            return []
-        picks = self.crops[torch.randint(len(self.crops), (n,), generator=generator)]  # (n, 3)
+        B, _, H, W = canvases.shape
+        if n == 0 or B == 0:
+            return [()] * B
+        picks = self.crops[torch.randint(len(self.crops), (B, n), generator=generator)].numpy()  # (B, n, 3)
         if exclude is not None:  # redraw the target's own fragments (rare: one digit of the pool)
-            own = self.sources[picks[:, 0].numpy()] == exclude
+            own = self.sources[picks[..., 0]] == np.asarray(exclude)[:, None]  # (B, n)
             while own.any():
-                redraw = torch.from_numpy(np.flatnonzero(own))
-                picks[redraw] = self.crops[torch.randint(len(self.crops), (len(redraw),), generator=generator)]
-                own = self.sources[picks[:, 0].numpy()] == exclude
-        rows = torch.randint(H - F + 1, (n, PLACEMENT_TRIES), generator=generator)  # top-left corners tried
-        cols = torch.randint(W - F + 1, (n, PLACEMENT_TRIES), generator=generator)
-        r0, r1, c0, c1 = box
-        free = ~((rows < r1) & (rows + F > r0) & (cols < c1) & (cols + F > c0))  # (n, tries): misses the box
-        first = free.to(torch.uint8).argmax(dim=1, keepdim=True)  # (n, 1): the first place that misses it
-        placed = zip(free.any(dim=1).tolist(), rows.gather(1, first).flatten().tolist(),
-                     cols.gather(1, first).flatten().tolist(), picks.tolist())
-        used: list[int] = []
-        pixels = canvas.numpy()  # the same memory
-        for ok, r, c, (j, a, b) in placed:
-            if not ok:
-                continue
-            piece = self.pool[j, :, a * s:a * s + F, b * s:b * s + F]  # (C, F, F)
-            np.maximum(pixels[:, r:r + F, c:c + F], piece, out=pixels[:, r:r + F, c:c + F])
-            used.append(int(self.sources[j]))
+                redraw = self.crops[torch.randint(len(self.crops), (int(own.sum()),), generator=generator)]
+                picks[own] = redraw.numpy()
+                own = self.sources[picks[..., 0]] == np.asarray(exclude)[:, None]
+        rows = torch.randint(H - F + 1, (B, n, PLACEMENT_TRIES), generator=generator).numpy()  # corners tried
+        cols = torch.randint(W - F + 1, (B, n, PLACEMENT_TRIES), generator=generator).numpy()
+        r0, r1, c0, c1 = (boxes[:, k, None, None] for k in range(4))
+        free = ~((rows < r1) & (rows + F > r0) & (cols < c1) & (cols + F > c0))  # (B, n, tries): misses the box
+        first = free.argmax(axis=2)[..., None]  # (B, n, 1): the first place that misses it
+        placed = free.any(axis=2)  # (B, n)
+        rows = np.take_along_axis(rows, first, 2)[..., 0].tolist()
+        cols = np.take_along_axis(cols, first, 2)[..., 0].tolist()
+        pixels = canvases.numpy()  # the same memory
+        used: list[tuple[int, ...]] = []
+        for i, (ok_i, rows_i, cols_i, picks_i) in enumerate(zip(placed.tolist(), rows, cols, picks.tolist())):
+            here: list[int] = []
+            for ok, r, c, (j, a, b) in zip(ok_i, rows_i, cols_i, picks_i):
+                if ok:
+                    piece = self.pool[j, :, a * s:a * s + F, b * s:b * s + F]  # (C, F, F)
+                    np.maximum(pixels[i, :, r:r + F, c:c + F], piece, out=pixels[i, :, r:r + F, c:c + F])
+                    here.append(int(self.sources[j]))
+            used.append(tuple(here))
         return used
 
 
-def ink_box(canvas: torch.Tensor, background: torch.Tensor) -> tuple[int, int, int, int]:
-    """Rows r0:r1 and cols c0:c1 of what is drawn on ``canvas`` (C, H, W) over ``background`` (C, 1, 1)."""
-    content = np.abs(canvas.numpy() - background.numpy()).max(axis=0) > 1e-5  # (H, W)
-    r = np.flatnonzero(content.any(axis=1))
-    c = np.flatnonzero(content.any(axis=0))
-    if len(r) == 0:  # a blank digit: nothing to keep clear
-        return 0, 0, 0, 0
-    return int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
+def ink_boxes(canvases: torch.Tensor, background: torch.Tensor) -> np.ndarray:
+    """(B, 4): rows r0:r1 and cols c0:c1 of what is drawn on each of ``canvases`` (B, C, H, W) over
+    ``background`` (C, 1, 1); (0, 0, 0, 0) for a blank one."""
+    content = np.abs(canvases.numpy() - background.numpy()).max(axis=1) > 1e-5  # (B, H, W)
+    rows, cols = content.any(axis=2), content.any(axis=1)  # (B, H), (B, W)
+    H, W = rows.shape[1], cols.shape[1]
+    r0, c0 = rows.argmax(axis=1), cols.argmax(axis=1)
+    r1, c1 = H - rows[:, ::-1].argmax(axis=1), W - cols[:, ::-1].argmax(axis=1)
+    boxes = np.stack([r0, r1, c0, c1], axis=1)
+    boxes[~rows.any(axis=1)] = 0
+    return boxes
 
 
 class ClutterAugment:
-    """The training images, made per batch: each clean training digit moved to a random grid place of its canvas
-    (:func:`~.digits.translate_within_canvas`), then cluttered with fragments of the training digits only."""
+    """The training images, made per batch: each clean training digit moved whole to a random place of its
+    canvas on the ``step`` grid, then cluttered with fragments of the training digits only."""
 
     def __init__(self, clutter: Clutter, background: torch.Tensor, step: int) -> None:
         self.clutter = clutter  # its pool is the train split's digits
@@ -142,10 +148,18 @@ class ClutterAugment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         # images: (B, C, H, W), each a training digit alone on its canvas
-        out = translate_within_canvas(images, generator, background=self.background.flatten().tolist(),
-                                      step=self.step)
-        for canvas in out:
-            self.clutter.paste(canvas, ink_box(canvas, self.background), generator)
+        B, C, H, W = images.shape
+        boxes = ink_boxes(images, self.background)  # (B, 4)
+        out = self.background.expand(B, C, H, W).clone()
+        # Shifts by multiples of step that keep the digit inside: from -(r0 // step) to (H - r1) // step.
+        lo = -(boxes[:, [0, 2]] // self.step)  # (B, 2) rows, cols
+        hi = np.stack([(H - boxes[:, 1]) // self.step, (W - boxes[:, 3]) // self.step], axis=1)
+        u = torch.rand(B, 2, generator=generator, dtype=torch.float64).numpy()
+        shift = self.step * (lo + np.floor(u * (hi - lo + 1)).astype(np.int64))  # (B, 2)
+        src, dst = images.numpy(), out.numpy()
+        for i, ((r0, r1, c0, c1), (dr, dc)) in enumerate(zip(boxes.tolist(), shift.tolist())):
+            dst[i, :, r0 + dr:r1 + dr, c0 + dc:c1 + dc] = src[i, :, r0:r1, c0:c1]
+        self.clutter.paste(out, boxes + shift[:, [0, 0, 1, 1]], generator)
         return out
 
 
@@ -197,13 +211,10 @@ def clutter_data(spec: ClutterSpec, cfg: Mapping[str, Any]) -> ClutterData:
         cells = (spec.canvas - spec.glyph) // spec.step + 1
         corners = torch.randint(cells, (len(sources), 2), generator=generator) * spec.step  # (N, 2) row, col
         images = background.expand(len(sources), c, spec.canvas, spec.canvas).clone()
-        used: list[tuple[int, ...]] = []
         for i, (src, (r, col)) in enumerate(zip(sources, corners.tolist())):
             images[i, :, r:r + spec.glyph, col:col + spec.glyph] = glyphs[src]
-            if clutter is not None:
-                used.append(tuple(clutter.paste(images[i], ink_box(images[i], background), generator, int(src))))
-            else:
-                used.append(())
+        used = [()] * len(sources) if clutter is None else clutter.paste(
+            images, ink_boxes(images, background), generator, exclude=sources)
         return ClutterSplit(images, labels[torch.from_numpy(sources)], sources, tuple(used))
 
     def pool(idx: np.ndarray) -> Clutter:
