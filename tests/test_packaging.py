@@ -31,7 +31,7 @@ def test_the_wheel_holds_the_packaged_data_and_no_tests(tmp_path):
     wheel = _wheel(tmp_path)
     files = wheel.namelist()
     spaces = sorted(p.name for p in (REPO / "vitsearch" / "spaces").glob("*.toml"))
-    assert spaces == ["digits.toml", "vit.toml"]
+    assert spaces == ["clutter.toml", "digits.toml", "vit.toml"]
     for name in spaces:
         assert f"vitsearch/spaces/{name}" in files
     assert "vitsearch/devices.toml" in files and "vitsearch/latency/runner.py" in files

@@ -122,7 +122,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DIGITS, metavar="NAME",
                        help=f"timm ViT/DeiT name, e.g. deit_small_patch16_224 (default: {DIGITS}, the built-in "
-                            "digits model, trained and cached on first use)")
+                            "digits model, trained and cached on first use; clutter is the other built-in one)")
     group.add_argument("--checkpoint", type=Path, metavar="PATH",
                        help="weights to load (.pt/.pth state_dict or .safetensors); never unpickles code")
     group.add_argument("--num-classes", type=positive_int, metavar="N",
@@ -132,19 +132,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_from_args(args: argparse.Namespace, *, weights: bool = True) -> Any:
-    """The model the model options name. With ``weights``, the digits model without a checkpoint is the cached
-    trained base model; otherwise a model without checkpoint or ``--pretrained`` is randomly initialised."""
-    from .models import DIGITS, DIGITS_ARCH, create_model, load_state_dict
+    """The model the model options name. With ``weights``, an embedded model (digits, clutter) without a
+    checkpoint is its cached trained base model; otherwise a model without checkpoint or ``--pretrained`` is
+    randomly initialised."""
+    from .models import create_model, embedded_task, load_state_dict
 
-    is_digits = args.model in (DIGITS, DIGITS_ARCH)
-    pretrained = args.checkpoint is None and (args.pretrained or (weights and is_digits))
+    task = embedded_task(args.model)
+    pretrained = args.checkpoint is None and (args.pretrained or (weights and task is not None))
     if weights and args.checkpoint is None and not pretrained:
         logger.warning("no --checkpoint or --pretrained for %s: its weights are random", args.model)
-    if pretrained and is_digits:
-        from .pretrain import base_model
+    if pretrained and task is not None:
+        from .pretrain import base_model, recipe
 
         model = create_model(args.model, num_classes=args.num_classes)
-        load_state_dict(model, base_model()[0].state_dict(), source="the cached digits base model")
+        load_state_dict(model, base_model(recipe(task.name))[0].state_dict(),
+                        source=f"the cached {task.name} base model")
         return model
     return create_model(args.model, checkpoint=args.checkpoint, pretrained=pretrained, num_classes=args.num_classes)
 
@@ -213,7 +215,7 @@ def print_json(record: dict[str, Any]) -> None:
 
 class PretrainCommand(Command):
     name = "pretrain"
-    help = ("train (once) and cache a base model: the built-in digits model, or a timm model's checkpoint "
+    help = ("train (once) and cache a base model: a built-in model (digits, clutter), or a timm model's checkpoint "
             "fine-tuned with a new head for an ImageFolder's classes (--model M --checkpoint C --dataset D)")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -221,7 +223,8 @@ class PretrainCommand(Command):
         from .models import DIGITS
 
         parser.add_argument("--model", default=DIGITS, metavar="NAME",
-                            help="timm model name of --checkpoint (default: the built-in digits model)")
+                            help="a built-in model to train (digits, the default, or clutter), or the timm model "
+                                 "name of --checkpoint")
         parser.add_argument("--checkpoint", type=Path, metavar="PATH", help="base weights to fine-tune")
         parser.add_argument("--dataset", metavar="DIR",
                             help="ImageFolder to fit the base to (its classes): train/ with val/ and test/, or one "
@@ -243,19 +246,20 @@ class PretrainCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from .data import LoaderSettings
-        from .models import DIGITS
-        from .pretrain import base_model
+        from .models import embedded_task
+        from .pretrain import base_model, recipe
 
-        if args.model != DIGITS or args.checkpoint or args.dataset:
+        task = embedded_task(args.model)
+        if task is None or args.checkpoint or args.dataset:
             return self.finetune(args)
         if args.val_fraction is not None or args.test_fraction is not None:
             raise VitsearchError("--val-fraction and --test-fraction split a --dataset folder; the built-in digits "
                                  "model keeps its own 60/20/20 split (the search's default data)")
 
-        _, meta = base_model(root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers),
-                             precision=precision_of(args))
+        _, meta = base_model(recipe(task.name), root=args.cache_dir, retrain=args.retrain,
+                             loading=LoaderSettings(args.workers), precision=precision_of(args))
         source = "cached" if meta["cached"] else f"trained in {meta['train_seconds']:.1f} s"
-        print(f"digits base model ({source}): {meta['path']}")
+        print(f"{task.name} base model ({source}): {meta['path']}")
         print(f"  test accuracy {100 * meta['test_accuracy']:.2f}% (val {100 * meta['val_accuracy']:.2f}%) on "
               f"{meta['dataset']}")
         print(f"  created {meta['created']} with torch {meta['versions']['torch']}, timm {meta['versions']['timm']}")
@@ -267,11 +271,13 @@ class PretrainCommand(Command):
     def finetune(self, args: argparse.Namespace) -> int:
         from .data import LoaderSettings, SplitFractions
         from .finetune import FinetuneSettings, finetuned_base
-        from .models import DIGITS
+        from .models import embedded_task
 
-        if args.model == DIGITS or args.checkpoint is None or args.dataset is None:
+        task = embedded_task(args.model)
+        if task is not None or args.checkpoint is None or args.dataset is None:
             raise VitsearchError("fitting a base to a data set takes --model NAME --checkpoint PATH --dataset DIR "
-                                 "(the built-in digits model is trained by plain `vitsearch pretrain`)")
+                                 f"(the built-in {task.name if task else 'digits'} model is trained by plain "
+                                 f"`vitsearch pretrain --model {task.name if task else 'digits'}`)")
         d = FinetuneSettings()
         fractions = SplitFractions(d.val_fraction if args.val_fraction is None else args.val_fraction,
                                    d.test_fraction if args.test_fraction is None else args.test_fraction)
@@ -323,7 +329,8 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device name from the registry (cpu, cuda, torch-cpu, pixel, your own in "
                              "<tables>/devices.toml) or ssh://user@host[:port] (default: cpu)")
     parser.add_argument("--model", default=DIGITS, metavar="NAME",
-                        help=f"timm ViT/DeiT whose geometry is profiled; weights do not matter (default: {DIGITS})")
+                        help=f"timm ViT/DeiT whose geometry is profiled, or a built-in one (digits, clutter); weights "
+                             f"do not matter (default: {DIGITS})")
     parser.add_argument("--batch", type=positive_int, default=1, metavar="B", help="batch size (default: 1)")
     parser.add_argument("--tables", type=Path, default=Path("latency_tables"), metavar="DIR",
                         help="latency tables folder (default: latency_tables)")
@@ -511,10 +518,12 @@ class SearchCommand(Command):
                             help="latency budget: 30ms, '30 ms', 0.03s, or a share of the unpruned model's latency "
                                  f"on the device like 60%% (default: {d.budget.replace('%', '%%')})")
         parser.add_argument("--model", default=d.model, metavar="NAME",
-                            help="timm ViT/DeiT name (default: digits, the built-in model, trained once if missing)")
+                            help="timm ViT/DeiT name, or a built-in model trained once if missing: digits (default) "
+                                 "or clutter (digits among clutter, where the kept tokens matter)")
         parser.add_argument("--checkpoint", metavar="PATH", help="base weights (.pt state_dict or .safetensors)")
-        parser.add_argument("--dataset", default=d.dataset, metavar="DATA",
-                            help="'digits' (built in) or an ImageFolder directory (ImageNet layout)")
+        parser.add_argument("--dataset", default=None, metavar="DATA",
+                            help="'digits' or 'clutter' (built in) or an ImageFolder directory (ImageNet layout) "
+                                 "(default: a built-in model's own data)")
         parser.add_argument("--max-train", type=positive_int, metavar="N",
                             help="use a seeded subset of N training images")
         parser.add_argument("--max-val", type=positive_int, metavar="N",

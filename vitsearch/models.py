@@ -2,8 +2,9 @@
 
 Token pruning here patches timm's plain :class:`~timm.models.vision_transformer.VisionTransformer` (one token
 sequence, class/prefix tokens in front), so :func:`create_model` refuses every other architecture up front.
-The embedded default model ``"digits"`` (timm name ``vit_digits``) is a small ViT for the built-in digits data
-set; its trained weights come from :mod:`vitsearch.pretrain`, which builds on this module.
+The embedded models (:mod:`vitsearch.embedded`, re-exported here) pair a small ViT with a built-in data set of the
+same name: ``"digits"`` (``vit_digits``, the default) and ``"clutter"`` (``vit_clutter``). Their trained weights
+come from :mod:`vitsearch.pretrain`, which builds on this module.
 """
 from __future__ import annotations
 
@@ -18,69 +19,25 @@ from typing import Any, Mapping
 
 import timm
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from .embedded import (CLUTTER, CLUTTER_ARCH, CLUTTER_MODEL_ARGS, DIGITS, DIGITS_ARCH, DIGITS_MODEL_ARGS, EMBEDDED,
+                       EmbeddedTask, embedded_task)
 from .errors import RunFailure, VitsearchError
 
 logger = logging.getLogger(__name__)
 
-DIGITS = "digits"  # the embedded default model, an alias of DIGITS_ARCH
-DIGITS_ARCH = "vit_digits"
-
-# The digits ViT: 64x64 grey canvases in patches of 8 give 64 patch tokens, most of them background, which
-# is what token pruning removes. Depth 12, like ViT/DeiT, so the same search space applies (no selector in the
-# first three blocks) and pruning the other nine can reach 60% of the unpruned latency at batch 1 (lead's
-# measurement: at depth 8 the three dense blocks and per-block runtime overhead kept the fastest config at ~62%).
-DIGITS_MODEL_ARGS: dict[str, Any] = dict(
-    img_size=64,
-    patch_size=8,
-    in_chans=1,
-    num_classes=10,
-    embed_dim=64,
-    depth=12,
-    num_heads=4,
-    mlp_ratio=4.0,
-    class_token=True,
-    global_pool="token",
-)
-
-# The data contract of vit_digits travels with the model (model.pretrained_cfg), like every timm model's:
-# pixels in [0, 1] normalised to [-1, 1], one channel.
-default_cfgs = generate_default_cfgs({
-    DIGITS_ARCH: dict(
-        url="",
-        num_classes=10,
-        input_size=(1, 64, 64),
-        pool_size=None,
-        crop_pct=1.0,
-        interpolation="bilinear",
-        fixed_input_size=True,
-        mean=(0.5,),
-        std=(0.5,),
-        first_conv="patch_embed.proj",
-        classifier="head",
-        license="apache-2.0",
-    ),
-})
-
-
-@register_model
-def vit_digits(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """The embedded digits ViT (its architecture; the trained weights are :func:`vitsearch.pretrain.base_model`'s,
-    which stands on this module, so the registry does not load them)."""
-    if pretrained:
-        raise VitsearchError("the digits model's trained weights come from its cache: use "
-                             "vitsearch.pretrain.base_model() (the CLI loads them for --model digits)")
-    return build_model_with_cfg(VisionTransformer, DIGITS_ARCH, False, **{**DIGITS_MODEL_ARGS, **kwargs})
-
+__all__ = ["CLUTTER", "CLUTTER_ARCH", "CLUTTER_MODEL_ARGS", "DIGITS", "DIGITS_ARCH", "DIGITS_MODEL_ARGS", "EMBEDDED",
+           "EmbeddedTask", "ModelGeometry", "check_model_name", "create_model", "embedded_task", "file_sha256",
+           "geometry", "load_state_dict", "read_checkpoint"]
 
 def _canonical_name(name: str) -> str:
-    return DIGITS_ARCH if name == DIGITS else name
+    task = embedded_task(name)
+    return task.arch if task is not None else name
 
 
 def _suggest(name: str) -> str:
-    candidates = [DIGITS, *timm.list_models(["*vit*", "*deit*"])]  # the ViT family, where a typo most likely came from
+    candidates = [*EMBEDDED, *timm.list_models(["*vit*", "*deit*"])]  # the ViT family, where a typo most likely came from
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     if close:
         return "did you mean " + ", ".join(close) + "?"
@@ -111,7 +68,7 @@ def create_model(
     num_classes: int | None = None,
     **kwargs: Any,
 ) -> VisionTransformer:
-    """A timm ViT/DeiT by name (``"digits"`` is the embedded default), in eval mode.
+    """A timm ViT/DeiT by name (``"digits"`` and ``"clutter"`` are the embedded ones), in eval mode.
 
     ``checkpoint`` loads a state_dict (``.safetensors``, or a PyTorch file read with ``weights_only=True``);
     when ``num_classes`` is not given it is read from the checkpoint's head, so a fine-tuned checkpoint

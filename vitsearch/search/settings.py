@@ -22,9 +22,10 @@ SAMPLERS = ("tpe", "random")
 @dataclass(frozen=True)
 class SearchSettings:
     budget: str = "60%"  # "30ms", "0.03s", or a share of the unpruned model's latency on the device
-    model: str = "digits"  # timm ViT/DeiT name, or the embedded digits model
-    checkpoint: str | None = None  # the base weights (the digits model uses its cached pretraining)
-    dataset: str = "digits"  # or an ImageFolder path
+    model: str = "digits"  # timm ViT/DeiT name, or an embedded model ("digits", "clutter")
+    checkpoint: str | None = None  # the base weights (an embedded model uses its cached pretraining)
+    # "digits", "clutter" or an ImageFolder path; None: an embedded model's own data set ("digits" for others)
+    dataset: str | None = None
     device: str = "cpu"
     batch: int = 1  # batch size the latency is predicted for
     threads: int | None = None  # intra-op threads of a table profiled for the search (0 if None); checked on an existing one
@@ -57,6 +58,13 @@ class SearchSettings:
     workers: int = 0  # DataLoader processes for ImageFolder images (speed only: results do not depend on it)
     reports: str = "reports"
     tables: str = "latency_tables"
+
+    def __post_init__(self) -> None:
+        if self.dataset is None:
+            from ..models import embedded_task
+
+            task = embedded_task(self.model)
+            object.__setattr__(self, "dataset", task.name if task is not None else "digits")
 
     def name(self) -> str:
         """The study's folder name under ``reports``: ``study``, checked to be one plain name, or derived."""

@@ -42,24 +42,25 @@ class Setup:
 
 def load_base(settings: SearchSettings) -> tuple[nn.Module, dict[str, Any]]:
     """The base model and where its weights came from (path and hash, checked again on resume)."""
-    from ..models import DIGITS, create_model, file_sha256
+    from ..models import EMBEDDED, create_model, embedded_task, file_sha256
 
-    if settings.model in (DIGITS, "vit_digits") and settings.checkpoint is None:
-        from ..pretrain import base_model
+    task = embedded_task(settings.model)
+    if task is not None and settings.checkpoint is None:
+        from ..pretrain import base_model, recipe
 
-        model, meta = base_model()
+        model, meta = base_model(recipe(task.name))
         weights = Path(meta["path"]) / "model.pt"
         data = meta.get("dataset_provenance", {})
         # The held-out digits are those the base model was not trained on: its own split, whatever the search's seed.
         spec = meta["settings"]["data"]
         split = {"seed": spec["seed"], "val_fraction": spec["val_fraction"], "test_fraction": spec["test_fraction"],
                  "sha256": data.get("split_sha256")}
-        return model, {"model": DIGITS, "checkpoint": str(weights), "sha256": file_sha256(weights),
+        return model, {"model": task.name, "checkpoint": str(weights), "sha256": file_sha256(weights),
                        "base_accuracy_at_pretrain": meta.get("test_accuracy"), "split": split}
     if settings.checkpoint is None:
         raise VitsearchError(
             f"model {settings.model!r} needs trained weights to search: pass --checkpoint PATH (a timm/PyTorch "
-            "state_dict or .safetensors), or use the embedded default --model digits")
+            f"state_dict or .safetensors), or use an embedded model: --model {' or '.join(EMBEDDED)}")
     model = create_model(settings.model, checkpoint=settings.checkpoint)
     return model, {"model": settings.model, "checkpoint": str(Path(settings.checkpoint).resolve()),
                    "sha256": file_sha256(settings.checkpoint), "split": checkpoint_split(Path(settings.checkpoint))}

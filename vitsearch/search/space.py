@@ -102,9 +102,12 @@ class SearchSpace:
 
 
 def default_space_file(model_name: str) -> Path:
-    """The family's built-in file: the embedded digits model has its own (see ``vitsearch/spaces/digits.toml``),
-    every other model vitsearch prunes is a plain timm ViT/DeiT."""
-    return SPACES_DIR / ("digits.toml" if model_name in ("digits", "vit_digits") else "vit.toml")
+    """The family's built-in file: each embedded model has its own (``vitsearch/spaces/digits.toml``,
+    ``clutter.toml``), every other model vitsearch prunes is a plain timm ViT/DeiT."""
+    from ..models import embedded_task
+
+    task = embedded_task(model_name)
+    return SPACES_DIR / (task.space_file if task is not None else "vit.toml")
 
 
 # A space file's schema: its sections and, for each key, its default (None: no default). Anything else is a typo
