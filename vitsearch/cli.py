@@ -58,26 +58,26 @@ class Command(abc.ABC):
 # Numeric options are checked where they are parsed (argparse ``type=``): argparse then names the option and its
 # value in one line, before anything runs. Floats must be finite: ``float()`` reads "nan" and "inf" too.
 
-def positive_int(text: str) -> int:
-    """An ``int >= 1`` option (argparse names the option and its value when this raises)."""
+def whole_number(text: str, minimum: int) -> int:
+    """``text`` as an int of at least ``minimum``, or the argparse error that names what was expected."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (1 or more)")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (1 or more)" if minimum == 1
+                                         else f"expected a whole number >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1."""
+    return whole_number(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """An argparse ``type``: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
+    return whole_number(text, 0)
 
 
 def finite_float(text: str) -> float:
