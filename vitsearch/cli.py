@@ -109,7 +109,10 @@ def non_negative_float(text: str) -> float:
 
 def share(text: str) -> float:
     """A fraction option: a finite number in [0, 1)."""
-    value = finite_float(text)
+    try:
+        value = finite_float(text)
+    except argparse.ArgumentTypeError:
+        value = math.nan
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a share in [0, 1), such as 0.2")
     return value
