@@ -547,8 +547,9 @@ class SearchCommand(Command):
                             help="search-space file (default: the model family's built-in vitsearch/spaces/*.toml)")
         parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
                             help="brief: train each candidate; shared: weight sharing (default: %(default)s)")
-        parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler that proposes configs; only new models within the budget "
-                            "become trials (default: tpe)")
+        parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
+                            help="Optuna sampler that proposes configs; only new models within the budget become "
+                                 "trials (default: tpe)")
         parser.add_argument("--steps", type=positive_int, default=t.steps,
                             help=f"training steps per candidate (default: {t.steps})")
         add_train_batch_argument(parser, t.batch_size)
