@@ -152,7 +152,7 @@ def test_the_learned_trial_lands_in_the_study_on_the_same_front(tmp_path, env, l
     study = open_optuna_study(SearchSettings.from_dict(json.loads((folder / "study.json").read_text())["settings"]),
                               folder_of(result))
     frozen = next(t for t in study.get_trials() if t.user_attrs.get("kind") == "learned")
-    assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.values == [cand.accuracy, cand.predicted_ms]
+    assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.values == [cand.val_accuracy, cand.predicted_ms]
     sampled = next(t for t in study.get_trials() if t.user_attrs.get("accuracy") is not None and t is not frozen
                    and t.user_attrs.get("kind") != "learned")
     assert set(frozen.constraints) == set(sampled.constraints) >= {"latency_ms", "selectors"}  # stored as a trial's
