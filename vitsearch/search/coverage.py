@@ -168,10 +168,6 @@ class CoverageSampler(BaseSampler):
 
     # --- proposals ---------------------------------------------------------------------------------------------
 
-    def remaining(self, study: Any) -> int:
-        """Feasible models no trial has taken yet."""
-        return len(self.feasible.untaken(taken_keys(study.get_trials(deepcopy=False))))
-
     def propose(self, study: Any) -> dict[str, Any]:
         """Parameters of a feasible model no worker has taken; raises :class:`NoModelLeft` when there is none.
 
