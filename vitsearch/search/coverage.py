@@ -6,8 +6,8 @@ selectors), says how many there are, and stops early only once all of them are t
 from :class:`CoverageSampler`, which asks the study's own sampler (TPE or random) for proposals on a private copy of
 the study and hands the first that is feasible and not yet trained or claimed by a worker to the real trial. A
 rejected proposal never becomes a trial, so neither the study, the dashboard nor the sampler's model is filled with
-repeats and over-budget configs; a sampler that keeps proposing taken configs (TPE converging on a small space) is
-topped up with a random untaken one of a method and selector count drawn evenly.
+repeats and over-budget configs; a sampler that keeps proposing taken or over-budget configs (TPE converging, or a
+selector count whose feasible share is tiny) gets a random untaken model of the method and count it chose.
 """
 from __future__ import annotations
 
