@@ -8,17 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_bad_input import fails_cleanly as one_clean_failure
 
 
 def fails_cleanly(result: subprocess.CompletedProcess, *needles: str) -> str:
-    """The failure's last stderr line, after checking exit 2, the absence of a traceback and the needles."""
+    """test_bad_input's check of one clean failure, with bad input's exit code 2."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert "error: " in last, result.stderr
-    for needle in needles:
-        assert needle in last, last
-    return last
+    return one_clean_failure(result, *needles)
 
 
 # Numeric flags ------------------------------------------------------------------------------------------------
