@@ -34,7 +34,7 @@ JOURNAL_FILE = "journal.log"
 FINALIZED_FILE = "finalized.json"
 RECORDS = ("trials", "front", "baselines")  # written by the search as JSON and CSV
 # What must match for a re-run to continue a study rather than mix two searches in one folder.
-IDENTITY = ("model", "sha256", "dataset", "split", "device", "batch", "budget_ms", "space", "strategy")
+IDENTITY = ("model", "sha256", "dataset", "split", "device", "batch", "budget_ms", "limit_ms", "space", "strategy")
 # The settings (study.json's "settings") that decide how a trial is trained and evaluated: a resume that changes
 # one would put trials evaluated differently on one front.
 EVALUATION = ("train", "dataset", "max_train", "max_val", "max_test", "seed", "strategy", "shared_steps", "shared_finetune_steps")

@@ -148,13 +148,16 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
     return Validation(rows, summary, save(table.path, rows, summary))
 
 
+def validation_paths(table_path: Path) -> dict[str, Path]:
+    """Where a table's validation lives: ``<table>.validation.{csv,json,png}`` beside it."""
+    stem = Path(table_path).with_suffix("")
+    return {ext: stem.with_name(f"{stem.name}.validation.{ext}") for ext in ("csv", "json", "png")}
+
+
 def save(table_path: Path, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> dict[str, Path]:
     import csv
 
-    stem = table_path.with_suffix("")
-    paths = {"csv": stem.with_name(stem.name + ".validation.csv"),
-             "json": stem.with_name(stem.name + ".validation.json"),
-             "png": stem.with_name(stem.name + ".validation.png")}
+    paths = validation_paths(table_path)
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -165,3 +168,42 @@ def save(table_path: Path, rows: Sequence[Mapping[str, Any]], summary: Mapping[s
     ax.figure.tight_layout()
     ax.figure.savefig(paths["png"], dpi=120)
     return paths
+
+
+# A search stays this far under its budget when the table under-predicts whole models: the 90th percentile of
+# measured / predicted over the table's validation, so that about nine in ten picks measure within the budget.
+HEADROOM_QUANTILE = 0.9
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """How much a search allows for the table's own error: a config fits when prediction x (1 + fraction) is
+    within the budget. ``source`` says where the fraction came from, for the study's record and its log line."""
+
+    fraction: float
+    source: str
+
+    def limit_ms(self, budget_ms: float) -> float:
+        """The predicted latency a config may have under ``budget_ms``."""
+        return budget_ms / (1.0 + self.fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fraction": round(self.fraction, 6), "source": self.source}
+
+
+def measured_headroom(table_path: Path, quantile: float = HEADROOM_QUANTILE) -> Headroom | None:
+    """The headroom a table's validation calls for (0 where it over-predicts), or None where the table has no
+    validation newer than itself. Measurements at the table's speed where the drift reference gave them."""
+    import csv
+
+    path = validation_paths(table_path)["csv"]
+    if not path.is_file() or path.stat().st_mtime < Path(table_path).stat().st_mtime:
+        return None  # never validated, or validated before it was profiled again
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    ratios = [float(r.get("measured_at_table_speed_ms") or r["measured_ms"]) / float(r["predicted_ms"]) for r in rows]
+    if not ratios:
+        return None
+    q = float(np.quantile(ratios, quantile))
+    return Headroom(max(0.0, q - 1.0), f"{path.name}: {len(ratios)} models measured, {100 * quantile:.0f}th "
+                                       f"percentile of measured/predicted {q:.3f}")

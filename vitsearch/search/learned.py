@@ -214,14 +214,14 @@ def run_learned(evaluator: Evaluator, study: optuna.Study) -> Candidate:
     logger.info("learned strategy: %d steps learning keep rates at blocks %s (layer-to-phase), then %d steps on the "
                 "merged config", steps, list(setup.space.blocks), s.train.steps)
     model = copy.deepcopy(base)
-    run = learn_rates(model, base, setup.splits, setup.space.blocks, latency_of, setup.budget_ms, s.train, learn,
+    run = learn_rates(model, base, setup.splits, setup.space.blocks, latency_of, setup.limit_ms, s.train, learn,
                       precision=setup.precision)
     merge = choose_merge(run.rates, setup.space.blocks, setup.space.max_selectors,
-                         lambda c: predictor.predict(c).total_ms, setup.budget_ms, depth=depth, num_patches=n_patches,
+                         lambda c: predictor.predict(c).total_ms, setup.limit_ms, depth=depth, num_patches=n_patches,
                          num_prefix=n_prefix)
     config = merge.config
     logger.info("learned rates %s merged into %s: %.3f ms predicted (budget %.3f ms)", run.rates, config,
-                merge.predicted_ms, setup.budget_ms)
+                merge.predicted_ms, setup.limit_ms)
     for block in [b for b in model.token_selectors if int(b) not in config.keep]:
         del model.token_selectors[block]  # merged away: the checkpoint holds the config's selectors only
     apply(model, config)
@@ -231,7 +231,7 @@ def run_learned(evaluator: Evaluator, study: optuna.Study) -> Candidate:
     cand = Candidate(config, KIND, pred.total_ms, accuracy=test_accuracy, val_accuracy=val_accuracy,
                      gmacs=gmacs(model), train_seconds=run.seconds + result.seconds, feasible=merge.within_budget,
                      status="trained (learned rates)" if merge.within_budget else
-                     f"learned, but over budget by {pred.total_ms - setup.budget_ms:.3f} ms: the fastest merge of "
+                     f"learned, but over budget by {pred.total_ms - setup.limit_ms:.3f} ms: the fastest merge of "
                      f"what was learned reached {pred.total_ms:.3f} ms",
                      block_tokens=token_schedule(config, depth=depth, num_patches=n_patches,
                                                  num_prefix=n_prefix).block_tokens,
@@ -240,9 +240,9 @@ def run_learned(evaluator: Evaluator, study: optuna.Study) -> Candidate:
     path = setup.folder.checkpoint(cand.trial)
     setup.folder.save_checkpoint(model, config, path)
     cand.checkpoint = setup.folder.relative(path)
-    record(study, cand, setup.budget_ms, setup.space.max_selectors, run, learn, steps + s.train.steps)
+    record(study, cand, setup.limit_ms, setup.space.max_selectors, run, learn, steps + s.train.steps)
     if not merge.within_budget:
-        logger.warning("the learned strategy could not reach the budget of %.3f ms: %s", setup.budget_ms, cand.status)
+        logger.warning("the learned strategy could not reach the budget of %.3f ms: %s", setup.limit_ms, cand.status)
     return cand
 
 

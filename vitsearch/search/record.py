@@ -34,7 +34,7 @@ def set_constraints(trial: Any, constraints: Mapping[str, float]) -> None:
 
 
 def describe(study: Any, *, metric: str, device: str, batch: int, budget: str, budget_ms: float,
-             unpruned_ms: float) -> dict[str, Any]:
+             unpruned_ms: float, limit_ms: float) -> dict[str, Any]:
     """Name the objectives and record, as study user attributes, what each number of a trial means."""
     import optuna
 
@@ -49,10 +49,11 @@ def describe(study: Any, *, metric: str, device: str, batch: int, budget: str, b
             "predicted_latency_ms": f"latency predicted from the {device} latency table, batch {batch} (ms)",
         },
         "constraints": {
-            "latency_ms": f"predicted latency minus the budget {budget} = {budget_ms:.4f} ms (<= 0: within it)",
+            "latency_ms": f"predicted latency minus {limit_ms:.4f} ms (<= 0: within it): the budget {budget} = "
+                          f"{budget_ms:.4f} ms less the headroom left for the latency table's error",
             "selectors": "selectors over the space's limit, or 1 for none (<= 0: allowed)",
         },
-        "budget_ms": budget_ms, "unpruned_ms": unpruned_ms, "device": device, "batch": batch,
+        "budget_ms": budget_ms, "limit_ms": limit_ms, "unpruned_ms": unpruned_ms, "device": device, "batch": batch,
         "accuracy": f"user attr accuracy: {metric} accuracy on the test split (0..1) after brief training, the "
                     "accuracy vitsearch states for the candidate; never read by the sampler or the front",
         "gmacs": "user attr gmacs: 10^9 multiply-accumulates per image in matmuls (linear layers and attention "

@@ -66,7 +66,7 @@ def run_baseline(evaluator: Evaluator, trial: Any, kind: str, config: PruneConfi
         trial.set_user_attr("status", f"baseline {config} is evaluated by trial {owner.number}")
         return
     cand = evaluator.evaluate(config, kind)
-    cand.feasible = cand.predicted_ms <= evaluator.setup.budget_ms
+    cand.feasible = cand.predicted_ms <= evaluator.setup.limit_ms
     trial.study.set_user_attr(f"baseline:{config}", cand.to_dict())
     trial.set_user_attr("status", f"baseline {config}")
     logger.info("baseline %s: test accuracy %.4f (val %.4f), %.3f ms", config, cand.accuracy, cand.val_accuracy,
@@ -116,7 +116,7 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
             trial.study.stop()
             raise optuna.TrialPruned() from None
         pred = evaluator.predict(config)  # the sampler's configs fit; an enqueued one may not
-        over_ms = pred.total_ms - setup.budget_ms
+        over_ms = pred.total_ms - setup.limit_ms
         over_selectors = max(len(config.keep) - setup.space.max_selectors, 1 - len(config.keep))
         trial.set_user_attr("config", str(config))
         trial.set_user_attr("predicted_ms", pred.total_ms)
@@ -191,14 +191,14 @@ def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
     write_provenance(setup, settings)
     study = open_optuna_study(settings, setup.folder)
     describe(study, metric="top1", device=settings.device, batch=settings.batch, budget=str(setup.budget),
-             budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms)
+             budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms, limit_ms=setup.limit_ms)
     recover_stale_trials(study, settings.heartbeat_s)
     evaluator = Evaluator(setup, settings)
     base = setup.base
     feasible = FeasibleSet(setup.space, lambda c: evaluator.predict(c).total_ms,
                            lambda c: canonical_key(c, depth=len(base.blocks), num_patches=base.patch_embed.num_patches,
                                                    num_prefix=base.num_prefix_tokens),
-                           setup.budget_ms, seed=settings.seed)
+                           setup.limit_ms, seed=settings.seed)
     logger.info("search space %s: %s", setup.space.source, feasible.describe())
     sampler = study.sampler = CoverageSampler(study.sampler, setup.space, feasible, seed=settings.seed)
     if settings.learned:
@@ -273,7 +273,8 @@ def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
     with setup.folder.lock("records"):
         trials = collect(study)
         front = write_results(setup, trials, baselines)
-    return SearchResult(setup.folder.path, setup.budget_ms, setup.unpruned_ms, trials, front, baselines)
+    return SearchResult(setup.folder.path, setup.budget_ms, setup.unpruned_ms, trials, front, baselines,
+                        setup.limit_ms)
 
 
 def requeue_interrupted(study: Any) -> None:
@@ -312,7 +313,8 @@ def summary(result: SearchResult) -> dict[str, Any]:
     best = result.best
     unpruned = next((b for b in result.baselines if b.kind == "unpruned"), None)
     return {
-        "study": str(result.folder), "budget_ms": round(result.budget_ms, 4), "unpruned_ms": round(result.unpruned_ms, 4),
+        "study": str(result.folder), "budget_ms": round(result.budget_ms, 4),
+        "limit_ms": None if result.limit_ms is None else round(result.limit_ms, 4), "unpruned_ms": round(result.unpruned_ms, 4),
         "unpruned_accuracy": unpruned.accuracy if unpruned else None,
         "unpruned_val_accuracy": unpruned.val_accuracy if unpruned else None,
         "trials": len(result.trials), "trained": sum(c.accuracy is not None for c in result.trials),

@@ -48,6 +48,9 @@ class SearchSettings:
     # Seconds between a worker's heartbeats while it runs a trial; a trial silent for 4 of them is failed and its
     # config run again by the next worker (Optuna's heartbeat on a database, Heartbeat on the journal file).
     heartbeat_s: int = 30
+    # The share of a prediction a search leaves under the budget for the table's own error; None: from the table's
+    # validation (latency/validate.py measured_headroom), 0 where it has none.
+    headroom: float | None = None
     sampler: str = "tpe"
     seed: int = 0
     max_train: int | None = None  # subset sizes for large ImageFolder data sets
@@ -133,6 +136,7 @@ class SearchResult:
     trials: list[Candidate]
     front: list[Candidate]
     baselines: list[Candidate]
+    limit_ms: float | None = None  # the predicted latency a pick may have: the budget less the table's headroom
 
     @property
     def best(self) -> Candidate | None:

@@ -14,6 +14,7 @@ from .. import versions
 from ..data import SplitFractions
 from ..errors import VitsearchError
 from ..files import check_writable
+from ..latency.validate import Headroom, measured_headroom
 from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder
 from ..training import Precision
@@ -24,6 +25,10 @@ from .storage_url import redact
 
 logger = logging.getLogger(__name__)
 
+# Pruned models a search measures whole against a table it profiled itself, for its headroom: about 25 s on the
+# digits model here, two of the validation's chunks.
+AUTO_VALIDATE = 12
+
 
 @dataclass
 class Setup:
@@ -33,11 +38,13 @@ class Setup:
     predictor: Any
     space: SearchSpace
     budget: Budget
-    budget_ms: float
+    budget_ms: float  # the user's budget
     unpruned_ms: float
     fastest: tuple[PruneConfig, float]
     folder: StudyFolder
     precision: Precision  # the training device (the base model lives there) and its autocast dtype
+    headroom: Headroom  # what the search leaves under the budget for the table's error
+    limit_ms: float  # the predicted latency a config may have: the budget less the headroom
 
 
 def load_base(settings: SearchSettings) -> tuple[nn.Module, dict[str, Any]]:
@@ -134,9 +141,34 @@ def load_predictor(settings: SearchSettings, base: nn.Module, *, progress: bool 
         from ..latency.profile import profile
 
         logger.info("no complete latency table at %s: profiling %s on %s first", path, g.key, settings.device)
-        profile(settings.device, model=settings.model, batch=settings.batch, tables=settings.tables,
-                threads=settings.threads or 0, progress=progress, model_kwargs={"num_classes": g.num_classes})
+        table = profile(settings.device, model=settings.model, batch=settings.batch, tables=settings.tables,
+                        threads=settings.threads or 0, progress=progress, model_kwargs={"num_classes": g.num_classes})
+        if settings.headroom is None:
+            from ..latency.validate import validate
+
+            logger.info("measuring %d pruned models whole against the new table, for the headroom the search leaves "
+                        "under its budget", AUTO_VALIDATE)
+            validate(table, AUTO_VALIDATE, tables=settings.tables, progress=progress,
+                     model_kwargs={"num_classes": g.num_classes})
     return Predictor(table_mod.load(path, geometry=g, batch=settings.batch))
+
+
+def resolve_headroom(settings: SearchSettings, table_path: Path, folder: StudyFolder) -> Headroom:
+    """``--headroom`` as given; else the study's own (a resumed study keeps the limit its trials were judged by);
+    else the table's validation; else none, with a line saying how to measure it."""
+    if settings.headroom is not None:
+        return Headroom(settings.headroom, "--headroom")
+    if folder.study_file.exists():
+        recorded = folder.read_study().get("headroom")
+        if recorded:
+            return Headroom(float(recorded["fraction"]), recorded["source"])
+    measured = measured_headroom(table_path)
+    if measured is not None:
+        return measured
+    logger.warning("the latency table %s has no validation: the search takes its predictions as exact. Measure its "
+                   "error with: vitsearch profile --device %s --model %s --batch %d --validate 30 (the search then "
+                   "leaves that headroom under the budget)", table_path, settings.device, settings.model, settings.batch)
+    return Headroom(0.0, "none: the table has no validation")
 
 
 def fastest_config(space: SearchSpace, predictor: Any) -> tuple[PruneConfig, float]:
@@ -183,9 +215,21 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
             f"{settings.device}: {fastest[0]} at {fastest[1]:.3f} ms (unpruned: {unpruned_ms:.3f} ms). Give a budget "
             f"of at least {fastest[1]:.3f} ms ({100 * fastest[1] / unpruned_ms:.0f}%), or a space with lower keep ratios")
     folder = StudyFolder(Path(settings.reports) / settings.name())
+    headroom = resolve_headroom(settings, predictor.table.path, folder)
+    limit_ms = headroom.limit_ms(budget_ms)
+    if headroom.fraction > 0:
+        logger.info("searching under %.3f ms, %.1f%% below the budget of %.3f ms: the table under-predicts whole models "
+                    "(%s), and this keeps the pick within the budget when measured (--headroom 0: search up to it)",
+                    limit_ms, 100 * (1 - limit_ms / budget_ms), budget_ms, headroom.source)
+    if limit_ms < fastest[1]:
+        raise VitsearchError(
+            f"with the headroom of {100 * headroom.fraction:.1f}% the table's error calls for ({headroom.source}), no "
+            f"config of this space fits the budget {budget} ({budget_ms:.3f} ms): the fastest, {fastest[0]}, is "
+            f"predicted at {fastest[1]:.3f} ms. Give a budget of at least {fastest[1] * (1 + headroom.fraction):.3f} ms, "
+            "or --headroom 0 to search up to the budget itself")
     logger.info("training on %s (%s)", precision.device, precision.name)
     return Setup(base.to(precision.device), base_info, splits, predictor, space, budget, budget_ms, unpruned_ms,
-                 fastest, folder, precision)
+                 fastest, folder, precision, headroom, limit_ms)
 
 
 def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
@@ -198,6 +242,7 @@ def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
         "dataset_description": setup.splits.description, "device": settings.device, "batch": settings.batch,
         "latency_table": str(table.path), "latency_table_meta": table.meta,
         "budget": str(setup.budget), "budget_ms": round(setup.budget_ms, 6), "unpruned_ms": setup.unpruned_ms,
+        "headroom": setup.headroom.to_dict(), "limit_ms": round(setup.limit_ms, 6),
         "fastest": {"config": str(setup.fastest[0]), "ms": setup.fastest[1]},
         "space": setup.space.to_dict(), "strategy": settings.strategy, "training": setup.precision.to_dict(), "versions": versions(),
         "objectives": ["val_accuracy (maximise)", "predicted latency ms (minimise)"], "metric": "top1",
