@@ -1,4 +1,5 @@
-"""Brief training of pruned candidates from the base checkpoint, with the computation-aware loss.
+"""Brief training of pruned candidates from the base checkpoint, with the computation-aware loss (whose keep-ratio
+and latency terms are 0 under the default top-k draw, the keep ratios being the sampled config's; see losses.py).
 
 Two strategies share one loss and one step:
 - ``train_candidate``: per-candidate fine-tuning (each candidate its own copy of the base model);

@@ -2,8 +2,9 @@
 
 - SPViT, **layer-to-phase progressive training**: selectors are inserted in block order. Phase k trains the
   config restricted to its first k selector groups (the new selector learns while the rest of the network
-  fine-tunes), until the whole config is in; the computation-aware loss (keep ratio, latency from the device's
-  table, distillation) throughout. ``merge_tol`` merges neighbouring selectors whose keep ratios differ by at
+  fine-tunes), until the whole config is in; cross-entropy and distillation throughout. The keep ratios are the
+  chosen config's, fixed: under the default top-k draw the keep-ratio and latency terms of the loss are exactly 0
+  (their gradient too); rates move under the sparsity loss only in ``search --learned`` (training/learned.py). ``merge_tol`` merges neighbouring selectors whose keep ratios differ by at
   most that much into one phase (inserted together): the paper merges similar selectors into phases, but its
   exact rule is not published (reference notes 1.4), so by default every selector gets its own phase. The
   chosen config itself is never changed: its token schedule is what was predicted and what gets measured.
