@@ -144,8 +144,8 @@ def step_seconds(setup: Setup, config: PruneConfig, settings: SearchSettings, ba
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
-def finalized_accuracy(setup: Setup, config: PruneConfig, settings: FinalizeSettings, latency: Any,
-                       state_path: Path) -> float:
+def finalized_model(setup: Setup, config: PruneConfig, settings: FinalizeSettings, latency: Any,
+                    state_path: Path) -> Any:
     """Finalize's training of ``config`` (its progressive schedule, from the base), resumable at ``state_path``."""
     model = fresh_model(setup.base, config, settings.seed)
     phases = progressive.plan(config, settings, settings.steps)
@@ -166,9 +166,15 @@ def finalized_accuracy(setup: Setup, config: PruneConfig, settings: FinalizeSett
     state_path.parent.mkdir(parents=True, exist_ok=True)
     progressive.train_schedule(model, setup.base, setup.splits, config, phases, settings, latency=latency,
                                state_path=state_path, on_step=on_step, progress=False, precision=setup.precision)
-    result = accuracy(model, setup.splits, precision=setup.precision)
     state_path.unlink(missing_ok=True)
-    return result
+    return model
+
+
+def finalized_accuracy(setup: Setup, config: PruneConfig, settings: FinalizeSettings, latency: Any,
+                       state_path: Path) -> float:
+    """The val accuracy of :func:`finalized_model`."""
+    return accuracy(finalized_model(setup, config, settings, latency, state_path), setup.splits,
+                    precision=setup.precision)
 
 
 def ranking(proxy: dict[str, float], final: dict[str, float], methods: dict[str, str]) -> dict[str, Any]:
