@@ -156,6 +156,9 @@ def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
     reference_ms = fin.load_context(study).predictor.reference_ms
     assert row["measured_at_table_speed_ms"] == pytest.approx(
         row["measured_ms"] * reference_ms / row["measured_reference_ms"])
+    budget_ms = json.loads((study / "study.json").read_text())["budget_ms"]
+    assert row["within_budget"] == (row["measured_at_table_speed_ms"] <= budget_ms)
+    assert ("within the budget" if row["within_budget"] else "OVER the budget") in out
     # The ONNX file is the trained model, static shapes, matching PyTorch.
     model = apply(copy.deepcopy(fin.load_context(study).base), brief["config"])
     model.load_state_dict(torch.load(study / row["checkpoint"], weights_only=True)["state_dict"])

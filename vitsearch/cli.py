@@ -732,6 +732,8 @@ class FinalizeCommand(Command):
             measured = "not measured" if r["measured_ms"] is None else f"measured {r['measured_ms']:.3f} ms"
             if r.get("measured_at_table_speed_ms") is not None:
                 measured += f" ({r['measured_at_table_speed_ms']:.3f} ms at the table's speed)"
+            if r.get("within_budget") is not None:
+                measured += ", within the budget" if r["within_budget"] else ", OVER the budget"
             print(f"trial {r['trial']} {r['config']}: test accuracy {pct(r['accuracy'])} (val "
                   f"{pct(r.get('val_accuracy'))}; brief {pct(r['accuracy_brief'])}, training-free "
                   f"{pct(r['accuracy_training_free'])}, both on test); {measured}, predicted "
@@ -746,7 +748,7 @@ class FinalizeCommand(Command):
                                                                   "accuracy_brief",
                                                                   "accuracy_training_free", "predicted_ms",
                                                                   "measured_ms", "measured_at_table_speed_ms",
-                                                                  "gmacs", "steps", "onnx")}
+                                                                  "within_budget", "gmacs", "steps", "onnx")}
                                   for f in results]})
         return 0
 

@@ -245,6 +245,8 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
         return Finalized(row, out)
     try:
         row.update(measure(onnx_path, model, ctx), measure_error=None)
+        # The budget's promise, as measured: at the table's speed where the drift reference gave it
+        row["within_budget"] = (row["measured_at_table_speed_ms"] or row["measured_ms"]) <= float(ctx.meta["budget_ms"])
         error = None
     except VitsearchError as e:
         error = (f"trial {trial} is trained and exported ({onnx_path}), but measuring it on {ctx.meta['device']} "

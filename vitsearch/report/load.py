@@ -163,9 +163,8 @@ def load_validation(table: str | Path | None) -> TableValidation | None:
     """The validation files beside a latency table (see :mod:`vitsearch.latency.validate`), or None."""
     if not table:
         return None
-    from ..latency.validate import validation_paths
-
-    paths = validation_paths(Path(table))
+    stem = Path(table).with_suffix("")
+    paths = {kind: stem.with_name(f"{stem.name}.validation.{kind}") for kind in ("json", "csv", "png")}
     if not (paths["json"].is_file() and paths["csv"].is_file()):
         return None
     with open(paths["csv"], newline="") as f:
