@@ -72,7 +72,7 @@ def command_lines(text: str) -> list[list[str]]:
     chains taken apart)."""
     found = []
     for block in re.findall(r"^```bash\n(.*?)^```$", text, flags=re.S | re.M):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
             words = shlex.split(line, comments=True)
             while words:
                 chain = words.index("&&") if "&&" in words else len(words)
@@ -135,21 +135,24 @@ def links(page: Path) -> list[tuple[Path, str]]:
 
 
 def test_every_link_resolves_and_every_claim_is_quoted():
-    pages = [README, *DOCS, RESULTS, HISTORY]
+    manual = [README, *DOCS, *sorted((ROOT / "vitsearch").rglob("*.md")), ROOT / "latency_tables" / "README.md"]
     broken = []
-    for page in pages:
+    for page in [*manual, RESULTS, HISTORY]:
         for path, anchor in links(page):
             if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
                 broken.append(f"{page.relative_to(ROOT)} -> {path.relative_to(ROOT)}#{anchor}")
     assert not broken, "links to nothing:\n" + "\n".join(broken)
 
-    claims = [i for i in re.findall(r'<a id="(claim-[^"]+)"></a>', RESULTS.read_text())]
+    claims = re.findall(r'<a id="(claim-[^"]+)"></a>', RESULTS.read_text())
     assert len(claims) >= 10
     table = RESULTS.read_text().split("## Claims", 1)[1].split("\n## ", 1)[0]
     assert all(f'<a id="{c}"></a>' in table for c in claims)  # rows of the claims table, not stray anchors
-    quoted = {anchor for page in [README, *DOCS] for path, anchor in links(page) if path == RESULTS}
-    assert not quoted - set(claims) - {""}, "README/docs link into RESULTS.md other than to a claim's row"
-    assert not set(claims) - quoted, "claims no page quotes"
+    quoted = {anchor for page in manual for path, anchor in links(page) if path == RESULTS}
+    assert not quoted - set(claims) - {""}, "a page links into RESULTS.md other than to a claim's row"
+    in_code = {m for f in (ROOT / "vitsearch").rglob("*.py")
+               for m in re.findall(r"RESULTS\.md#([\w-]+)", f.read_text())}
+    assert not in_code - set(claims), "the code names a claim RESULTS.md does not have"
+    assert not set(claims) - quoted - in_code, "claims that neither the pages nor the code quote"
 
 
 def test_import_vitsearch_reaches_every_stage_lazily():
