@@ -41,7 +41,8 @@ DIGITS_MODEL_ARGS: dict[str, Any] = dict(
 # of them among fragments of others. More tokens than digits' 64, so its latency follows the token count more
 # than the runtime's per-op cost; narrower than the digits ViT (48 wide, MLP ratio 2) so that a brief candidate
 # trains in about 20 s on two CPU cores. Measured on the shared 2-core machine: the digits width (64, ratio 4) was
-# at chance after 340 pretraining steps with 12 fragments, this one learned faster (benchmarks/RESULTS.md).
+# at chance after 340 pretraining steps with 12 fragments, this one learned faster
+# (benchmarks/RESULTS.md#claim-clutter).
 CLUTTER_MODEL_ARGS: dict[str, Any] = {**DIGITS_MODEL_ARGS, "img_size": 96, "embed_dim": 48, "mlp_ratio": 2.0}
 
 

@@ -240,6 +240,7 @@ def train_base_model(settings: PretrainSettings | None = None, *, loading: Loade
 RECIPES: dict[str, PretrainSettings] = {
     DIGITS: PretrainSettings(),
     # The digits recipe for 20 epochs (680 steps of 32: each training digit is drawn anew every epoch). Measured
-    # on the shared 2-core machine: 14% held out after 136 steps, 61% after 272, still rising (benchmarks/RESULTS.md).
+    # on the shared 2-core machine: 14% held out after 136 steps, 61% after 272, still rising
+    # (benchmarks/RESULTS.md#claim-clutter).
     CLUTTER: PretrainSettings(model=dict(CLUTTER_MODEL_ARGS), data=ClutterSpec(), epochs=20),
 }

@@ -1,7 +1,7 @@
 """The drift reference: one fixed graph timed in every runner call, so that calls made minutes apart can be put
 on one speed scale.
 
-A shared machine's speed drifts by tens of percent within minutes (benchmarks/RESULTS.md, issue 3): a table's
+A shared machine's speed drifts by tens of percent within minutes (benchmarks/RESULTS.md#claim-drift): a table's
 kinds are measured one call after another, and a whole model is measured later still, so each saw a different
 machine. Every call of a profile, a validation or a finalize measurement therefore also times the model's dense
 backbone (the ``block`` chain at every token: a fixed graph of the geometry, and the bulk of any model's time)

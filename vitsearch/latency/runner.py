@@ -54,12 +54,13 @@ def emit(obj: dict) -> None:
     sys.stdout.flush()  # the caller reads lines as they come, to save each result at once
 
 
-# Thread isolation, chosen by measurement (benchmarks/thread_isolation.py, RESULTS.md "Thread isolation"; 2 cores,
-# load ~6 from other work): one live session at a time (time_interleaved drops each pass's session before it
-# builds the next) repeated every pruned/dense ratio within 0.06 at two threads, where keeping every session alive
-# gave 0.24-0.27, spinning or not; and with spinning off two threads timed the dense DeiT-S at 267-282 ms against
-# 445-527 ms spinning, since a spinning worker holds a core the other work then preempts. So both: one live
-# session, and onnxruntime's intra-op spinning off unless a manifest asks for it.
+# Thread isolation, chosen by measurement (benchmarks/thread_isolation.py,
+# benchmarks/RESULTS.md#claim-thread-isolation; 2 cores, load ~6 from other work): one live session at a time
+# (time_interleaved drops each pass's session before it builds the next) repeated every pruned/dense ratio within 0.06
+# at two threads, where keeping every session alive gave 0.24-0.27, spinning or not; and with spinning off two threads
+# timed the dense DeiT-S at 267-282 ms against 445-527 ms spinning, since a spinning worker holds a core the other
+# work then preempts. So both: one live session, and onnxruntime's intra-op spinning off unless a manifest asks for
+# it.
 SPINNING_KEY = "session.intra_op.allow_spinning"
 
 

@@ -146,7 +146,7 @@ def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float | torch.Ten
     Backward: through sigmoid((perturbed margin - threshold) / tau), the threshold halfway between the k-th and
     (k+1)-th perturbed margins, centred over the alive tokens (as :func:`draw_logodds` centres them). The kept
     count is the target's whatever the scores (:func:`draw_logodds` keeps a share pinned only in log-odds).
-    Measured against it in benchmarks/spvit_train_match.py (RESULTS.md).
+    Measured against it in benchmarks/spvit_train_match.py (benchmarks/RESULTS.md#claim-spvit-draw).
 
     ``keep`` may be a learnable rate (a 0-d tensor, the learned strategy's): it then gets the gradient of
     :func:`rate_surrogate`, how the loss changes as the cut moves down the ranking."""

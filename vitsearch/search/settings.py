@@ -37,7 +37,8 @@ class SearchSettings:
     train: TrainSettings = field(default_factory=TrainSettings)
     # Shared strategy: supernet steps (each trains the largest, the smallest and a random config), then a few
     # steps per candidate from it. On the digits default, 200 + 0 took 60% of the brief search's time for a front
-    # 5% worse in hypervolume; 60 + 2 came within 0.6-0.9% in about a third of it (benchmarks/RESULTS.md).
+    # 5% worse in hypervolume; 60 + 2 came within 0.6-0.9% in about a third of it
+    # (benchmarks/RESULTS.md#claim-shared-defaults).
     shared_steps: int = 60
     shared_finetune_steps: int = 2
     # The learned strategy (search/learned.py): SPViT's keep rates learned under the budget, added to the study as
