@@ -306,7 +306,7 @@ class AdbDevice(Device):
         try:
             digest = shell(f"sha256sum {shlex.quote(perf)}", "hashing the perf-test binary").split()[0]
         except VitsearchError as e:
-            raise VitsearchError(f"{e}. Build onnxruntime_perf_test for Android and push it to {perf} (see README)")
+            raise VitsearchError(f"{e}. Build onnxruntime_perf_test for Android and push it to {perf} (see docs/devices-and-threads.md)")
         props = {p: shell(f"getprop {p}", "reading the phone's properties").strip()
                  for p in ("ro.product.model", "ro.board.platform", "ro.build.version.release")}
         env = f"LD_LIBRARY_PATH={shlex.quote(self.spec.get('ld_library_path'))} " if self.spec.get("ld_library_path") else ""
