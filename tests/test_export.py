@@ -128,3 +128,79 @@ def test_cli_export_rejects_a_bad_config(tmp_path, capsys):
     assert main(["export", "--model", "digits", "--config", "spvit:3=1.5", "--output", str(tmp_path / "m.onnx")]) == 2
     assert "keep ratio 1.5" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+# Rebuilding a model from its own checkpoint (issue 28 item 1) --------------------------------------------------
+
+def _trained_spvit_checkpoint(folder, config: str = "spvit:3=0.5,6=0.5"):
+    """A digits SPViT model saved as the search and finalize save theirs (StudyFolder.save_checkpoint), its
+    selectors moved off their initial weights, as training moves them."""
+    from vitsearch.models import create_model
+    from vitsearch.studyfolder import StudyFolder
+
+    torch.manual_seed(0)
+    model = pruning.apply(create_model("digits"), config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("token_selectors."):
+                p.add_(torch.randn_like(p))
+    path = folder / "finalized" / "model.pt"
+    path.parent.mkdir(parents=True)
+    StudyFolder(folder).save_checkpoint(model.eval(), pruning.PruneConfig.parse(config), path,
+                                        extra={"model": "digits", "study": "s", "trial": 7})
+    return model, path
+
+
+def test_cli_export_rebuilds_a_checkpoint_from_what_it_carries(tmp_path, capsys):
+    """A vitsearch checkpoint names its model and config: no --model or --config is needed, the same --config is
+    accepted, and the ONNX file runs the saved selectors (not freshly initialised ones)."""
+    from vitsearch.cli import main
+
+    model, path = _trained_spvit_checkpoint(tmp_path)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(path), "-o", str(out)]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["config"] == "spvit:3=0.5,6=0.5" and record["model"] == "digits"
+    x = export.example_input(model)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(torch.from_numpy(run_onnxruntime(out, [x])[0]), expected, atol=1e-4, rtol=1e-4)
+    assert read_metadata(out)["config"] == "spvit:3=0.5,6=0.5"
+    assert main(["export", "--checkpoint", str(path), "--config", "spvit:6=0.5,3=0.5", "--model", "vit_digits",
+                 "-o", str(tmp_path / "same.onnx")]) == 0
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--config", "spvit:3=0.7", "--config spvit:3=0.7 conflicts with checkpoint"),
+    ("--model", "clutter", "--model clutter conflicts with checkpoint"),
+])
+def test_cli_export_refuses_a_config_or_model_the_checkpoint_was_not_trained_as(tmp_path, capsys, option, value,
+                                                                                 needle):
+    from vitsearch.cli import main
+
+    _, path = _trained_spvit_checkpoint(tmp_path)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(path), option, value, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_export_refuses_selectors_the_weights_do_not_hold(tmp_path, capsys):
+    """A base checkpoint with an SPViT config would export randomly initialised selectors: refused by default,
+    let through with --untrained-selectors and a warning. Evo-ViT reads no trained module at inference."""
+    from vitsearch.cli import main
+    from vitsearch.models import create_model
+
+    torch.manual_seed(0)
+    base = tmp_path / "base.pt"
+    torch.save(create_model("digits").state_dict(), base)
+    out = tmp_path / "m.onnx"
+    for source in (["--checkpoint", str(base)], ["--model", "digits"]):  # a file, or the cached digits base
+        assert main(["export", *source, "--config", "spvit:3=0.5", "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "holds no trained token_selectors for spvit:3=0.5" in err and "--untrained-selectors" in err
+        assert not out.exists()
+    assert main(["export", "--checkpoint", str(base), "--config", "spvit:3=0.5", "--untrained-selectors",
+                 "-o", str(out)]) == 0
+    assert "untrained" in capsys.readouterr().err and out.is_file()

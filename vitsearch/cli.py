@@ -436,24 +436,41 @@ class ExportCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_model_arguments(parser)
-        parser.add_argument("--config", default="none", metavar="SPEC",
-                            help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' (default: none)")
+        # A vitsearch checkpoint (finalize's model.pt, a search trial's) names its own model and config.
+        parser.set_defaults(model=None)
+        parser.add_argument("--config", metavar="SPEC",
+                            help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' (default: the "
+                                 "checkpoint's own for a vitsearch checkpoint, else none)")
         parser.add_argument("--output", "-o", type=Path, required=True, metavar="PATH", help="ONNX file to write")
         parser.add_argument("--batch", type=positive_int, default=1, metavar="B", help="static batch size (default: 1)")
         parser.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: vitsearch's, 18)")
         parser.add_argument("--dynamo", action="store_true",
                             help="use the torch.export-based exporter (slower) instead of the TorchScript one")
+        parser.add_argument("--untrained-selectors", action="store_true",
+                            help="export a config's selectors as initialised when the weights hold none (a graph to "
+                                 "time; its accuracy means nothing). Default: refused")
 
     def run(self, args: argparse.Namespace) -> int:
         from .pruning import PruneConfig
-        from .export import check_output_path, export_model
+        from .export import check_output_path, check_trained, export_model, load_pruned
         from .flops import count_macs
-        from .models import file_sha256
+        from .models import DIGITS, file_sha256
         from .pruning import apply
 
-        config = PruneConfig.parse(args.config)  # bad input fails before the model is built
+        config = None if args.config is None else PruneConfig.parse(args.config)  # fails before a model is built
         check_output_path(args.output)
-        model = apply(model_from_args(args), config)
+        if args.checkpoint is not None:
+            if args.pretrained:
+                raise VitsearchError("give either --checkpoint or --pretrained, not both")
+            model, record = load_pruned(args.checkpoint, model=args.model, config=config,
+                                        num_classes=args.num_classes, untrained=args.untrained_selectors)
+            args.model = record["model"]
+        else:
+            args.model = args.model or DIGITS
+            base = model_from_args(args)
+            trained = base.state_dict().keys()
+            model = apply(base, config or PruneConfig())
+            check_trained(model, trained, source=f"the weights of {args.model}", untrained=args.untrained_selectors)
         meta: dict[str, Any] = {"model": args.model}
         if args.checkpoint is not None:
             meta["checkpoint"] = {"path": str(args.checkpoint.resolve()), "sha256": file_sha256(args.checkpoint)}
@@ -706,11 +723,18 @@ class FinalizeCommand(Command):
                             help="only (re)measure already finalized models on the study's device")
         parser.add_argument("--restart", action="store_true", help="discard earlier finalize results and train afresh")
         parser.add_argument("--seed", type=non_negative_int, default=d.seed)
+        export = parser.add_argument_group("export", "model.onnx is at the study's batch (what is measured); another "
+                                           "--batch adds model_bB.onnx beside it")
+        export.add_argument("--batch", type=positive_int, metavar="B",
+                            help="static batch of an extra ONNX file (default: only the study's batch)")
+        export.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: vitsearch's, 18)")
+        export.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
+                            help="torchscript (default, fast) or dynamo (torch.export-based)")
         add_workers_argument(parser)
         add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from .finalize import FinalizeSettings, finalize
+        from .finalize import ExportOptions, FinalizeSettings, finalize
 
         try:
             switch = None if args.switch is None else tuple(float(v) for v in args.switch.split(","))
@@ -723,7 +747,8 @@ class FinalizeCommand(Command):
             merge_tol=args.merge_tol, checkpoint_every=args.checkpoint_every, seed=args.seed)
         results = finalize(args.study, None if args.pareto else args.trial, settings, reports=args.reports,
                            measure_only=args.measure_only, restart=args.restart, workers=args.workers,
-                           progress=sys.stderr.isatty(), precision=precision_of(args))
+                           progress=sys.stderr.isatty(), precision=precision_of(args),
+                           export=ExportOptions(args.batch, args.opset, args.exporter == "dynamo"))
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -739,17 +764,25 @@ class FinalizeCommand(Command):
                   f"{pct(r['accuracy_training_free'])}, both on test); {measured}, predicted "
                   f"{r['predicted_ms']:.3f} ms; {r['gmacs']:.4f} GMACs; {r['steps']} steps in {r['seconds']:.0f} s")
             print(f"  {r['schedule']} schedule: {r['phases']}")
-            print(f"  ONNX {f.folder / 'model.onnx'} (onnxruntime vs PyTorch max diff {r['onnx_max_diff']:.2e})")
+            print(f"  ONNX {f.folder / 'model.onnx'} (onnxruntime vs PyTorch max diff {r['onnx_max_diff']:.2e})"
+                  + "".join(f"; batch {b}: {f.folder.parent.parent / p}" for b, p in r.get("onnx_batches", {}).items()))
         errors = [f.measure_error for f in results if f.measure_error]
         if errors:
             raise RunFailure(" ".join(errors))
+        # Every path printed opens from the working folder (finalized.json keeps them relative to the study's).
+        def opened(f: Any) -> dict[str, Any]:
+            study = f.folder.parent.parent
+            row = {k: f.record.get(k) for k in ("trial", "config", "accuracy", "val_accuracy", "accuracy_brief",
+                                                 "accuracy_training_free", "predicted_ms", "measured_ms",
+                                                 "measured_at_table_speed_ms", "within_budget", "gmacs", "steps")}
+            row["onnx"] = str(study / f.record["onnx"])
+            row["checkpoint"] = str(study / f.record["checkpoint"])
+            if f.record.get("onnx_batches"):
+                row["onnx_batches"] = {b: str(study / p) for b, p in f.record["onnx_batches"].items()}
+            return row
+
         print_json({"study": str(results[0].folder.parent.parent) if results else str(args.study),
-                    "finalized": [{k: f.record.get(k) for k in ("trial", "config", "accuracy", "val_accuracy",
-                                                                  "accuracy_brief",
-                                                                  "accuracy_training_free", "predicted_ms",
-                                                                  "measured_ms", "measured_at_table_speed_ms",
-                                                                  "within_budget", "gmacs", "steps", "onnx")}
-                                  for f in results]})
+                    "finalized": [opened(f) for f in results]})
         return 0
 
 

@@ -33,7 +33,7 @@ from .studyfolder import StudyFolder
 from .training import CPU, PiecewiseLinear, Precision, SoftLatency, accuracy, fresh_model
 from .training.progressive import SCHEDULES, FinalizeSettings, StepHook, describe, plan, train_schedule
 
-__all__ = ["SCHEDULES", "FinalizeSettings", "FinalizeContext", "Finalized", "choose_trial", "finalize",
+__all__ = ["SCHEDULES", "ExportOptions", "FinalizeSettings", "FinalizeContext", "Finalized", "choose_trial", "finalize",
            "finalize_trial", "load_context", "measure"]
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,24 @@ def measure(onnx_path: Path, model: nn.Module, ctx: FinalizeContext) -> dict[str
 # ---------------------------------------------------------------------------------------------------------------
 # Finalizing one trial.
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """How finalize exports: ``model.onnx`` is always at the study's batch (what is measured and compared with the
+    prediction); a ``batch`` other than that adds ``model_bB.onnx``. ``opset`` None: vitsearch's default;
+    ``dynamo``: the torch.export-based exporter."""
+
+    batch: int | None = None
+    opset: int | None = None
+    dynamo: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """What a finalized row records of its export: another one means exporting (and measuring) again."""
+        from .export import DEFAULT_OPSET
+
+        return {"onnx_opset": DEFAULT_OPSET if self.opset is None else self.opset,
+                "onnx_exporter": "dynamo" if self.dynamo else "torchscript"}
+
+
 @dataclass
 class Finalized:
     record: dict[str, Any]  # the finalized.json row
@@ -174,11 +192,12 @@ class Finalized:
 
 def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings = FinalizeSettings(), *,
                    measure_only: bool = False, restart: bool = False, on_step: StepHook | None = None,
-                   progress: bool = True) -> Finalized:
+                   progress: bool = True, export: ExportOptions = ExportOptions()) -> Finalized:
     """Train trial ``trial``'s config with its schedule, export it, measure it, and record it in finalized.json.
 
     A finished model (``model.pt``) is not trained again; with ``measure_only`` only the measurement is
-    (re)done, from it. A device error leaves the row with ``measured_ms`` None and ``measure_error`` set."""
+    (re)done, from it. An export with other ``export`` options than the row records is redone (and measured
+    again). A device error leaves the row with ``measured_ms`` None and ``measure_error`` set."""
     from .export import export_model
 
     record = choose_trial(ctx, trial)
@@ -195,6 +214,8 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
         raise VitsearchError(f"trial {trial} has no finalized model to measure in {out}: run finalize without "
                              "--measure-only first")
 
+    export_metadata = {"study": ctx.folder.name, "trial": trial, "base_sha256": ctx.meta["sha256"],
+                       "model": ctx.meta["model"]}
     device, teacher = ctx.precision.device, ctx.teacher if ctx.teacher is not None else ctx.base
     model = fresh_model(ctx.base, config, settings.seed).to(device)
     if not model_path.is_file():
@@ -205,7 +226,9 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
                                  state_path=state_path, on_step=on_step, progress=progress, precision=ctx.precision)
         ctx.folder.save_checkpoint(model, config, model_path, extra={
             "steps": steps, "seconds": outcome.seconds, "phases": describe(phases),
-            "settings": json.loads(json.dumps(settings.to_dict()))})
+            "settings": json.loads(json.dumps(settings.to_dict())),
+            # what rebuilds and exports it alone (vitsearch export --checkpoint model.pt)
+            "model": ctx.meta["model"], "study": ctx.folder.name, "trial": trial, "base_sha256": ctx.meta["sha256"]})
         state_path.unlink(missing_ok=True)  # the finished model replaces the resumable state
         previous = None  # a new model: its record is rebuilt below
     else:
@@ -216,6 +239,12 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
     load_state_dict(model, saved["state_dict"], source=str(model_path), name=str(config),
                     fix=f"It was trained by another vitsearch version or for another model: {retrain}")
     model.eval()
+    batch = int(ctx.meta["batch"])
+    exported = export.describe()
+    if previous is not None and any(previous.get(k, v) != v for k, v in exported.items()):
+        logger.info("trial %d was exported with %s: exporting and measuring again with %s", trial,
+                    {k: previous.get(k) for k in exported}, exported)
+        previous = None
     if previous is None or not onnx_path.is_file():
         free = fresh_model(ctx.base, config, settings.seed).to(device)  # SPViT's selectors untrained: as initialised
         # accuracy: on test, the model's accuracy as stated; val (what the search chose by) beside it
@@ -224,8 +253,8 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
                       "accuracy_brief": record.get("accuracy"), "val_accuracy_brief": record.get("val_accuracy"),
                       "accuracy_training_free": accuracy(free, ctx.splits, precision=ctx.precision, split="test")}
         model.cpu()  # exported and measured from the CPU, as the search's latency tables were made
-        export = export_model(model, onnx_path, batch=int(ctx.meta["batch"]),
-                              metadata={"study": ctx.folder.name, "trial": trial, "base_sha256": ctx.meta["sha256"]})
+        written = export_model(model, onnx_path, batch=batch, opset=export.opset, dynamo=export.dynamo,
+                               metadata=export_metadata)
         g = token_schedule(config, depth=len(ctx.base.blocks), num_patches=ctx.base.patch_embed.num_patches,
                            num_prefix=ctx.base.num_prefix_tokens)
         previous = {
@@ -234,13 +263,17 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
             "predicted_ms": ctx.predictor.predict(config).total_ms, "measured_ms": None, "gmacs": gmacs(model),
             "block_tokens": list(g.block_tokens), "schedule": saved["settings"]["schedule"],
             "phases": saved["phases"], "steps": saved["steps"], "seconds": round(saved["seconds"], 1),
-            "onnx": ctx.folder.relative(onnx_path), "onnx_max_diff": export.max_abs_diff,
+            "onnx": ctx.folder.relative(onnx_path), "onnx_max_diff": written.max_abs_diff, **exported,
             "checkpoint": ctx.folder.relative(model_path),
             "settings": saved["settings"],  # the base's sha256 travels in the ONNX metadata and study.json
         }
         ctx.folder.store_finalized(previous)  # the trained model is recorded before the device is touched
     model.cpu()
     row = dict(previous)
+    if export.batch is not None and export.batch != batch:  # seconds: written again on every run that asks for it
+        extra = export_model(model, out / f"model_b{export.batch}.onnx", batch=export.batch, opset=export.opset,
+                             dynamo=export.dynamo, metadata=export_metadata)
+        row["onnx_batches"] = {**row.get("onnx_batches", {}), str(export.batch): ctx.folder.relative(extra.path)}
     if row.get("measured_ms") is not None and not measure_only:
         return Finalized(row, out)
     try:
@@ -260,7 +293,8 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
 
 def finalize(study: str | Path, trials: Sequence[int] | None = None, settings: FinalizeSettings = FinalizeSettings(),
              *, reports: str | Path = "reports", measure_only: bool = False, restart: bool = False,
-             workers: int = 0, progress: bool = True, precision: Precision = CPU) -> list[Finalized]:
+             workers: int = 0, progress: bool = True, precision: Precision = CPU,
+             export: ExportOptions = ExportOptions()) -> list[Finalized]:
     """Finalize ``trials`` of a study (None: every trial on its Pareto front); ``workers`` DataLoader processes
     load ImageFolder images (speed only: a resumed finalize may use another number)."""
     ctx = load_context(study, reports, workers=workers, precision=precision)
@@ -274,7 +308,7 @@ def finalize(study: str | Path, trials: Sequence[int] | None = None, settings: F
     for t in trials:
         try:
             done.append(finalize_trial(ctx, t, settings, measure_only=measure_only, restart=restart,
-                                       progress=progress))
+                                       progress=progress, export=export))
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI's handler)
             kept = f"; trials {', '.join(str(d.record['trial']) for d in done)} are finalized" if done else ""
             raise Interrupted(f"interrupted while finalizing trial {t}: its training state (saved every "

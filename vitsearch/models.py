@@ -28,10 +28,12 @@ from .errors import RunFailure, VitsearchError
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLUTTER", "CLUTTER_ARCH", "CLUTTER_MODEL_ARGS", "DIGITS", "DIGITS_ARCH", "DIGITS_MODEL_ARGS", "EMBEDDED",
-           "EmbeddedTask", "ModelGeometry", "check_model_name", "create_model", "embedded_task", "file_sha256",
-           "geometry", "load_state_dict", "read_checkpoint"]
+           "EmbeddedTask", "ModelGeometry", "canonical_name", "check_model_name", "create_model", "embedded_task", "file_sha256",
+           "geometry", "load_state_dict", "read_checkpoint", "read_checkpoint_record"]
 
-def _canonical_name(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """The timm registry name of a model name (``"digits"`` is ``vit_digits``): two names are one model when
+    their canonical names are equal."""
     task = embedded_task(name)
     return task.arch if task is not None else name
 
@@ -49,7 +51,7 @@ def check_model_name(name: str) -> None:
 
     Builds the model on the meta device (no memory, no init compute, no download) to check its class.
     """
-    arch = _canonical_name(name)
+    arch = canonical_name(name)
     if not timm.is_model(arch):
         raise VitsearchError(f"unknown model {name!r}: {_suggest(name)}")
     with torch.device("meta"):
@@ -76,7 +78,7 @@ def create_model(
     Extra keyword arguments go to ``timm.create_model`` (e.g. ``img_size=32, patch_size=8``).
     """
     check_model_name(name)
-    arch = _canonical_name(name)
+    arch = canonical_name(name)
     state_dict = None
     if checkpoint is not None:
         if pretrained:
@@ -111,6 +113,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     Accepts a raw state_dict or a dict holding it under ``model`` / ``state_dict`` / ``model_state``, and strips
     the ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) prefixes.
     """
+    return read_checkpoint_record(path)[0]
+
+
+def read_checkpoint_record(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`read_checkpoint`'s state_dict and the entries saved beside it (a vitsearch checkpoint's
+    ``config``, ``model``, ``geometry``...; empty for a raw state_dict or a safetensors file)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise VitsearchError(f"checkpoint {str(path)!r} does not exist or is not a file")
@@ -149,9 +157,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             reason = str(e).strip().split(". ")[0] or type(e).__name__
             raise VitsearchError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint ({reason}): "
                                  "save or copy it again, or pass the right file") from e
+    record: dict[str, Any] = {}
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "model_state"):
             if isinstance(obj.get(key), Mapping):
+                record = {k: v for k, v in obj.items() if k != key}
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -164,7 +174,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise VitsearchError(
             f"checkpoint {str(path)!r} holds NaN or infinite weights (in {', '.join(bad[:3])}{more}): it was saved "
             "from a training that diverged. Pass an earlier checkpoint, or train again with a lower learning rate")
-    return {_strip_prefixes(k): v for k, v in obj.items()}
+    return {_strip_prefixes(k): v for k, v in obj.items()}, record
 
 
 def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:

@@ -245,9 +245,14 @@ class StudyFolder:
     # Checkpoints ----------------------------------------------------------------------------------------------
 
     def save_checkpoint(self, model: Any, config: Any, path: Path, extra: Mapping[str, Any] | None = None) -> None:
-        """A model's state_dict with the config it was trained for (a :class:`~vitsearch.pruning.PruneConfig`)."""
+        """A model's state_dict with what rebuilds it alone (:func:`vitsearch.export.load_pruned`): the config it
+        was trained for (a :class:`~vitsearch.pruning.PruneConfig`), its timm model name and geometry."""
+        from .models import geometry  # deferred: models pulls in timm
+
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # loads on a machine without its GPU
-        save_torch({"state_dict": state, "config": config.to_dict(), **(extra or {})}, path)
+        save_torch({"state_dict": state, "config": config.to_dict(),
+                    "model": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
+                    "geometry": geometry(model).to_dict(), **(extra or {})}, path)
 
     def save_supernet(self, model: Any, config: Any, record: Mapping[str, Any]) -> None:
         """The shared strategy's supernet (``supernet.pt``) and its training record (``supernet.json``)."""

@@ -47,6 +47,8 @@ class PruningMethod:
     name: ClassVar[str]
     prunes: ClassVar[bool] = True  # False only for the identity: the search space offers the others
     new_parameters: ClassVar[tuple[str, ...]] = ()  # state_dict prefixes of the modules patch() adds
+    # Those of them an eval forward reads: left untrained they change the model's output (an export refuses them).
+    inference_parameters: ClassVar[tuple[str, ...]] = ()
 
     # Config ------------------------------------------------------------------------------------------------
     def check_keep(self, keep: Mapping[int, float]) -> None:

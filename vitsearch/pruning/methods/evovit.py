@@ -32,7 +32,7 @@ class EvoViT(PruningMethod):
     attention seeds the score), the stage blocks as ``evo_block(_cls)(P + k + 1, k)``."""
 
     name = "evovit"
-    new_parameters = ("head_aux.",)
+    new_parameters = ("head_aux.",)  # trained only: inference ranks by class attention and never reads it
     #: None: the classifier is the stock model's (a class-token model keeps its class-token head; issue 14 item 4
     #: chose it on digits by finalized accuracy, benchmarks/evovit_head.py). "avg": it reads the mean of all patch
     #: tokens, as the official DeiT Evo-ViT does, and the class token trains ``head_aux``.

@@ -67,6 +67,7 @@ class SPViT(PruningMethod):
 
     name = "spvit"
     new_parameters = ("token_selectors.",)
+    inference_parameters = new_parameters  # the selectors score the tokens inference keeps
 
     def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int,
                  pool: str = "token") -> TokenSchedule:
