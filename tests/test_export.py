@@ -204,3 +204,21 @@ def test_cli_export_refuses_selectors_the_weights_do_not_hold(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(base), "--config", "spvit:3=0.5", "--untrained-selectors",
                  "-o", str(out)]) == 0
     assert "untrained" in capsys.readouterr().err and out.is_file()
+
+
+def test_the_base_and_every_export_of_it_carry_classes_and_preprocessing(digits_base, tmp_path, capsys):
+    """The cached base records what running it needs; an export of it (by name, or of its model.pt) carries the
+    class names and preprocessing in the ONNX metadata (issue 28 item 7)."""
+    from vitsearch.cli import main
+    from vitsearch.data import inference_inputs
+
+    _, meta = digits_base
+    assert meta["classes"] == list("0123456789")
+    assert meta["preprocessing"] == inference_inputs(digits_base[0])["preprocessing"]
+    assert meta["preprocessing"]["input_size"] == [1, 64, 64] and len(meta["preprocessing"]["mean"]) == 1
+    for i, source in enumerate((["--model", "digits"], ["--checkpoint", f"{meta['path']}/model.pt"])):
+        out = tmp_path / f"{i}.onnx"
+        assert main(["export", *source, "--config", "evovit:3=0.5", "-o", str(out)]) == 0
+        onnx_meta = read_metadata(out)
+        assert json.loads(onnx_meta["classes"]) == meta["classes"]
+        assert json.loads(onnx_meta["preprocessing"]) == meta["preprocessing"]

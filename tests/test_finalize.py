@@ -10,7 +10,7 @@ from vitsearch import finalize as fin
 from vitsearch.cli import main
 from vitsearch.pruning import PruneConfig
 from vitsearch.errors import VitsearchError
-from vitsearch.export import example_input, run_onnxruntime
+from vitsearch.export import example_input, read_metadata, run_onnxruntime
 from vitsearch.pruning import apply
 from vitsearch.report import load_study
 from vitsearch.search import SearchSettings, run_search
@@ -140,7 +140,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(ctx, tmp_path):
 def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
     trial = front_trial(study)
     rc = main(["finalize", str(study), "--trial", str(trial), "--steps", "4", "--batch-size", "16",
-               "--warmup-steps", "1", "--aux-weight", "0.2"])
+               "--warmup-steps", "1", "--aux-weight", "0.2", "--batch", "3", "--opset", "17"])
     out = capsys.readouterr().out
     assert rc == 0, out
     rows = json.loads((study / "finalized.json").read_text())
@@ -177,7 +177,25 @@ def test_finalize_trains_exports_measures_and_records_the_row(study, capsys):
     finalized = load_study(study).finalized
     assert [e.config for e in finalized] == [brief["config"]] and finalized[0].measured_ms == row["measured_ms"]
     assert finalized[0].extra["accuracy_training_free"] == row["accuracy_training_free"]
-    assert json.loads(out.strip().splitlines()[-1])["finalized"][0]["trial"] == trial
+    printed = json.loads(out.strip().splitlines()[-1])
+    assert printed["finalized"][0]["trial"] == trial
+    # Printed paths open from the working folder, like the study's (issue 28 item 7).
+    assert printed["finalized"][0]["onnx"] == str(study / row["onnx"]) and printed["study"] == str(study)
+    # --batch adds a file at that batch; --opset reaches both exports (issue 28 item 1).
+    extra = study / row["onnx_batches"]["3"]
+    assert extra.is_file() and printed["finalized"][0]["onnx_batches"]["3"] == str(extra)
+    assert json.loads(read_metadata(extra)["input_shapes"]) == [[3, 1, 64, 64]]
+    assert read_metadata(extra)["opset"] == read_metadata(study / row["onnx"])["opset"] == "17" == str(row["onnx_opset"])
+    # Class names and preprocessing travel with the study, the finalized ONNX and the checkpoint (item 7).
+    meta = json.loads((study / "study.json").read_text())
+    onnx_meta = read_metadata(study / row["onnx"])
+    assert meta["classes"] == list("0123456789") == json.loads(onnx_meta["classes"])
+    assert meta["preprocessing"]["input_size"] == [1, 64, 64] == json.loads(onnx_meta["preprocessing"])["input_size"]
+    # The finalized checkpoint exports again alone: no --model, no --config (item 1).
+    again = study / "again.onnx"
+    assert main(["export", "--checkpoint", str(study / row["checkpoint"]), "-o", str(again)]) == 0
+    assert read_metadata(again)["config"] == brief["config"] and read_metadata(again)["classes"] == onnx_meta["classes"]
+    torch.testing.assert_close(torch.from_numpy(run_onnxruntime(again, [x])[0]), expected, atol=1e-4, rtol=1e-4)
 
 
 def _error(capsys, argv, code: int = 2) -> str:

@@ -34,11 +34,17 @@ def test_the_readme_has_library_examples_and_says_why_one_is_not_run():
     assert all(re.match(rf"{re.escape(SKIP)} \(.+\)", b) for b in skipped)  # a reason, in brackets
 
 
-def run_python_blocks(page: Path, tables: Path, folder: Path, monkeypatch) -> int:
-    """Run ``page``'s Python blocks as written, in one namespace, in ``folder`` with a latency table: how many ran."""
+def run_python_blocks(page: Path, tables: Path, folder: Path, monkeypatch, namespace: dict | None = None) -> int:
+    """Run ``page``'s Python blocks as written, in one namespace, in ``folder`` with a latency table and a photo
+    (``photo.jpg``, of another size and shape than any model's input, as a photo is): how many ran."""
+    import numpy as np
+    from PIL import Image
+
     shutil.copytree(tables, folder / "latency_tables")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(folder / "photo.jpg")
     monkeypatch.chdir(folder)
-    namespace: dict = {"__name__": "__readme__"}
+    namespace = {"__name__": "__readme__"} if namespace is None else namespace
     ran = 0
     for block in python_blocks(page.read_text()):
         if block.startswith(SKIP):
@@ -65,6 +71,24 @@ def test_the_manual_is_one_page_per_topic_with_runnable_examples():
 @pytest.mark.parametrize("page", [p for p in DOCS if python_blocks(p.read_text())], ids=lambda p: p.name)
 def test_the_docs_python_blocks_run_as_written(page, tables, tmp_path, monkeypatch):
     assert run_python_blocks(page, tables, tmp_path, monkeypatch) >= 1
+
+
+def test_the_image_example_prepares_the_photo_as_timm_does(tables, tmp_path, monkeypatch, capsys):
+    """docs/data-and-models.md runs an exported model on a photo from its ONNX metadata alone (issue 28 item 7): the
+    input it makes is timm's eval transform of the photo, and it names the class the model gives it."""
+    import torch
+    from PIL import Image
+    from timm.data import create_transform
+
+    from vitsearch.data import model_input
+
+    namespace: dict = {"__name__": "__readme__"}
+    run_python_blocks(ROOT / "docs" / "data-and-models.md", tables, tmp_path, monkeypatch, namespace)
+    model = namespace["model"]
+    expected = create_transform(**model_input(model), is_training=False)(Image.open("photo.jpg").convert("RGB"))
+    torch.testing.assert_close(torch.from_numpy(namespace["x"]), expected[None], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        assert capsys.readouterr().out.splitlines()[-1] == "ABCDEFGHIJ"[int(model.eval()(expected[None]).argmax())]
 
 
 def command_lines(text: str) -> list[list[str]]:

@@ -454,7 +454,8 @@ class ExportCommand(Command):
         from .pruning import PruneConfig
         from .export import check_output_path, check_trained, export_model, load_pruned
         from .flops import count_macs
-        from .models import DIGITS, file_sha256
+        from .models import DIGITS, embedded_task, file_sha256
+        from .pretrain import base_model, recipe
         from .pruning import apply
 
         config = None if args.config is None else PruneConfig.parse(args.config)  # fails before a model is built
@@ -464,14 +465,16 @@ class ExportCommand(Command):
                 raise VitsearchError("give either --checkpoint or --pretrained, not both")
             model, record = load_pruned(args.checkpoint, model=args.model, config=config,
                                         num_classes=args.num_classes, untrained=args.untrained_selectors)
-            args.model = record["model"]
+            args.model, classes = record["model"], record.get("classes")
         else:
             args.model = args.model or DIGITS
             base = model_from_args(args)
+            task = embedded_task(args.model)
+            classes = base_model(recipe(task.name))[1].get("classes") if task and not args.pretrained else None
             trained = base.state_dict().keys()
             model = apply(base, config or PruneConfig())
             check_trained(model, trained, source=f"the weights of {args.model}", untrained=args.untrained_selectors)
-        meta: dict[str, Any] = {"model": args.model}
+        meta: dict[str, Any] = {"model": args.model, **({"classes": classes} if classes else {})}
         if args.checkpoint is not None:
             meta["checkpoint"] = {"path": str(args.checkpoint.resolve()), "sha256": file_sha256(args.checkpoint)}
         result = export_model(model, args.output, batch=args.batch, opset=args.opset, dynamo=args.dynamo,

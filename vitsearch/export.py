@@ -61,7 +61,8 @@ def _names(prefix: str, count: int) -> list[str]:
 
 
 def model_provenance(module: nn.Module) -> dict[str, str]:
-    """What a ViT artefact must carry: pruning config, token schedule and geometry, when the module has them."""
+    """What a ViT artefact must carry: pruning config, token schedule, geometry and preprocessing (mean, std, input
+    size, crop, interpolation: :func:`vitsearch.data.inference_inputs`), when the module has them."""
     from timm.models.vision_transformer import VisionTransformer
 
     meta: dict[str, str] = {}
@@ -72,9 +73,11 @@ def model_provenance(module: nn.Module) -> dict[str, str]:
         meta["block_tokens"] = json.dumps(list(schedule.block_tokens))
         meta["selectors"] = json.dumps([[s.block, s.n_in, s.n_keep] for s in schedule.selectors])
     if isinstance(module, VisionTransformer):
-        from .models import geometry  # deferred: models pulls in timm's registry
+        from .data import inference_inputs  # deferred: models and data pull in timm's registry
+        from .models import geometry
 
         meta["geometry"] = json.dumps(geometry(module).to_dict())
+        meta["preprocessing"] = json.dumps(inference_inputs(module)["preprocessing"])
     return meta
 
 
@@ -271,9 +274,11 @@ def load_pruned(checkpoint: str | os.PathLike[str], *, model: str | None = None,
     """Rebuild a (pruned) timm ViT from ``checkpoint`` in eval mode, with the checkpoint's record.
 
     A vitsearch checkpoint (a search trial's, finalize's ``model.pt``) carries its config, timm model name and
-    geometry: ``model`` and ``config`` may be left out, and where given they must be the checkpoint's. A plain
-    state_dict is loaded into ``model`` (default: digits) pruned by ``config`` (default: none). The config is
-    applied before the weights are loaded, so a pruned model's own modules (SPViT's selectors) load too.
+    geometry (finalize's also its class names and preprocessing; a base's ``meta.json`` beside its ``model.pt``
+    gives the record its ``classes``): ``model`` and ``config`` may be left out, and where given they must be the
+    checkpoint's. A plain state_dict is loaded into ``model`` (default: digits) pruned by ``config`` (default:
+    none). The config is applied before the weights are loaded, so a pruned model's own modules (SPViT's
+    selectors) load too.
 
     A config whose method reads trained modules at inference (``inference_parameters``: SPViT's selectors) that
     the checkpoint lacks is refused: the export would run randomly initialised selectors. ``untrained=True``
@@ -313,7 +318,14 @@ def load_pruned(checkpoint: str | os.PathLike[str], *, model: str | None = None,
     load_state_dict(built, {**fresh, **state}, source=str(path), name=f"{name} [{config}]",
                     fix="Pass the --model the checkpoint was trained as (and --num-classes if its head differs)")
     built.eval()
-    return built, {**record, "model": name, "config": str(config)}
+    classes = record.get("classes")
+    beside = path.with_name("meta.json")  # a cached or fitted base (vitsearch pretrain) records its classes there
+    if classes is None and path.name == "model.pt" and beside.is_file():
+        try:
+            classes = json.loads(beside.read_text()).get("classes")
+        except (OSError, ValueError, AttributeError):
+            logger.warning("cannot read the class names in %s: the ONNX file will carry none", beside)
+    return built, {**record, "model": name, "config": str(config), "classes": classes}
 
 
 def check_trained(model: nn.Module, trained: Iterable[str], *, source: str, untrained: bool = False) -> None:

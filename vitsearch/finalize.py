@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .errors import Interrupted, RunFailure, VitsearchError
 from .files import load_torch
+from .data import inference_inputs
 from .flops import gmacs
 from .models import load_state_dict
 from .pruning import PruneConfig, token_schedule
@@ -214,8 +215,9 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
         raise VitsearchError(f"trial {trial} has no finalized model to measure in {out}: run finalize without "
                              "--measure-only first")
 
+    inputs = inference_inputs(ctx.base, ctx.splits.classes)  # preprocessing and class names
     export_metadata = {"study": ctx.folder.name, "trial": trial, "base_sha256": ctx.meta["sha256"],
-                       "model": ctx.meta["model"]}
+                       "model": ctx.meta["model"], **inputs}
     device, teacher = ctx.precision.device, ctx.teacher if ctx.teacher is not None else ctx.base
     model = fresh_model(ctx.base, config, settings.seed).to(device)
     if not model_path.is_file():
@@ -228,7 +230,8 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
             "steps": steps, "seconds": outcome.seconds, "phases": describe(phases),
             "settings": json.loads(json.dumps(settings.to_dict())),
             # what rebuilds and exports it alone (vitsearch export --checkpoint model.pt)
-            "model": ctx.meta["model"], "study": ctx.folder.name, "trial": trial, "base_sha256": ctx.meta["sha256"]})
+            "model": ctx.meta["model"], "study": ctx.folder.name, "trial": trial, "base_sha256": ctx.meta["sha256"],
+            **inputs})
         state_path.unlink(missing_ok=True)  # the finished model replaces the resumable state
         previous = None  # a new model: its record is rebuilt below
     else:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 
 from . import versions
-from .data import DIGITS, DigitsSpec, LoaderSettings, SplitFractions, load_dataset, scan_image_folder
+from .data import DIGITS, DigitsSpec, LoaderSettings, SplitFractions, inference_inputs, load_dataset, scan_image_folder
 from .errors import VitsearchError
 from .files import CACHE_FIX, cache_dir, check_writable
 from .models import create_model, file_sha256
@@ -140,5 +140,6 @@ def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, sett
             "test_accuracy": test_accuracy,
             "train_seconds": round(seconds, 2), "dataset_description": splits.description,
             "training": precision.to_dict(), "versions": versions(),
+            **inference_inputs(model, splits.classes),  # preprocessing and class names, for whoever runs it
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     return model.cpu().eval(), meta

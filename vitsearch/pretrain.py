@@ -33,7 +33,7 @@ from timm.models.vision_transformer import VisionTransformer
 from tqdm import tqdm
 
 from . import versions
-from .data import ClutterSpec, DigitsSpec, LoaderSettings, embedded_data_of
+from .data import ClutterSpec, DigitsSpec, LoaderSettings, embedded_data_of, inference_inputs
 from .errors import VitsearchError
 from .files import CACHE_FIX, cache_dir, check_writable
 from .models import CLUTTER, CLUTTER_MODEL_ARGS, DIGITS, DIGITS_MODEL_ARGS, create_model, load_state_dict
@@ -230,6 +230,7 @@ def train_base_model(settings: PretrainSettings | None = None, *, loading: Loade
         "training": precision.to_dict(),
         "dataset": splits.description,
         "dataset_provenance": dict(splits.provenance),
+        **inference_inputs(model, splits.classes),  # preprocessing and class names, for whoever runs it
         "versions": versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -36,12 +36,12 @@ from .clutter import CLUTTER, ClutterSpec, clutter_data, clutter_splits
 from .digits import DIGITS, DigitsSpec, digits_canvases, digits_splits, translate_within_canvas
 from .imagefolder import FolderLayout, ImageFiles, image_folder_splits, scan_image_folder, subset
 from .splits import (HELD_OUT, Augment, Batch, DatasetSplits, LoaderSettings, SplitFractions, TensorImageDataset,
-                     model_input, split_sha256, stratified_split)
+                     inference_inputs, model_input, split_sha256, stratified_split)
 
 __all__ = ["CLUTTER", "DIGITS", "EMBEDDED_DATA", "HELD_OUT", "Augment", "Batch", "ClutterSpec", "DatasetSplits",
            "DigitsSpec", "EmbeddedData", "FolderLayout", "ImageFiles", "LoaderSettings", "SplitFractions",
            "TensorImageDataset", "check_num_classes", "clutter_data", "clutter_splits", "digits_canvases",
-           "digits_splits", "embedded_data_of", "image_folder_splits", "load_dataset", "model_input",
+           "digits_splits", "embedded_data_of", "image_folder_splits", "inference_inputs", "load_dataset", "model_input",
            "scan_image_folder", "split_sha256", "stratified_split", "translate_within_canvas"]
 
 

@@ -165,6 +165,19 @@ def model_input(model: torch.nn.Module) -> dict[str, Any]:
             cfg[key] = (float(np.mean(values)),) * in_chans
     return cfg
 
+
+def inference_inputs(model: torch.nn.Module, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """What running the model on an image needs, JSON-ready, recorded with the base, the study, finalized models and
+    every ONNX file: ``preprocessing`` (timm's eval transform for :func:`model_input`: resize the shorter side to
+    ``size / crop_pct`` with ``interpolation``, centre-crop to ``input_size`` (C, H, W), scale to [0, 1], subtract
+    ``mean``, divide by ``std``; an input of 1 channel is grey) and, where known, the ``classes`` in output order."""
+    cfg = model_input(model)
+    pre = {"input_size": [int(v) for v in cfg["input_size"]], "mean": [float(v) for v in cfg["mean"]],
+           "std": [float(v) for v in cfg["std"]], "interpolation": str(cfg.get("interpolation", "bicubic")),
+           "crop_pct": float(cfg.get("crop_pct", 1.0)), "crop_mode": str(cfg.get("crop_mode", "center"))}
+    return {"preprocessing": pre, **({"classes": [str(c) for c in classes]} if classes is not None else {})}
+
+
 @dataclass(frozen=True)
 class SplitFractions:
     """The shares of each class (of its source images) held out as val and as test; train keeps the rest.

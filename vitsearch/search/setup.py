@@ -11,7 +11,7 @@ from typing import Any
 import torch.nn as nn
 
 from .. import versions
-from ..data import SplitFractions
+from ..data import SplitFractions, inference_inputs
 from ..errors import VitsearchError
 from ..files import check_writable
 from ..latency.validate import Headroom, measured_headroom
@@ -244,6 +244,7 @@ def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
         "budget": str(setup.budget), "budget_ms": round(setup.budget_ms, 6), "unpruned_ms": setup.unpruned_ms,
         "headroom": setup.headroom.to_dict(), "limit_ms": round(setup.limit_ms, 6),
         "fastest": {"config": str(setup.fastest[0]), "ms": setup.fastest[1]},
+        **inference_inputs(setup.base, setup.splits.classes),  # what running the model on an image needs
         "space": setup.space.to_dict(), "strategy": settings.strategy, "training": setup.precision.to_dict(), "versions": versions(),
         "objectives": ["val_accuracy (maximise)", "predicted latency ms (minimise)"], "metric": "top1",
         # The search decides on val; the accuracy it states is test's, which no decision reads.
