@@ -133,7 +133,15 @@ def test_optuna_reads_the_same_constraints_and_names(searched):
         optuna.storages.journal.JournalFileBackend(str(folder / "journal.log"))))
     assert study.metric_names == list(OBJECTIVES)
     by_number = {t.number: t for t in study.trials}
-    assert all(by_number[n].constraints["latency_ms"] > 0 for n in rejected)
+    # One list (as Optuna's samplers store it): latency_ms, then selectors, as the study's user attr says.
+    assert all(len(by_number[n].constraints) == 2 and by_number[n].constraints["0"] > 0 for n in rejected)
+    assert list(study.user_attrs["constraints"]) == ["latency_ms", "selectors"]
+    # vitsearch's DataFrame of the same trials: the rejected ones without an accuracy, lists as lists.
+    from vitsearch.report import trials_dataframe
+
+    frame = trials_dataframe(folder).set_index("trial")
+    assert frame.loc[rejected, "val_accuracy"].isna().all() and frame.loc[trained, "val_accuracy"].notna().all()
+    assert isinstance(frame.loc[trained[0], "block_tokens"], list)
     assert all(v <= 0 for n in trained for v in by_number[n].constraints.values())
     # Optuna's front (feasible trials only) is vitsearch's front.json.
     front = json.loads((folder / "front.json").read_text())

@@ -276,3 +276,22 @@ def test_the_report_states_test_and_keeps_the_front_the_search_chose_on_val(repo
     assert rows["evovit:3=0.6"][-1] == "front"
     md = write_report(study).markdown.read_text()
     assert "Accuracy is on the test split, which no decision of the search reads" in md
+
+
+def test_trials_dataframe_keeps_lists_and_leaves_rejected_trials_without_accuracy(study_folder):
+    """vitsearch.report.trials_dataframe (issue 28 item 9): one row per trial, lists as lists (trials.csv holds their
+    text), NaN where a trial was rejected before training (never a fake 0.0), the front marked."""
+    import math
+
+    from vitsearch.report import trials_dataframe
+
+    frame = trials_dataframe(study_folder.name, study_folder.parent)
+    records = json.loads((study_folder / "trials.json").read_text())
+    assert list(frame["trial"]) == [r["trial"] for r in records] == list(range(6))
+    assert frame.loc[1, "blocks"] == [3, 6] and frame.loc[1, "keep"] == [0.7, 0.7]
+    assert frame.loc[1, "block_tokens"] == records[1]["block_tokens"] and isinstance(frame.loc[1, "block_tokens"], list)
+    rejected = frame[frame["status"].str.startswith("rejected")]
+    assert list(rejected["trial"]) == [4, 5] and all(math.isnan(a) for a in rejected["accuracy"])
+    assert frame["accuracy"].min() == 0.80  # no 0.0 among them
+    front = {r["trial"] for r in json.loads((study_folder / "front.json").read_text())}
+    assert set(frame.loc[frame["on_front"], "trial"]) == front == {0, 1, 2}

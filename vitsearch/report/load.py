@@ -224,3 +224,25 @@ def load_study(study: str | Path, reports: str | Path = "reports") -> StudyRecor
     return StudyRecord(folder=folder.path, meta=meta, trials=with_measured(lists["trials"]),
                        front=with_measured(lists["front"]), baselines=with_measured(lists["baselines"]),
                        finalized=lists["finalized"], validation=validation, notes=notes)
+
+
+def trials_dataframe(study: str | Path, reports: str | Path = "reports") -> Any:
+    """A study's trials (``trials.json``, the records ``vitsearch search`` writes) as a pandas DataFrame, one row per
+    trial in trial order, for analysis in a notebook.
+
+    Lists stay lists (``blocks``, ``keep``, ``block_tokens``: ``trials.csv`` can only hold their text); a trial
+    rejected before training has no accuracy (NaN in ``accuracy`` and ``val_accuracy``, never 0); ``on_front``
+    marks the trials on the Pareto front (``front.json``). Optuna's own ``study.trials_dataframe()`` lists the same
+    trials with its objective values instead, where a rejected trial's ``val_accuracy`` is the placeholder 0.0 a
+    complete trial needs (:data:`vitsearch.search.record.REJECTED_ACCURACY`)."""
+    import pandas as pd  # deferred: only this function needs it
+
+    folder = StudyFolder.find(study, reports)
+    records = folder.require_records("trials")
+    front = {r.get("trial") for r in folder.read_records("front") or []}
+    frame = pd.DataFrame.from_records(records)
+    for column in ("accuracy", "val_accuracy"):  # None (not trained) reads as NaN, whatever the other rows hold
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    frame["on_front"] = frame["trial"].isin(front) if "trial" in frame else False
+    return frame.sort_values("trial", kind="stable").reset_index(drop=True) if "trial" in frame else frame

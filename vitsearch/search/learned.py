@@ -33,7 +33,7 @@ from ..pruning import PruneConfig, apply, kept_tokens, token_schedule
 from ..training import train_candidate
 from ..training.learned import LearnSettings, learn_rates, rates_config
 from .evaluation import Evaluator, held_out_accuracies
-from .record import CONSTRAINTS_LIST_KEY
+from .record import CONSTRAINTS_LIST_KEY, constraint_list
 from .settings import LEARNED as KIND, TRAINED_ATTRS, Candidate, SearchSettings
 
 logger = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def run_learned(evaluator: Evaluator, study: optuna.Study) -> Candidate:
 
 def record(study: optuna.Study, cand: Candidate, budget_ms: float, max_selectors: int, run: Any,
            learn: LearnSettings, total_steps: int) -> None:
-    """The learned candidate as a complete trial: the objectives, the constraints (both forms, as for a trial),
+    """The learned candidate as a complete trial: the objectives, the constraints (the one list, as for a trial),
     and what was learned."""
     constraints = {"latency_ms": cand.predicted_ms - budget_ms,
                    "selectors": float(max(len(cand.config.keep) - max_selectors, 1 - len(cand.config.keep)))}
@@ -257,6 +257,6 @@ def record(study: optuna.Study, cand: Candidate, budget_ms: float, max_selectors
                  block_tokens=list(cand.block_tokens), learned_rates={str(b): r for b, r in run.rates.items()},
                  learned_history=run.history, learned_settings=learn.to_dict(), train_steps=total_steps)
     study.add_trial(optuna.trial.create_trial(
-        values=[cand.val_accuracy, cand.predicted_ms], user_attrs=attrs, constraints=constraints,
-        system_attrs={CONSTRAINTS_LIST_KEY: [float(v) for v in constraints.values()]}))
+        values=[cand.val_accuracy, cand.predicted_ms], user_attrs=attrs,
+        system_attrs={CONSTRAINTS_LIST_KEY: constraint_list(constraints)}))
 

@@ -4,10 +4,11 @@
   ``trials_dataframe()`` show ``val_accuracy`` and ``predicted_latency_ms`` instead of ``0`` and ``1``. The
   objective is the val split's accuracy, what the search decides by; the test split's (the accuracy vitsearch
   states) is the user attr ``accuracy``, which no decision reads.
-- Each constraint is stored in both forms Optuna's ecosystem reads: by name (``trial.set_constraint``, read by
-  ``FrozenTrial.constraints``, the samplers and ``plot_pareto_front``), and as one list under ``"constraints"``, the
-  form samplers' ``constraints_func`` wrote before Optuna 5 and the only one optuna-dashboard (0.21) reads: a trial
-  without that list is shown as feasible there.
+- The constraints are stored as one list under the system attr ``"constraints"``, the form Optuna's samplers write
+  for a ``constraints_func`` and the only one optuna-dashboard (0.21) reads (a trial without it is shown feasible
+  there); ``FrozenTrial.constraints``, the samplers and ``plot_pareto_front`` read it too. Not also by name
+  (``trial.set_constraint``): Optuna would read both forms, four entries for two constraints. Their order and
+  meaning are the study's user attr ``constraints`` (:data:`CONSTRAINTS`).
 - The study's user attributes say what the numbers mean (:func:`describe`).
 """
 from __future__ import annotations
@@ -17,20 +18,26 @@ from typing import Any, Mapping
 
 OBJECTIVES = ("val_accuracy", "predicted_latency_ms")
 DIRECTIONS = ("maximize", "minimize")
-CONSTRAINTS_LIST_KEY = "constraints"  # optuna-dashboard's ``CONSTRAINTS_KEY``; Optuna's old list form
+CONSTRAINTS_LIST_KEY = "constraints"  # optuna-dashboard's ``CONSTRAINTS_KEY``; Optuna's list form
+CONSTRAINTS = ("latency_ms", "selectors")  # the list's entries, in order
 # Returned as a rejected trial's accuracy: Optuna needs a value for a complete trial. The trial's constraints mark it
 # infeasible, so it is never on a front (Optuna's, the dashboard's or vitsearch's).
 REJECTED_ACCURACY = 0.0
 
 
+def constraint_list(constraints: Mapping[str, float]) -> list[float]:
+    """The stored list of a trial's constraints (feasible when every value is <= 0), in :data:`CONSTRAINTS` order."""
+    if set(constraints) != set(CONSTRAINTS):
+        raise ValueError(f"constraints {sorted(constraints)} are not {list(CONSTRAINTS)}")
+    return [float(constraints[name]) for name in CONSTRAINTS]
+
+
 def set_constraints(trial: Any, constraints: Mapping[str, float]) -> None:
-    """Store a trial's constraints (feasible when every value is <= 0) by name and as the list, in that order."""
-    for name, value in constraints.items():
-        trial.set_constraint(name, float(value))
+    """Store a trial's constraints as the one list (:func:`constraint_list`)."""
     storage = trial.storage  # the storage the trial lives in; its trial id found through public storage calls
     study_id = storage.get_study_id_from_name(trial.study.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-    storage.set_trial_system_attr(trial_id, CONSTRAINTS_LIST_KEY, [float(v) for v in constraints.values()])
+    storage.set_trial_system_attr(trial_id, CONSTRAINTS_LIST_KEY, constraint_list(constraints))
 
 
 def describe(study: Any, *, metric: str, device: str, batch: int, budget: str, budget_ms: float,
@@ -48,7 +55,7 @@ def describe(study: Any, *, metric: str, device: str, batch: int, budget: str, b
                             "(infeasible, never on a front)",
             "predicted_latency_ms": f"latency predicted from the {device} latency table, batch {batch} (ms)",
         },
-        "constraints": {
+        "constraints": {  # in the order of each trial's list (FrozenTrial.constraints "0", "1")
             "latency_ms": f"predicted latency minus {limit_ms:.4f} ms (<= 0: within it): the budget {budget} = "
                           f"{budget_ms:.4f} ms less the headroom left for the latency table's error",
             "selectors": "selectors over the space's limit, or 1 for none (<= 0: allowed)",
