@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from filelock import FileLock
 
 from . import versions
-from .data import DIGITS, DigitsSpec, LoaderSettings, SplitFractions, inference_inputs, load_dataset, scan_image_folder
+from .data import (DIGITS, DigitsSpec, LoaderSettings, SplitFractions, inference_inputs, load_dataset,
+                   scan_image_folder)
 from .errors import VitsearchError
 from .files import CACHE_FIX, cache_dir, check_writable
 from .models import create_model, file_sha256
