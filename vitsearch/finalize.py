@@ -23,9 +23,9 @@ from typing import Any, Mapping, Sequence
 
 import torch.nn as nn
 
+from .data import inference_inputs
 from .errors import Interrupted, RunFailure, VitsearchError
 from .files import load_torch
-from .data import inference_inputs
 from .flops import gmacs
 from .models import load_state_dict
 from .pruning import PruneConfig, token_schedule
