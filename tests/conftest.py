@@ -89,7 +89,7 @@ QUICK_MEASURE = dict(warmup=2, min_repeats=5, max_repeats=20, max_seconds=0.5)
 
 def write_table(tables: Path, *, model: str = "digits", costs: Callable[[Any], float] = chosen_ms,
                 speeds: Mapping[str, float] | None = None, reference_ms: float = 1.0, grid_spec: Any = None,
-                model_kwargs: Mapping[str, Any] | None = None) -> Any:
+                model_kwargs: Mapping[str, Any] | None = None, precision: str = "fp32") -> Any:
     """A complete CPU latency table for ``model`` written through vitsearch.latency.table (rows, metadata, path),
     with the latencies ``costs`` gives at every grid point instead of timings: no test reads a table whose values
     depend on how busy the machine was while the session profiled it (a flat monotone fit once zeroed a gradient).
@@ -116,12 +116,12 @@ def write_table(tables: Path, *, model: str = "digits", costs: Callable[[Any], f
                           stable=True, ref_ms=reference_ms * speed))
     threads = 1
     meta = {"format": T.FORMAT, "device": resolve("cpu", tables).to_dict(), "model": model, "geometry": g.to_dict(),
-            "batch": 1, "precision": T.PRECISION, "threads": threads, "spinning": "off",
+            "batch": 1, "precision": precision, "threads": threads, "spinning": "off",
             "settings": asdict(MeasureSettings(threads=threads, **QUICK_MEASURE)), "grid": asdict(spec),
             "vitsearch_version": __version__, "complete": True, "date": "2026-01-01T00:00:00+00:00",
             "runtime": {"runtime": "onnxruntime", "version": onnxruntime.__version__, "threads": threads},
             "latency": "written by the tests (tests/conftest.py write_table): chosen costs, not measurements"}
-    return T.save(T.table_path(tables, "cpu", g, 1), meta, rows)
+    return T.save(T.table_path(tables, "cpu", g, 1, precision), meta, rows)
 
 
 @pytest.fixture(scope="session")

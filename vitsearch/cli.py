@@ -351,6 +351,9 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=positive_int, default=1, metavar="B", help="batch size (default: 1)")
     parser.add_argument("--tables", type=Path, default=Path("latency_tables"), metavar="DIR",
                         help="latency tables folder (default: latency_tables)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="precision the model runs in on the device: each has its own table (int8: onnxruntime "
+                             "QDQ static quantization; default: fp32)")
 
 
 class ProfileCommand(Command):
@@ -372,12 +375,12 @@ class ProfileCommand(Command):
         if args.validate < 0 or args.validate == 1:
             raise VitsearchError(f"--validate takes 0 (no validation) or at least 2 configs to rank, got {args.validate}")
         table = profile(args.device, model=args.model, batch=args.batch, threads=args.threads, tables=args.tables,
-                        restart=args.restart, progress=sys.stderr.isatty())
+                        restart=args.restart, progress=sys.stderr.isatty(), precision=args.precision)
         rt = table.meta["runtime"]
         print(f"latency table {table.path}: {len(table.rows)} components of {table.geometry.key} at batch "
-              f"{table.batch} on {table.device} ({rt.get('runtime')} {rt.get('version')}, threads "
+              f"{table.batch} in {table.precision} on {table.device} ({rt.get('runtime')} {rt.get('version')}, threads "
               f"{table.meta['threads']}), profiled in {table.meta.get('profile_seconds', 0):.0f} s")
-        record: dict[str, Any] = {"table": str(table.path), "components": len(table.rows),
+        record: dict[str, Any] = {"table": str(table.path), "precision": table.precision, "components": len(table.rows),
                                   "profile_seconds": table.meta.get("profile_seconds")}
         if args.validate:
             result = validate(table, args.validate, seed=args.seed, tables=str(args.tables),
@@ -417,15 +420,16 @@ class PredictCommand(Command):
         from .pruning import apply
 
         config = PruneConfig.parse(args.config)  # a bad config is named before any table is looked for
-        pred = predict(config, device=args.device, model=args.model, batch=args.batch, tables=args.tables)
+        pred = predict(config, device=args.device, model=args.model, batch=args.batch, tables=args.tables,
+                       precision=args.precision)
         gmacs = gmacs_of(apply(create_model(args.model), config))  # random weights: MACs depend on the shapes only
-        print(f"{pred.config} on {args.device}: {pred.total_ms:.3f} ms predicted "
+        print(f"{pred.config} on {args.device} in {args.precision}: {pred.total_ms:.3f} ms predicted "
               f"(token selection {pred.selection_ms:.3f} ms, {100 * pred.selection_ms / pred.total_ms:.1f}%); "
               f"{gmacs:.4f} GMACs per image (matmuls)")
         for kind, ms in sorted(pred.by_kind().items(), key=lambda kv: -kv[1]):
             print(f"  {kind:<14} {ms:9.3f} ms")
         print_json({"config": str(pred.config), "device": args.device, "model": args.model, "batch": args.batch,
-                    "predicted_ms": pred.total_ms, "selection_ms": pred.selection_ms, "by_kind_ms": pred.by_kind(),
+                    "precision": args.precision, "predicted_ms": pred.total_ms, "selection_ms": pred.selection_ms, "by_kind_ms": pred.by_kind(),
                     "gmacs": gmacs})
         return 0
 
@@ -576,6 +580,9 @@ class SearchCommand(Command):
                             help="device whose latency table predicts latency (default: cpu, profiled if missing)")
         parser.add_argument("--batch", type=positive_int, default=d.batch, metavar="B",
                             help="batch the latency is predicted for (default: 1)")
+        parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=d.precision,
+                            help="precision the model runs in on the device, whose table predicts latency "
+                                 "(default: fp32)")
         add_threads_argument(parser, default=None)
         parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
         parser.add_argument("--trials", type=positive_int, default=d.trials, metavar="N",
@@ -634,7 +641,8 @@ class SearchCommand(Command):
                               weights=weights, seed=args.seed)
         settings = SearchSettings(
             budget=args.budget, headroom=args.headroom, model=args.model, checkpoint=str(args.checkpoint) if args.checkpoint else None,
-            dataset=args.dataset, device=args.device, batch=args.batch, threads=args.threads, study=args.study,
+            dataset=args.dataset, device=args.device, batch=args.batch, precision=args.precision, threads=args.threads,
+            study=args.study,
             trials=args.trials,
             space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
             shared_finetune_steps=args.shared_finetune_steps, learned=args.learned, learned_steps=args.learned_steps,

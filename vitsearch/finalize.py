@@ -98,7 +98,8 @@ def load_context(study: str | Path, reports: str | Path = "reports", *, workers:
     if not table_path.is_file():
         raise VitsearchError(f"the study's latency table {table_path} is missing: finalize reads it for the latency "
                              "loss and the prediction; run from the folder the search ran in, or restore the table")
-    predictor = Predictor(table_mod.load(table_path, geometry=geometry(base), batch=int(meta["batch"])))
+    predictor = Predictor(table_mod.load(table_path, geometry=geometry(base), batch=int(meta["batch"]),
+                                         precision=settings.precision))
     # workers change only the speed of loading, so finalize may use another number than the search did
     splits = load_splits(dataclasses.replace(settings, workers=workers), base, meta.get("split") or info["split"],
                          pin_memory=precision.device.type == "cuda")

@@ -5,6 +5,10 @@ points; the full DeiT-S table must profile in minutes. So each kind is exported 
 dynamic, and every grid point gets a copy of that graph whose input shapes are fixed. The copies are small:
 the weights live once per kind in an external-data file beside them. With static input shapes onnxruntime
 folds the shape arithmetic into constants, so a specialised graph runs like a statically exported one.
+
+In another precision than fp32 (:mod:`.precision`), the kind's template is converted once (int8: quantized,
+calibrated on the kind's own example inputs at a few grid points) before it is specialised, so every grid point
+times the same quantized graph.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 
 from ..errors import VitsearchError
 from ..export import DEFAULT_OPSET
+from . import precision as precision_mod
 from .components import ComponentGraph, Point
 from .devices import Artefact
 
@@ -85,17 +90,42 @@ def point_name(p: Point) -> str:
     return f"{p.kind}-n{p.n}-k{p.k}"
 
 
-def for_points(needs: str, graph: ComponentGraph, points: Sequence[Point], folder: Path) -> list[Artefact]:
+def for_points(needs: str, graph: ComponentGraph, points: Sequence[Point], folder: Path,
+               precision: str = precision_mod.DEFAULT) -> list[Artefact]:
     """What a device of kind ``needs`` ("onnx" or "torch") times for ``graph`` at each of ``points``: one
-    export of the kind into ``folder``, specialised per point; or the module itself with its inputs."""
+    export of the kind into ``folder`` (in ``precision``), specialised per point; or the module itself with its
+    inputs (fp32 only: :func:`.precision.check_runs` refuses the rest before anything is exported)."""
     if needs == "torch":
         return [Artefact(point_name(p), module=graph.module, inputs=graph.example(p)) for p in points]
     template_path = export_kind(graph, points[len(points) // 2], folder)
-    weights = tuple(sorted(folder.glob(f"{graph.kind}.weights")))
+    weights_name = f"{graph.kind}.weights"
+    if precision != precision_mod.DEFAULT:
+        template_path = convert_kind(graph, points, template_path, precision)
+        weights_name = f"{graph.kind}-{precision}.weights"
+    weights = tuple(sorted(folder.glob(weights_name)))
     template = load_template(template_path)
     return [Artefact(point_name(p), onnx=specialise(template, [t.shape for t in graph.example(p)],
                                                     folder / f"{point_name(p)}.onnx"), files=weights)
             for p in points]
+
+
+CALIBRATION_POINTS = 4  # grid points whose example inputs calibrate a kind's int8 graph
+
+
+def convert_kind(graph: ComponentGraph, points: Sequence[Point], template_path: Path, precision: str) -> Path:
+    """The kind's exported fp32 template in ``precision``, beside it with its own weights file; the fp32 one
+    is removed. int8 calibrates on the example inputs of up to :data:`CALIBRATION_POINTS` of ``points``,
+    spread over them, so the ranges cover the token counts timed."""
+    step = max(1, len(points) // CALIBRATION_POINTS)
+    feeds = [{f"input_{i}": t.numpy() for i, t in enumerate(graph.example(p))} for p in list(points)[::step]]
+    folder, kind = template_path.parent, graph.kind
+    converted = precision_mod.convert(template_path, folder / f"{kind}-{precision}.onnx", precision, feeds)
+    model = onnx.load(str(converted))
+    onnx.save(model, str(converted), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{kind}-{precision}.weights", size_threshold=1024)
+    for old in (template_path, folder / f"{kind}.weights"):
+        old.unlink(missing_ok=True)
+    return converted
 
 
 def export_model(model: torch.nn.Module, batch: int, path: Path) -> Path:

@@ -189,8 +189,10 @@ def monotone(ys: list[float]) -> list[float]:
 
 
 def predict(config: PruneConfig | str, *, device: str, model: str = "digits", batch: int = 1,
-            tables: str | os.PathLike[str] = "latency_tables") -> Prediction:
-    """Predicted latency of ``config`` on ``model`` at ``batch`` from ``device``'s table."""
+            tables: str | os.PathLike[str] = "latency_tables", precision: str = "fp32") -> Prediction:
+    """Predicted latency of ``config`` on ``model`` at ``batch`` in ``precision`` from ``device``'s table of
+    that precision."""
+    from .precision import parse
     from ..models import create_model, geometry
     from ..pruning import token_schedule
     from .registry import resolve
@@ -200,8 +202,9 @@ def predict(config: PruneConfig | str, *, device: str, model: str = "digits", ba
         g = geometry(create_model(model))
     # A config the model cannot take is refused as such, before a missing table is complained about.
     token_schedule(PruneConfig.parse(config), depth=g.depth, num_patches=g.num_patches, num_prefix=g.num_prefix_tokens)
-    path = table_mod.table_path(tables, device, g, batch)
-    return Predictor(table_mod.load(path, geometry=g, batch=batch)).predict(config)
+    precision = parse(precision)
+    path = table_mod.table_path(tables, device, g, batch, precision)
+    return Predictor(table_mod.load(path, geometry=g, batch=batch, precision=precision)).predict(config)
 
 
 def _meta_device() -> Any:

@@ -5,7 +5,8 @@ export the kind once, specialise it to each pending grid point, measure them all
 append each row to the CSV the moment its result arrives. Every call also times the drift reference
 (:mod:`vitsearch.latency.reference`), recorded with each row. Rows already in the table are skipped, so an
 interrupted profile resumes where it stopped; the metadata must match (same device, runtime, threads, spinning
-policy, batch and geometry), else ``restart=True`` starts over. One process profiles a table at a time (the
+policy, batch, precision and geometry), else ``restart=True`` starts over. A precision other than fp32 times
+that precision's graphs (:mod:`.precision`) into its own table. One process profiles a table at a time (the
 table's lock, :func:`.table.holding`): a second one started meanwhile waits, then reads the finished table.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..errors import Interrupted, VitsearchError
 from ..files import check_writable
 from ..models import create_model, geometry
 from . import artefacts as art
+from . import precision as precision_mod
 from . import table as table_mod
 from .components import ComponentGraph, GridSpec, Point, component_graphs, grid
 from .devices import Device, MeasureSettings, open_device
@@ -100,32 +102,36 @@ def profile(
     restart: bool = False,
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
+    precision: str = precision_mod.DEFAULT,
 ) -> LatencyTable:
     """Measure ``model``'s components on ``device`` and return the (completed) table.
 
     The model is built with random weights (latency does not depend on them). ``threads`` is the runtime's
     intra-op thread count (0: every core of the device; the table records the count used, and the spinning
-    policy). ``model_kwargs`` go to ``create_model`` (tests build tiny models).
+    policy). ``model_kwargs`` go to ``create_model`` (tests build tiny models). ``precision`` (fp32, fp16,
+    int8) is the precision of the graphs timed; one the device cannot run is refused before anything is measured.
     """
     if batch < 1:
         raise VitsearchError(f"batch must be a positive integer, got {batch}")
     if threads < 0:
         raise VitsearchError(f"threads must be 0 (the runtime's default) or a positive count, got {threads}")
+    precision = precision_mod.parse(precision)
     spec = resolve(device, tables)
+    precision_mod.check_runs(precision, spec)
     check_writable(tables, "latency tables folder", "pass --tables DIR with a folder you can write")  # before minutes
     dev = open_device(spec)
     settings = replace(settings or MeasureSettings(), threads=threads)
     torch.manual_seed(0)
     net = create_model(model, **dict(model_kwargs or {}))
     g = geometry(net)
-    path = table_mod.table_path(tables, device, g, batch)
+    path = table_mod.table_path(tables, device, g, batch, precision)
     with table_mod.holding(path):  # one profiler per table: a second one waits, then reads the finished table
         if restart:
             for p in (path, table_mod.meta_path(path)):
                 p.unlink(missing_ok=True)
         meta: dict[str, Any] = {
             "format": table_mod.FORMAT, "device": spec.to_dict(), "model": model, "geometry": g.to_dict(),
-            "batch": batch, "precision": table_mod.PRECISION, "threads": threads, "settings": asdict(settings),
+            "batch": batch, "precision": precision, "threads": threads, "settings": asdict(settings),
             "grid": asdict(grid_spec), "vitsearch_version": __version__,
             "latency": "per step, with the overhead row's median subtracted; the overhead is counted once per model",
         }
@@ -137,12 +143,12 @@ def profile(
         start = time.perf_counter()
         with RowWriter(path) as writer, contextlib.ExitStack() as cleanup:
             pending = [p for p in grid(g, grid_spec) if p not in writer.rows]
-            reference = cleanup.enter_context(contextlib.closing(Reference.build(dev, net, batch))) if pending else None
+            reference = cleanup.enter_context(contextlib.closing(Reference.build(dev, net, batch, precision))) if pending else None
             logger.info("profiling %s on %s: %d of %d grid points to measure (%s)", g.key, device, len(pending),
                         len(grid(g, grid_spec)), path)
             try:
                 failures = _measure_all(dev, graphs, reference, pending, writer, settings, meta, old_meta, path,
-                                        progress)
+                                        progress, precision)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI's handler): the rows measured are on disk
                 raise Interrupted(f"interrupted: the {len(writer.rows)} rows measured are kept in {path}; run the "
                                   "same command to measure the rest") from None
@@ -157,7 +163,7 @@ def profile(
             listed = "; ".join(f"{name}: {msg}" for name, msg in failures[:5])
             raise VitsearchError(f"{len(failures)} component(s) could not be measured on {device} ({listed}). The "
                                  f"{len(rows)} measured rows are kept in {path}; run the same command to retry")
-        return table_mod.load(path, geometry=g, batch=batch)
+        return table_mod.load(path, geometry=g, batch=batch, precision=precision)
 
 
 def _settings_for(graph: ComponentGraph, settings: MeasureSettings) -> MeasureSettings:
@@ -173,7 +179,8 @@ def _settings_for(graph: ComponentGraph, settings: MeasureSettings) -> MeasureSe
 
 def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], reference: Reference | None,
                  pending: list[Point], writer: RowWriter, settings: MeasureSettings, meta: dict[str, Any],
-                 old_meta: Mapping[str, Any] | None, path: Path, progress: bool) -> list[tuple[str, str]]:
+                 old_meta: Mapping[str, Any] | None, path: Path, progress: bool,
+                 precision: str = precision_mod.DEFAULT) -> list[tuple[str, str]]:
     from tqdm.auto import tqdm
 
     failures: list[tuple[str, str]] = []
@@ -190,7 +197,7 @@ def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], reference: R
                 raise VitsearchError(f"the overhead graph could not be measured on {dev.name}, so no component can be")
             bar.set_postfix_str(f"exporting {kind}")
             t0 = time.perf_counter()
-            arts = art.for_points(dev.needs, graphs[kind], points, folder)
+            arts = art.for_points(dev.needs, graphs[kind], points, folder, precision)
             t1 = time.perf_counter()
             by_name = {a.name: p for a, p in zip(arts, points)}
             bar.set_postfix_str(kind)

@@ -27,6 +27,7 @@ from ..models import geometry
 from .artefacts import for_points
 from .components import Point, component_graphs
 from .devices import Artefact, Device, MeasureSettings
+from .precision import DEFAULT
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,12 @@ class Reference:
     folder: Path
 
     @classmethod
-    def build(cls, device: Device, model: nn.Module, batch: int) -> "Reference":
+    def build(cls, device: Device, model: nn.Module, batch: int, precision: str = DEFAULT) -> "Reference":
+        """The reference in ``precision``, the precision of the graphs it is timed beside."""
         folder = Path(tempfile.mkdtemp(prefix="vitsearch-reference-"))
         net = copy.deepcopy(model)  # component_graphs patches and re-modes its model; the caller's stays as it is
         graph = dataclasses.replace(component_graphs(net, batch)["block"], kind=KIND)
-        (artefact,) = for_points(device.needs, graph, [point(net)], folder)
+        (artefact,) = for_points(device.needs, graph, [point(net)], folder, precision)
         artefact.name = NAME
         return cls(artefact, folder)
 

@@ -24,8 +24,9 @@ file and line, never skipped or silently overridden: deleting the line and profi
 The ``.json`` beside it records provenance: device, runtime and version, threads (the count measured with, also
 for a profile asked for 0), spinning (the intra-op spinning policy: ``off``, ``on``, or why the device's runtime
 could not set it; absent in tables from before the option, which spun), batch, precision, date,
-vitsearch version, geometry, measurement settings and grid. A table is only ever applied to the geometry and
-batch it was measured for: :func:`load` refuses anything else and says which field differs.
+vitsearch version, geometry, measurement settings and grid. A table is only ever applied to the geometry,
+batch and precision (:mod:`.precision`: fp32, fp16, int8) it was measured for: :func:`load` refuses anything else
+and says which field differs.
 
 One process profiles a table at a time: :func:`holding` takes ``<table>.csv.lock`` beside it (workers started
 together on a fresh machine wait for the first one's table instead of measuring at once into one file), and
@@ -50,9 +51,11 @@ from ..errors import VitsearchError, naming
 from ..files import write_text
 from ..models import ModelGeometry
 from .components import KINDS, Point
+from .precision import DEFAULT as DEFAULT_PRECISION
+from .precision import table_precision
 from .registry import folder_name
 
-PRECISION = "fp32"
+PRECISION = DEFAULT_PRECISION  # the precision of a table that names none
 COLUMNS = ("kind", "n", "k", "steps", "median_ms", "p90_ms", "spread_ms", "repeats", "p10_ms", "raw_median_ms",
            "stable", "ref_ms")
 REQUIRED = ("kind", "n", "k", "steps", "median_ms", "p90_ms", "spread_ms", "repeats")
@@ -155,6 +158,10 @@ class LatencyTable:
         return int(self.meta["batch"])
 
     @property
+    def precision(self) -> str:
+        return table_precision(self.meta)
+
+    @property
     def device(self) -> str:
         return str(self.meta["device"]["name"])
 
@@ -222,14 +229,20 @@ def read_rows(path: Path) -> dict[Point, Row]:
     return rows
 
 
-def check_meta(meta: Mapping[str, Any], path: Path, geometry: ModelGeometry | None, batch: int | None) -> None:
-    """Refuse a table measured for another geometry or batch, naming the fields that differ."""
+def check_meta(meta: Mapping[str, Any], path: Path, geometry: ModelGeometry | None, batch: int | None,
+               precision: str | None = None) -> None:
+    """Refuse a table measured for another geometry, batch or precision, naming the fields that differ."""
     for key in ("device", "geometry", "batch", "runtime", "threads"):
         if key not in meta:
             raise VitsearchError(f"latency table metadata {meta_path(path)} lacks {key!r}: re-profile")
     if batch is not None and int(meta["batch"]) != int(batch):
         raise VitsearchError(f"latency table {path} was measured at batch {meta['batch']}, not batch {batch}: "
                              f"profile batch {batch} (vitsearch profile --batch {batch})")
+    if precision is not None and table_precision(meta) != precision:
+        raise VitsearchError(f"latency table {path} holds {table_precision(meta)} latencies, and this asks for "
+                             f"{precision}: a table is only applied in the precision it was measured in. Profile "
+                             f"{precision} (vitsearch profile --precision {precision}), or ask for "
+                             f"--precision {table_precision(meta)}")
     if geometry is not None:
         have = meta["geometry"]
         want = geometry.to_dict()
@@ -239,8 +252,10 @@ def check_meta(meta: Mapping[str, Any], path: Path, geometry: ModelGeometry | No
                                  "profile this model (vitsearch profile --model NAME)")
 
 
-def load(path: str | os.PathLike[str], *, geometry: ModelGeometry | None = None, batch: int | None = None) -> LatencyTable:
-    """Read and validate a table and its metadata; with ``geometry``/``batch``, refuse a table made for others."""
+def load(path: str | os.PathLike[str], *, geometry: ModelGeometry | None = None, batch: int | None = None,
+         precision: str | None = None) -> LatencyTable:
+    """Read and validate a table and its metadata; with ``geometry``/``batch``/``precision``, refuse a table made
+    for others."""
     path = Path(path)
     if not path.is_file():
         raise VitsearchError(f"no latency table at {path}: run vitsearch profile for this device and model first")
@@ -251,7 +266,7 @@ def load(path: str | os.PathLike[str], *, geometry: ModelGeometry | None = None,
         meta = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VitsearchError(f"latency table metadata {mpath} is not valid JSON: {e}") from e
-    check_meta(meta, path, geometry, batch)
+    check_meta(meta, path, geometry, batch, precision)
     if geometry is not None:  # the head a prediction charges is the predicted model's, whichever model was profiled
         meta["geometry"] = {**meta["geometry"], "global_pool": geometry.global_pool}
     return LatencyTable(path, meta, read_rows(path))

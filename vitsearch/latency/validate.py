@@ -1,7 +1,7 @@
 """Does the table predict whole models? Random pruned configs measured end to end against their prediction.
 
-Each config is applied to the table's model, exported whole (static shapes, as deployed) and measured on the
-table's device with the table's threads through the same runner. Saved beside the table:
+Each config is applied to the table's model, exported whole (static shapes, as deployed; in the table's precision,
+int8 quantized as its rows' graphs were) and measured on the table's device with the table's threads through the same runner. Saved beside the table:
 ``<table>.validation.csv`` (one row per config), ``.validation.json`` (summary and provenance) and
 ``.validation.png`` (predicted vs measured scatter).
 
@@ -68,6 +68,21 @@ class Validation:
     paths: dict[str, Path]
 
 
+def in_precision(path: Path, precision: str, x: torch.Tensor) -> Path:
+    """The exported whole model ``path`` in the table's ``precision`` (int8 calibrated on random images like ``x``:
+    latency does not depend on the scales, :mod:`.precision`), so it is timed as the table's rows were."""
+    import onnx
+
+    from . import precision as precision_mod
+
+    if precision == precision_mod.DEFAULT:
+        return path
+    name = onnx.load(str(path), load_external_data=False).graph.input[0].name
+    gen = torch.Generator().manual_seed(1)
+    feeds = [{name: torch.randn(x.shape, generator=gen).numpy()} for _ in range(2)]
+    return precision_mod.convert(path, path.with_name(f"{path.stem}-{precision}.onnx"), precision, feeds)
+
+
 def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: MeasureSettings | None = None,
              tables: str = "latency_tables", model_kwargs: Mapping[str, Any] | None = None, chunk: int = 6,
              progress: bool = True) -> Validation:
@@ -84,7 +99,8 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
     predictor = Predictor(table)
     torch.manual_seed(0)
     net = create_model(meta["model"], **dict(model_kwargs or {}))
-    reference = Reference.build(dev, net, table.batch) if predictor.reference_ms is not None else None
+    reference = (Reference.build(dev, net, table.batch, table.precision) if predictor.reference_ms is not None
+                 else None)
     if count < 2:
         raise VitsearchError(f"validation needs at least 2 configs to rank (Kendall tau), got {count}")
     configs = random_configs(count, table.geometry, seed=seed)
@@ -106,7 +122,8 @@ def validate(table: LatencyTable, count: int = 30, *, seed: int = 0, settings: M
 
                     arts.append(Artefact(name, module=copy.deepcopy(net), inputs=(x,)))
                 else:
-                    arts.append(Artefact(name, onnx=export_onnx(net, (x,), folder / f"{name}.onnx", check=False)))
+                    path = export_onnx(net, (x,), folder / f"{name}.onnx", check=False)
+                    arts.append(Artefact(name, onnx=in_precision(path, table.precision, x)))
                 by_name[name] = config
             for event, ref_ms in measure_with_reference(dev, arts, settings, reference):
                 if event["event"] == "runtime":

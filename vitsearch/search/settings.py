@@ -28,6 +28,7 @@ class SearchSettings:
     dataset: str | None = None
     device: str = "cpu"
     batch: int = 1  # batch size the latency is predicted for
+    precision: str = "fp32"  # the precision the model runs in on the device (fp32, fp16, int8): its table predicts
     threads: int | None = None  # intra-op threads of a table profiled for the search (0 if None); checked on an existing one
     study: str | None = None  # name of the study folder under ``reports``; derived from the settings if None
     trials: int = 24  # candidates to train; those over budget are rejected before training and not counted
@@ -64,6 +65,9 @@ class SearchSettings:
     tables: str = "latency_tables"
 
     def __post_init__(self) -> None:
+        from ..latency.precision import parse
+
+        object.__setattr__(self, "precision", parse(self.precision))
         if self.dataset is None:
             from ..models import embedded_task
 
@@ -75,7 +79,8 @@ class SearchSettings:
         if self.study is not None:
             return check_study_name(self.study)
         budget = str(parse_budget(self.budget)).replace("%", "pct").replace(".", "p")
-        return f"{self.model}-{self.device.replace('/', '_').replace(':', '_')}-{budget}-{self.strategy}"
+        precision = "" if self.precision == "fp32" else f"-{self.precision}"  # fp32 names stay as they were
+        return f"{self.model}-{self.device.replace('/', '_').replace(':', '_')}{precision}-{budget}-{self.strategy}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

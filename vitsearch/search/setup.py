@@ -124,7 +124,7 @@ def load_predictor(settings: SearchSettings, base: nn.Module, *, progress: bool 
 
     spec = resolve(settings.device, settings.tables)
     g = geometry(base)
-    path = table_mod.table_path(settings.tables, settings.device, g, settings.batch)
+    path = table_mod.table_path(settings.tables, settings.device, g, settings.batch, settings.precision)
     meta = json.loads(table_mod.meta_path(path).read_text()) if path.exists() and table_mod.meta_path(path).exists() else {}
     complete = meta.get("complete", False)
     if complete and settings.threads is not None and meta.get("threads") != settings.threads:
@@ -135,14 +135,15 @@ def load_predictor(settings: SearchSettings, base: nn.Module, *, progress: bool 
     if not complete:
         if spec.transport != "local":
             raise VitsearchError(
-                f"no latency table for {g.key} at batch {settings.batch} on device {settings.device!r} ({path}): "
-                f"profile it first with: vitsearch profile --device {settings.device} --model {settings.model} "
-                f"--batch {settings.batch}")
+                f"no latency table for {g.key} at batch {settings.batch} in {settings.precision} on device "
+                f"{settings.device!r} ({path}): profile it first with: vitsearch profile --device {settings.device} "
+                f"--model {settings.model} --batch {settings.batch} --precision {settings.precision}")
         from ..latency.profile import profile
 
         logger.info("no complete latency table at %s: profiling %s on %s first", path, g.key, settings.device)
         table = profile(settings.device, model=settings.model, batch=settings.batch, tables=settings.tables,
-                        threads=settings.threads or 0, progress=progress, model_kwargs={"num_classes": g.num_classes})
+                        threads=settings.threads or 0, progress=progress, model_kwargs={"num_classes": g.num_classes},
+                        precision=settings.precision)
         if settings.headroom is None:
             from ..latency.validate import validate
 
@@ -150,7 +151,7 @@ def load_predictor(settings: SearchSettings, base: nn.Module, *, progress: bool 
                         "under its budget", AUTO_VALIDATE)
             validate(table, AUTO_VALIDATE, tables=settings.tables, progress=progress,
                      model_kwargs={"num_classes": g.num_classes})
-    return Predictor(table_mod.load(path, geometry=g, batch=settings.batch))
+    return Predictor(table_mod.load(path, geometry=g, batch=settings.batch, precision=settings.precision))
 
 
 def resolve_headroom(settings: SearchSettings, table_path: Path, folder: StudyFolder) -> Headroom:
