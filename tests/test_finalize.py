@@ -270,3 +270,22 @@ def test_a_finalized_model_that_no_longer_fits_names_the_restart(study, capsys):
     err = _error(capsys, argv[:4] + ["--measure-only"])
     assert str(model_pt) in err and key in err and "--restart" in err
     assert model_pt.stat().st_mtime_ns == stamp
+
+
+def test_finalize_int8_reports_both_accuracies_and_the_int8_latency(study, capsys):
+    """--precision int8: the exported model quantized (calibrated on training images), its test accuracy run by
+    onnxruntime beside fp32's, its latency measured; a second run keeps the row, a torch device is refused."""
+    trial = front_trial(study)
+    argv = ["finalize", str(study), "--trial", str(trial), "--steps", "2", "--batch-size", "16", "--warmup-steps", "1",
+            "--precision", "int8"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    row = json.loads((study / "finalized.json").read_text())[0]
+    q = row["int8"]
+    assert (study / q["onnx"]).is_file() and q["onnx"].endswith("model-int8.onnx")
+    assert q["accuracy_fp32_onnx"] == pytest.approx(row["accuracy"], abs=0.02)  # the fp32 file, same test split
+    assert 0 <= q["accuracy"] <= 1 and q["measured_ms"] > 0 and 0 < q["p99_rel_diff"] <= q["tolerance"]
+    assert q["calibration_images"] >= 32 and f"test accuracy {100 * q['accuracy']:.2f}% vs fp32" in out
+    assert json.loads(out.strip().splitlines()[-1])["finalized"][0]["int8"]["accuracy"] == q["accuracy"]
+    edit_meta(study, device="torch-cpu")
+    assert "fp32 only, not int8" in _error(capsys, argv)

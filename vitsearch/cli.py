@@ -733,6 +733,9 @@ class FinalizeCommand(Command):
         parser.add_argument("--measure-only", action="store_true",
                             help="only (re)measure already finalized models on the study's device")
         parser.add_argument("--restart", action="store_true", help="discard earlier finalize results and train afresh")
+        parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                            help="int8: also quantize the exported model (calibrated on training images), evaluate it "
+                                 "with onnxruntime on test and measure it, beside fp32 (default: fp32)")
         parser.add_argument("--seed", type=non_negative_int, default=d.seed)
         export = parser.add_argument_group("export", "model.onnx is at the study's batch (what is measured); another "
                                            "--batch adds model_bB.onnx beside it")
@@ -759,7 +762,8 @@ class FinalizeCommand(Command):
         results = finalize(args.study, None if args.pareto else args.trial, settings, reports=args.reports,
                            measure_only=args.measure_only, restart=args.restart, workers=args.workers,
                            progress=sys.stderr.isatty(), precision=precision_of(args),
-                           export=ExportOptions(args.batch, args.opset, args.exporter == "dynamo"))
+                           export=ExportOptions(args.batch, args.opset, args.exporter == "dynamo"),
+                           onnx_precision=args.precision)
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -777,6 +781,15 @@ class FinalizeCommand(Command):
             print(f"  {r['schedule']} schedule: {r['phases']}")
             print(f"  ONNX {f.folder / 'model.onnx'} (onnxruntime vs PyTorch max diff {r['onnx_max_diff']:.2e})"
                   + "".join(f"; batch {b}: {f.folder.parent.parent / p}" for b, p in r.get("onnx_batches", {}).items()))
+            q = r.get("int8")
+            if q:
+                int8_ms = "not measured" if q.get("measured_ms") is None else f"measured {q['measured_ms']:.3f} ms"
+                fp32_ms = "-" if r["measured_ms"] is None else f"{r['measured_ms']:.3f}"
+                print(f"  int8 {f.folder / 'model-int8.onnx'}: test accuracy {pct(q['accuracy'])} vs fp32 "
+                      f"{pct(q['accuracy_fp32_onnx'])} (both run by onnxruntime; {100 * q['top1_agreement']:.1f}% same "
+                      f"top-1), {int8_ms} vs fp32 {fp32_ms} ms; calibrated on {q['calibration_images']} training "
+                      f"images, logits within {q['p99_rel_diff']:.3f} of fp32's range on 99% of test images (tolerance "
+                      f"{q['tolerance']}; worst {q['max_rel_diff']:.3f})")
         errors = [f.measure_error for f in results if f.measure_error]
         if errors:
             raise RunFailure(" ".join(errors))
@@ -790,6 +803,8 @@ class FinalizeCommand(Command):
             row["checkpoint"] = str(study / f.record["checkpoint"])
             if f.record.get("onnx_batches"):
                 row["onnx_batches"] = {b: str(study / p) for b, p in f.record["onnx_batches"].items()}
+            if f.record.get("int8"):
+                row["int8"] = {**f.record["int8"], "onnx": str(study / f.record["int8"]["onnx"])}
             return row
 
         print_json({"study": str(results[0].folder.parent.parent) if results else str(args.study),

@@ -144,7 +144,7 @@ def measure(onnx_path: Path, model: nn.Module, ctx: FinalizeContext) -> dict[str
     reference = None
     try:
         if ctx.predictor.reference_ms is not None:
-            reference = ref.Reference.build(device, ctx.base, batch)
+            reference = ref.Reference.build(device, ctx.base, batch, ctx.predictor.table.precision)
         for event, ref_ms in ref.measure(device, [artefact], settings, reference):
             if event["event"] == "runtime":
                 runtime = {k: v for k, v in event.items() if k != "event"}
@@ -194,12 +194,14 @@ class Finalized:
 
 def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings = FinalizeSettings(), *,
                    measure_only: bool = False, restart: bool = False, on_step: StepHook | None = None,
-                   progress: bool = True, export: ExportOptions = ExportOptions()) -> Finalized:
+                   progress: bool = True, export: ExportOptions = ExportOptions(),
+                   onnx_precision: str = "fp32") -> Finalized:
     """Train trial ``trial``'s config with its schedule, export it, measure it, and record it in finalized.json.
 
     A finished model (``model.pt``) is not trained again; with ``measure_only`` only the measurement is
     (re)done, from it. An export with other ``export`` options than the row records is redone (and measured
-    again). A device error leaves the row with ``measured_ms`` None and ``measure_error`` set."""
+    again). A device error leaves the row with ``measured_ms`` None and ``measure_error`` set.
+    ``onnx_precision`` "int8" also ships the model in int8 (:func:`_int8`), beside the fp32 one."""
     from .export import export_model
 
     record = choose_trial(ctx, trial)
@@ -207,9 +209,10 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
     out = ctx.folder.finalized_dir(trial)
     out.mkdir(parents=True, exist_ok=True)
     model_path, state_path, onnx_path = out / "model.pt", out / "state.pt", out / "model.onnx"
+    int8_path = out / "model-int8.onnx"
     previous = next((r for r in ctx.folder.finalized() if r.get("trial") == trial), None)
     if restart:
-        for p in (model_path, state_path, onnx_path):
+        for p in (model_path, state_path, onnx_path, int8_path):
             p.unlink(missing_ok=True)
         previous = None
     if measure_only and (previous is None or not model_path.is_file() or not onnx_path.is_file()):
@@ -278,30 +281,85 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
         extra = export_model(model, out / f"model_b{export.batch}.onnx", batch=export.batch, opset=export.opset,
                              dynamo=export.dynamo, metadata=export_metadata)
         row["onnx_batches"] = {**row.get("onnx_batches", {}), str(export.batch): ctx.folder.relative(extra.path)}
-    if row.get("measured_ms") is not None and not measure_only:
-        return Finalized(row, out)
+    error = None
+    if row.get("measured_ms") is None or measure_only:
+        error = _measure_into(row, onnx_path, model, ctx, trial, "")
+        if error is None:  # the budget's promise, as measured: at the table's speed where the drift reference gave it
+            row["within_budget"] = within_budget(row, ctx)
+    if onnx_precision == "int8":
+        error = _int8(row, onnx_path, out / "model-int8.onnx", model, ctx, trial, measure_only) or error
+    ctx.folder.store_finalized(row)
+    return Finalized(row, out, error)
+
+
+def within_budget(measured: dict[str, Any], ctx: FinalizeContext) -> bool:
+    """Whether a measurement (at the table's speed where the drift reference gave it) keeps the study's budget."""
+    return (measured["measured_at_table_speed_ms"] or measured["measured_ms"]) <= float(ctx.meta["budget_ms"])
+
+
+def _measure_into(row: dict[str, Any], onnx_path: Path, model: nn.Module, ctx: FinalizeContext, trial: int,
+                  flag: str) -> str | None:
+    """Measure ``onnx_path`` into ``row`` (``measured_ms`` ...; ``measure_error`` where the device failed: the
+    message is returned, the row kept)."""
     try:
         row.update(measure(onnx_path, model, ctx), measure_error=None)
-        # The budget's promise, as measured: at the table's speed where the drift reference gave it
-        row["within_budget"] = (row["measured_at_table_speed_ms"] or row["measured_ms"]) <= float(ctx.meta["budget_ms"])
-        error = None
+        return None
     except VitsearchError as e:
         error = (f"trial {trial} is trained and exported ({onnx_path}), but measuring it on {ctx.meta['device']} "
                  f"failed: {e}. Retry the measurement alone with: vitsearch finalize {ctx.folder.path} --trial {trial} "
-                 "--measure-only")
+                 f"--measure-only{flag}")
         row.update(measured_ms=None, measure_error=str(e))
         logger.warning("%s", error)
-    ctx.folder.store_finalized(row)
-    return Finalized(row, out, error)
+        return error
+
+
+def _int8(row: dict[str, Any], onnx_path: Path, int8_path: Path, model: nn.Module, ctx: FinalizeContext,
+          trial: int, measure_only: bool) -> str | None:
+    """The trial shipped in int8 (:mod:`vitsearch.quantized`): quantized from the exported fp32 graph, calibrated on
+    training images, its test accuracy run by onnxruntime beside the fp32 graph's, and its latency measured on the
+    study's device; recorded under ``row["int8"]``. Done once; ``measure_only`` measures again."""
+    from .quantized import quantize_exported
+
+    record = dict(row.get("int8") or {})
+    if not record or not int8_path.is_file():
+        if measure_only:
+            raise VitsearchError(f"trial {trial} has no int8 model to measure in {int8_path.parent}: run finalize "
+                                 "--precision int8 without --measure-only first")
+        q = quantize_exported(onnx_path, int8_path, ctx.splits)
+        record = {**q.to_dict(), "onnx": ctx.folder.relative(int8_path), "accuracy_fp32": row.get("accuracy"),
+                  "predicted_ms": row["predicted_ms"] if ctx.predictor.table.precision == "int8" else None,
+                  "measured_ms": None}
+    error = None
+    if record.get("measured_ms") is None or measure_only:
+        measured: dict[str, Any] = {}
+        error = _measure_into(measured, int8_path, model, ctx, trial, " --precision int8")
+        if error is None and ctx.predictor.table.precision == "int8":  # an int8 study's budget is int8 latency
+            measured["within_budget"] = within_budget(measured, ctx)
+        record.update(measured)
+    row["int8"] = record
+    return error
 
 
 def finalize(study: str | Path, trials: Sequence[int] | None = None, settings: FinalizeSettings = FinalizeSettings(),
              *, reports: str | Path = "reports", measure_only: bool = False, restart: bool = False,
              workers: int = 0, progress: bool = True, precision: Precision = CPU,
-             export: ExportOptions = ExportOptions()) -> list[Finalized]:
+             export: ExportOptions = ExportOptions(), onnx_precision: str = "fp32") -> list[Finalized]:
     """Finalize ``trials`` of a study (None: every trial on its Pareto front); ``workers`` DataLoader processes
-    load ImageFolder images (speed only: a resumed finalize may use another number)."""
+    load ImageFolder images (speed only: a resumed finalize may use another number). ``onnx_precision`` "int8"
+    also ships each in int8 (calibrated, quantized, evaluated and measured; fp16 is not offered: no CPU kernels)."""
+    from .latency.precision import check_runs, parse
+    from .latency.registry import resolve
+    from .quantized import check_calibration
+
+    onnx_precision = parse(onnx_precision)
+    if onnx_precision == "fp16":
+        raise VitsearchError("finalize ships fp32 and int8 models: fp16 is not offered (onnxruntime's CPU provider "
+                             "has no float16 kernels to measure it with); use --precision int8 or fp32")
     ctx = load_context(study, reports, workers=workers, precision=precision)
+    if onnx_precision == "int8":  # before hours of training: the device must run it and the data calibrate it
+        check_runs("int8", resolve(str(ctx.meta["device"]), (ctx.meta.get("settings") or {}).get("tables",
+                                                                                            "latency_tables")))
+        check_calibration(ctx.splits)
     if trials is None:
         trials = [int(t["trial"]) for t in ctx.front]
         if not trials:
@@ -312,7 +370,7 @@ def finalize(study: str | Path, trials: Sequence[int] | None = None, settings: F
     for t in trials:
         try:
             done.append(finalize_trial(ctx, t, settings, measure_only=measure_only, restart=restart,
-                                       progress=progress, export=export))
+                                       progress=progress, export=export, onnx_precision=onnx_precision))
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI's handler)
             kept = f"; trials {', '.join(str(d.record['trial']) for d in done)} are finalized" if done else ""
             raise Interrupted(f"interrupted while finalizing trial {t}: its training state (saved every "

@@ -1,0 +1,49 @@
+"""Shipping in int8: the trained digits model quantized from its exported ONNX, calibrated on training images, and
+evaluated on test by onnxruntime beside the fp32 graph."""
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from vitsearch.data import load_dataset
+from vitsearch.errors import VitsearchError
+from vitsearch.export import export_model
+from vitsearch.latency.precision import MIN_CALIBRATION_IMAGES
+from vitsearch.pruning import PruneConfig, apply
+from vitsearch.quantized import INT8_RTOL, check_calibration, quantize_exported
+from vitsearch.training import accuracy
+
+
+@pytest.fixture(scope="module")
+def pruned(digits_base, tmp_path_factory):
+    """The trained digits base with SPViT selectors (untrained: selection still runs) exported to fp32 ONNX."""
+    import copy
+
+    model = apply(copy.deepcopy(digits_base[0]), PruneConfig.parse("spvit:3=0.7")).eval()
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_model(model, path)
+    return model, path
+
+
+def test_int8_accuracy_is_measured_on_the_quantized_file_beside_fp32(pruned, tmp_path):
+    model, fp32_path = pruned
+    splits = load_dataset("digits", model, max_train=128, max_test=200)
+    q = quantize_exported(fp32_path, tmp_path / "model-int8.onnx", splits)
+    ops = [n.op_type for n in onnx.load(str(q.path)).graph.node]
+    assert ops.count("QuantizeLinear") > 10 and "TopK" in ops  # quantized; selection kept (in float)
+    # the fp32 ONNX graph's accuracy is the PyTorch model's on the same test images
+    assert q.accuracy_fp32_onnx == pytest.approx(accuracy(model, splits, split="test"), abs=1 / 200)
+    assert 0 < q.p99_rel_diff <= INT8_RTOL and q.p99_rel_diff <= q.max_rel_diff  # quantized, within tolerance
+    assert q.top1_agreement >= 0.9 and abs(q.accuracy - q.accuracy_fp32_onnx) <= 0.05
+    assert q.calibration_images == 64
+
+
+def test_too_few_training_images_to_calibrate_names_how_many_it_needs(pruned, tmp_path):
+    model, fp32_path = pruned
+    splits = load_dataset("digits", model, max_train=MIN_CALIBRATION_IMAGES - 1)
+    with pytest.raises(VitsearchError, match=f"needs at least {MIN_CALIBRATION_IMAGES} training images, and the "
+                                             f"train split of 'digits' has {MIN_CALIBRATION_IMAGES - 1}"):
+        check_calibration(splits)
+    with pytest.raises(VitsearchError, match="needs at least"):
+        quantize_exported(fp32_path, tmp_path / "int8.onnx", splits)
+    assert not (tmp_path / "int8.onnx").exists()
