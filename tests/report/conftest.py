@@ -37,10 +37,10 @@ TRIALS = [("spvit:3=0.5", 1.20, 0.80), ("spvit:3=0.7,6=0.7", 1.40, 0.88), ("evov
 
 def write_study(reports: Path, name: str, *, trials: Sequence[tuple[str, float, float | None]] = TRIALS,
                 metric: str = "top1", device: str = "cpu", budget_ms: float = 1.6, validation: bool = True,
-                with_results: bool = True, finalized: Sequence[dict[str, Any]] = ()) -> Path:
+                with_results: bool = True, finalized: Sequence[dict[str, Any]] = (), precision: str = "fp32") -> Path:
     folder = reports / name
     folder.mkdir(parents=True)
-    table = reports.parent / "tables" / device / "d64-h4-l8-m4-p4-i32-c1-b1-fp32.csv"
+    table = reports.parent / "tables" / device / f"d64-h4-l8-m4-p4-i32-c1-b1-{precision}.csv"
     meta = {
         "study": name, "settings": {"budget": "80%", "trials": len(trials), "sampler": "tpe", "seed": 0,
                                     "storage": "postgresql://user:secret@db.example:5432/vs",
@@ -50,7 +50,7 @@ def write_study(reports: Path, name: str, *, trials: Sequence[tuple[str, float, 
         "latency_table": str(table),
         "latency_table_meta": {"device": {"name": device, "description": "a test CPU", "runtime": "onnxruntime"},
                                "runtime": {"runtime": "onnxruntime", "version": "1.0", "cpus": 2, "host": "vm"},
-                               "threads": 0, "batch": 1, "precision": "fp32", "date": "2026-01-01",
+                               "threads": 0, "batch": 1, "precision": precision, "date": "2026-01-01",
                                "geometry": {"key": "d64-h4-l8-m4-p4-i32-c1", "depth": DEPTH, "num_patches": PATCHES,
                                             "num_prefix_tokens": 1}},
         "budget": "80%", "budget_ms": budget_ms, "unpruned_ms": 2.0, "fastest": {"config": "evovit:3=0.3", "ms": 1.1},

@@ -35,7 +35,7 @@ def test_pareto_info_splits_trials_by_feasibility_and_marks_budget_and_baselines
     # spvit uniform (84% at 1.45 ms) is beaten by trial 1; evovit uniform (89% at 1.30 ms) is not.
     assert [u.label for u in info.uniform] == ["spvit:3=0.7,5=0.7,7=0.7", "evovit:3=0.7,5=0.7,7=0.7"]
     assert info.uniform_matched == [True, False]
-    assert info.x_label == "predicted latency (ms, batch 1)" and info.y_label == "top-1 accuracy on test (%)"
+    assert info.x_label == "predicted latency (ms, batch 1, fp32)" and info.y_label == "top-1 accuracy on test (%)"
 
 
 def test_a_trained_trial_over_budget_is_kept_apart_from_the_feasible(study_folder):
@@ -96,10 +96,22 @@ def test_overlay_keeps_one_series_per_study_and_names_what_differs(reports):
     b = load_study(write_study(reports, "pixel-study", device="pixel", budget_ms=1.5,
                                trials=[("spvit:3=0.5", 1.0, 0.82), ("evovit:3=0.6", 1.4, 0.87)]))
     info = overlay_info([a, b])
-    assert [s.label for s in info.series] == ["cpu-study (cpu, budget 80%, spvit+evovit)",
-                                              "pixel-study (pixel, budget 80%, spvit+evovit)"]
+    assert [s.label for s in info.series] == ["cpu-study (cpu, fp32, budget 80%, spvit+evovit)",
+                                              "pixel-study (pixel, fp32, budget 80%, spvit+evovit)"]
     assert [s.budget for s in info.series] == [1.6, 1.5]
     assert [len(s.front) for s in info.series] == [3, 2] and info.skipped == []
+
+
+def test_an_int8_study_beside_an_fp32_one_says_so_in_legend_title_and_axis(reports):
+    """Their latencies are of different graphs: the legend and the title name each study's precision, and the
+    shared axis does not claim either."""
+    a = load_study(write_study(reports, "fp32-study"))
+    b = load_study(write_study(reports, "int8-study", precision="int8"))
+    info = overlay_info([a, b])
+    assert [s.label for s in info.series] == ["fp32-study (cpu, fp32, budget 80%, spvit+evovit)",
+                                              "int8-study (cpu, int8, budget 80%, spvit+evovit)"]
+    assert info.x_label == "predicted latency (ms per batch)"
+    assert " in int8, budget" in pareto_info(b).title and pareto_info(b).x_label.endswith(", int8)")
 
 
 def test_overlay_refuses_studies_with_different_metrics(reports):

@@ -21,7 +21,7 @@ def metric_label(metric: str) -> str:
 
 
 def latency_label(study: StudyRecord) -> str:
-    return f"predicted latency (ms, batch {study.batch})"
+    return f"predicted latency (ms, batch {study.batch}, {study.precision})"
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,8 @@ def pareto_info(study: StudyRecord, *, cost: str = "latency") -> ParetoInfo:
                         ("uniform baseline", uniform)], rejected, box) if box else ""
     return ParetoInfo(trained, infeasible, rejected, front, step_x, step_y, budget, unpruned, uniform, matched,
                       x_label, metric_label(study.metric),
-                      f"{study.name}: {study.model} on {study.device}, budget {study.meta.get('budget', '?')}",
+                      f"{study.name}: {study.model} on {study.device} in {study.precision}, budget "
+                      f"{study.meta.get('budget', '?')}",
                       *(box or (None, None)), outside, spaced_labels(front, box),
                       [p for t in study.trials if t.kind == "learned" and (p := _point(t, of)) is not None])
 
@@ -217,8 +218,8 @@ def check_comparable(studies: Sequence[StudyRecord]) -> None:
 
 
 def series_label(study: StudyRecord, all_studies: Sequence[StudyRecord]) -> str:
-    """The study name, plus what tells it apart from the others (device, budget, methods, batch)."""
-    parts = [study.device, f"budget {study.meta.get('budget', '?')}", "+".join(study.methods)]
+    """The study name, plus what tells it apart from the others (device, precision, budget, methods, batch)."""
+    parts = [study.device, study.precision, f"budget {study.meta.get('budget', '?')}", "+".join(study.methods)]
     if len({s.batch for s in all_studies}) > 1:
         parts.append(f"batch {study.batch}")
     return f"{study.name} ({', '.join(parts)})"
@@ -241,7 +242,8 @@ def overlay_info(studies: Sequence[StudyRecord]) -> OverlayInfo:
     if not series:
         raise VitsearchError("nothing to plot: " + "; ".join(skipped))
     batches = {s.batch for s in studies}
-    x_label = latency_label(studies[0]) if len(batches) == 1 else "predicted latency (ms per batch)"
+    x_label = (latency_label(studies[0]) if len(batches) == 1 and len({s.precision for s in studies}) == 1
+               else "predicted latency (ms per batch)")
     return OverlayInfo(series, x_label, metric_label(studies[0].metric), skipped)
 
 

@@ -149,6 +149,11 @@ class StudyRecord:
     def geometry(self) -> dict[str, Any]:
         return dict((self.meta.get("latency_table_meta") or {}).get("geometry") or {})
 
+    @property
+    def precision(self) -> str:
+        """The precision the study's latencies are for (its table's; studies from before the option: fp32)."""
+        return str((self.meta.get("latency_table_meta") or {}).get("precision") or "fp32")
+
 
 def _read_entries(folder: StudyFolder, name: str, default_kind: str) -> list[Entry]:
     records = folder.read_records(name) or []
