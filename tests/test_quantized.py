@@ -2,6 +2,8 @@
 evaluated on test by onnxruntime beside the fp32 graph."""
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 
@@ -47,3 +49,26 @@ def test_too_few_training_images_to_calibrate_names_how_many_it_needs(pruned, tm
     with pytest.raises(VitsearchError, match="needs at least"):
         quantize_exported(fp32_path, tmp_path / "int8.onnx", splits)
     assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_cli_export_int8_reports_both_accuracies_and_latencies(digits_base, tmp_path, capsys):
+    from vitsearch.cli import main
+
+    out = tmp_path / "digits.onnx"
+    assert main(["export", "--config", "spvit:3=0.7", "--untrained-selectors", "--output", str(out),
+                 "--precision", "int8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    q = json.loads(lines[-1])["int8"]
+    assert (tmp_path / "digits-int8.onnx").is_file() and q["onnx"] == str(tmp_path / "digits-int8.onnx")
+    assert q["measured_ms"] > 0 and q["fp32_measured_ms"] > 0 and q["p99_rel_diff"] <= q["tolerance"]
+    assert any(f"test accuracy {100 * q['accuracy']:.2f}% vs fp32" in line for line in lines)
+
+
+def test_cli_export_int8_of_a_model_without_data_says_to_name_it(tmp_path, capsys):
+    from vitsearch.cli import main
+
+    assert main(["export", "--model", "vitsearch_test_vit", "--output", str(tmp_path / "m.onnx"),
+                 "--precision", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "name them with --dataset" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()  # refused before anything was exported

@@ -134,3 +134,31 @@ def quantize_exported(fp32_path: Path, int8_path: Path, splits: Any, *, images: 
     logger.info("int8 %s: test accuracy %.4f (fp32 ONNX %.4f), top-1 agreement %.4f, max logit diff %.3f of range",
                 int8_path, result.accuracy, result.accuracy_fp32_onnx, result.top1_agreement, rel)
     return result
+
+
+def int8_path_for(fp32_path: Path) -> Path:
+    """Where the int8 model of an exported ``model.onnx`` goes: ``model-int8.onnx`` beside it."""
+    return fp32_path.with_name(f"{fp32_path.stem}-int8{fp32_path.suffix}")
+
+
+def measure_both(fp32_path: Path, int8_path: Path, *, device: str = "cpu", threads: int = 0,
+                 tables: str = "latency_tables") -> dict[str, float]:
+    """Median latency (ms) of both graphs on ``device``, timed in one runner call (interleaved passes), so they
+    see the same machine: ``{"fp32_ms": ..., "int8_ms": ...}``. Raises :class:`VitsearchError` where the device
+    cannot run int8 or fails."""
+    from .errors import RunFailure
+    from .latency.devices import Artefact, MeasureSettings, open_device
+    from .latency.precision import check_runs
+    from .latency.registry import resolve
+
+    spec = resolve(device, tables)
+    check_runs("int8", spec)
+    dev = open_device(spec, tables)
+    out: dict[str, float] = {}
+    for event in dev.measure([Artefact("fp32", onnx=fp32_path), Artefact("int8", onnx=int8_path)],
+                             MeasureSettings(threads=threads)):
+        if event["event"] == "error":
+            raise RunFailure(f"measuring {event['name']} on {device} failed: {event.get('message')}")
+        if event["event"] == "result":
+            out[f"{event['name']}_ms"] = float(event["median_ms"])
+    return out
