@@ -24,6 +24,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -108,10 +109,17 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a 32 px DeiT-S in 8 px patches: checks the script runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import onnxruntime as ort
-
     start = time.time()
     folder = Path(tempfile.mkdtemp(prefix="vitsearch-precision-"))
+    try:
+        return run(args, folder, start)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, folder: Path, start: float) -> int:
+    import onnxruntime as ort
+
     graphs = {}
     for config in CONFIGS:
         for batch in BATCHES:
