@@ -55,8 +55,9 @@ def test_cli_export_int8_reports_both_accuracies_and_latencies(digits_base, tmp_
     from vitsearch.cli import main
 
     out = tmp_path / "digits.onnx"
-    assert main(["export", "--config", "spvit:3=0.7", "--untrained-selectors", "--output", str(out),
-                 "--precision", "int8"]) == 0
+    # the base model itself: an SPViT config's selectors would be untrained (as initialised), ranking tokens at
+    # random, so that a tiny change of their inputs reorders them (the int8 tolerance then fails, as it should)
+    assert main(["export", "--output", str(out), "--precision", "int8"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     q = json.loads(lines[-1])["int8"]
     assert (tmp_path / "digits-int8.onnx").is_file() and q["onnx"] == str(tmp_path / "digits-int8.onnx")
