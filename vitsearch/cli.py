@@ -479,7 +479,8 @@ class ExportCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from .pruning import PruneConfig
-        from .export import check_output_path, check_trained, export_model, load_pruned
+        from .export import check_output_path, export_model
+        from .rebuild import check_trained, load_pruned
         from .flops import count_macs
         from .models import DIGITS, embedded_task, file_sha256
         from .pretrain import base_model, recipe

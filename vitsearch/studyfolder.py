@@ -245,7 +245,7 @@ class StudyFolder:
     # Checkpoints ----------------------------------------------------------------------------------------------
 
     def save_checkpoint(self, model: Any, config: Any, path: Path, extra: Mapping[str, Any] | None = None) -> None:
-        """A model's state_dict with what rebuilds it alone (:func:`vitsearch.export.load_pruned`): the config it
+        """A model's state_dict with what rebuilds it alone (:func:`vitsearch.rebuild.load_pruned`): the config it
         was trained for (a :class:`~vitsearch.pruning.PruneConfig`), its timm model name and geometry."""
         from .models import geometry  # deferred: models pulls in timm
 
