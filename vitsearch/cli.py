@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import math
+import shlex
 import signal
 import sys
 import threading
@@ -588,6 +589,7 @@ class SearchCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from .search import SAMPLERS, STRATEGIES, SearchSettings
+        from .search.settings import BASELINES
         from .training import TrainSettings
 
         d, t = SearchSettings(), TrainSettings()
@@ -631,6 +633,10 @@ class SearchCommand(Command):
         parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
                             help="Optuna sampler that proposes configs; only new models within the budget become "
                                  "trials (default: tpe)")
+        parser.add_argument("--baselines", choices=BASELINES, default=d.baselines,
+                            help="baselines evaluated beside the trials, each trained like a candidate: the unpruned "
+                                 "model, the space's uniform keep ratios, all of them, or none (a quick smoke test) "
+                                 "(default: %(default)s)")
         parser.add_argument("--steps", type=positive_int, default=t.steps,
                             help=f"training steps per candidate (default: {t.steps})")
         add_train_batch_argument(parser, t.batch_size)
@@ -682,7 +688,7 @@ class SearchCommand(Command):
             trials=args.trials,
             space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
             shared_finetune_steps=args.shared_finetune_steps, learned=args.learned, learned_steps=args.learned_steps,
-            storage=args.storage, sampler=args.sampler,
+            storage=args.storage, sampler=args.sampler, baselines=args.baselines,
             seed=args.seed, max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
             workers=args.workers, reports=args.reports,
             tables=args.tables, train_device=args.train_device, amp=args.amp)
@@ -705,7 +711,7 @@ class SearchCommand(Command):
         if best is None:
             print("  no candidate met the budget: see trials.csv for how far over budget each one was")
         else:
-            print(f"  best under budget (by val): {best.config}  accuracy {100 * best.accuracy:.2f}% "
+            print(f"  best under budget (by val): trial {best.trial} {best.config}  accuracy {100 * best.accuracy:.2f}% "
                   f"(val {100 * best.val_accuracy:.2f}%)  "
                   f"{best.predicted_ms:.3f} ms ({result.unpruned_ms / best.predicted_ms:.2f}x faster)  "
                   f"{best.gmacs:.4f} GMACs  tokens per block {list(best.block_tokens)}")
@@ -721,8 +727,20 @@ class SearchCommand(Command):
                 print(f"  best uniform baseline under budget (by val): {top.config}  accuracy "
                       f"{100 * top.accuracy:.2f}% (val {100 * top.val_accuracy:.2f}%)  "
                       f"{top.predicted_ms:.3f} ms")
+        record["next"] = next_commands(settings.name(), settings.reports, None if best is None else best.trial)
+        print("next:\n" + "".join(f"  {command}\n" for command in record["next"]), end="")
         print_json(record)
         return 0
+
+
+def next_commands(study: str, reports: str | Path, trial: int | None) -> list[str]:
+    """What to run after a search, with the user's own study and reports folder: its report, and finalize of the
+    trial it picked (none when no trial met the budget)."""
+    where = "" if Path(reports) == Path("reports") else f" --reports {shlex.quote(str(reports))}"
+    commands = [f"vitsearch report {shlex.quote(study)}{where}"]
+    if trial is not None:
+        commands.append(f"vitsearch finalize {shlex.quote(study)}{where} --trial {trial}")
+    return commands
 
 
 class FinalizeCommand(Command):

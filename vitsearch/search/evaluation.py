@@ -111,7 +111,7 @@ class Evaluator:
             # The first step pays one-off costs (allocation, the first batches): timed apart when there are more.
             first = 1 if done > 1 else 0
             per_config_step = (stamps[-1] - stamps[first]) / (done - first) / configs_per_step
-            baselines = len(self.setup.space.baselines()) + 1
+            baselines = len(self.setup.space.baseline_configs(s.baselines))
             candidate, total = training_seconds(per_config_step, s, baselines)
             logger.info("cost on %s (%s): %.2f s per training step of one config, so one candidate trains in about "
                         "%.0f s (%d steps) plus its held-out evaluation; this search (%d candidates, %d baselines%s) "

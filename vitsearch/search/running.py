@@ -24,15 +24,17 @@ from .storage import (Heartbeat, collect, count_trained, database_failures, open
 logger = logging.getLogger(__name__)
 
 
-def baseline_configs(setup: Setup) -> list[tuple[str, PruneConfig]]:
-    """The unpruned model first, then uniform keep ratios at the standard placements."""
-    return [("unpruned", PruneConfig())] + [("uniform", c) for c in setup.space.baselines()]
+def baseline_configs(evaluator: Evaluator) -> list[tuple[str, PruneConfig]]:
+    """The baselines this search evaluates (``--baselines``): the unpruned model first, then uniform keep ratios at
+    the standard placements."""
+    return evaluator.setup.space.baseline_configs(evaluator.settings.baselines)
 
 
 def stored_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
-    """The baselines evaluated so far (by any worker), in :func:`baseline_configs` order."""
+    """The baselines evaluated so far (by any worker), in :func:`baseline_configs` order; those an earlier run
+    evaluated stay in the records whatever ``--baselines`` says now."""
     done = study.user_attrs
-    return [Candidate.from_dict(done[f"baseline:{c}"]) for _, c in baseline_configs(evaluator.setup)
+    return [Candidate.from_dict(done[f"baseline:{c}"]) for _, c in evaluator.setup.space.baseline_configs("all")
             if f"baseline:{c}" in done]
 
 
@@ -40,7 +42,7 @@ def next_baseline(evaluator: Evaluator, study: Any, *, interleave: bool) -> tupl
     """The first baseline neither stored nor claimed by a running trial. With ``interleave`` the uniform ones
     wait their turn: one per candidate trained, so the first trial's result comes right after the unpruned one."""
     claimed = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-    todo = [(kind, c) for kind, c in baseline_configs(evaluator.setup)
+    todo = [(kind, c) for kind, c in baseline_configs(evaluator)
             if f"baseline:{c}" not in study.user_attrs and f"baseline:{c}" not in claimed]
     if not todo:
         return None
@@ -78,7 +80,8 @@ def evaluate_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
     while True:
         todo = next_baseline(evaluator, study, interleave=False)
         if todo is None:
-            if len(stored_baselines(evaluator, study)) == len(baseline_configs(evaluator.setup)):
+            done = study.user_attrs
+            if all(f"baseline:{c}" in done for _, c in baseline_configs(evaluator)):
                 return stored_baselines(evaluator, study)
             # a dead worker's claim is taken again
             recover_stale_trials(study, evaluator.settings.heartbeat_s, baselines_only=True)
@@ -320,7 +323,7 @@ def summary(result: SearchResult) -> dict[str, Any]:
         "trials": len(result.trials), "trained": sum(c.accuracy is not None for c in result.trials),
         "front": [{"config": str(c.config), "accuracy": c.accuracy, "val_accuracy": c.val_accuracy,
                    "predicted_ms": round(c.predicted_ms, 4)} for c in result.front],
-        "best": None if best is None else {"config": str(best.config), "accuracy": best.accuracy,
+        "best": None if best is None else {"trial": best.trial, "config": str(best.config), "accuracy": best.accuracy,
                                            "val_accuracy": best.val_accuracy,
                                            "predicted_ms": round(best.predicted_ms, 4), "gmacs": best.gmacs,
                                            "block_tokens": list(best.block_tokens)},

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import VitsearchError
 from ..pruning import PruneConfig
 from ..training import LossWeights, TrainSettings
 from ..studyfolder import check_study_name
@@ -17,6 +18,9 @@ LEARNED = "learned"  # the kind of the learned strategy's trial (search/learned.
 TRAINED_ATTRS = ("val_accuracy", "accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status")
 
 SAMPLERS = ("tpe", "random")
+# Which baselines a search evaluates beside its trials (each trains as long as a candidate): the unpruned model, the
+# uniform keep ratios of the space's [baselines] section, both, or none (a smoke test).
+BASELINES = ("all", "unpruned", "uniform", "none")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class SearchSettings:
     # validation (latency/validate.py measured_headroom), 0 where it has none.
     headroom: float | None = None
     sampler: str = "tpe"
+    baselines: str = "all"  # one of BASELINES; baselines stored by an earlier run stay in the study's records
     seed: int = 0
     max_train: int | None = None  # subset sizes for large ImageFolder data sets
     max_val: int | None = None
@@ -65,6 +70,8 @@ class SearchSettings:
     tables: str = "latency_tables"
 
     def __post_init__(self) -> None:
+        if self.baselines not in BASELINES:
+            raise VitsearchError(f"baselines {self.baselines!r} is not one of {', '.join(BASELINES)} (--baselines)")
         from ..latency.precision import parse
 
         object.__setattr__(self, "precision", parse(self.precision))
