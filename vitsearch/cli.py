@@ -48,8 +48,13 @@ class Command(abc.ABC):
     name: str
     help: str
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        """The shared option groups this command takes (``model_options()``, ``reports_options()``, ...)."""
+        return []
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add this command's options to its subparser."""
+        """Add this command's own options to its subparser. Import only light modules here (settings, for their
+        defaults): the parser of every command is built for ``--help``; heavy imports belong in ``run``."""
 
     @abc.abstractmethod
     def run(self, args: argparse.Namespace) -> int:
@@ -133,20 +138,130 @@ def headroom(text: str) -> float | None:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that name a model, shared by every command that takes one."""
-    from .models import DIGITS
+def budget(text: str) -> Any:
+    """An argparse ``type``: a latency budget (``vitsearch.search.parse_budget``: 30ms, 0.03s, 60%)."""
+    from .search.budget import parse_budget
 
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default=DIGITS, metavar="NAME",
-                       help=f"timm ViT/DeiT name, e.g. deit_small_patch16_224 (default: {DIGITS}, the built-in "
-                            "digits model, trained and cached on first use; clutter is the other built-in one)")
-    group.add_argument("--checkpoint", type=Path, metavar="PATH",
-                       help="weights to load (.pt/.pth state_dict or .safetensors); never unpickles code")
-    group.add_argument("--num-classes", type=positive_int, metavar="N",
-                       help="classes of the model's head (default: read from the checkpoint, else the model's)")
-    group.add_argument("--pretrained", action="store_true",
-                       help="download timm's pretrained weights (needs the Hugging Face Hub)")
+    try:
+        return parse_budget(text)
+    except VitsearchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def prune_config(text: str) -> Any:
+    """An argparse ``type``: a pruning config (``PruneConfig.parse``). Imports the pruning methods (torch), so only
+    when the option is given."""
+    from .pruning import PruneConfig
+
+    try:
+        return PruneConfig.parse(text)
+    except VitsearchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def shares(text: str) -> tuple[float, ...]:
+    """An argparse ``type``: comma-separated shares of a whole, each in (0, 1), like 0.3,0.6."""
+    try:
+        values = tuple(finite_float(v) for v in text.split(","))
+    except argparse.ArgumentTypeError:
+        values = ()
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of shares in (0, 1) like 0.3,0.6")
+    return values
+
+
+def validation_count(text: str) -> int:
+    """An argparse ``type``: 0 (no validation) or at least 2 configs, the fewest a rank correlation needs."""
+    value = non_negative_int(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("1 config cannot be ranked: give 0 (no validation) or at least 2")
+    return value
+
+
+# Options shared by several commands, each defined once here on a parent parser (a fresh one per command, so one
+# command's set_defaults never touches another's). Defaults come from the settings dataclasses, which import no
+# torch: building the whole parser stays fast (``--help``, ``--version``, a mistyped flag).
+
+def model_options() -> argparse.ArgumentParser:
+    from .search.settings import SearchSettings
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--model", default=SearchSettings.model, metavar="NAME",
+                        help="timm ViT/DeiT name, e.g. deit_small_patch16_224, or a built-in model, trained and "
+                             "cached on first use: digits, or clutter (digits among clutter, where the kept tokens "
+                             "matter)")
+    return parent
+
+
+def checkpoint_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--checkpoint", type=Path, metavar="PATH",
+                        help="weights of --model (.pt/.pth state_dict or .safetensors; never unpickles code); a "
+                             "built-in model without one uses its cached trained base")
+    return parent
+
+
+def weights_options() -> argparse.ArgumentParser:
+    """The head and hub options of the commands that build a model from its name (info, export)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--num-classes", type=positive_int, metavar="N",
+                        help="classes of the model's head (default: read from the checkpoint, else the model's)")
+    parent.add_argument("--pretrained", action="store_true",
+                        help="download timm's pretrained weights (needs the Hugging Face Hub; offline, with the "
+                             "weights in its cache: HF_HUB_OFFLINE=1)")
+    return parent
+
+
+def reports_options() -> argparse.ArgumentParser:
+    from .search.settings import SearchSettings
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--reports", type=Path, default=Path(SearchSettings.reports), metavar="DIR",
+                        help="folder of study folders")
+    return parent
+
+
+def seed_options() -> argparse.ArgumentParser:
+    from .search.settings import SearchSettings
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--seed", type=non_negative_int, default=SearchSettings.seed, metavar="S",
+                        help="random seed of everything the command draws (samplers, training batches and "
+                             "initialisation, data subsets, validation configs): the same seed, the same run")
+    return parent
+
+
+def latency_options() -> argparse.ArgumentParser:
+    """The options that name a latency table beside the model: device, batch, tables folder."""
+    from .search.settings import SearchSettings
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--device", default=SearchSettings.device, metavar="NAME",
+                        help="latency target: a device name from the registry (cpu, cuda, torch-cpu, pixel, your own "
+                             "in <tables>/devices.toml) or ssh://user@host[:port]")
+    parent.add_argument("--batch", type=positive_int, default=SearchSettings.batch, metavar="B",
+                        help="batch the latency is measured or predicted for")
+    parent.add_argument("--tables", type=Path, default=Path(SearchSettings.tables), metavar="DIR",
+                        help="latency tables folder")
+    parent.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=SearchSettings.precision,
+                        help="precision the model runs in on the device: each has its own table (int8: onnxruntime "
+                             "QDQ static quantization)")
+    return parent
+
+
+def training_options() -> argparse.ArgumentParser:
+    """Where and how a command that trains does it: ``--train-device``, ``--no-amp``, ``--workers``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--train-device", default="auto", metavar="DEV",
+                        help="where training and held-out evaluation run: auto (the first CUDA GPU, else the CPU), "
+                             "cpu, cuda, cuda:N or mps. --device is the latency target")
+    parent.add_argument("--no-amp", dest="amp", action="store_false",
+                        help="train a CUDA GPU in float32 (default: mixed precision, bf16 where supported, else fp16)")
+    parent.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
+                        help="processes that decode and augment ImageFolder images beside the training and check them "
+                             "before it (0: in the training process; the built-in digits are in memory and need "
+                             "none). Results do not depend on N")
+    return parent
 
 
 def model_from_args(args: argparse.Namespace, *, weights: bool = True) -> Any:
@@ -203,23 +318,6 @@ def gmacs_of(model: Any) -> float:
     return count_macs(model).gmacs
 
 
-def add_workers_argument(parser: argparse.ArgumentParser) -> None:
-    """``--workers``, shared by every command that trains on a data set."""
-    parser.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
-                        help="processes that decode and augment ImageFolder images beside the training and check them "
-                             "before it (default: 0, in the training process; the built-in digits are in memory and "
-                             "need none). Results do not depend on N")
-
-
-def add_train_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--train-device`` and ``--no-amp``, shared by every command that trains."""
-    parser.add_argument("--train-device", default="auto", metavar="DEV",
-                        help="where training and held-out evaluation run: auto (the first CUDA GPU, else the CPU), "
-                             "cpu, cuda, cuda:N or mps (default: auto). --device is the latency target")
-    parser.add_argument("--no-amp", dest="amp", action="store_false",
-                        help="train a CUDA GPU in float32 (default: mixed precision, bf16 where supported, else fp16)")
-
-
 def precision_of(args: argparse.Namespace) -> Any:
     from .training import Precision
 
@@ -236,31 +334,27 @@ class PretrainCommand(Command):
     help = ("train (once) and cache a base model: a built-in model (digits, clutter), or a timm model's checkpoint "
             "fine-tuned with a new head for an ImageFolder's classes (--model M --checkpoint C --dataset D)")
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from .finetune import FinetuneSettings
-        from .models import DIGITS
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), checkpoint_options(), training_options()]
 
-        parser.add_argument("--model", default=DIGITS, metavar="NAME",
-                            help="a built-in model to train (digits, the default, or clutter), or the timm model "
-                                 "name of --checkpoint")
-        parser.add_argument("--checkpoint", type=Path, metavar="PATH", help="base weights to fine-tune")
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .training.settings import FinetuneSettings
+
         parser.add_argument("--dataset", metavar="DIR",
                             help="ImageFolder to fit the base to (its classes): train/ with val/ and test/, or one "
                                  "folder of class folders split by the fractions below")
-        split = FinetuneSettings()
+        split = FinetuneSettings
         parser.add_argument("--val-fraction", type=share, metavar="F",
                             help="share of each class of --dataset held out as val when it has no val/ folder (what "
                                  f"a search selects on; default: {split.val_fraction:g})")
         parser.add_argument("--test-fraction", type=share, metavar="F",
                             help="share of each class of --dataset held out as test when it has no test/ folder (the "
                                  f"accuracy results state; default: {split.test_fraction:g}); the two sum under 1")
-        parser.add_argument("--steps", type=positive_int, default=FinetuneSettings().steps,
-                            help="fine-tuning steps (default: %(default)s)")
+        parser.add_argument("--steps", type=positive_int, default=FinetuneSettings.steps,
+                            help="fine-tuning steps")
         parser.add_argument("--cache-dir", type=Path, metavar="DIR",
                             help="cache root (default: $VITSEARCH_CACHE or ~/.cache/vitsearch)")
         parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
-        add_workers_argument(parser)
-        add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .data import LoaderSettings
@@ -316,8 +410,8 @@ class InfoCommand(Command):
     name = "info"
     help = "show a model's geometry (and check that a checkpoint fits it)"
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_model_arguments(parser)
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), checkpoint_options(), weights_options()]
 
     def run(self, args: argparse.Namespace) -> int:
         from .models import file_sha256, geometry
@@ -339,42 +433,23 @@ class InfoCommand(Command):
         return 0
 
 
-def add_table_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that name a latency table: device, model geometry, batch, tables folder."""
-    from .models import DIGITS
-
-    parser.add_argument("--device", default="cpu", metavar="NAME",
-                        help="device name from the registry (cpu, cuda, torch-cpu, pixel, your own in "
-                             "<tables>/devices.toml) or ssh://user@host[:port] (default: cpu)")
-    parser.add_argument("--model", default=DIGITS, metavar="NAME",
-                        help=f"timm ViT/DeiT whose geometry is profiled, or a built-in one (digits, clutter); weights "
-                             f"do not matter (default: {DIGITS})")
-    parser.add_argument("--batch", type=positive_int, default=1, metavar="B", help="batch size (default: 1)")
-    parser.add_argument("--tables", type=Path, default=Path("latency_tables"), metavar="DIR",
-                        help="latency tables folder (default: latency_tables)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                        help="precision the model runs in on the device: each has its own table (int8: onnxruntime "
-                             "QDQ static quantization; default: fp32)")
-
-
 class ProfileCommand(Command):
     name = "profile"
     help = "measure a model's components on a device into a latency table (resumes an interrupted profile)"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), latency_options(), seed_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_table_arguments(parser)
         add_threads_argument(parser)
-        parser.add_argument("--validate", type=non_negative_int, default=0, metavar="N",
-                            help="then measure N random pruned models end to end against the table's prediction")
+        parser.add_argument("--validate", type=validation_count, default=0, metavar="N",
+                            help="then measure N random pruned models end to end against the table's prediction "
+                                 "(0: none; at least 2, to rank them)")
         parser.add_argument("--restart", action="store_true", help="discard an existing table and start over")
-        parser.add_argument("--seed", type=non_negative_int, default=0,
-                            help="seed of the validation configs (default: 0)")
 
     def run(self, args: argparse.Namespace) -> int:
         from .latency import profile, validate
 
-        if args.validate < 0 or args.validate == 1:
-            raise VitsearchError(f"--validate takes 0 (no validation) or at least 2 configs to rank, got {args.validate}")
         table = profile(args.device, model=args.model, batch=args.batch, threads=args.threads, tables=args.tables,
                         restart=args.restart, progress=sys.stderr.isatty(), precision=args.precision)
         rt = table.meta["runtime"]
@@ -409,18 +484,19 @@ class PredictCommand(Command):
     name = "predict"
     help = "predict a pruning config's latency on a device from its latency table"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), latency_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--config", required=True, metavar="SPEC",
+        parser.add_argument("--config", type=prune_config, required=True, metavar="SPEC",
                             help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' or 'none'")
-        add_table_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from .pruning import PruneConfig
         from .latency import predict
         from .models import create_model
         from .pruning import apply
 
-        config = PruneConfig.parse(args.config)  # a bad config is named before any table is looked for
+        config = args.config
         pred = predict(config, device=args.device, model=args.model, batch=args.batch, tables=args.tables,
                        precision=args.precision)
         gmacs = gmacs_of(apply(create_model(args.model), config))  # random weights: MACs depend on the shapes only
@@ -456,11 +532,13 @@ class ExportCommand(Command):
     name = "export"
     help = "export a pruned model to ONNX (static shapes) and check it against onnxruntime"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), checkpoint_options(), weights_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_model_arguments(parser)
         # A vitsearch checkpoint (finalize's model.pt, a search trial's) names its own model and config.
         parser.set_defaults(model=None)
-        parser.add_argument("--config", metavar="SPEC",
+        parser.add_argument("--config", type=prune_config, metavar="SPEC",
                             help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' (default: the "
                                  "checkpoint's own for a vitsearch checkpoint, else none)")
         parser.add_argument("--output", "-o", type=Path, required=True, metavar="PATH", help="ONNX file to write")
@@ -479,14 +557,13 @@ class ExportCommand(Command):
                                  "ImageFolder (default: a built-in model's own data)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from .pruning import PruneConfig
         from .export import check_output_path, check_trained, export_model, load_pruned
         from .flops import count_macs
         from .models import DIGITS, embedded_task, file_sha256
         from .pretrain import base_model, recipe
         from .pruning import apply
 
-        config = None if args.config is None else PruneConfig.parse(args.config)  # fails before a model is built
+        config = args.config  # a bad one failed at parsing, before a model is built; None: the checkpoint's own
         check_output_path(args.output)
         if args.checkpoint is not None:
             if args.pretrained:
@@ -539,10 +616,11 @@ class ReportCommand(Command):
     name = "report"
     help = "write a study's report (report.md and a self-contained report.html, figures as PNG and SVG)"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [reports_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("study", metavar="STUDY", help="study name under --reports, or a study folder's path")
-        parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
-                            help="folder of study folders (default: reports)")
 
     def run(self, args: argparse.Namespace) -> int:
         from .report import load_study, summary, write_report
@@ -563,11 +641,12 @@ class PlotCommand(Command):
     name = "plot"
     help = "overlay several studies' accuracy-latency trials and Pareto fronts on one chart"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [reports_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("studies", nargs="+", metavar="STUDY",
                             help="study names under --reports, or study folders' paths")
-        parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
-                            help="folder of study folders (default: reports)")
         parser.add_argument("--output", "-o", type=Path, metavar="FILE",
                             help="chart to write: .png, .svg or .pdf; without a suffix both .png and .svg "
                                  "(default: the study's figures/overlay, or <reports>/overlay-<names>)")
@@ -587,23 +666,22 @@ class SearchCommand(Command):
     name = "search"
     help = "search selector placement and keep ratios under a latency budget (Optuna, accuracy vs latency)"
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from .search import SAMPLERS, STRATEGIES, SearchSettings
-        from .search.settings import BASELINES
-        from .training import TrainSettings
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), checkpoint_options(), latency_options(), reports_options(), seed_options(),
+                training_options()]
 
-        d, t = SearchSettings(), TrainSettings()
-        parser.add_argument("--budget", default=d.budget,
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .search.settings import BASELINES, SAMPLERS, STRATEGIES, SearchSettings
+        from .training.settings import LossWeights, TrainSettings
+
+        d, t, w = SearchSettings, TrainSettings, LossWeights  # the classes' defaults: no settings are made here
+        parser.add_argument("--budget", type=budget, default=d.budget,
                             help="latency budget: 30ms, '30 ms', 0.03s, or a share of the unpruned model's latency "
-                                 f"on the device like 60%% (default: {d.budget.replace('%', '%%')})")
+                                 "on the device like 60%%")
         parser.add_argument("--headroom", type=headroom, default=d.headroom, metavar="auto|PCT",
                             help="what the search leaves under the budget for the latency table's error: auto (the "
                                  "table's validation says how far it under-predicts whole models; a table the search "
                                  "profiles is validated on 12 models) or a share such as 5%% (default: auto)")
-        parser.add_argument("--model", default=d.model, metavar="NAME",
-                            help="timm ViT/DeiT name, or a built-in model trained once if missing: digits (default) "
-                                 "or clutter (digits among clutter, where the kept tokens matter)")
-        parser.add_argument("--checkpoint", metavar="PATH", help="base weights (.pt state_dict or .safetensors)")
         parser.add_argument("--dataset", default=None, metavar="DATA",
                             help="'digits' or 'clutter' (built in) or an ImageFolder directory (ImageNet layout) "
                                  "(default: a built-in model's own data)")
@@ -613,14 +691,6 @@ class SearchCommand(Command):
                             help="use a seeded subset of N val images (val: what the search ranks and selects on)")
         parser.add_argument("--max-test", type=positive_int, metavar="N",
                             help="use a seeded subset of N test images (test: the accuracy results state)")
-        add_workers_argument(parser)
-        parser.add_argument("--device", default=d.device, metavar="NAME",
-                            help="device whose latency table predicts latency (default: cpu, profiled if missing)")
-        parser.add_argument("--batch", type=positive_int, default=d.batch, metavar="B",
-                            help="batch the latency is predicted for (default: 1)")
-        parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=d.precision,
-                            help="precision the model runs in on the device, whose table predicts latency "
-                                 "(default: fp32)")
         add_threads_argument(parser, default=None)
         parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
         parser.add_argument("--trials", type=positive_int, default=d.trials, metavar="N",
@@ -644,11 +714,11 @@ class SearchCommand(Command):
                             help=f"backbone learning rate (default: {t.lr:g})")
         parser.add_argument("--selector-lr", type=positive_float, default=t.selector_lr,
                             help=f"selector learning rate (default: {t.selector_lr:g})")
-        parser.add_argument("--ratio-weight", type=non_negative_float, default=t.weights.ratio,
+        parser.add_argument("--ratio-weight", type=non_negative_float, default=w.ratio,
                             help="keep-ratio loss weight")
-        parser.add_argument("--latency-weight", type=non_negative_float, default=t.weights.latency,
+        parser.add_argument("--latency-weight", type=non_negative_float, default=w.latency,
                             help="latency loss weight")
-        parser.add_argument("--distill-weight", type=non_negative_float, default=t.weights.distill,
+        parser.add_argument("--distill-weight", type=non_negative_float, default=w.distill,
                             help="distillation weight")
         parser.add_argument("--shared-steps", type=positive_int, default=d.shared_steps,
                             help="supernet steps (shared strategy)")
@@ -666,14 +736,9 @@ class SearchCommand(Command):
                                  "(default: a journal file in the study folder)")
         parser.add_argument("--resume", action="store_true",
                             help="continue an interrupted study (re-running the same study name does the same)")
-        parser.add_argument("--seed", type=non_negative_int, default=d.seed)
-        parser.add_argument("--reports", default=d.reports, metavar="DIR", help="reports folder (default: reports)")
-        parser.add_argument("--tables", default=d.tables, metavar="DIR", help="latency tables (default: latency_tables)")
-        add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .search import SearchSettings, run_search, summary
-        from .studyfolder import StudyFolder
         from .training import LossWeights, TrainSettings
 
         if args.learned_steps is not None and not args.learned:
@@ -682,7 +747,8 @@ class SearchCommand(Command):
         train = TrainSettings(steps=args.steps, batch_size=args.train_batch, lr=args.lr, selector_lr=args.selector_lr,
                               weights=weights, seed=args.seed)
         settings = SearchSettings(
-            budget=args.budget, headroom=args.headroom, model=args.model, checkpoint=str(args.checkpoint) if args.checkpoint else None,
+            budget=str(args.budget), headroom=args.headroom, model=args.model,
+            checkpoint=str(args.checkpoint) if args.checkpoint else None,
             dataset=args.dataset, device=args.device, batch=args.batch, precision=args.precision, threads=args.threads,
             study=args.study,
             trials=args.trials,
@@ -690,11 +756,10 @@ class SearchCommand(Command):
             shared_finetune_steps=args.shared_finetune_steps, learned=args.learned, learned_steps=args.learned_steps,
             storage=args.storage, sampler=args.sampler, baselines=args.baselines,
             seed=args.seed, max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
-            workers=args.workers, reports=args.reports,
-            tables=args.tables, train_device=args.train_device, amp=args.amp)
-        if args.resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
-            raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
-        result = run_search(settings, progress=sys.stderr.isatty())  # bars on a terminal, plain log lines elsewhere
+            workers=args.workers, reports=str(args.reports),
+            tables=str(args.tables), train_device=args.train_device, amp=args.amp)
+        # bars on a terminal, plain log lines elsewhere
+        result = run_search(settings, progress=sys.stderr.isatty(), resume=args.resume)
         record = summary(result)
         unpruned = next((b for b in result.baselines if b.kind == "unpruned"), None)
         print(f"study {result.folder}: {record['trials']} trials, {record['trained']} trained, "
@@ -748,17 +813,18 @@ class FinalizeCommand(Command):
     help = ("train a chosen config of a study with its method's full schedule, export it to ONNX and measure it "
             "on the study's device (resumes an interrupted finalize)")
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from .finalize import SCHEDULES, FinalizeSettings
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [reports_options(), seed_options(), training_options()]
 
-        d = FinalizeSettings()
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .training.settings import SCHEDULES, FinalizeSettings, LossWeights
+
+        d, w = FinalizeSettings, LossWeights  # the classes' defaults: no settings are made here
         parser.add_argument("study", metavar="STUDY", help="study name under --reports, or a study folder's path")
         which = parser.add_mutually_exclusive_group(required=True)
         which.add_argument("--trial", type=non_negative_int, action="append", metavar="N",
                            help="trial number to finalize (repeat for several)")
         which.add_argument("--pareto", action="store_true", help="finalize every trial on the Pareto front")
-        parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
-                            help="folder of study folders (default: reports)")
         parser.add_argument("--steps", type=positive_int, default=d.steps, help=f"training steps (default: {d.steps})")
         parser.add_argument("--epochs", type=positive_float, metavar="E", help="train E epochs instead of --steps")
         add_train_batch_argument(parser, d.batch_size)
@@ -768,14 +834,14 @@ class FinalizeCommand(Command):
                             help=f"selector / aux head learning rate (default: {d.selector_lr:g})")
         parser.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps,
                             help="linear warm-up steps")
-        parser.add_argument("--distill-weight", type=non_negative_float, default=d.weights.distill,
+        parser.add_argument("--distill-weight", type=non_negative_float, default=w.distill,
                             help="distillation weight")
-        parser.add_argument("--aux-weight", type=non_negative_float, default=d.weights.aux,
+        parser.add_argument("--aux-weight", type=non_negative_float, default=w.aux,
                             help="Evo-ViT: share of the assisted head's loss (default: %(default)s, the paper's)")
         parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                             help="progressive: SPViT layer-to-phase / Evo-ViT layer-to-stage; plain: the whole "
                                  "config from the first step (default: %(default)s)")
-        parser.add_argument("--switch", metavar="S1,S2,...",
+        parser.add_argument("--switch", type=shares, metavar="S1,S2,...",
                             help="phase boundaries as shares of the steps (SPViT: one per selector phase after the "
                                  "first; Evo-ViT: one, the end of every-block selection); default: evenly spaced, "
                                  f"Evo-ViT {d.evo_switch:g}")
@@ -790,7 +856,7 @@ class FinalizeCommand(Command):
         parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                             help="int8: also quantize the exported model (calibrated on training images), evaluate it "
                                  "with onnxruntime on test and measure it, beside fp32 (default: fp32)")
-        parser.add_argument("--seed", type=non_negative_int, default=d.seed)
+        parser.set_defaults(seed=d.seed)
         export = parser.add_argument_group("export", "model.onnx is at the study's batch (what is measured); another "
                                            "--batch adds model_bB.onnx beside it")
         export.add_argument("--batch", type=positive_int, metavar="B",
@@ -798,19 +864,13 @@ class FinalizeCommand(Command):
         export.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: vitsearch's, 18)")
         export.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                             help="torchscript (default, fast) or dynamo (torch.export-based)")
-        add_workers_argument(parser)
-        add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .finalize import ExportOptions, FinalizeSettings, finalize
 
-        try:
-            switch = None if args.switch is None else tuple(float(v) for v in args.switch.split(","))
-        except ValueError:
-            raise VitsearchError(f"--switch takes shares of the steps like 0.3,0.6, got {args.switch!r}") from None
         settings = FinalizeSettings(
             steps=args.steps, epochs=args.epochs, batch_size=args.train_batch, lr=args.lr, selector_lr=args.selector_lr,
-            warmup_steps=args.warmup_steps, schedule=args.schedule, switch=switch,
+            warmup_steps=args.warmup_steps, schedule=args.schedule, switch=args.switch,
             weights=dataclasses.replace(FinalizeSettings().weights, distill=args.distill_weight, aux=args.aux_weight),
             merge_tol=args.merge_tol, checkpoint_every=args.checkpoint_every, seed=args.seed)
         results = finalize(args.study, None if args.pareto else args.trial, settings, reports=args.reports,
@@ -870,9 +930,23 @@ COMMANDS: list[type[Command]] = [PretrainCommand, InfoCommand, ProfileCommand, P
                                  SearchCommand, ReportCommand, PlotCommand, FinalizeCommand]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default, unless its help says it in words already or there is none to show
+    (a flag, an option that is unset unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; imports no torch (``--help``, ``--version`` and a mistyped flag answer at once)."""
     parser = argparse.ArgumentParser(
-        prog="vitsearch", description="Hardware-aware token-pruning search for Vision Transformers.")
+        prog="vitsearch", description="Hardware-aware token-pruning search for Vision Transformers.",
+        formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -880,9 +954,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command_cls in COMMANDS:
         command = command_cls()
-        command_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        command_parser = sub.add_parser(command.name, help=command.help, description=command.help,
+                                        parents=command.parents(), formatter_class=HelpFormatter)
         command.add_arguments(command_parser)
-        command_parser.set_defaults(handler=command)
+        command_parser.set_defaults(handler=command, parser=command_parser)
     return parser
 
 
@@ -941,7 +1016,9 @@ class _Terminated:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # named with the subcommand's usage, not the top level's
+            args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as e:  # argparse exits on --help / --version (0) and on a bad command line (2)
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     _setup_logging(args)

@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +21,18 @@ import torch.nn.functional as F
 from filelock import FileLock
 
 from . import versions
-from .data import (DIGITS, DigitsSpec, LoaderSettings, SplitFractions, inference_inputs, load_dataset,
-                   scan_image_folder)
+from .data import DIGITS, DigitsSpec, LoaderSettings, inference_inputs, load_dataset, scan_image_folder
 from .errors import VitsearchError
 from .files import CACHE_FIX, cache_dir, check_writable
 from .models import create_model, file_sha256
 from .pretrain import write_cache_entry
 from .training.device import CPU, Precision
+from .training.settings import FinetuneSettings
 from .training.loop import accuracy, seeded, step_log, train_steps
 
 logger = logging.getLogger(__name__)
 
 FINETUNED = "finetuned"  # meta.json's kind: a base fitted to a data set, its split recorded beside its weights
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    steps: int = 300  # a new head and a gentle backbone update; the search's brief training starts from here
-    batch_size: int = 32
-    lr: float = 5e-5  # backbone
-    head_lr: float = 1e-3  # the new head learns from scratch
-    weight_decay: float = 0.05
-    warmup_steps: int = 10
-    seed: int = 0
-    # The split of a folder without val/ or test/ (what the base must not train on); search and finalize read it
-    # from the base's meta.json.
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    split_seed: int = 0
-
-    @property
-    def fractions(self) -> SplitFractions:
-        return SplitFractions(self.val_fraction, self.test_fraction)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def finetuned_base(model_name: str, checkpoint: str | Path, dataset: str | Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -11,6 +12,7 @@ import optuna
 from ..errors import Interrupted, VitsearchError
 from ..pareto import pareto_front
 from ..pruning import PruneConfig, canonical_key
+from ..studyfolder import StudyFolder
 from .claims import KEY, claim, owners
 from .coverage import CoverageSampler, FeasibleSet, NoModelLeft
 from .evaluation import Evaluator
@@ -179,9 +181,12 @@ def write_results(setup: Setup, trials: list[Candidate], baselines: list[Candida
     return front
 
 
-def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResult:
+def run_search(settings: SearchSettings, *, progress: bool = True, resume: bool = False) -> SearchResult:
     """Run (or resume) the search ``settings`` describe; returns the trials, the Pareto front and the baselines.
+    With ``resume`` the study must exist already (``search --resume``: a typo in the name is not a new study).
     A database that stops answering is one RunFailure (:func:`.storage.database_failures`)."""
+    if resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
+        raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
     with database_failures(settings.storage):
         return _run_search(settings, progress=progress)
 

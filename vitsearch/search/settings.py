@@ -4,13 +4,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import VitsearchError
-from ..pruning import PruneConfig
-from ..training import LossWeights, TrainSettings
+from ..training.settings import LossWeights, TrainSettings
 from ..studyfolder import check_study_name
 from .budget import parse_budget
+
+if TYPE_CHECKING:  # torch: imported where a search runs, never for the CLI's defaults
+    from ..pruning import PruneConfig
 
 STRATEGIES = ("brief", "shared")
 LEARNED = "learned"  # the kind of the learned strategy's trial (search/learned.py)
@@ -136,6 +138,8 @@ class Candidate:
         """A candidate from its ``to_dict`` record (the baselines the study's storage keeps)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in fields}
+        from ..pruning import PruneConfig
+
         d["config"] = PruneConfig.parse(d["config"])
         d["block_tokens"] = tuple(d.get("block_tokens", ()))
         return cls(**d)
