@@ -741,6 +741,8 @@ class SearchCommand(Command):
         from .search import SearchSettings, run_search, summary
         from .training import LossWeights, TrainSettings
 
+        route_optuna_logs()
+
         if args.learned_steps is not None and not args.learned:
             raise VitsearchError("--learned-steps sets the learned strategy's training: add --learned to run it")
         weights = LossWeights(ratio=args.ratio_weight, latency=args.latency_weight, distill=args.distill_weight)
@@ -983,11 +985,28 @@ def unwritable_message(e: OSError) -> str:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    """One handler and one format for vitsearch's lines and Optuna's (:func:`route_optuna_logs`)."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(levelname)s %(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
-    logger.handlers[:] = [handler]  # main() may run several times in one process (tests): never stack handlers
+    for name in ("vitsearch", "optuna"):  # main() may run several times in one process (tests): never stack handlers
+        logging.getLogger(name).handlers[:] = [handler]
     logger.setLevel(level)
+
+
+def route_optuna_logs() -> None:
+    """Optuna's lines through vitsearch's handler, in its format: Optuna's own handler (another format) is switched
+    off once Optuna is imported. Called by the commands that run Optuna, so the others never import it."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+
+
+def log_above_bars() -> Any:
+    """Log lines printed above the progress bars (``tqdm.contrib.logging``), never onto a bar's line."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logger, logging.getLogger("optuna")])
 
 
 class _Terminated:
@@ -1032,7 +1051,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return args.handler.run(args)
+        with log_above_bars():
+            return args.handler.run(args)
     except (VitsearchError, FileNotFoundError, ValueError, ConnectionError, TimeoutError) as e:
         if args.debug:
             raise

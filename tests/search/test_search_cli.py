@@ -16,12 +16,15 @@ def _search(tmp_path, env, *extra):
                  "--checkpoint", env["checkpoint"], *extra])
 
 
-def test_the_search_names_its_pick_and_the_commands_to_run_next(tmp_path, env, capsys):
+def test_the_search_names_its_pick_and_the_commands_to_run_next(tmp_path, env, capsys, caplog):
     """Issue 28 items 2 and 10: the best trial's number in the summary and the JSON, the report and finalize
     commands with the user's own study and reports folder; --baselines none trains no baseline, and a resumed
     search with --baselines unpruned adds the unpruned one only."""
     assert _search(tmp_path, env, "--baselines", "none") == 0
     out = capsys.readouterr().out
+    said = [r.getMessage() for r in caplog.records]  # issue 28 item 6: a line at the start and before each evaluation
+    assert said[0] == "search cli smoke: loading the base model, the data and the latency table", said[:3]
+    assert sum("evaluating on val and test (48 + 48 images)" in m for m in said) == 2, said
     record = json.loads(out.strip().splitlines()[-1])
     best = record["best"]
     trials = json.loads((tmp_path / "my reports" / "cli smoke" / "trials.json").read_text())

@@ -86,6 +86,8 @@ class Evaluator:
             # Only the shared strategy's candidates are trained with 0 steps of their own (in the supernet); a
             # library caller's brief search of 0 steps measures the untrained config, and says so.
             cand.status = "not trained (0 steps): accuracy of the untrained config"
+        logger.info("%s %s: evaluating on val and test (%d + %d images)",
+                    kind if trial is None else f"trial {trial}", config, len(setup.splits.val), len(setup.splits.test))
         cand.val_accuracy, cand.accuracy = held_out_accuracies(model, setup)
         cand.gmacs = gmacs(model)
         if trial is not None:

@@ -194,6 +194,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, resume: bool 
 def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
     from tqdm.auto import tqdm
 
+    logger.info("search %s: loading the base model, the data and the latency table", settings.name())
     setup = prepare(settings, progress=progress)
     setup.folder.make()
     write_provenance(setup, settings)
