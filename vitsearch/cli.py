@@ -329,6 +329,9 @@ def print_json(record: dict[str, Any]) -> None:
     print(json.dumps(record, sort_keys=True, allow_nan=False))  # NaN and Infinity are no JSON
 
 
+NEAR_CHANCE = 1.5  # a fitted base below 1.5x chance accuracy is warned about (3 classes: under 50%)
+
+
 class PretrainCommand(Command):
     name = "pretrain"
     help = ("train (once) and cache a base model: a built-in model (digits, clutter), or a timm model's checkpoint "
@@ -351,7 +354,12 @@ class PretrainCommand(Command):
                             help="share of each class of --dataset held out as test when it has no test/ folder (the "
                                  f"accuracy results state; default: {split.test_fraction:g}); the two sum under 1")
         parser.add_argument("--steps", type=positive_int, default=FinetuneSettings.steps,
-                            help="fine-tuning steps")
+                            help="fine-tuning steps (a tenth at most of them warm up)")
+        parser.add_argument("--train-batch", type=positive_int, metavar="B",
+                            help=f"fine-tuning batch size of --dataset (default: {FinetuneSettings.batch_size})")
+        parser.add_argument("--lr", type=positive_float, metavar="LR",
+                            help=f"backbone learning rate fitting --dataset (default: {FinetuneSettings.lr:g}; the new "
+                                 f"head learns at {FinetuneSettings.head_lr:g})")
         parser.add_argument("--cache-dir", type=Path, metavar="DIR",
                             help="cache root (default: $VITSEARCH_CACHE or ~/.cache/vitsearch)")
         parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
@@ -364,6 +372,9 @@ class PretrainCommand(Command):
         task = embedded_task(args.model)
         if task is None or args.checkpoint or args.dataset:
             return self.finetune(args)
+        if args.train_batch is not None or args.lr is not None:
+            raise VitsearchError(f"--train-batch and --lr set the fitting of a --dataset; the built-in {task.name} "
+                                 "model trains with its own recipe")
         if args.val_fraction is not None or args.test_fraction is not None:
             raise VitsearchError("--val-fraction and --test-fraction split a --dataset folder; the built-in digits "
                                  "model keeps its own 60/20/20 split (the search's default data)")
@@ -393,12 +404,19 @@ class PretrainCommand(Command):
         d = FinetuneSettings()
         fractions = SplitFractions(d.val_fraction if args.val_fraction is None else args.val_fraction,
                                    d.test_fraction if args.test_fraction is None else args.test_fraction)
-        settings = FinetuneSettings(steps=args.steps, val_fraction=fractions.val, test_fraction=fractions.test)
+        settings = FinetuneSettings(steps=args.steps, val_fraction=fractions.val, test_fraction=fractions.test,
+                                    batch_size=d.batch_size if args.train_batch is None else args.train_batch,
+                                    lr=d.lr if args.lr is None else args.lr)
         meta = finetuned_base(args.model, args.checkpoint, args.dataset, settings,
                               root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers),
                               precision=precision_of(args))
         source = "cached" if meta["cached"] else f"fine-tuned in {meta['train_seconds']:.1f} s"
         print(f"{args.model} fitted to {meta['num_classes']} classes ({source}): {meta['checkpoint']}")
+        chance = 1 / meta["num_classes"]
+        if meta["test_accuracy"] < NEAR_CHANCE * chance:
+            print(f"  warning: test accuracy {100 * meta['test_accuracy']:.2f}% is near chance ({100 * chance:.1f}% for "
+                  f"{meta['num_classes']} classes): this base has learned little, and a search of it ranks noise. "
+                  f"Train longer (--steps, now {args.steps}) or check the data", file=sys.stderr)
         print(f"  test accuracy {100 * meta['test_accuracy']:.2f}% (val {100 * meta['val_accuracy']:.2f}%); search it "
               f"with: vitsearch search --model {args.model} --checkpoint {meta['checkpoint']} --dataset {args.dataset}")
         print_json({"accuracy": meta["test_accuracy"]} | {

@@ -92,8 +92,10 @@ def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, sett
               {"params": [p for p in model.parameters() if id(p) in head], "lr": settings.head_lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
     scaler = precision.scaler()
-    logger.info("fine-tuning %s (head %d -> %d classes) on %s for %d steps on %s (%s)", model_name, before,
-                splits.num_classes, splits.description, settings.steps, precision.device, precision.name)
+    warmup = settings.warmup(settings.steps)
+    logger.info("fine-tuning %s (head %d -> %d classes) on %s for %d steps (%d of warm-up) on %s (%s)", model_name,
+                before, splits.num_classes, splits.description, settings.steps, warmup, precision.device,
+                precision.name)
     start = time.perf_counter()
     with seeded(settings.seed):
         data = splits.train_batches(settings.batch_size, settings.seed)
@@ -106,7 +108,7 @@ def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, sett
             scaler.backward(loss)
             return {"ce": float(loss.detach())}
 
-        train_steps(optimizer, [g["lr"] for g in groups], range(settings.steps), step, warmup=settings.warmup_steps,
+        train_steps(optimizer, [g["lr"] for g in groups], range(settings.steps), step, warmup=warmup,
                     total=settings.steps, scaler=scaler, after=step_log(f"fine-tuning {model_name}", settings.steps,
                                                                         logger))
     val_accuracy = accuracy(model, splits, precision=precision)

@@ -107,6 +107,11 @@ class FinetuneSettings:
     test_fraction: float = 0.2
     split_seed: int = 0
 
+    def warmup(self, steps: int) -> int:
+        """Warm-up steps of a run of ``steps``: ``warmup_steps``, at most a tenth of the run (``--steps 10`` would
+        otherwise never leave its warm-up)."""
+        return min(self.warmup_steps, steps // 10)
+
     @property
     def fractions(self) -> SplitFractions:
         from ..data import SplitFractions
