@@ -44,9 +44,9 @@ def test_every_option_with_a_default_shows_it_and_every_option_has_help():
 @pytest.mark.parametrize("option", ["--model", "--checkpoint", "--reports", "--seed", "--device", "--tables",
                                     "--train-device", "--workers"])
 def test_a_shared_option_means_one_thing_everywhere(option):
-    """Defined once (a parent parser): the same help, type and default in every command that takes it."""
-    found = {(a.help, a.type, a.default) for p in _subparsers().values() for a in p._actions
-             if option in a.option_strings}
+    """Defined once (a parent parser): the same help and type in every command that takes it (a command may set
+    another default, as export's --model defers to a vitsearch checkpoint's own)."""
+    found = {(a.help, a.type) for p in _subparsers().values() for a in p._actions if option in a.option_strings}
     assert len(found) == 1, found
 
 
