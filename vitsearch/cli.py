@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import math
+import shlex
 import signal
 import sys
 import threading
@@ -47,8 +48,13 @@ class Command(abc.ABC):
     name: str
     help: str
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        """The shared option groups this command takes (``model_options()``, ``reports_options()``, ...)."""
+        return []
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add this command's options to its subparser."""
+        """Add this command's own options to its subparser. Import only light modules here (settings, for their
+        defaults): the parser of every command is built for ``--help``; heavy imports belong in ``run``."""
 
     @abc.abstractmethod
     def run(self, args: argparse.Namespace) -> int:
@@ -132,20 +138,130 @@ def headroom(text: str) -> float | None:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that name a model, shared by every command that takes one."""
-    from .models import DIGITS
+def budget(text: str) -> Any:
+    """An argparse ``type``: a latency budget (``vitsearch.search.parse_budget``: 30ms, 0.03s, 60%)."""
+    from .search.budget import parse_budget
 
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default=DIGITS, metavar="NAME",
-                       help=f"timm ViT/DeiT name, e.g. deit_small_patch16_224 (default: {DIGITS}, the built-in "
-                            "digits model, trained and cached on first use; clutter is the other built-in one)")
-    group.add_argument("--checkpoint", type=Path, metavar="PATH",
-                       help="weights to load (.pt/.pth state_dict or .safetensors); never unpickles code")
-    group.add_argument("--num-classes", type=positive_int, metavar="N",
-                       help="classes of the model's head (default: read from the checkpoint, else the model's)")
-    group.add_argument("--pretrained", action="store_true",
-                       help="download timm's pretrained weights (needs the Hugging Face Hub)")
+    try:
+        return parse_budget(text)
+    except VitsearchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def prune_config(text: str) -> Any:
+    """An argparse ``type``: a pruning config (``PruneConfig.parse``). Imports the pruning methods (torch), so only
+    when the option is given."""
+    from .pruning import PruneConfig
+
+    try:
+        return PruneConfig.parse(text)
+    except VitsearchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def shares(text: str) -> tuple[float, ...]:
+    """An argparse ``type``: comma-separated shares of a whole, each in (0, 1), like 0.3,0.6."""
+    try:
+        values = tuple(finite_float(v) for v in text.split(","))
+    except argparse.ArgumentTypeError:
+        values = ()
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of shares in (0, 1) like 0.3,0.6")
+    return values
+
+
+def validation_count(text: str) -> int:
+    """An argparse ``type``: 0 (no validation) or at least 2 configs, the fewest a rank correlation needs."""
+    value = non_negative_int(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("1 config cannot be ranked: give 0 (no validation) or at least 2")
+    return value
+
+
+# Options shared by several commands, each defined once here on a parent parser (a fresh one per command, so one
+# command's set_defaults never touches another's). Defaults come from the settings dataclasses, which import no
+# torch: building the whole parser stays fast (``--help``, ``--version``, a mistyped flag).
+
+def model_options() -> argparse.ArgumentParser:
+    from .search.settings import SearchSettings
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--model", default=SearchSettings.model, metavar="NAME",
+                        help="timm ViT/DeiT name, e.g. deit_small_patch16_224, or a built-in model, trained and "
+                             "cached on first use: digits, or clutter (digits among clutter, where the kept tokens "
+                             "matter)")
+    return parent
+
+
+def checkpoint_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--checkpoint", type=Path, metavar="PATH",
+                        help="weights of --model (.pt/.pth state_dict or .safetensors; never unpickles code); a "
+                             "built-in model without one uses its cached trained base")
+    return parent
+
+
+def weights_options() -> argparse.ArgumentParser:
+    """The head and hub options of the commands that build a model from its name (info, export)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--num-classes", type=positive_int, metavar="N",
+                        help="classes of the model's head (default: read from the checkpoint, else the model's)")
+    parent.add_argument("--pretrained", action="store_true",
+                        help="download timm's pretrained weights (needs the Hugging Face Hub; offline, with the "
+                             "weights in its cache: HF_HUB_OFFLINE=1)")
+    return parent
+
+
+def reports_options() -> argparse.ArgumentParser:
+    from .search.settings import SearchSettings
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--reports", type=Path, default=Path(SearchSettings.reports), metavar="DIR",
+                        help="folder of study folders")
+    return parent
+
+
+def seed_options() -> argparse.ArgumentParser:
+    from .search.settings import SearchSettings
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--seed", type=non_negative_int, default=SearchSettings.seed, metavar="S",
+                        help="random seed of everything the command draws (samplers, training batches and "
+                             "initialisation, data subsets, validation configs): the same seed, the same run")
+    return parent
+
+
+def latency_options() -> argparse.ArgumentParser:
+    """The options that name a latency table beside the model: device, batch, tables folder."""
+    from .search.settings import SearchSettings
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--device", default=SearchSettings.device, metavar="NAME",
+                        help="latency target: a device name from the registry (cpu, cuda, torch-cpu, pixel, your own "
+                             "in <tables>/devices.toml) or ssh://user@host[:port]")
+    parent.add_argument("--batch", type=positive_int, default=SearchSettings.batch, metavar="B",
+                        help="batch the latency is measured or predicted for")
+    parent.add_argument("--tables", type=Path, default=Path(SearchSettings.tables), metavar="DIR",
+                        help="latency tables folder")
+    parent.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=SearchSettings.precision,
+                        help="precision the model runs in on the device: each has its own table (int8: onnxruntime "
+                             "QDQ static quantization)")
+    return parent
+
+
+def training_options() -> argparse.ArgumentParser:
+    """Where and how a command that trains does it: ``--train-device``, ``--no-amp``, ``--workers``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--train-device", default="auto", metavar="DEV",
+                        help="where training and held-out evaluation run: auto (the first CUDA GPU, else the CPU), "
+                             "cpu, cuda, cuda:N or mps. --device is the latency target")
+    parent.add_argument("--no-amp", dest="amp", action="store_false",
+                        help="train a CUDA GPU in float32 (default: mixed precision, bf16 where supported, else fp16)")
+    parent.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
+                        help="processes that decode and augment ImageFolder images beside the training and check them "
+                             "before it (0: in the training process; the built-in digits are in memory and need "
+                             "none). Results do not depend on N")
+    return parent
 
 
 def model_from_args(args: argparse.Namespace, *, weights: bool = True) -> Any:
@@ -202,23 +318,6 @@ def gmacs_of(model: Any) -> float:
     return count_macs(model).gmacs
 
 
-def add_workers_argument(parser: argparse.ArgumentParser) -> None:
-    """``--workers``, shared by every command that trains on a data set."""
-    parser.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
-                        help="processes that decode and augment ImageFolder images beside the training and check them "
-                             "before it (default: 0, in the training process; the built-in digits are in memory and "
-                             "need none). Results do not depend on N")
-
-
-def add_train_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--train-device`` and ``--no-amp``, shared by every command that trains."""
-    parser.add_argument("--train-device", default="auto", metavar="DEV",
-                        help="where training and held-out evaluation run: auto (the first CUDA GPU, else the CPU), "
-                             "cpu, cuda, cuda:N or mps (default: auto). --device is the latency target")
-    parser.add_argument("--no-amp", dest="amp", action="store_false",
-                        help="train a CUDA GPU in float32 (default: mixed precision, bf16 where supported, else fp16)")
-
-
 def precision_of(args: argparse.Namespace) -> Any:
     from .training import Precision
 
@@ -230,36 +329,40 @@ def print_json(record: dict[str, Any]) -> None:
     print(json.dumps(record, sort_keys=True, allow_nan=False))  # NaN and Infinity are no JSON
 
 
+NEAR_CHANCE = 1.5  # a fitted base below 1.5x chance accuracy is warned about (3 classes: under 50%)
+
+
 class PretrainCommand(Command):
     name = "pretrain"
     help = ("train (once) and cache a base model: a built-in model (digits, clutter), or a timm model's checkpoint "
             "fine-tuned with a new head for an ImageFolder's classes (--model M --checkpoint C --dataset D)")
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from .finetune import FinetuneSettings
-        from .models import DIGITS
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), checkpoint_options(), training_options()]
 
-        parser.add_argument("--model", default=DIGITS, metavar="NAME",
-                            help="a built-in model to train (digits, the default, or clutter), or the timm model "
-                                 "name of --checkpoint")
-        parser.add_argument("--checkpoint", type=Path, metavar="PATH", help="base weights to fine-tune")
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .training.settings import FinetuneSettings
+
         parser.add_argument("--dataset", metavar="DIR",
                             help="ImageFolder to fit the base to (its classes): train/ with val/ and test/, or one "
                                  "folder of class folders split by the fractions below")
-        split = FinetuneSettings()
+        split = FinetuneSettings
         parser.add_argument("--val-fraction", type=share, metavar="F",
                             help="share of each class of --dataset held out as val when it has no val/ folder (what "
                                  f"a search selects on; default: {split.val_fraction:g})")
         parser.add_argument("--test-fraction", type=share, metavar="F",
                             help="share of each class of --dataset held out as test when it has no test/ folder (the "
                                  f"accuracy results state; default: {split.test_fraction:g}); the two sum under 1")
-        parser.add_argument("--steps", type=positive_int, default=FinetuneSettings().steps,
-                            help="fine-tuning steps (default: %(default)s)")
+        parser.add_argument("--steps", type=positive_int, default=FinetuneSettings.steps,
+                            help="fine-tuning steps (a tenth at most of them warm up)")
+        parser.add_argument("--train-batch", type=positive_int, metavar="B",
+                            help=f"fine-tuning batch size of --dataset (default: {FinetuneSettings.batch_size})")
+        parser.add_argument("--lr", type=positive_float, metavar="LR",
+                            help=f"backbone learning rate fitting --dataset (default: {FinetuneSettings.lr:g}; the new "
+                                 f"head learns at {FinetuneSettings.head_lr:g})")
         parser.add_argument("--cache-dir", type=Path, metavar="DIR",
                             help="cache root (default: $VITSEARCH_CACHE or ~/.cache/vitsearch)")
         parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
-        add_workers_argument(parser)
-        add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .data import LoaderSettings
@@ -269,6 +372,9 @@ class PretrainCommand(Command):
         task = embedded_task(args.model)
         if task is None or args.checkpoint or args.dataset:
             return self.finetune(args)
+        if args.train_batch is not None or args.lr is not None:
+            raise VitsearchError(f"--train-batch and --lr set the fitting of a --dataset; the built-in {task.name} "
+                                 "model trains with its own recipe")
         if args.val_fraction is not None or args.test_fraction is not None:
             raise VitsearchError("--val-fraction and --test-fraction split a --dataset folder; the built-in digits "
                                  "model keeps its own 60/20/20 split (the search's default data)")
@@ -298,12 +404,19 @@ class PretrainCommand(Command):
         d = FinetuneSettings()
         fractions = SplitFractions(d.val_fraction if args.val_fraction is None else args.val_fraction,
                                    d.test_fraction if args.test_fraction is None else args.test_fraction)
-        settings = FinetuneSettings(steps=args.steps, val_fraction=fractions.val, test_fraction=fractions.test)
+        settings = FinetuneSettings(steps=args.steps, val_fraction=fractions.val, test_fraction=fractions.test,
+                                    batch_size=d.batch_size if args.train_batch is None else args.train_batch,
+                                    lr=d.lr if args.lr is None else args.lr)
         meta = finetuned_base(args.model, args.checkpoint, args.dataset, settings,
                               root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers),
                               precision=precision_of(args))
         source = "cached" if meta["cached"] else f"fine-tuned in {meta['train_seconds']:.1f} s"
         print(f"{args.model} fitted to {meta['num_classes']} classes ({source}): {meta['checkpoint']}")
+        chance = 1 / meta["num_classes"]
+        if meta["test_accuracy"] < NEAR_CHANCE * chance:
+            print(f"  warning: test accuracy {100 * meta['test_accuracy']:.2f}% is near chance ({100 * chance:.1f}% for "
+                  f"{meta['num_classes']} classes): this base has learned little, and a search of it ranks noise. "
+                  f"Train longer (--steps, now {args.steps}) or check the data", file=sys.stderr)
         print(f"  test accuracy {100 * meta['test_accuracy']:.2f}% (val {100 * meta['val_accuracy']:.2f}%); search it "
               f"with: vitsearch search --model {args.model} --checkpoint {meta['checkpoint']} --dataset {args.dataset}")
         print_json({"accuracy": meta["test_accuracy"]} | {
@@ -315,8 +428,8 @@ class InfoCommand(Command):
     name = "info"
     help = "show a model's geometry (and check that a checkpoint fits it)"
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_model_arguments(parser)
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), checkpoint_options(), weights_options()]
 
     def run(self, args: argparse.Namespace) -> int:
         from .models import file_sha256, geometry
@@ -338,42 +451,23 @@ class InfoCommand(Command):
         return 0
 
 
-def add_table_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that name a latency table: device, model geometry, batch, tables folder."""
-    from .models import DIGITS
-
-    parser.add_argument("--device", default="cpu", metavar="NAME",
-                        help="device name from the registry (cpu, cuda, torch-cpu, pixel, your own in "
-                             "<tables>/devices.toml) or ssh://user@host[:port] (default: cpu)")
-    parser.add_argument("--model", default=DIGITS, metavar="NAME",
-                        help=f"timm ViT/DeiT whose geometry is profiled, or a built-in one (digits, clutter); weights "
-                             f"do not matter (default: {DIGITS})")
-    parser.add_argument("--batch", type=positive_int, default=1, metavar="B", help="batch size (default: 1)")
-    parser.add_argument("--tables", type=Path, default=Path("latency_tables"), metavar="DIR",
-                        help="latency tables folder (default: latency_tables)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                        help="precision the model runs in on the device: each has its own table (int8: onnxruntime "
-                             "QDQ static quantization; default: fp32)")
-
-
 class ProfileCommand(Command):
     name = "profile"
     help = "measure a model's components on a device into a latency table (resumes an interrupted profile)"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), latency_options(), seed_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_table_arguments(parser)
         add_threads_argument(parser)
-        parser.add_argument("--validate", type=non_negative_int, default=0, metavar="N",
-                            help="then measure N random pruned models end to end against the table's prediction")
+        parser.add_argument("--validate", type=validation_count, default=0, metavar="N",
+                            help="then measure N random pruned models end to end against the table's prediction "
+                                 "(0: none; at least 2, to rank them)")
         parser.add_argument("--restart", action="store_true", help="discard an existing table and start over")
-        parser.add_argument("--seed", type=non_negative_int, default=0,
-                            help="seed of the validation configs (default: 0)")
 
     def run(self, args: argparse.Namespace) -> int:
         from .latency import profile, validate
 
-        if args.validate < 0 or args.validate == 1:
-            raise VitsearchError(f"--validate takes 0 (no validation) or at least 2 configs to rank, got {args.validate}")
         table = profile(args.device, model=args.model, batch=args.batch, threads=args.threads, tables=args.tables,
                         restart=args.restart, progress=sys.stderr.isatty(), precision=args.precision)
         rt = table.meta["runtime"]
@@ -408,18 +502,19 @@ class PredictCommand(Command):
     name = "predict"
     help = "predict a pruning config's latency on a device from its latency table"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), latency_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--config", required=True, metavar="SPEC",
+        parser.add_argument("--config", type=prune_config, required=True, metavar="SPEC",
                             help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' or 'none'")
-        add_table_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from .pruning import PruneConfig
         from .latency import predict
         from .models import create_model
         from .pruning import apply
 
-        config = PruneConfig.parse(args.config)  # a bad config is named before any table is looked for
+        config = args.config
         pred = predict(config, device=args.device, model=args.model, batch=args.batch, tables=args.tables,
                        precision=args.precision)
         gmacs = gmacs_of(apply(create_model(args.model), config))  # random weights: MACs depend on the shapes only
@@ -455,11 +550,13 @@ class ExportCommand(Command):
     name = "export"
     help = "export a pruned model to ONNX (static shapes) and check it against onnxruntime"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), checkpoint_options(), weights_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_model_arguments(parser)
         # A vitsearch checkpoint (finalize's model.pt, a search trial's) names its own model and config.
         parser.set_defaults(model=None)
-        parser.add_argument("--config", metavar="SPEC",
+        parser.add_argument("--config", type=prune_config, metavar="SPEC",
                             help="pruning config, e.g. 'spvit:3=0.7,6=0.7,9=0.7', 'evovit:4=0.5' (default: the "
                                  "checkpoint's own for a vitsearch checkpoint, else none)")
         parser.add_argument("--output", "-o", type=Path, required=True, metavar="PATH", help="ONNX file to write")
@@ -478,15 +575,14 @@ class ExportCommand(Command):
                                  "ImageFolder (default: a built-in model's own data)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from .pruning import PruneConfig
         from .export import check_output_path, export_model
         from .rebuild import check_trained, load_pruned
         from .flops import count_macs
         from .models import DIGITS, embedded_task, file_sha256
         from .pretrain import base_model, recipe
-        from .pruning import apply
+        from .pruning import PruneConfig, apply
 
-        config = None if args.config is None else PruneConfig.parse(args.config)  # fails before a model is built
+        config = args.config  # a bad one failed at parsing, before a model is built; None: the checkpoint's own
         check_output_path(args.output)
         if args.checkpoint is not None:
             if args.pretrained:
@@ -539,10 +635,11 @@ class ReportCommand(Command):
     name = "report"
     help = "write a study's report (report.md and a self-contained report.html, figures as PNG and SVG)"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [reports_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("study", metavar="STUDY", help="study name under --reports, or a study folder's path")
-        parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
-                            help="folder of study folders (default: reports)")
 
     def run(self, args: argparse.Namespace) -> int:
         from .report import load_study, summary, write_report
@@ -563,11 +660,12 @@ class PlotCommand(Command):
     name = "plot"
     help = "overlay several studies' accuracy-latency trials and Pareto fronts on one chart"
 
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [reports_options()]
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("studies", nargs="+", metavar="STUDY",
                             help="study names under --reports, or study folders' paths")
-        parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
-                            help="folder of study folders (default: reports)")
         parser.add_argument("--output", "-o", type=Path, metavar="FILE",
                             help="chart to write: .png, .svg or .pdf; without a suffix both .png and .svg "
                                  "(default: the study's figures/overlay, or <reports>/overlay-<names>)")
@@ -587,22 +685,22 @@ class SearchCommand(Command):
     name = "search"
     help = "search selector placement and keep ratios under a latency budget (Optuna, accuracy vs latency)"
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from .search import SAMPLERS, STRATEGIES, SearchSettings
-        from .training import TrainSettings
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [model_options(), checkpoint_options(), latency_options(), reports_options(), seed_options(),
+                training_options()]
 
-        d, t = SearchSettings(), TrainSettings()
-        parser.add_argument("--budget", default=d.budget,
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .search.settings import BASELINES, SAMPLERS, STRATEGIES, SearchSettings
+        from .training.settings import LossWeights, TrainSettings
+
+        d, t, w = SearchSettings, TrainSettings, LossWeights  # the classes' defaults: no settings are made here
+        parser.add_argument("--budget", type=budget, default=d.budget,
                             help="latency budget: 30ms, '30 ms', 0.03s, or a share of the unpruned model's latency "
-                                 f"on the device like 60%% (default: {d.budget.replace('%', '%%')})")
+                                 "on the device like 60%%")
         parser.add_argument("--headroom", type=headroom, default=d.headroom, metavar="auto|PCT",
                             help="what the search leaves under the budget for the latency table's error: auto (the "
                                  "table's validation says how far it under-predicts whole models; a table the search "
                                  "profiles is validated on 12 models) or a share such as 5%% (default: auto)")
-        parser.add_argument("--model", default=d.model, metavar="NAME",
-                            help="timm ViT/DeiT name, or a built-in model trained once if missing: digits (default) "
-                                 "or clutter (digits among clutter, where the kept tokens matter)")
-        parser.add_argument("--checkpoint", metavar="PATH", help="base weights (.pt state_dict or .safetensors)")
         parser.add_argument("--dataset", default=None, metavar="DATA",
                             help="'digits' or 'clutter' (built in) or an ImageFolder directory (ImageNet layout) "
                                  "(default: a built-in model's own data)")
@@ -612,14 +710,6 @@ class SearchCommand(Command):
                             help="use a seeded subset of N val images (val: what the search ranks and selects on)")
         parser.add_argument("--max-test", type=positive_int, metavar="N",
                             help="use a seeded subset of N test images (test: the accuracy results state)")
-        add_workers_argument(parser)
-        parser.add_argument("--device", default=d.device, metavar="NAME",
-                            help="device whose latency table predicts latency (default: cpu, profiled if missing)")
-        parser.add_argument("--batch", type=positive_int, default=d.batch, metavar="B",
-                            help="batch the latency is predicted for (default: 1)")
-        parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=d.precision,
-                            help="precision the model runs in on the device, whose table predicts latency "
-                                 "(default: fp32)")
         add_threads_argument(parser, default=None)
         parser.add_argument("--study", metavar="NAME", help="study name (default: derived from model, device, budget)")
         parser.add_argument("--trials", type=positive_int, default=d.trials, metavar="N",
@@ -632,6 +722,10 @@ class SearchCommand(Command):
         parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
                             help="Optuna sampler that proposes configs; only new models within the budget become "
                                  "trials (default: tpe)")
+        parser.add_argument("--baselines", choices=BASELINES, default=d.baselines,
+                            help="baselines evaluated beside the trials, each trained like a candidate: the unpruned "
+                                 "model, the space's uniform keep ratios, all of them, or none (a quick smoke test) "
+                                 "(default: %(default)s)")
         parser.add_argument("--steps", type=positive_int, default=t.steps,
                             help=f"training steps per candidate (default: {t.steps})")
         add_train_batch_argument(parser, t.batch_size)
@@ -639,11 +733,11 @@ class SearchCommand(Command):
                             help=f"backbone learning rate (default: {t.lr:g})")
         parser.add_argument("--selector-lr", type=positive_float, default=t.selector_lr,
                             help=f"selector learning rate (default: {t.selector_lr:g})")
-        parser.add_argument("--ratio-weight", type=non_negative_float, default=t.weights.ratio,
+        parser.add_argument("--ratio-weight", type=non_negative_float, default=w.ratio,
                             help="keep-ratio loss weight")
-        parser.add_argument("--latency-weight", type=non_negative_float, default=t.weights.latency,
+        parser.add_argument("--latency-weight", type=non_negative_float, default=w.latency,
                             help="latency loss weight")
-        parser.add_argument("--distill-weight", type=non_negative_float, default=t.weights.distill,
+        parser.add_argument("--distill-weight", type=non_negative_float, default=w.distill,
                             help="distillation weight")
         parser.add_argument("--shared-steps", type=positive_int, default=d.shared_steps,
                             help="supernet steps (shared strategy)")
@@ -661,15 +755,12 @@ class SearchCommand(Command):
                                  "(default: a journal file in the study folder)")
         parser.add_argument("--resume", action="store_true",
                             help="continue an interrupted study (re-running the same study name does the same)")
-        parser.add_argument("--seed", type=non_negative_int, default=d.seed)
-        parser.add_argument("--reports", default=d.reports, metavar="DIR", help="reports folder (default: reports)")
-        parser.add_argument("--tables", default=d.tables, metavar="DIR", help="latency tables (default: latency_tables)")
-        add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .search import SearchSettings, run_search, summary
-        from .studyfolder import StudyFolder
         from .training import LossWeights, TrainSettings
+
+        route_optuna_logs()
 
         if args.learned_steps is not None and not args.learned:
             raise VitsearchError("--learned-steps sets the learned strategy's training: add --learned to run it")
@@ -677,19 +768,19 @@ class SearchCommand(Command):
         train = TrainSettings(steps=args.steps, batch_size=args.train_batch, lr=args.lr, selector_lr=args.selector_lr,
                               weights=weights, seed=args.seed)
         settings = SearchSettings(
-            budget=args.budget, headroom=args.headroom, model=args.model, checkpoint=str(args.checkpoint) if args.checkpoint else None,
+            budget=str(args.budget), headroom=args.headroom, model=args.model,
+            checkpoint=str(args.checkpoint) if args.checkpoint else None,
             dataset=args.dataset, device=args.device, batch=args.batch, precision=args.precision, threads=args.threads,
             study=args.study,
             trials=args.trials,
             space=args.space, strategy=args.strategy, train=train, shared_steps=args.shared_steps,
             shared_finetune_steps=args.shared_finetune_steps, learned=args.learned, learned_steps=args.learned_steps,
-            storage=args.storage, sampler=args.sampler,
+            storage=args.storage, sampler=args.sampler, baselines=args.baselines,
             seed=args.seed, max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
-            workers=args.workers, reports=args.reports,
-            tables=args.tables, train_device=args.train_device, amp=args.amp)
-        if args.resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
-            raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
-        result = run_search(settings, progress=sys.stderr.isatty())  # bars on a terminal, plain log lines elsewhere
+            workers=args.workers, reports=str(args.reports),
+            tables=str(args.tables), train_device=args.train_device, amp=args.amp)
+        # bars on a terminal, plain log lines elsewhere
+        result = run_search(settings, progress=sys.stderr.isatty(), resume=args.resume)
         record = summary(result)
         unpruned = next((b for b in result.baselines if b.kind == "unpruned"), None)
         print(f"study {result.folder}: {record['trials']} trials, {record['trained']} trained, "
@@ -706,7 +797,7 @@ class SearchCommand(Command):
         if best is None:
             print("  no candidate met the budget: see trials.csv for how far over budget each one was")
         else:
-            print(f"  best under budget (by val): {best.config}  accuracy {100 * best.accuracy:.2f}% "
+            print(f"  best under budget (by val): trial {best.trial} {best.config}  accuracy {100 * best.accuracy:.2f}% "
                   f"(val {100 * best.val_accuracy:.2f}%)  "
                   f"{best.predicted_ms:.3f} ms ({result.unpruned_ms / best.predicted_ms:.2f}x faster)  "
                   f"{best.gmacs:.4f} GMACs  tokens per block {list(best.block_tokens)}")
@@ -722,8 +813,20 @@ class SearchCommand(Command):
                 print(f"  best uniform baseline under budget (by val): {top.config}  accuracy "
                       f"{100 * top.accuracy:.2f}% (val {100 * top.val_accuracy:.2f}%)  "
                       f"{top.predicted_ms:.3f} ms")
+        record["next"] = next_commands(settings.name(), settings.reports, None if best is None else best.trial)
+        print("next:\n" + "".join(f"  {command}\n" for command in record["next"]), end="")
         print_json(record)
         return 0
+
+
+def next_commands(study: str, reports: str | Path, trial: int | None) -> list[str]:
+    """What to run after a search, with the user's own study and reports folder: its report, and finalize of the
+    trial it picked (none when no trial met the budget)."""
+    where = "" if Path(reports) == Path("reports") else f" --reports {shlex.quote(str(reports))}"
+    commands = [f"vitsearch report {shlex.quote(study)}{where}"]
+    if trial is not None:
+        commands.append(f"vitsearch finalize {shlex.quote(study)}{where} --trial {trial}")
+    return commands
 
 
 class FinalizeCommand(Command):
@@ -731,17 +834,18 @@ class FinalizeCommand(Command):
     help = ("train a chosen config of a study with its method's full schedule, export it to ONNX and measure it "
             "on the study's device (resumes an interrupted finalize)")
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from .finalize import SCHEDULES, FinalizeSettings
+    def parents(self) -> list[argparse.ArgumentParser]:
+        return [reports_options(), seed_options(), training_options()]
 
-        d = FinalizeSettings()
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .training.settings import SCHEDULES, FinalizeSettings, LossWeights
+
+        d, w = FinalizeSettings, LossWeights  # the classes' defaults: no settings are made here
         parser.add_argument("study", metavar="STUDY", help="study name under --reports, or a study folder's path")
         which = parser.add_mutually_exclusive_group(required=True)
         which.add_argument("--trial", type=non_negative_int, action="append", metavar="N",
                            help="trial number to finalize (repeat for several)")
         which.add_argument("--pareto", action="store_true", help="finalize every trial on the Pareto front")
-        parser.add_argument("--reports", type=Path, default=Path("reports"), metavar="DIR",
-                            help="folder of study folders (default: reports)")
         parser.add_argument("--steps", type=positive_int, default=d.steps, help=f"training steps (default: {d.steps})")
         parser.add_argument("--epochs", type=positive_float, metavar="E", help="train E epochs instead of --steps")
         add_train_batch_argument(parser, d.batch_size)
@@ -751,14 +855,14 @@ class FinalizeCommand(Command):
                             help=f"selector / aux head learning rate (default: {d.selector_lr:g})")
         parser.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps,
                             help="linear warm-up steps")
-        parser.add_argument("--distill-weight", type=non_negative_float, default=d.weights.distill,
+        parser.add_argument("--distill-weight", type=non_negative_float, default=w.distill,
                             help="distillation weight")
-        parser.add_argument("--aux-weight", type=non_negative_float, default=d.weights.aux,
+        parser.add_argument("--aux-weight", type=non_negative_float, default=w.aux,
                             help="Evo-ViT: share of the assisted head's loss (default: %(default)s, the paper's)")
         parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                             help="progressive: SPViT layer-to-phase / Evo-ViT layer-to-stage; plain: the whole "
                                  "config from the first step (default: %(default)s)")
-        parser.add_argument("--switch", metavar="S1,S2,...",
+        parser.add_argument("--switch", type=shares, metavar="S1,S2,...",
                             help="phase boundaries as shares of the steps (SPViT: one per selector phase after the "
                                  "first; Evo-ViT: one, the end of every-block selection); default: evenly spaced, "
                                  f"Evo-ViT {d.evo_switch:g}")
@@ -773,7 +877,7 @@ class FinalizeCommand(Command):
         parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                             help="int8: also quantize the exported model (calibrated on training images), evaluate it "
                                  "with onnxruntime on test and measure it, beside fp32 (default: fp32)")
-        parser.add_argument("--seed", type=non_negative_int, default=d.seed)
+        parser.set_defaults(seed=d.seed)
         export = parser.add_argument_group("export", "model.onnx is at the study's batch (what is measured); another "
                                            "--batch adds model_bB.onnx beside it")
         export.add_argument("--batch", type=positive_int, metavar="B",
@@ -781,19 +885,13 @@ class FinalizeCommand(Command):
         export.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: vitsearch's, 18)")
         export.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                             help="torchscript (default, fast) or dynamo (torch.export-based)")
-        add_workers_argument(parser)
-        add_train_device_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .finalize import ExportOptions, FinalizeSettings, finalize
 
-        try:
-            switch = None if args.switch is None else tuple(float(v) for v in args.switch.split(","))
-        except ValueError:
-            raise VitsearchError(f"--switch takes shares of the steps like 0.3,0.6, got {args.switch!r}") from None
         settings = FinalizeSettings(
             steps=args.steps, epochs=args.epochs, batch_size=args.train_batch, lr=args.lr, selector_lr=args.selector_lr,
-            warmup_steps=args.warmup_steps, schedule=args.schedule, switch=switch,
+            warmup_steps=args.warmup_steps, schedule=args.schedule, switch=args.switch,
             weights=dataclasses.replace(FinalizeSettings().weights, distill=args.distill_weight, aux=args.aux_weight),
             merge_tol=args.merge_tol, checkpoint_every=args.checkpoint_every, seed=args.seed)
         results = finalize(args.study, None if args.pareto else args.trial, settings, reports=args.reports,
@@ -853,9 +951,23 @@ COMMANDS: list[type[Command]] = [PretrainCommand, InfoCommand, ProfileCommand, P
                                  SearchCommand, ReportCommand, PlotCommand, FinalizeCommand]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default, unless its help says it in words already or there is none to show
+    (a flag, an option that is unset unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; imports no torch (``--help``, ``--version`` and a mistyped flag answer at once)."""
     parser = argparse.ArgumentParser(
-        prog="vitsearch", description="Hardware-aware token-pruning search for Vision Transformers.")
+        prog="vitsearch", description="Hardware-aware token-pruning search for Vision Transformers.",
+        formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -863,9 +975,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command_cls in COMMANDS:
         command = command_cls()
-        command_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        command_parser = sub.add_parser(command.name, help=command.help, description=command.help,
+                                        parents=command.parents(), formatter_class=HelpFormatter)
         command.add_arguments(command_parser)
-        command_parser.set_defaults(handler=command)
+        command_parser.set_defaults(handler=command, parser=command_parser)
     return parser
 
 
@@ -891,11 +1004,28 @@ def unwritable_message(e: OSError) -> str:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    """One handler and one format for vitsearch's lines and Optuna's (:func:`route_optuna_logs`)."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(levelname)s %(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
-    logger.handlers[:] = [handler]  # main() may run several times in one process (tests): never stack handlers
+    for name in ("vitsearch", "optuna"):  # main() may run several times in one process (tests): never stack handlers
+        logging.getLogger(name).handlers[:] = [handler]
     logger.setLevel(level)
+
+
+def route_optuna_logs() -> None:
+    """Optuna's lines through vitsearch's handler, in its format: Optuna's own handler (another format) is switched
+    off once Optuna is imported. Called by the commands that run Optuna, so the others never import it."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+
+
+def log_above_bars() -> Any:
+    """Log lines printed above the progress bars (``tqdm.contrib.logging``), never onto a bar's line."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logger, logging.getLogger("optuna")])
 
 
 class _Terminated:
@@ -924,7 +1054,9 @@ class _Terminated:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # named with the subcommand's usage, not the top level's
+            args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as e:  # argparse exits on --help / --version (0) and on a bad command line (2)
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     _setup_logging(args)
@@ -938,7 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return args.handler.run(args)
+        with log_above_bars():
+            return args.handler.run(args)
     except (VitsearchError, FileNotFoundError, ValueError, ConnectionError, TimeoutError) as e:
         if args.debug:
             raise

@@ -253,6 +253,7 @@ def finalize_trial(ctx: FinalizeContext, trial: int, settings: FinalizeSettings 
                     {k: previous.get(k) for k in exported}, exported)
         previous = None
     if previous is None or not onnx_path.is_file():
+        logger.info("trial %d: evaluating on val and test, then exporting to ONNX", trial)
         free = fresh_model(ctx.base, config, settings.seed).to(device)  # SPViT's selectors untrained: as initialised
         # accuracy: on test, the model's accuracy as stated; val (what the search chose by) beside it
         accuracies = {"accuracy": accuracy(model, ctx.splits, precision=ctx.precision, split="test"),
@@ -355,6 +356,7 @@ def finalize(study: str | Path, trials: Sequence[int] | None = None, settings: F
     if onnx_precision == "fp16":
         raise VitsearchError("finalize ships fp32 and int8 models: fp16 is not offered (onnxruntime's CPU provider "
                              "has no float16 kernels to measure it with); use --precision int8 or fp32")
+    logger.info("finalize of %s: loading the base model, the data and the latency table", study)
     ctx = load_context(study, reports, workers=workers, precision=precision)
     if onnx_precision == "int8":  # before hours of training: the device must run it and the data calibrate it
         check_runs("int8", resolve(str(ctx.meta["device"]), (ctx.meta.get("settings") or {}).get("tables",

@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +21,18 @@ import torch.nn.functional as F
 from filelock import FileLock
 
 from . import versions
-from .data import (DIGITS, DigitsSpec, LoaderSettings, SplitFractions, inference_inputs, load_dataset,
-                   scan_image_folder)
+from .data import DIGITS, DigitsSpec, LoaderSettings, inference_inputs, load_dataset, scan_image_folder
 from .errors import VitsearchError
 from .files import CACHE_FIX, cache_dir, check_writable
 from .models import create_model, file_sha256
 from .pretrain import write_cache_entry
 from .training.device import CPU, Precision
+from .training.settings import FinetuneSettings
 from .training.loop import accuracy, seeded, step_log, train_steps
 
 logger = logging.getLogger(__name__)
 
 FINETUNED = "finetuned"  # meta.json's kind: a base fitted to a data set, its split recorded beside its weights
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    steps: int = 300  # a new head and a gentle backbone update; the search's brief training starts from here
-    batch_size: int = 32
-    lr: float = 5e-5  # backbone
-    head_lr: float = 1e-3  # the new head learns from scratch
-    weight_decay: float = 0.05
-    warmup_steps: int = 10
-    seed: int = 0
-    # The split of a folder without val/ or test/ (what the base must not train on); search and finalize read it
-    # from the base's meta.json.
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    split_seed: int = 0
-
-    @property
-    def fractions(self) -> SplitFractions:
-        return SplitFractions(self.val_fraction, self.test_fraction)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def finetuned_base(model_name: str, checkpoint: str | Path, dataset: str | Path,
@@ -115,8 +92,10 @@ def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, sett
               {"params": [p for p in model.parameters() if id(p) in head], "lr": settings.head_lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
     scaler = precision.scaler()
-    logger.info("fine-tuning %s (head %d -> %d classes) on %s for %d steps on %s (%s)", model_name, before,
-                splits.num_classes, splits.description, settings.steps, precision.device, precision.name)
+    warmup = settings.warmup(settings.steps)
+    logger.info("fine-tuning %s (head %d -> %d classes) on %s for %d steps (%d of warm-up) on %s (%s)", model_name,
+                before, splits.num_classes, splits.description, settings.steps, warmup, precision.device,
+                precision.name)
     start = time.perf_counter()
     with seeded(settings.seed):
         data = splits.train_batches(settings.batch_size, settings.seed)
@@ -129,7 +108,7 @@ def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, sett
             scaler.backward(loss)
             return {"ce": float(loss.detach())}
 
-        train_steps(optimizer, [g["lr"] for g in groups], range(settings.steps), step, warmup=settings.warmup_steps,
+        train_steps(optimizer, [g["lr"] for g in groups], range(settings.steps), step, warmup=warmup,
                     total=settings.steps, scaler=scaler, after=step_log(f"fine-tuning {model_name}", settings.steps,
                                                                         logger))
     val_accuracy = accuracy(model, splits, precision=precision)

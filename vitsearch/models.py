@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import os
 import pickle
 import re
 from dataclasses import asdict, dataclass
@@ -62,6 +63,11 @@ def check_model_name(name: str) -> None:
             f"VisionTransformer (ViT / DeiT, e.g. deit_small_patch16_224, vit_tiny_patch16_224, {DIGITS})")
 
 
+def offline() -> bool:
+    """Whether the Hugging Face Hub is switched off (``HF_HUB_OFFLINE``): pretrained weights come from its cache."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def create_model(
     name: str,
     *,
@@ -88,6 +94,9 @@ def create_model(
             num_classes = _head_classes(state_dict)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if pretrained:  # the hub may retry for a minute when out of reach: say what is waited for
+        logger.info("loading timm's pretrained weights for %s (the Hugging Face Hub, or its cache%s)", name,
+                    "" if offline() else "; offline, HF_HUB_OFFLINE=1 reads the cache without retrying the hub")
     try:
         model = timm.create_model(arch, pretrained=pretrained, **kwargs)
     except VitsearchError:
@@ -97,9 +106,11 @@ def create_model(
     except Exception as e:  # network, hub and cache failures all surface here; the user's fix is the same
         if not pretrained:
             raise
+        hint = ("" if offline() else " If they are in the Hugging Face cache already, set HF_HUB_OFFLINE=1 to read "
+                "them from there without retrying the hub.")
         raise RunFailure(
             f"could not load pretrained weights for {name!r}: {e}. Download them on a machine with access to "
-            "the Hugging Face Hub, or pass --checkpoint with a local file") from e
+            f"the Hugging Face Hub, or pass --checkpoint with a local file.{hint}") from e
     if state_dict is not None:
         load_state_dict(model, state_dict, source=str(checkpoint), name=name)
     model.eval()

@@ -39,11 +39,11 @@ def test_predict_prints_a_summary_and_json(digits_tables, capsys):
     (["predict", "--device", "nope", "--config", "spvit:3=0.7"], "unknown device 'nope': known devices are"),
     (["predict", "--config", "spvit:3=much"], "cannot read selector '3=much'"),
     (["predict", "--config", "spvit:30=0.5"], "selector at block 30 does not exist"),
-    (["predict", "--config", "spvit:3=0.7", "--batch", "8"], "no latency table at"),
+    (["predict", "--config", "spvit:3=0.7", "--batch", "8"], "profile it first with: vitsearch profile --device cpu"),
     (["predict", "--config", "spvit:30=0.5", "--batch", "8"], "selector at block 30 does not exist"),  # config first
     (["profile", "--batch", "0"], "argument --batch: 0 is not a positive whole number"),  # argparse's type=
     (["profile", "--validate", "-3"], "argument --validate: expected a whole number >= 0, got -3"),
-    (["profile", "--validate", "1"], "--validate takes 0 (no validation) or at least 2"),
+    (["profile", "--validate", "1"], "argument --validate: 1 config cannot be ranked: give 0 (no validation) or at least 2"),
 ])
 def test_bad_input_is_one_message(digits_tables, capsys, argv, message):
     assert main([*argv, "--tables", str(digits_tables)]) == 2

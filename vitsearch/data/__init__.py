@@ -113,12 +113,13 @@ def load_dataset(
     return dataclasses.replace(splits, loading=loading)
 
 
-def check_num_classes(splits: DatasetSplits, model: torch.nn.Module) -> None:
-    """Raise unless the model's head has one output per class of the data."""
+def check_num_classes(splits: DatasetSplits, model: torch.nn.Module,
+                      fit: str = "vitsearch pretrain --model NAME --checkpoint PATH --dataset DIR") -> None:
+    """Raise unless the model's head has one output per class of the data; ``fit`` is the command that fits the
+    base to it, with the caller's own values where it knows them."""
     model_classes = int(getattr(model, "num_classes"))
     if model_classes != splits.num_classes:
         raise VitsearchError(
             f"data set {splits.name!r} has {splits.num_classes} classes but the model's head has {model_classes}: "
-            "fit the base to it first with: vitsearch pretrain --model NAME --checkpoint PATH --dataset DIR "
-            "(a new head for its classes), and pass the checkpoint it writes to --checkpoint")
+            f"fit the base to it first with: {fit} (a new head for its classes), and pass the checkpoint it writes to --checkpoint")
 

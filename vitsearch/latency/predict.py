@@ -16,9 +16,11 @@ import bisect
 import logging
 import math
 import os
+import shlex
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import VitsearchError
@@ -204,6 +206,12 @@ def predict(config: PruneConfig | str, *, device: str, model: str = "digits", ba
     token_schedule(PruneConfig.parse(config), depth=g.depth, num_patches=g.num_patches, num_prefix=g.num_prefix_tokens)
     precision = parse(precision)
     path = table_mod.table_path(tables, device, g, batch, precision)
+    if not path.is_file():
+        where = "" if Path(tables) == Path("latency_tables") else f" --tables {shlex.quote(str(tables))}"
+        raise VitsearchError(f"no latency table of {model} at batch {batch} in {precision} on {device} ({path}): "
+                             f"profile it first with: vitsearch profile --device {shlex.quote(device)} --model "
+                             f"{shlex.quote(model)}{'' if batch == 1 else f' --batch {batch}'}"
+                             f"{'' if precision == 'fp32' else f' --precision {precision}'}{where}")
     return Predictor(table_mod.load(path, geometry=g, batch=batch, precision=precision)).predict(config)
 
 

@@ -46,6 +46,8 @@ ORDER = ("overhead", "embed", "head", "block", "block_cls", "evo_block", "evo_bl
          "spvit_select")
 
 
+PROGRESS_EVERY_S = 5.0  # off a terminal (no bar), seconds between progress lines while measuring
+
 def _row(point: Point, steps: int, stats: Mapping[str, Any], overhead_ms: float, ref_ms: float | None) -> Row:
     """Per-step latencies with the per-call overhead taken out (clamped at 0: a component can be cheaper
     than the timing noise of the overhead, never negative)."""
@@ -196,12 +198,19 @@ def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], reference: R
             if kind != "overhead" and overhead is None:
                 raise VitsearchError(f"the overhead graph could not be measured on {dev.name}, so no component can be")
             bar.set_postfix_str(f"exporting {kind}")
+            if not progress:
+                logger.info("%s: exporting %d graphs", kind, len(points))
             t0 = time.perf_counter()
             arts = art.for_points(dev.needs, graphs[kind], points, folder, precision)
             t1 = time.perf_counter()
             by_name = {a.name: p for a, p in zip(arts, points)}
             bar.set_postfix_str(kind)
+            said, done = time.perf_counter(), 0
             for event, ref_ms in measure_with_reference(dev, arts, _settings_for(graphs[kind], settings), reference):
+                done += event["event"] != "runtime"
+                if not progress and time.perf_counter() - said > PROGRESS_EVERY_S:  # no bar: a line now and then
+                    said = time.perf_counter()
+                    logger.info("%s: %d of %d points measured", kind, done, len(points))
                 if event["event"] == "runtime":
                     meta["runtime"] = {k: v for k, v in event.items() if k != "event"}
                     if not meta["threads"]:

@@ -18,18 +18,36 @@ Everything lands in the study folder (:class:`~vitsearch.studyfolder.StudyFolder
 from vitsearch.search import SearchSettings, run_search
 result = run_search(SearchSettings(budget="60%"))   # reports/digits-cpu-60pct-brief/
 ```
-"""
-from .budget import Budget, parse_budget
-from .evaluation import Evaluator
-from .running import evaluate_baselines, make_objective, run_search, summary, write_results
-from .settings import SAMPLERS, STRATEGIES, Candidate, SearchResult, SearchSettings
-from .setup import Setup, fastest_config, load_base, load_predictor, load_splits, prepare, write_provenance
-from .space import SearchSpace, default_space_file, load_space
-from .storage import collect, open_optuna_study, recover_stale_trials
 
-__all__ = [
-    "Budget", "Candidate", "Evaluator", "SAMPLERS", "STRATEGIES", "SearchResult", "SearchSettings", "SearchSpace",
-    "Setup", "collect", "default_space_file", "evaluate_baselines", "fastest_config", "load_base", "load_predictor",
-    "load_space", "load_splits", "make_objective", "open_optuna_study", "parse_budget", "prepare", "recover_stale_trials",
-    "run_search", "summary", "write_provenance", "write_results",
-]
+The names below are imported from their submodule on first use (PEP 562): the settings and the budget parser come
+without torch and optuna (the CLI builds its options from them).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SUBMODULE = {
+    **dict.fromkeys(("Budget", "parse_budget"), ".budget"),
+    "Evaluator": ".evaluation",
+    **dict.fromkeys(("evaluate_baselines", "make_objective", "run_search", "summary", "write_results"), ".running"),
+    **dict.fromkeys(("BASELINES", "SAMPLERS", "STRATEGIES", "Candidate", "SearchResult", "SearchSettings"), ".settings"),
+    **dict.fromkeys(("Setup", "fastest_config", "load_base", "load_predictor", "load_splits", "prepare",
+                     "write_provenance"), ".setup"),
+    **dict.fromkeys(("SearchSpace", "default_space_file", "load_space"), ".space"),
+    **dict.fromkeys(("collect", "open_optuna_study", "recover_stale_trials"), ".storage"),
+}
+
+__all__ = sorted(_SUBMODULE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SUBMODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SUBMODULE[name], __name__), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -86,6 +86,8 @@ class Evaluator:
             # Only the shared strategy's candidates are trained with 0 steps of their own (in the supernet); a
             # library caller's brief search of 0 steps measures the untrained config, and says so.
             cand.status = "not trained (0 steps): accuracy of the untrained config"
+        logger.info("%s %s: evaluating on val and test (%d + %d images)",
+                    kind if trial is None else f"trial {trial}", config, len(setup.splits.val), len(setup.splits.test))
         cand.val_accuracy, cand.accuracy = held_out_accuracies(model, setup)
         cand.gmacs = gmacs(model)
         if trial is not None:
@@ -111,7 +113,7 @@ class Evaluator:
             # The first step pays one-off costs (allocation, the first batches): timed apart when there are more.
             first = 1 if done > 1 else 0
             per_config_step = (stamps[-1] - stamps[first]) / (done - first) / configs_per_step
-            baselines = len(self.setup.space.baselines()) + 1
+            baselines = len(self.setup.space.baseline_configs(s.baselines))
             candidate, total = training_seconds(per_config_step, s, baselines)
             logger.info("cost on %s (%s): %.2f s per training step of one config, so one candidate trains in about "
                         "%.0f s (%d steps) plus its held-out evaluation; this search (%d candidates, %d baselines%s) "

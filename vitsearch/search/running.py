@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -11,6 +12,7 @@ import optuna
 from ..errors import Interrupted, VitsearchError
 from ..pareto import pareto_front
 from ..pruning import PruneConfig, canonical_key
+from ..studyfolder import StudyFolder
 from .claims import KEY, claim, owners
 from .coverage import CoverageSampler, FeasibleSet, NoModelLeft
 from .evaluation import Evaluator
@@ -24,15 +26,17 @@ from .storage import (Heartbeat, collect, count_trained, database_failures, open
 logger = logging.getLogger(__name__)
 
 
-def baseline_configs(setup: Setup) -> list[tuple[str, PruneConfig]]:
-    """The unpruned model first, then uniform keep ratios at the standard placements."""
-    return [("unpruned", PruneConfig())] + [("uniform", c) for c in setup.space.baselines()]
+def baseline_configs(evaluator: Evaluator) -> list[tuple[str, PruneConfig]]:
+    """The baselines this search evaluates (``--baselines``): the unpruned model first, then uniform keep ratios at
+    the standard placements."""
+    return evaluator.setup.space.baseline_configs(evaluator.settings.baselines)
 
 
 def stored_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
-    """The baselines evaluated so far (by any worker), in :func:`baseline_configs` order."""
+    """The baselines evaluated so far (by any worker), in :func:`baseline_configs` order; those an earlier run
+    evaluated stay in the records whatever ``--baselines`` says now."""
     done = study.user_attrs
-    return [Candidate.from_dict(done[f"baseline:{c}"]) for _, c in baseline_configs(evaluator.setup)
+    return [Candidate.from_dict(done[f"baseline:{c}"]) for _, c in evaluator.setup.space.baseline_configs("all")
             if f"baseline:{c}" in done]
 
 
@@ -40,7 +44,7 @@ def next_baseline(evaluator: Evaluator, study: Any, *, interleave: bool) -> tupl
     """The first baseline neither stored nor claimed by a running trial. With ``interleave`` the uniform ones
     wait their turn: one per candidate trained, so the first trial's result comes right after the unpruned one."""
     claimed = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-    todo = [(kind, c) for kind, c in baseline_configs(evaluator.setup)
+    todo = [(kind, c) for kind, c in baseline_configs(evaluator)
             if f"baseline:{c}" not in study.user_attrs and f"baseline:{c}" not in claimed]
     if not todo:
         return None
@@ -78,7 +82,8 @@ def evaluate_baselines(evaluator: Evaluator, study: Any) -> list[Candidate]:
     while True:
         todo = next_baseline(evaluator, study, interleave=False)
         if todo is None:
-            if len(stored_baselines(evaluator, study)) == len(baseline_configs(evaluator.setup)):
+            done = study.user_attrs
+            if all(f"baseline:{c}" in done for _, c in baseline_configs(evaluator)):
                 return stored_baselines(evaluator, study)
             # a dead worker's claim is taken again
             recover_stale_trials(study, evaluator.settings.heartbeat_s, baselines_only=True)
@@ -176,9 +181,12 @@ def write_results(setup: Setup, trials: list[Candidate], baselines: list[Candida
     return front
 
 
-def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResult:
+def run_search(settings: SearchSettings, *, progress: bool = True, resume: bool = False) -> SearchResult:
     """Run (or resume) the search ``settings`` describe; returns the trials, the Pareto front and the baselines.
+    With ``resume`` the study must exist already (``search --resume``: a typo in the name is not a new study).
     A database that stops answering is one RunFailure (:func:`.storage.database_failures`)."""
+    if resume and not StudyFolder(Path(settings.reports) / settings.name()).study_file.is_file():
+        raise VitsearchError(f"--resume: there is no study {settings.name()!r} in {settings.reports} to continue")
     with database_failures(settings.storage):
         return _run_search(settings, progress=progress)
 
@@ -186,6 +194,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
 def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
     from tqdm.auto import tqdm
 
+    logger.info("search %s: loading the base model, the data and the latency table", settings.name())
     setup = prepare(settings, progress=progress)
     setup.folder.make()
     write_provenance(setup, settings)
@@ -320,7 +329,7 @@ def summary(result: SearchResult) -> dict[str, Any]:
         "trials": len(result.trials), "trained": sum(c.accuracy is not None for c in result.trials),
         "front": [{"config": str(c.config), "accuracy": c.accuracy, "val_accuracy": c.val_accuracy,
                    "predicted_ms": round(c.predicted_ms, 4)} for c in result.front],
-        "best": None if best is None else {"config": str(best.config), "accuracy": best.accuracy,
+        "best": None if best is None else {"trial": best.trial, "config": str(best.config), "accuracy": best.accuracy,
                                            "val_accuracy": best.val_accuracy,
                                            "predicted_ms": round(best.predicted_ms, 4), "gmacs": best.gmacs,
                                            "block_tokens": list(best.block_tokens)},

@@ -4,12 +4,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from ..pruning import PruneConfig
-from ..training import LossWeights, TrainSettings
+from ..errors import VitsearchError
+from ..training.settings import LossWeights, TrainSettings
 from ..studyfolder import check_study_name
 from .budget import parse_budget
+
+if TYPE_CHECKING:  # torch: imported where a search runs, never for the CLI's defaults
+    from ..pruning import PruneConfig
 
 STRATEGIES = ("brief", "shared")
 LEARNED = "learned"  # the kind of the learned strategy's trial (search/learned.py)
@@ -17,6 +20,9 @@ LEARNED = "learned"  # the kind of the learned strategy's trial (search/learned.
 TRAINED_ATTRS = ("val_accuracy", "accuracy", "gmacs", "train_seconds", "selection_ms", "checkpoint", "status")
 
 SAMPLERS = ("tpe", "random")
+# Which baselines a search evaluates beside its trials (each trains as long as a candidate): the unpruned model, the
+# uniform keep ratios of the space's [baselines] section, both, or none (a smoke test).
+BASELINES = ("all", "unpruned", "uniform", "none")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class SearchSettings:
     # validation (latency/validate.py measured_headroom), 0 where it has none.
     headroom: float | None = None
     sampler: str = "tpe"
+    baselines: str = "all"  # one of BASELINES; baselines stored by an earlier run stay in the study's records
     seed: int = 0
     max_train: int | None = None  # subset sizes for large ImageFolder data sets
     max_val: int | None = None
@@ -65,6 +72,8 @@ class SearchSettings:
     tables: str = "latency_tables"
 
     def __post_init__(self) -> None:
+        if self.baselines not in BASELINES:
+            raise VitsearchError(f"baselines {self.baselines!r} is not one of {', '.join(BASELINES)} (--baselines)")
         from ..latency.precision import parse
 
         object.__setattr__(self, "precision", parse(self.precision))
@@ -129,6 +138,8 @@ class Candidate:
         """A candidate from its ``to_dict`` record (the baselines the study's storage keeps)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in fields}
+        from ..pruning import PruneConfig
+
         d["config"] = PruneConfig.parse(d["config"])
         d["block_tokens"] = tuple(d.get("block_tokens", ()))
         return cls(**d)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,14 @@ class Setup:
     precision: Precision  # the training device (the base model lives there) and its autocast dtype
     headroom: Headroom  # what the search leaves under the budget for the table's error
     limit_ms: float  # the predicted latency a config may have: the budget less the headroom
+
+
+def pretrain_command(settings: SearchSettings, *, checkpoint: str | None = None) -> str:
+    """The ``vitsearch pretrain`` command that fits ``settings.checkpoint`` (or ``checkpoint``) to the search's data
+    set, with the user's own values."""
+    weights = checkpoint or shlex.quote(str(settings.checkpoint or "PATH"))
+    return (f"vitsearch pretrain --model {shlex.quote(settings.model)} --checkpoint {weights} "
+            f"--dataset {shlex.quote(str(settings.dataset))}")
 
 
 def load_base(settings: SearchSettings) -> tuple[nn.Module, dict[str, Any]]:
@@ -111,7 +120,8 @@ def load_splits(settings: SearchSettings, base: nn.Module, split: dict[str, Any]
             f"the held-out splits of {settings.dataset!r} drawn now (sha256 {str(digest)[:16]}...) are not the base "
             f"model's (sha256 {split['sha256'][:16]}...): val and test would hold images the model was trained on. "
             "Use the data set and base model the study was made with; for a folder whose images changed, fit the "
-            "base to it again (vitsearch pretrain --model NAME --checkpoint PATH --dataset DIR) and run a new search")
+            f"base to it again ({pretrain_command(settings, checkpoint='PATH')} --retrain, PATH the checkpoint "
+            "it was fitted from) and run a new search")
     return splits
 
 
@@ -205,7 +215,7 @@ def prepare(settings: SearchSettings, *, progress: bool = True) -> Setup:
     space = load_space(settings.space or default_space_file(settings.model), depth=g.depth)
     splits = load_splits(settings, base, base_info["split"], pin_memory=precision.device.type == "cuda")
     base_info["split"] = {**base_info["split"], "sha256": splits.provenance.get("split_sha256")}
-    check_num_classes(splits, base)
+    check_num_classes(splits, base, pretrain_command(settings))
     predictor = load_predictor(settings, base, progress=progress)
     unpruned_ms = predictor.predict(PruneConfig()).total_ms
     budget_ms = budget.resolve(unpruned_ms)

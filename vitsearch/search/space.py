@@ -97,6 +97,12 @@ class SearchSpace:
         return [PruneConfig(method=m, keep={b: r for b in self.baseline_blocks})
                 for m in self.methods for r in self.baseline_keep]
 
+    def baseline_configs(self, which: str = "all") -> list[tuple[str, PruneConfig]]:
+        """(kind, config) of the baselines ``which`` (``search.settings.BASELINES``) names: the unpruned model
+        first, then the uniform ones."""
+        unpruned = [("unpruned", PruneConfig())] if which in ("all", "unpruned") else []
+        return unpruned + [("uniform", c) for c in self.baselines() if which in ("all", "uniform")]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -2,15 +2,37 @@
 accuracy): the computation-aware loss (:mod:`.losses`), brief per-candidate fine-tuning and weight sharing
 (:mod:`.brief`), where training runs and in which precision (:mod:`.device`), the progressive schedules finalize
 trains the chosen config with (:mod:`.progressive`), and SPViT's keep rates learned under a budget (:mod:`.learned`,
-``search --learned``)."""
-from .brief import (SoftLatency, TrainResult, TrainSettings, candidate_loss, fresh_model, param_groups,
-                    train_candidate, train_supernet)
-from .device import CPU, TRAIN_DEVICES, LossScaler, Precision, resolve_train_device
-from .loop import TrainingDiverged, accuracy, batches, lr_factor, next_batch, seeded, set_lr, train_steps
-from ..pruning.methods.spvit import keep_ratio_loss, soft_block_tokens
-from .losses import LossWeights, PiecewiseLinear, latency_loss
+``search --learned``). What each training is told lives in :mod:`.settings`, free of torch.
 
-__all__ = ["CPU", "TRAIN_DEVICES", "LossScaler", "Precision", "resolve_train_device", "TrainSettings", "TrainResult", "SoftLatency", "train_candidate", "train_supernet", "candidate_loss",
-           "fresh_model", "param_groups", "accuracy", "batches", "lr_factor", "next_batch", "seeded", "set_lr",
-           "train_steps", "TrainingDiverged",
-           "LossWeights", "PiecewiseLinear", "keep_ratio_loss", "latency_loss", "soft_block_tokens"]
+The names below are imported from their submodule on first use (PEP 562), so reading the settings (the CLI's
+defaults) does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SUBMODULE = {
+    **dict.fromkeys(("SoftLatency", "TrainResult", "candidate_loss", "fresh_model", "param_groups", "train_candidate",
+                     "train_supernet"), ".brief"),
+    **dict.fromkeys(("CPU", "TRAIN_DEVICES", "LossScaler", "Precision", "resolve_train_device"), ".device"),
+    **dict.fromkeys(("TrainingDiverged", "accuracy", "batches", "lr_factor", "next_batch", "seeded", "set_lr",
+                     "train_steps"), ".loop"),
+    **dict.fromkeys(("keep_ratio_loss", "soft_block_tokens"), "..pruning.methods.spvit"),
+    **dict.fromkeys(("PiecewiseLinear", "latency_loss"), ".losses"),
+    **dict.fromkeys(("LossWeights", "TrainSettings"), ".settings"),
+}
+
+__all__ = sorted(_SUBMODULE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SUBMODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SUBMODULE[name], __name__), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -11,58 +11,22 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import VitsearchError
 from ..pruning import METHODS, PruneConfig, apply, prune_state
-from ..pruning.spvit import TRAIN_DRAWS
 from .device import CPU, Precision
 from .loop import AfterFn, batches, next_batch, seeded, step_log, train_steps
 from .losses import LossWeights, PiecewiseLinear, distill_loss, latency_loss
+from .settings import TrainSettings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    steps: int = 40  # brief: ranks candidates; finalize trains the chosen one longer
-    batch_size: int = 32  # small batches: more updates for the same compute, and the search must fit in minutes
-    lr: float = 1e-4  # backbone: fine-tunes gently around the base checkpoint
-    selector_lr: float = 1e-3  # new selector (and aux head) weights learn from scratch
-    weight_decay: float = 0.05
-    warmup_steps: int = 5
-    weights: LossWeights = field(default_factory=LossWeights)
-    seed: int = 0
-    # SPViT's training draw (pruning.spvit.TRAIN_DRAWS): "topk", exactly the target count, its noise annealed to
-    # the inference top-k, or "logodds", per-token decisions around the target's log-odds (the rule before issue
-    # 14, which brief-trained to the same or lower accuracy on digits: benchmarks/spvit_train_match.py).
-    spvit_draw: str = TRAIN_DRAWS[0]
-
-    def __post_init__(self) -> None:
-        # A NaN or negative rate trains a model of NaN weights (or away from the data) without a word.
-        for name, value, option in (("lr", self.lr, "--lr"), ("selector_lr", self.selector_lr, "--selector-lr")):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise VitsearchError(f"learning rate {name}={value!r} must be a finite number above 0 ({option})")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise VitsearchError(f"weight_decay={self.weight_decay!r} must be a finite number >= 0")
-        if self.batch_size < 1:
-            raise VitsearchError(f"batch_size={self.batch_size} must be at least 1 (--train-batch)")
-        if self.steps < 0 or self.warmup_steps < 0:
-            raise VitsearchError(f"steps={self.steps} and warmup_steps={self.warmup_steps} must be 0 or more")
-        if self.spvit_draw not in TRAIN_DRAWS:
-            raise VitsearchError(f"spvit_draw {self.spvit_draw!r} is not a training draw rule: use one of "
-                                 f"{', '.join(TRAIN_DRAWS)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ The method adds its own terms (:meth:`vitsearch.pruning.PruningMethod.loss`); th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .settings import LossWeights  # re-exported: the loss weights live with the other settings
 
 
 class PiecewiseLinear:
@@ -39,14 +40,6 @@ class PiecewiseLinear:
         i = torch.searchsorted(xs, n.detach().reshape(1), right=True).clamp(1, len(xs) - 1)[0]
         x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
         return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    ratio: float = 2.0  # SPViT/DynamicViT's ratio weight
-    latency: float = 1.0
-    distill: float = 0.5  # SPViT/DynamicViT's KL weight
-    aux: float = 0.5  # Evo-ViT: 0.5 CE(cls head) + 0.5 CE(aux head)
 
 
 def latency_loss(soft_tokens: Sequence[torch.Tensor], curve: PiecewiseLinear, target_ms: float) -> torch.Tensor:

@@ -18,11 +18,10 @@ ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,42 +32,12 @@ from ..errors import VitsearchError
 from ..files import load_torch, save_torch
 from ..models import load_state_dict
 from ..pruning import PruneConfig, apply, method_of, prune_state
-from .brief import SoftLatency, TrainSettings, candidate_loss, param_groups
+from .brief import SoftLatency, candidate_loss, param_groups
 from .device import CPU, Precision
 from .loop import batches, next_batch, seeded, train_steps
-from .losses import LossWeights
+from .settings import SCHEDULES, FinalizeSettings, TrainSettings
 
 logger = logging.getLogger(__name__)
-
-SCHEDULES = ("progressive", "plain")  # plain: the whole config from step 0 (the comparison the benchmark makes)
-
-
-@dataclass(frozen=True)
-class FinalizeSettings:
-    steps: int = 600  # 10x the brief default: the chosen config earns the full recipe
-    epochs: float | None = None  # if set, overrides steps: epochs over the study's training split
-    batch_size: int = 64
-    lr: float = 1e-4  # backbone: fine-tunes around the base checkpoint
-    selector_lr: float = 1e-3  # selectors and the Evo-ViT aux head learn from scratch
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    weights: LossWeights = field(default_factory=LossWeights)
-    schedule: str = "progressive"  # or "plain"
-    switch: tuple[float, ...] | None = None  # phase boundaries as shares of the steps; None: the defaults below
-    evo_switch: float = 0.5  # Evo-ViT: share of steps with selection at every block (the paper: 200 of 300 epochs
-    # from scratch; we start from a trained base, so half)
-    merge_tol: float = 0.0  # SPViT: neighbouring selectors within this keep-ratio difference share a phase
-    checkpoint_every: int = 50  # steps between resumable checkpoints (phase boundaries always save)
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def train_settings(self, steps: int) -> TrainSettings:
-        return TrainSettings(steps=steps, batch_size=self.batch_size, lr=self.lr, selector_lr=self.selector_lr,
-                             weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, weights=self.weights,
-                             seed=self.seed)
-
 
 @dataclass(frozen=True)
 class Phase:
