@@ -41,9 +41,24 @@ def test_fitting_options_reach_the_training_and_chance_is_warned_about(tmp_path,
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] != first["checkpoint"]
 
 
-def test_the_built_in_model_refuses_fitting_options(capsys):
-    assert main(["pretrain", "--lr", "1e-3"]) == 2
-    assert "--train-batch and --lr set the fitting of a --dataset" in capsys.readouterr().err
+def test_subsets_fit_the_base_on_fewer_images_and_keep_the_held_out_split(tmp_path, noise, capsys):
+    root, ckpt = noise
+    argv = ["pretrain", "--model", "vitsearch_test_vit", "--checkpoint", str(ckpt), "--dataset", str(root),
+            "--steps", "2", "--cache-dir", str(tmp_path / "cache")]
+    metas = []
+    for extra in ([], ["--max-train", "5", "--max-val", "3"]):
+        assert main(argv + extra) == 0
+        checkpoint = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"]
+        metas.append(json.loads((tmp_path / checkpoint).parent.joinpath("meta.json").read_text()))
+    whole, subset = metas
+    assert subset["sizes"]["train"] == 5 and subset["sizes"]["val"] == 3 and whole["sizes"]["train"] > 5
+    assert subset["sizes"]["test"] == whole["sizes"]["test"] and subset["split"] == whole["split"]
+
+
+@pytest.mark.parametrize("option", ["--lr", "--max-train"])
+def test_the_built_in_model_refuses_fitting_options(option, capsys):
+    assert main(["pretrain", option, "10"]) == 2
+    assert "--train-batch, --lr, --max-train and --max-val set the fitting of a --dataset" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("steps, warmup", [(300, 10), (50, 5), (10, 1), (3, 0)])

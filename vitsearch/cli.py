@@ -360,6 +360,10 @@ class PretrainCommand(Command):
         parser.add_argument("--lr", type=positive_float, metavar="LR",
                             help=f"backbone learning rate fitting --dataset (default: {FinetuneSettings.lr:g}; the new "
                                  f"head learns at {FinetuneSettings.head_lr:g})")
+        parser.add_argument("--max-train", type=positive_int, metavar="N",
+                            help="fit the base on a seeded subset of N training images of --dataset")
+        parser.add_argument("--max-val", type=positive_int, metavar="N",
+                            help="report the fitted base's val accuracy on a seeded subset of N val images")
         parser.add_argument("--cache-dir", type=Path, metavar="DIR",
                             help="cache root (default: $VITSEARCH_CACHE or ~/.cache/vitsearch)")
         parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
@@ -372,9 +376,9 @@ class PretrainCommand(Command):
         task = embedded_task(args.model)
         if task is None or args.checkpoint or args.dataset:
             return self.finetune(args)
-        if args.train_batch is not None or args.lr is not None:
-            raise VitsearchError(f"--train-batch and --lr set the fitting of a --dataset; the built-in {task.name} "
-                                 "model trains with its own recipe")
+        if any(v is not None for v in (args.train_batch, args.lr, args.max_train, args.max_val)):
+            raise VitsearchError(f"--train-batch, --lr, --max-train and --max-val set the fitting of a --dataset; the "
+                                 f"built-in {task.name} model trains with its own recipe")
         if args.val_fraction is not None or args.test_fraction is not None:
             raise VitsearchError("--val-fraction and --test-fraction split a --dataset folder; the built-in digits "
                                  "model keeps its own 60/20/20 split (the search's default data)")
@@ -406,7 +410,8 @@ class PretrainCommand(Command):
                                    d.test_fraction if args.test_fraction is None else args.test_fraction)
         settings = FinetuneSettings(steps=args.steps, val_fraction=fractions.val, test_fraction=fractions.test,
                                     batch_size=d.batch_size if args.train_batch is None else args.train_batch,
-                                    lr=d.lr if args.lr is None else args.lr)
+                                    lr=d.lr if args.lr is None else args.lr, max_train=args.max_train,
+                                    max_val=args.max_val)
         meta = finetuned_base(args.model, args.checkpoint, args.dataset, settings,
                               root=args.cache_dir, retrain=args.retrain, loading=LoaderSettings(args.workers),
                               precision=precision_of(args))

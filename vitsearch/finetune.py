@@ -82,7 +82,8 @@ def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, sett
               loading: LoaderSettings, precision: Precision) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = create_model(model_name, checkpoint=checkpoint)
     splits = load_dataset(dataset, model, fractions=settings.fractions, seed=settings.seed,
-                          split_seed=settings.split_seed, loading=loading)
+                          split_seed=settings.split_seed, max_train=settings.max_train, max_val=settings.max_val,
+                          loading=loading)
     before = int(model.num_classes)
     with seeded(settings.seed):
         model.reset_classifier(splits.num_classes)  # a new head, one output per class of the folder
@@ -119,6 +120,7 @@ def _finetune(model_name: str, checkpoint: str | Path, dataset: str | Path, sett
     meta = {"kind": FINETUNED, "num_classes": splits.num_classes, "classes_before": before, "val_accuracy": val_accuracy,
             "test_accuracy": test_accuracy,
             "train_seconds": round(seconds, 2), "dataset_description": splits.description,
+            "sizes": {k: len(getattr(splits, k)) for k in ("train", "val", "test")},
             "training": precision.to_dict(), "versions": versions(),
             **inference_inputs(model, splits.classes),  # preprocessing and class names, for whoever runs it
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

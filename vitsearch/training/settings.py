@@ -106,6 +106,10 @@ class FinetuneSettings:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int = 0
+    # Seeded subsets for a large folder (as ``search --max-train/--max-val``): the held-out files stay the split's,
+    # so a search of the fitted base holds out exactly what it never trained on.
+    max_train: int | None = None
+    max_val: int | None = None
 
     def warmup(self, steps: int) -> int:
         """Warm-up steps of a run of ``steps``: ``warmup_steps``, at most a tenth of the run (``--steps 10`` would
