@@ -1,4 +1,4 @@
-"""`pretrain` fitting a checkpoint to a folder (issue 28 item 8, in part): --train-batch and --lr reach the training,
+"""`pretrain` fitting a checkpoint or timm's hub weights to a folder (issue 28 item 8): --train-batch, --lr and the subsets reach the training,
 the warm-up fits short runs, and a base at chance accuracy is warned about."""
 import json
 
@@ -64,3 +64,39 @@ def test_the_built_in_model_refuses_fitting_options(option, capsys):
 @pytest.mark.parametrize("steps, warmup", [(300, 10), (50, 5), (10, 1), (3, 0)])
 def test_the_warm_up_is_at_most_a_tenth_of_the_steps(steps, warmup):
     assert FinetuneSettings().warmup(steps) == warmup
+
+
+def test_pretrained_hub_weights_are_fitted_offline_from_the_hub_cache(tmp_path, noise):
+    """--pretrained reads timm's weights through the Hugging Face cache (HF_HUB_OFFLINE=1, a cache this test
+    writes: nothing is downloaded) and fits them like a checkpoint: the base starts from exactly those weights."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    root, _ = noise
+    name = "vit_tiny_patch16_224"
+    torch.manual_seed(1)
+    hub = create_model(name)
+    repo = tmp_path / "hf" / f"models--{hub.pretrained_cfg['hf_hub_id'].replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in hub.state_dict().items()}, repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf")}
+    run = subprocess.run([sys.executable, "-m", "vitsearch", "pretrain", "--model", name, "--pretrained", "--dataset",
+                          str(root), "--steps", "1", "--cache-dir", str(tmp_path / "cache")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    saved = torch.load(tmp_path / "cache" / "hub_weights" / f"{name}.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in hub.state_dict().items())  # the cache's weights, not random ones
+    fitted = json.loads(run.stdout.strip().splitlines()[-1])
+    assert fitted["num_classes"] == 3 and fitted["checkpoint"].startswith(str(tmp_path / "cache"))
+
+
+def test_pretrained_and_a_checkpoint_together_are_refused(noise, capsys):
+    root, ckpt = noise
+    assert main(["pretrain", "--model", "vitsearch_test_vit", "--pretrained", "--checkpoint", str(ckpt),
+                 "--dataset", str(root)]) == 2
+    assert "give either --checkpoint or --pretrained, not both" in capsys.readouterr().err

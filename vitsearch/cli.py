@@ -360,6 +360,9 @@ class PretrainCommand(Command):
         parser.add_argument("--lr", type=positive_float, metavar="LR",
                             help=f"backbone learning rate fitting --dataset (default: {FinetuneSettings.lr:g}; the new "
                                  f"head learns at {FinetuneSettings.head_lr:g})")
+        parser.add_argument("--pretrained", action="store_true",
+                            help="fit timm's pretrained weights for --model instead of a --checkpoint (the Hugging "
+                                 "Face Hub, or its cache with HF_HUB_OFFLINE=1)")
         parser.add_argument("--max-train", type=positive_int, metavar="N",
                             help="fit the base on a seeded subset of N training images of --dataset")
         parser.add_argument("--max-val", type=positive_int, metavar="N",
@@ -374,7 +377,7 @@ class PretrainCommand(Command):
         from .pretrain import base_model, recipe
 
         task = embedded_task(args.model)
-        if task is None or args.checkpoint or args.dataset:
+        if task is None or args.checkpoint or args.dataset or args.pretrained:
             return self.finetune(args)
         if any(v is not None for v in (args.train_batch, args.lr, args.max_train, args.max_val)):
             raise VitsearchError(f"--train-batch, --lr, --max-train and --max-val set the fitting of a --dataset; the "
@@ -397,12 +400,17 @@ class PretrainCommand(Command):
 
     def finetune(self, args: argparse.Namespace) -> int:
         from .data import LoaderSettings, SplitFractions
-        from .finetune import FinetuneSettings, finetuned_base
+        from .finetune import FinetuneSettings, finetuned_base, hub_weights
         from .models import embedded_task
 
         task = embedded_task(args.model)
+        if args.pretrained and args.checkpoint is not None:
+            raise VitsearchError("give either --checkpoint or --pretrained, not both")
+        if task is None and args.pretrained and args.dataset is not None:
+            args.checkpoint = hub_weights(args.model, root=args.cache_dir)
         if task is not None or args.checkpoint is None or args.dataset is None:
-            raise VitsearchError("fitting a base to a data set takes --model NAME --checkpoint PATH --dataset DIR "
+            raise VitsearchError("fitting a base to a data set takes --model NAME (--checkpoint PATH or --pretrained) "
+                                 "--dataset DIR "
                                  f"(the built-in {task.name if task else 'digits'} model is trained by plain "
                                  f"`vitsearch pretrain --model {task.name if task else 'digits'}`)")
         d = FinetuneSettings()

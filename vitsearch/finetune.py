@@ -23,7 +23,7 @@ from filelock import FileLock
 from . import versions
 from .data import DIGITS, DigitsSpec, LoaderSettings, inference_inputs, load_dataset, scan_image_folder
 from .errors import VitsearchError
-from .files import CACHE_FIX, cache_dir, check_writable
+from .files import CACHE_FIX, cache_dir, check_writable, write_bytes
 from .models import create_model, file_sha256
 from .pretrain import write_cache_entry
 from .training.device import CPU, Precision
@@ -61,6 +61,22 @@ def finetuned_base(model_name: str, checkpoint: str | Path, dataset: str | Path,
             write_cache_entry(target, model, meta | identity)
             meta = meta | identity | {"cached": False}
     return meta | {"path": str(target), "checkpoint": str(target / "model.pt")}
+
+
+def hub_weights(model_name: str, *, root: str | Path | None = None) -> Path:
+    """timm's pretrained weights for ``model_name`` (the Hugging Face Hub, or its cache offline) as a local file,
+    ``<cache>/hub_weights/<name>.pt``, so that a base fitted from them is keyed by their bytes like any checkpoint."""
+    import io
+
+    model = create_model(model_name, pretrained=True)
+    path = Path(root or cache_dir()).expanduser() / "hub_weights" / f"{model_name.replace('/', '_')}.pt"
+    check_writable(path.parent, "cache folder", CACHE_FIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_bytes(path, buffer.getvalue())
+    logger.info("timm's pretrained %s (%s) saved to %s", model_name, model.pretrained_cfg.get("hf_hub_id"), path)
+    return path
 
 
 def data_identity(dataset: str | Path, settings: FinetuneSettings) -> dict[str, Any]:
