@@ -1,5 +1,5 @@
-"""`pretrain` fitting a checkpoint or timm's hub weights to a folder (issue 28 item 8): --train-batch, --lr and the subsets reach the training,
-the warm-up fits short runs, and a base at chance accuracy is warned about."""
+"""`pretrain` fitting a checkpoint or timm's hub weights to a folder (issue 28 item 8): --train-batch, --lr and the
+subsets reach the training, the warm-up fits short runs, and a base at chance accuracy is warned about."""
 import json
 
 import numpy as np
