@@ -82,8 +82,9 @@ def test_pretrained_hub_weights_are_fitted_offline_from_the_hub_cache(tmp_path, 
     repo = tmp_path / "hf" / f"models--{hub.pretrained_cfg['hf_hub_id'].replace('/', '--')}"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0" * 40)
-    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in hub.state_dict().items()}, repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in hub.state_dict().items()}, snapshot / "model.safetensors")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf")}
     run = subprocess.run([sys.executable, "-m", "vitsearch", "pretrain", "--model", name, "--pretrained", "--dataset",
                           str(root), "--steps", "1", "--cache-dir", str(tmp_path / "cache")],
