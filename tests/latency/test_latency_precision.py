@@ -119,7 +119,7 @@ def test_predict_reads_the_table_of_its_precision(table_writer, tmp_path, capsys
     out = capsys.readouterr().out.strip().splitlines()
     assert " in int8: " in out[0] and json.loads(out[-1])["precision"] == "int8"
     assert main(argv) == 2
-    assert "no latency table of digits at batch 1 in fp32" in capsys.readouterr().err  # fp32: its own file, not written here
+    assert "no latency table of digits at batch 1 in fp32" in capsys.readouterr().err  # fp32 has its own file
     assert main([*argv, "--precision", "int4"]) == 2
     assert "invalid choice: 'int4'" in capsys.readouterr().err
 
