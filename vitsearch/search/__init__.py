@@ -24,8 +24,7 @@ without torch and optuna (the CLI builds its options from them).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_names
 
 _SUBMODULE = {
     **dict.fromkeys(("Budget", "parse_budget"), ".budget"),
@@ -40,14 +39,4 @@ _SUBMODULE = {
 
 __all__ = sorted(_SUBMODULE)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _SUBMODULE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_SUBMODULE[name], __name__), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _SUBMODULE)
