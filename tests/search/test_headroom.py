@@ -51,6 +51,16 @@ def test_the_headroom_option_reads_auto_a_share_or_a_percentage():
             headroom(bad)
 
 
+def test_a_headroom_that_leaves_no_config_under_the_budget_is_refused_before_training(tmp_path, table, env):
+    validated(table, [3.0, 3.0, 3.0])  # the table predicts a third of what its models measure
+    s = SearchSettings(budget="60%", reports=str(tmp_path / "reports"), max_train=64, max_val=32,
+                       **{**env, "tables": str(table.path.parent.parent)})
+    with pytest.raises(VitsearchError, match=r"with the headroom of 200\.0% .* Give a budget of at least [0-9.]+ ms, "
+                                             r"or --headroom 0"):
+        run_search(s, progress=False)
+    assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").rglob("trials.json"))
+
+
 @pytest.mark.slow
 def test_the_search_stays_under_the_budget_less_the_headroom_and_a_resumed_study_keeps_its_own(tmp_path, table, env):
     validated(table, [1.0, 1.1, 1.2, 1.2, 1.2])  # 20% over at the 90th percentile

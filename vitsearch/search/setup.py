@@ -26,8 +26,8 @@ from .storage_url import redact
 
 logger = logging.getLogger(__name__)
 
-# Pruned models a search measures whole against a table it profiled itself, for its headroom: about 25 s on the
-# digits model here, two of the validation's chunks.
+# Pruned models a search measures whole against a table it profiled itself, for its headroom: two of the
+# validation's chunks, 20 s on the digits model at load 5 (benchmarks/validity.py's smoke run, 2026-12-07).
 AUTO_VALIDATE = 12
 
 
