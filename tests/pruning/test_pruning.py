@@ -191,14 +191,21 @@ def test_gather_rows_takes_each_images_own_rows():
     torch.testing.assert_close(gather_rows(x[..., 0], idx), torch.stack([x[b, idx[b], 0] for b in range(3)]))
 
 
-def test_spvit_training_draws_gumbel_decisions_with_gradients(images):
+@pytest.mark.parametrize("draw, tokens", [
+    ("topk", [65] * 3 + [66, 47, 47, 48] + [35] * 5),  # removed after the selector's block, as inference does
+    ("logodds", [65] * 3 + [66] * 3 + [67] * 6),  # masked, not removed; one package per selector
+])
+def test_spvit_training_draws_gumbel_decisions_with_gradients(images, draw, tokens):
     model = pruning.apply(tiny_vit(), "spvit:3=0.7,6=0.7").train()
+    pruning.prune_state(model).spvit_draw = draw
     out = model(images)
     state = pruning.prune_state(model)
     assert len(state.keep_decisions) == 2 and state.keep_targets == pytest.approx([45 / 64, 32 / 64])
     assert set(state.keep_decisions[0].unique().tolist()) <= {0.0, 1.0}
     assert (state.keep_decisions[1] <= state.keep_decisions[0]).all()  # pruned tokens stay pruned
-    assert state.block_tokens == [65] * 3 + [66] * 3 + [67] * 6  # masked, not removed; one package per selector
+    assert state.block_tokens == tokens
+    if draw == "topk":
+        assert [float(d.detach().sum(dim=1).max()) for d in state.keep_decisions] == [45, 32]  # exactly k per image
     (out.sum() + state.keep_decisions[-1].mean()).backward()
     assert model.token_selectors["3"].in_proj.weight.grad.abs().sum() > 0
 

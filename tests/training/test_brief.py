@@ -166,7 +166,8 @@ def test_a_new_selector_starts_at_its_target_keep_ratio(tiny_vit):
 
 
 def test_the_spvit_training_draw_is_a_setting_that_reaches_every_training_forward(tiny_vit, monkeypatch):
-    """``TrainSettings.spvit_draw`` picks prune_soft's rule (topk by default); an unknown rule is refused."""
+    """``TrainSettings.spvit_draw`` picks the rule (topk by default; logodds); an unknown
+    rule is refused."""
     from vitsearch.errors import VitsearchError
     from vitsearch.pruning import spvit
     from vitsearch.training import fresh_model
@@ -175,13 +176,18 @@ def test_the_spvit_training_draw_is_a_setting_that_reaches_every_training_forwar
     with pytest.raises(VitsearchError, match="topk, logodds"):
         TrainSettings(spvit_draw="gumbel")
     seen = []
-    original = spvit.prune_soft
+    soft, topk = spvit.prune_soft, spvit.prune_topk
 
-    def recorded(*args, draw, noise, **kw):
+    def recorded_soft(*args, draw, noise, **kw):
         seen.append((draw, noise))
-        return original(*args, draw=draw, noise=noise, **kw)
+        return soft(*args, draw=draw, noise=noise, **kw)
 
-    monkeypatch.setattr(spvit, "prune_soft", recorded)
+    def recorded_topk(*args, noise, **kw):  # topk draws have their own function
+        seen.append(("topk", noise))
+        return topk(*args, noise=noise, **kw)
+
+    monkeypatch.setattr(spvit, "prune_soft", recorded_soft)
+    monkeypatch.setattr(spvit, "prune_topk", recorded_topk)
     images = torch.randn(32, 3, 32, 32)
 
     class Splits:

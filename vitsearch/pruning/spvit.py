@@ -5,9 +5,12 @@ and aggregates one keep score per token. Pruned tokens are not discarded: they a
 their average weighted by their keep scores (:func:`vitsearch.pruning.tokens.weighted_mean`), appended after the
 kept tokens and never pruned again.
 
-Training keeps all tokens and draws hard Gumbel decisions (by default exactly the scheduled count, annealed to
-the inference top-k) that mask pruned keys in attention (so gradients reach the selector); inference keeps a fixed
-top-k per image and physically removes the rest, so every shape is static and export-friendly.
+Training draws hard Gumbel decisions whose pruned tokens are masked as keys in attention, so gradients reach the
+selector. By default (``"topk"``, :func:`prune_topk`) a draw keeps exactly the scheduled count, annealed to the
+inference top-k, and the model removes the pruned tokens after the one block that masks them; the per-token
+``"logodds"`` draw (:func:`prune_soft`) keeps a count that varies per image, so every token stays in every block.
+Inference keeps a fixed top-k per image and physically removes the rest, so every shape is static and
+export-friendly.
 """
 from __future__ import annotations
 
@@ -96,7 +99,7 @@ def prune_hard(selector: MultiHeadTokenSelector, patches: torch.Tensor, n_keep: 
     return kept, weighted_mean(patches, dropped * p_keep)
 
 
-TRAIN_DRAWS = ("topk", "logodds")  # the training draw rules of :func:`prune_soft`; the first is the default
+TRAIN_DRAWS = ("topk", "logodds")  # the training draw rules (:func:`prune_topk`, :func:`prune_soft`); the first is the default
 
 
 def prune_soft(
@@ -135,6 +138,18 @@ def draw_logodds(margin: torch.Tensor, alive: torch.Tensor, keep: float, tau: fl
     return F.gumbel_softmax(logits, tau=tau, hard=True)[..., 0] * alive  # (B, N)
 
 
+def prune_topk(
+    selector: MultiHeadTokenSelector, patches: torch.Tensor, keep: float | torch.Tensor, *, noise: float = 1.0,
+    tau: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training with exactly k kept: a :func:`draw_topk` of the patches (B, n, C) and their package, as
+    :func:`prune_hard` packages. Returns (decisions (B, n), kept indices (B, k) best first, package (B, 1, C)); at
+    ``noise = 0`` the kept indices are :func:`prune_hard`'s, in its order."""
+    margin, p_keep = selector(patches)  # (B, n), (B, n)
+    decision, idx = _topk_decisions(margin, torch.ones_like(margin), keep, noise, tau)
+    return decision, idx, weighted_mean(patches, (1.0 - decision) * p_keep)
+
+
 def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float | torch.Tensor, noise: float = 1.0,
               tau: float = 1.0) -> torch.Tensor:
     """A fixed-k Gumbel top-k on the keep log-odds margin (B, N) of the tokens alive (B, N), straight-through;
@@ -150,6 +165,12 @@ def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float | torch.Ten
 
     ``keep`` may be a learnable rate (a 0-d tensor, the learned strategy's): it then gets the gradient of
     :func:`rate_surrogate`, how the loss changes as the cut moves down the ranking."""
+    return _topk_decisions(margin, alive, keep, noise, tau)[0]
+
+
+def _topk_decisions(margin: torch.Tensor, alive: torch.Tensor, keep: float | torch.Tensor, noise: float,
+                    tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`draw_topk`'s decisions (B, N) and the kept indices (B, k), best first."""
     n = int(alive[0].sum().item())
     k = kept_tokens(n, _level(keep))
     # Centred over the alive tokens: the same top-k, but the straight-through gradient sums to zero per image.
@@ -171,7 +192,7 @@ def draw_topk(margin: torch.Tensor, alive: torch.Tensor, keep: float | torch.Ten
         decision = decision + (soft - soft.detach())  # exactly hard in the forward
     if isinstance(keep, torch.Tensor) and keep.requires_grad:
         decision = decision + rate_surrogate(perturbed.detach(), alive, keep, n)
-    return decision
+    return decision, top.indices[:, :k]
 
 
 def _level(keep: float | torch.Tensor) -> float:

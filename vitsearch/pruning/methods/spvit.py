@@ -9,6 +9,7 @@ import torch.nn as nn
 from .. import spvit
 from ..schedule import TokenSchedule, compound_steps
 from ..state import PruneState
+from ..tokens import gather_rows
 from .base import Component, PruningMethod, restricted
 
 
@@ -57,12 +58,12 @@ class SPViT(PruningMethod):
     keeps 70% / 49% / 34.3% of the patches, the DynamicViT/EViT convention); the pruned ones are averaged into
     one package token per selector, so a block computes on prefix + kept patches + the packages so far.
 
-    Training: every token is kept and pruned ones are masked as attention keys (``state.policy``); the selectors'
-    decisions are drawn by the rule ``state.spvit_draw`` (:data:`vitsearch.pruning.spvit.TRAIN_DRAWS`): by default
-    exactly the scheduled count, a Gumbel top-k whose noise anneals to 0 over ``state.progress``, or, with
-    ``"logodds"``, per token around the target's log-odds; the
-    decisions and targets land in ``state.keep_decisions`` / ``keep_targets`` for the keep-ratio loss and the
-    latency loss (the device table's cost of the soft token counts). Inference: exact top-k and packaging.
+    Training: pruned tokens are masked as attention keys (``state.policy``); the selectors' decisions are drawn by
+    the rule ``state.spvit_draw`` (:data:`vitsearch.pruning.spvit.TRAIN_DRAWS`): by default exactly the scheduled
+    count, a Gumbel top-k whose noise anneals to 0 over ``state.progress``, the pruned removed after the selector's
+    own block; or, with ``"logodds"``, per token around the target's log-odds, every token kept in every block. The
+    decisions (B, N) and targets land in ``state.keep_decisions`` / ``keep_targets`` for the keep-ratio loss and
+    the latency loss (the device table's cost of the soft token counts). Inference: exact top-k and packaging.
     Latency: ``spvit_select(n, k)`` before a pruning block, then ``block(n)`` at the scheduled counts."""
 
     name = "spvit"
@@ -104,16 +105,54 @@ class SPViT(PruningMethod):
         return x
 
     @staticmethod
+    def _keep(state: PruneState, block: int, n_keep: int, n_in: int) -> float | torch.Tensor:
+        """A selector's keep share: the schedule's, or the learned strategy's rate (a learnable 0-d tensor)."""
+        return state.rates[block] if state.rates is not None and block in state.rates else n_keep / n_in
+
+    @staticmethod
     def _train(model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
+        return (SPViT._train_topk if state.spvit_draw == "topk" else SPViT._train_masked)(model, x, state)
+
+    @staticmethod
+    def _train_topk(model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
+        """Exactly k kept per draw. The block at a selector sees every patch, the pruned ones masked as keys, so
+        every decision, kept or pruned, gets the gradient of attending to its token; after that block the pruned
+        are removed, as inference removes them before it (the kept tokens' outputs are the same). Masking them in
+        every later block too (:meth:`_train_masked`) gave the same brief accuracy on the clutter model at 2x the
+        CPU time; removing them before the block, with a gradient only for the kept, lost 15-23 points
+        (benchmarks/RESULTS.md#clutter)."""
+        P, N = model.num_prefix_tokens, model.token_schedule.num_patches
+        steps = {s.block: s for s in model.token_schedule.selectors}
+        B = x.shape[0]
+        where = torch.arange(N, device=x.device).expand(B, N)  # (B, n) each patch's index among all N
+        for i, blk in enumerate(model.blocks):
+            n = where.shape[1]  # the schedule's n_in, or what a learned rate kept
+            if i in steps:
+                decision, idx, pkg = spvit.prune_topk(
+                    model.token_selectors[str(i)], x[:, P:P + n], SPViT._keep(state, i, steps[i].n_keep, n),
+                    noise=selection_noise(state.progress))
+                x = torch.cat([x, pkg], dim=1)  # [prefix, patches, old packages, new]
+                state.policy = torch.cat([x.new_ones(B, P), decision, x.new_ones(B, x.shape[1] - P - n)], dim=1)
+                state.keep_decisions.append(decision.new_zeros(B, N).scatter(1, where, decision))  # (B, N)
+                state.keep_targets.append(steps[i].n_keep / N)
+            state.block_tokens.append(x.shape[1])
+            x = blk(x)
+            if i in steps:
+                state.policy = None
+                x = torch.cat([x[:, :P], gather_rows(x[:, P:P + n], idx), x[:, P + n:]], dim=1)
+                where = where.gather(1, idx)
+        return x
+
+    @staticmethod
+    def _train_masked(model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
+        """A count that varies per image: every token stays in every block, the pruned masked as keys."""
         P, N = model.num_prefix_tokens, model.token_schedule.num_patches
         steps = {s.block: s for s in model.token_schedule.selectors}
         alive = x.new_ones(x.shape[0], N)  # (B, N) patches not pruned so far
         packaged: list[torch.Tensor] = []  # per selector so far (B, 1): 1 if its package holds any token
         for i, blk in enumerate(model.blocks):
             if i in steps:
-                keep = steps[i].n_keep / steps[i].n_in
-                if state.rates is not None and i in state.rates:
-                    keep = state.rates[i]  # the same share, learnable (its count is the schedule's)
+                keep = SPViT._keep(state, i, steps[i].n_keep, steps[i].n_in)
                 kept, pkg = spvit.prune_soft(model.token_selectors[str(i)], x[:, P:P + N], alive, keep,
                                              draw=state.spvit_draw, noise=selection_noise(state.progress))
                 # A draw that pruned nothing has an empty package: masked out, since inference never has one
