@@ -1,7 +1,8 @@
 """timm ``Attention`` with two additions token pruning needs, and the stock path untouched otherwise.
 
-- SPViT training keeps every token and masks pruned ones as *keys* (DynamicViT's softmax-with-policy); the
-  mask must pass gradients to the Gumbel decisions, so it multiplies the exponentials instead of adding -inf.
+- SPViT training masks pruned tokens as *keys* (DynamicViT's softmax-with-policy) in the block at a selector (in
+  every block with per-token draws); the mask must pass gradients to the Gumbel decisions, so it multiplies the
+  exponentials instead of adding -inf.
 - Evo-ViT ranks tokens by the class token's attention; fused SDPA never materialises the attention matrix, so
   the class row is recomputed from q_cls and K (one (1 x N) row per head, cheap next to the block).
 """
