@@ -120,7 +120,7 @@ class SPViT(PruningMethod):
         are removed, as inference removes them before it (the kept tokens' outputs are the same). Masking them in
         every later block too (:meth:`_train_masked`) gave the same brief accuracy on the clutter model at 2x the
         CPU time; removing them before the block, with a gradient only for the kept, lost 15-23 points
-        (benchmarks/RESULTS.md#clutter)."""
+        (benchmarks/RESULTS.md#claim-spvit-removed)."""
         P, N = model.num_prefix_tokens, model.token_schedule.num_patches
         steps = {s.block: s for s in model.token_schedule.selectors}
         B = x.shape[0]
