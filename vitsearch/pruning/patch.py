@@ -82,6 +82,9 @@ def apply(model: nn.Module, config: "PruneConfig | str | dict", *, evo_every_blo
     if not isinstance(model, PrunedViTMixin):
         _check_model(model)
     method.check_model(model)  # before anything changes: a refused model stays as it was
+    base_pool = model.base_pool if isinstance(model, PrunedViTMixin) else model.global_pool
+    schedule = token_schedule(config, depth=len(model.blocks), num_patches=model.patch_embed.num_patches,
+                              num_prefix=model.num_prefix_tokens, pool=base_pool)  # refuses before any change too
     if not isinstance(model, PrunedViTMixin):
         state = PruneState()
         for blk in model.blocks:
@@ -90,8 +93,6 @@ def apply(model: nn.Module, config: "PruneConfig | str | dict", *, evo_every_blo
         model._vitsearch = state
         model.token_selectors = nn.ModuleDict()
         model.base_pool = model.global_pool  # the stock model's pooling; a method may pool otherwise (Evo-ViT)
-    schedule = token_schedule(config, depth=len(model.blocks), num_patches=model.patch_embed.num_patches,
-                              num_prefix=model.num_prefix_tokens, pool=model.base_pool)
     model.global_pool = method.pooling(model.base_pool, schedule)
     method.patch(model, schedule)
     model.prune_config, model.prune_method, model.token_schedule = config, method, schedule

@@ -13,6 +13,8 @@ class PruneState:
     # Set by the model before a block runs, read by its attention.
     policy: torch.Tensor | None = None  # (B, N) 1 = token may be attended to; SPViT training masks keys with it
     record_cls_attn: bool = False  # Evo-ViT needs the class token's attention row of every block
+    key_bias: torch.Tensor | None = None  # (B, N) added to every query's attention logit of each key (ToMe: log size)
+    record_keys: bool = False  # keep the attention keys averaged over heads in ``keys`` (ToMe's matching metric)
     # Set by the training loop before a step (kept across forwards): the share of the training done, in [0, 1],
     # and SPViT's training draw rule (a name in pruning.spvit.TRAIN_DRAWS; TrainSettings.spvit_draw).
     progress: float = 0.0
@@ -22,6 +24,7 @@ class PruneState:
     rates: dict[int, torch.Tensor] | None = None
     # Written by attention / the model during a forward, read by losses and tests.
     cls_attn: torch.Tensor | None = None  # (B, H, N) the class token's attention over all tokens
+    keys: torch.Tensor | None = None  # (B, N, head_dim) the last attention's keys, mean over heads
     keep_decisions: list[torch.Tensor] = field(default_factory=list)  # per selector (B, N_patches) 0/1, straight-through
     keep_targets: list[float] = field(default_factory=list)  # per selector: target fraction of all patches kept
     pool_mask: torch.Tensor | None = None  # (B, N) the last block's policy: the head pools over these tokens
@@ -30,5 +33,6 @@ class PruneState:
 
     def reset(self) -> None:
         self.policy, self.cls_attn, self.aux_logits, self.pool_mask = None, None, None, None
-        self.record_cls_attn = False
+        self.key_bias, self.keys = None, None
+        self.record_cls_attn, self.record_keys = False, False
         self.keep_decisions, self.keep_targets, self.block_tokens = [], [], []

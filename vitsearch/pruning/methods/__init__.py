@@ -1,14 +1,16 @@
-"""The pruning methods, one file each, behind one contract (:class:`PruningMethod`). Adding a method: a file
-here and one line in :data:`METHODS`."""
+"""The pruning methods, one file or folder each, behind one contract (:class:`PruningMethod`). Adding a method: a
+file or folder here and one line in :data:`METHODS`."""
 from __future__ import annotations
 
 from ...errors import VitsearchError
 from .base import Component, PruningMethod
+from .evit import EViT
 from .evovit import EvoViT
 from .none import NoPruning
 from .spvit import SPViT
+from .tome import ToMe
 
-METHODS: dict[str, PruningMethod] = {m.name: m for m in (NoPruning(), SPViT(), EvoViT())}
+METHODS: dict[str, PruningMethod] = {m.name: m for m in (NoPruning(), SPViT(), EvoViT(), ToMe(), EViT())}
 
 
 def method_of(name: str) -> PruningMethod:
