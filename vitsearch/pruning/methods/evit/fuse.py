@@ -16,7 +16,8 @@ from ...tokens import gather_rows
 
 def kept_count(tokens: int, keep_rate: float) -> int:
     """Tokens a pruning block keeps of the ``tokens`` after the prefix: the official ``ceil(rate * (N - 1))``,
-    float product included (so 0.7 of 140 keeps 99, as the official code does)."""
+    float product included (so 0.55 of 100 keeps 56, as the official code does, where
+    :func:`vitsearch.pruning.schedule.kept_tokens` keeps 55)."""
     return max(1, math.ceil(keep_rate * tokens))
 
 
