@@ -220,3 +220,19 @@ def test_evit_refuses_a_model_without_a_class_token_and_leaves_it_unpatched():
     assert type(model).__name__ == "VisionTransformer"
     with pytest.raises(VitsearchError, match="no class token"):
         token_schedule(PruneConfig.parse("evit:3=0.7"), depth=12, num_patches=64, num_prefix=0)
+
+
+# FLOPs ------------------------------------------------------------------------------------------------------
+
+def test_traced_macs_are_the_analytic_formula_at_the_scheduled_counts_plus_the_ranking_and_fusion():
+    """Attention at each block's count, the MLP at the pruned count (TokenSchedule.mlp_tokens), and the matmuls
+    EViT adds per pruning block: the class token's attention row (T x C, beside fused attention) and the fused
+    token ((T - P - k) x C)."""
+    from vitsearch.flops import analytic_model_macs, count_macs
+
+    model = pruning.apply(tiny_vit(), "evit:3=0.7,6=0.7,9=0.7")
+    schedule = model.token_schedule
+    extra = sum(schedule.block_tokens[s.block] * 64 + (s.n_in - s.n_keep) * 64 for s in schedule.selectors)
+    count = count_macs(model, batch=2)
+    assert count.block_tokens == schedule.block_tokens
+    assert count.matmul == 2 * (analytic_model_macs(model) + extra)

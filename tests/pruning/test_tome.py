@@ -271,3 +271,22 @@ def test_cli_refuses_a_too_large_r_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ToMe's r=40 at block 0" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+# FLOPs ------------------------------------------------------------------------------------------------------
+
+def test_traced_macs_are_the_analytic_formula_at_the_scheduled_counts_plus_the_matching():
+    """Attention at each block's count, the MLP at the merged count (TokenSchedule.mlp_tokens), and the one
+    matmul ToMe adds: the similarity of A and B on the keys, |A| x |B| x head_dim per merging block."""
+    from vitsearch.flops import analytic_model_macs, count_macs
+
+    model = pruning.apply(tiny_vit(), "tome:r=4,3=9")
+    schedule = model.token_schedule
+    head_dim = 64 // 4
+    matching = 0
+    for n in schedule.block_tokens:
+        a = merge.max_merges(n, 1)  # |A|: the even positions after the class token
+        matching += a * (n - 1 - a) * head_dim
+    count = count_macs(model, batch=2)
+    assert count.block_tokens == schedule.block_tokens
+    assert count.matmul == 2 * (analytic_model_macs(model) + matching)

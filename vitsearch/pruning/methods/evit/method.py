@@ -71,7 +71,9 @@ class EViT(PruningMethod):
                 if k < rest:  # the official code returns before pruning when it would keep every token
                     steps.append(SelectorStep(block, rest, k))
                     rest = k + 1
-        return TokenSchedule(self.name, num_prefix, num_patches, tuple(counts), tuple(steps), num_prefix + rest)
+        mlp = (*counts[1:], num_prefix + rest) if counts else ()
+        return TokenSchedule(self.name, num_prefix, num_patches, tuple(counts), tuple(steps), num_prefix + rest,
+                             mlp)
 
     def check_model(self, model: nn.Module) -> None:
         if getattr(model, "cls_token", None) is None:

@@ -77,7 +77,8 @@ class ToMe(PruningMethod):
             if r:
                 steps.append(SelectorStep(block, n - P, n - P - r))
                 n -= r
-        return TokenSchedule(self.name, P, num_patches, tuple(counts), tuple(steps), n)
+        mlp = (*counts[1:], n) if counts else ()
+        return TokenSchedule(self.name, P, num_patches, tuple(counts), tuple(steps), n, mlp)
 
     def check_model(self, model: nn.Module) -> None:
         check_split_blocks(model, self.name)
