@@ -236,3 +236,33 @@ def test_traced_macs_are_the_analytic_formula_at_the_scheduled_counts_plus_the_r
     count = count_macs(model, batch=2)
     assert count.block_tokens == schedule.block_tokens
     assert count.matmul == 2 * (analytic_model_macs(model) + extra)
+
+
+# Latency components -----------------------------------------------------------------------------------------
+
+def test_the_timed_components_cover_every_config_and_export_with_parity(tmp_path):
+    from vitsearch import export
+    from vitsearch.pruning.methods.evit import latency
+
+    model = pruning.apply(tiny_vit(), "evit:3=0.7")
+    grid = latency.grid(1, 64)
+    for config in CONFIGS:
+        for kind, n, k in pruning.method_of("evit").components(token_schedule(PruneConfig.parse(config), depth=12,
+                                                                              num_patches=64)):
+            if kind == "block":
+                continue
+            ns = [gn for g_kind, gn, _ in grid if g_kind == kind]
+            assert min(ns) <= n <= max(ns)
+            if kind == "evit_fuse":
+                assert 1 <= k <= n - 2
+    gen = torch.Generator().manual_seed(0)
+    for kind, (module, steps) in latency.modules(model).items():
+        inputs = latency.example(model, kind, 33, 20, batch=2, generator=gen)
+        path = export.export_onnx(module, inputs, tmp_path / f"{kind}.onnx")
+        with torch.no_grad():
+            expected = module(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = export.run_onnxruntime(path, [t for t in inputs if t.dim() > 1])
+        assert steps == (1 if kind == "evit_fuse" else 12)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-4, rtol=1e-4)
