@@ -322,3 +322,10 @@ def test_the_timed_components_cover_every_config_and_export_with_parity(tmp_path
         assert steps == (1 if kind == "tome_merge" else 12)
         for g, e in zip(got, expected):
             torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-4, rtol=1e-4)
+
+
+def test_tome_and_evit_are_not_offered_to_the_search_until_the_tables_profile_them():
+    """Their latency kinds are not in latency/ yet: a space or a latency validation that offered them would fail
+    at prediction. They run everywhere else (apply, export, FLOPs)."""
+    assert pruning.pruning_methods() == ("spvit", "evovit")
+    assert {"tome", "evit"} <= set(pruning.METHODS)

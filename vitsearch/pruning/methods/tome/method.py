@@ -52,6 +52,7 @@ class ToMe(PruningMethod):
     ``tome_attn(n)`` (proportional attention), ``tome_merge(n, k)`` (k = n - r, where r > 0) and ``tome_mlp(k)``."""
 
     name = "tome"
+    searchable = False  # until latency/ profiles its kinds (its latency.py)
 
     def check_setting(self, block: int, value: float) -> None:
         if value < 0 or value != int(value):
