@@ -266,3 +266,30 @@ def test_the_timed_components_cover_every_config_and_export_with_parity(tmp_path
         assert steps == (1 if kind == "evit_fuse" else 12)
         for g, e in zip(got, expected):
             torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # 30 finalize steps: about a minute on two loaded cores
+def test_finalize_training_applies_the_warm_up_step_by_step(tmp_path, monkeypatch):
+    """The real finalize loop (progressive.train_schedule) on the digits model and data: every phase's keep
+    rates are what the model trains at, and the whole network moves."""
+    from vitsearch.data.digits import digits_splits
+    from vitsearch.models import create_model
+    from vitsearch.training import progressive
+    from vitsearch.training.settings import FinalizeSettings
+
+    torch.manual_seed(0)
+    base = create_model("digits").eval()
+    config = PruneConfig.parse("evit:3=0.5,6=0.5")
+    settings = FinalizeSettings(steps=30, batch_size=8, warmup_steps=1, checkpoint_every=100)
+    phases = progressive.plan(config, settings, 30)
+    applied = []
+    real = progressive.apply
+    monkeypatch.setattr(progressive, "apply", lambda m, c, **kw: applied.append(str(PruneConfig.parse(c))) or real(m, c, **kw))
+    model = pruning.apply(copy.deepcopy(base), config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    progressive.train_schedule(model, base, digits_splits(base), config, phases, settings, latency=None,
+                               state_path=tmp_path / "state.pt", progress=False)
+    per_step = applied[1:31]
+    assert per_step[0] == "evit:3=1,6=1" and per_step[-1] == str(config) == applied[-1]
+    assert per_step == [str(p.config) for p in phases for _ in range(p.start, p.end)]
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items() if k.startswith("blocks.0."))

@@ -329,3 +329,19 @@ def test_tome_and_evit_are_not_offered_to_the_search_until_the_tables_profile_th
     at prediction. They run everywhere else (apply, export, FLOPs)."""
     assert pruning.pruning_methods() == ("spvit", "evovit")
     assert {"tome", "evit"} <= set(pruning.METHODS)
+
+
+def test_brief_training_fine_tunes_a_tome_config_on_the_digits_data():
+    """The search's brief training path (train_candidate) runs a tome config and moves the backbone."""
+    from vitsearch.data.digits import digits_splits
+    from vitsearch.models import create_model
+    from vitsearch.training import TrainSettings, train_candidate
+
+    torch.manual_seed(0)
+    base = create_model("digits").eval()
+    model = pruning.apply(copy.deepcopy(base), "tome:r=2")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train_candidate(model, base, digits_splits(base), TrainSettings(steps=2, batch_size=8, warmup_steps=0))
+    assert result.steps == 2 and math.isfinite(result.final_loss["total"])
+    assert set(model.state_dict()) == set(before)
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items() if k.startswith("blocks.0."))
