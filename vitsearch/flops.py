@@ -320,8 +320,8 @@ def analytic_vit_macs(geometry: Any, block_tokens: Sequence[int], *, batch: int 
     ``geometry`` is a :class:`vitsearch.models.ModelGeometry` (or anything with its fields);
     ``block_tokens`` comes from :func:`vitsearch.pruning.token_schedule`. Norms, elementwise ops and token
     selectors are excluded: this is the papers' GMAC formula, which :func:`count_macs` must match up to them.
-    ``mlp_tokens``: each block's MLP count where a method reduces tokens inside the block (ToMe, EViT:
-    ``TokenSchedule.mlp_tokens``); None: the block's.
+    ``mlp_tokens``: each block's MLP count where a method reduces tokens inside the block
+    (``TokenSchedule.mlp_tokens``); None: the block's.
     """
     g = geometry
     if len(block_tokens) != g.depth:

@@ -5,8 +5,8 @@
   exponentials instead of adding -inf.
 - Evo-ViT ranks tokens by the class token's attention; fused SDPA never materialises the attention matrix, so
   the class row is recomputed from q_cls and K (one (1 x N) row per head, cheap next to the block).
-- A per-key logit bias (``state.key_bias``, e.g. ToMe's proportional attention: log of the tokens a key stands
-  for) and the keys averaged over heads (``state.record_keys``, e.g. ToMe's matching metric).
+- A per-key logit bias (``state.key_bias``, e.g. proportional attention: the log of how many tokens a key stands
+  for) and the keys averaged over heads (``state.record_keys``, e.g. a token-similarity metric).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A stock timm ``Block`` that can reduce tokens between its attention and its MLP, for the methods that do (ToMe
-merges there, EViT prunes there).
+"""A stock timm ``Block`` that can reduce tokens between its attention and its MLP, for the methods that merge or
+prune there.
 
 :class:`SplitBlock` is installed by class swap (weights and keys unchanged). Called as the stock block it is the
 stock block; called with ``reduce=fn`` it runs the same submodules in timm's order with ``fn`` in between:

@@ -19,11 +19,11 @@ from .schedule import TokenSchedule
 class PruneConfig:
     method: str = "none"  # a name in the method registry (pruning.methods.METHODS): "spvit", "evovit", "none" ...
     # block index -> the method's setting there: the keep ratio of the selector before it (SPViT, Evo-ViT) or in
-    # it (EViT), the tokens merged in it (ToMe's r)
+    # it, or the tokens merged in it: what the method's contract says
     keep: Mapping[int, float] = field(default_factory=dict)
 
-    # The setting at every block not in ``keep`` (``"tome:r=8"``: ToMe's constant r); None for the methods whose
-    # selectors sit at chosen blocks. Expanded to every block by :func:`token_schedule`, which knows the depth.
+    # The setting at every block not in ``keep`` (``"METHOD:r=8"``, e.g. a constant merge count); None for the
+    # methods whose selectors sit at chosen blocks, which refuse it (PruningMethod.check_every). Expanded to every block by :func:`token_schedule`, which knows the depth.
     every: float | None = None
 
     def __post_init__(self) -> None:
@@ -48,8 +48,8 @@ class PruneConfig:
     @classmethod
     def parse(cls, spec: "str | Mapping[str, Any] | PruneConfig") -> "PruneConfig":
         """The normaliser for every accepted form: a PruneConfig, a dict from :meth:`to_dict`, or a string
-        ``"spvit:3=0.7,6=0.7,9=0.7"`` / ``"evovit:4=0.5"`` / ``"none"``, or ``"tome:r=8"`` (``r=``: the setting
-        at every block, :attr:`every`) / ``"tome:3=8,6=13"``."""
+        ``"spvit:3=0.7,6=0.7,9=0.7"`` / ``"evovit:4=0.5"`` / ``"none"``, or ``"METHOD:r=8"`` (``r=``: the setting
+        at every block, :attr:`every`, for a method that takes one) / ``"METHOD:r=8,3=13"``."""
         if isinstance(spec, PruneConfig):
             return spec
         if isinstance(spec, Mapping):

@@ -30,7 +30,7 @@ class TokenSchedule:
     selectors: tuple[SelectorStep, ...]  # only the selectors that remove something
     final_tokens: int  # tokens leaving the last block, read by the head (Evo-ViT restores the full structure)
     # Tokens each block's MLP computes on, where a method reduces tokens inside the block, between its attention
-    # and its MLP (ToMe, EViT); None: the block's count (:attr:`mlp_counts`).
+    # and its MLP (pruning.blocks.SplitBlock); None: the block's count (:attr:`mlp_counts`).
     mlp_tokens: tuple[int, ...] | None = None
 
     @property

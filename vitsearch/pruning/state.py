@@ -13,8 +13,8 @@ class PruneState:
     # Set by the model before a block runs, read by its attention.
     policy: torch.Tensor | None = None  # (B, N) 1 = token may be attended to; SPViT training masks keys with it
     record_cls_attn: bool = False  # Evo-ViT needs the class token's attention row of every block
-    key_bias: torch.Tensor | None = None  # (B, N) added to every query's attention logit of each key (ToMe: log size)
-    record_keys: bool = False  # keep the attention keys averaged over heads in ``keys`` (ToMe's matching metric)
+    key_bias: torch.Tensor | None = None  # (B, N) added to every query's attention logit of each key (log size)
+    record_keys: bool = False  # keep the attention keys averaged over heads in ``keys`` (a similarity metric)
     # Set by the training loop before a step (kept across forwards): the share of the training done, in [0, 1],
     # and SPViT's training draw rule (a name in pruning.spvit.TRAIN_DRAWS; TrainSettings.spvit_draw).
     progress: float = 0.0

@@ -47,7 +47,7 @@ class PruningMethod:
     name: ClassVar[str]
     prunes: ClassVar[bool] = True  # False only for the identity: the search space offers the others
     # Whether pruning_methods() offers it (search spaces, latency validation): False while the latency tables do
-    # not profile the method's kinds yet (ToMe, EViT: their timed modules exist, latency/ does not ask for them).
+    # not profile the method's kinds yet (its timed modules exist, latency/ does not ask for them).
     searchable: ClassVar[bool] = True
     new_parameters: ClassVar[tuple[str, ...]] = ()  # state_dict prefixes of the modules patch() adds
     # Those of them an eval forward reads: left untrained they change the model's output (an export refuses them).
