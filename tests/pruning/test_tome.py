@@ -295,32 +295,33 @@ def test_traced_macs_are_the_analytic_formula_at_the_scheduled_counts_plus_the_m
 # Latency components -----------------------------------------------------------------------------------------
 
 def test_the_timed_components_cover_every_config_and_export_with_parity(tmp_path):
-    """What a table would profile: every component a tome config charges has a timed module and lies inside the
-    grid, and each module exports and runs in onnxruntime as in PyTorch."""
+    """What a table would profile: every component a tome config charges is a declared kind whose grid spans its
+    counts, and each timed module exports and runs in onnxruntime as in PyTorch."""
     from vitsearch import export
     from vitsearch.pruning.methods.tome import latency
 
     model = pruning.apply(tiny_vit(), "tome:r=4")
-    grid = latency.grid(1, 64)
-    for config in ("tome:r=4", "tome:r=2", "tome:0=30,1=15", "tome:11=1"):
+    specs = {name: (grid(1, 64, 9), build) for name, axis, chain, selection, grid, build in latency.SPECS}
+    for config in ("tome:r=4", "tome:r=2", "tome:0=32,1=16", "tome:11=1", "tome:r=4,0=8,9=2"):
         for kind, n, k in pruning.method_of("tome").components(token_schedule(PruneConfig.parse(config), depth=12,
                                                                               num_patches=64)):
             if kind == "block":
                 continue
-            pts = [(gn, gk) for gk_kind, gn, gk in grid if gk_kind == kind]
-            assert min(p[0] for p in pts) <= n <= max(p[0] for p in pts)
-            if kind == "tome_merge":
-                assert any(gn >= n for gn, _ in pts) and any(gn <= n for gn, _ in pts)
+            pts = specs[kind][0]
+            assert min(p[0] for p in pts) <= n <= max(p[0] for p in pts), (kind, n)
+            if kind == "tome_merge":  # r = n - k within what the grid merges at the next n up
+                assert 1 <= n - k <= max(pn - pk for pn, pk in pts if pn >= n)
     gen = torch.Generator().manual_seed(0)
-    for kind, (module, steps) in latency.modules(model).items():
-        inputs = latency.example(model, kind, 33, 25, batch=2, generator=gen)
-        path = export.export_onnx(module, inputs, tmp_path / f"{kind}.onnx")
+    for kind, (_, build) in specs.items():
+        module, inputs, dynamic = build(model, model._vitsearch, 2, gen)
+        example = inputs(33, 25)
+        assert len(dynamic) == len(example)
+        path = export.export_onnx(module, example, tmp_path / f"{kind}.onnx")
         with torch.no_grad():
-            expected = module(*inputs)
+            expected = module(*example)
         expected = expected if isinstance(expected, tuple) else (expected,)
-        got = export.run_onnxruntime(path, [t for t in inputs if t.dim() > 1 or kind != "tome_merge"])
-        assert steps == (1 if kind == "tome_merge" else 12)
-        for g, e in zip(got, expected):
+        got = export.run_onnxruntime(path, [t for t in example if t.dim() > 1])  # count's values are never read
+        for g, e in zip(got, expected, strict=True):
             torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-4, rtol=1e-4)
 
 

@@ -9,13 +9,14 @@ latency profiler. A kept count k enters as the length of a ``count`` input ((k,)
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
 from ...blocks import attention_half, mlp_half
+from ...state import PruneState
 from .fuse import class_attention, keep_and_fuse
-
-KINDS = ("evit_attn", "evit_fuse", "evit_mlp")
 
 
 class EvitAttention(nn.Module):
@@ -55,30 +56,45 @@ class EvitMlp(nn.Module):
         return x
 
 
-def modules(model: nn.Module) -> dict[str, tuple[nn.Module, int]]:
-    """kind -> (module, steps one call runs) for a model patched for pruning."""
-    depth = len(model.blocks)
-    return {"evit_attn": (EvitAttention(model), depth), "evit_fuse": (EvitFuse(model), 1),
-            "evit_mlp": (EvitMlp(model), depth)}
+Build = Callable[[nn.Module, PruneState, int, torch.Generator],
+                 tuple[nn.Module, Callable[[int, int], tuple[torch.Tensor, ...]], tuple]]
 
 
-def example(model: nn.Module, kind: str, n: int, k: int, batch: int = 1,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
-    """Inputs of ``kind`` at (n, k): tokens (B, n, C); for evit_fuse also the class attention (B, n - P) and
-    count (k,)."""
-    x = torch.randn(batch, n, model.embed_dim, generator=generator)
-    if kind == "evit_fuse":
-        return x, torch.rand(batch, n - model.num_prefix_tokens, generator=generator), torch.zeros(k)
-    return (x,)
+def _attn(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator):
+    C = model.embed_dim
+    return EvitAttention(model), lambda n, k: (torch.randn(batch, n, C, generator=gen),), (((1, "n"),),)
 
 
-def grid(num_prefix: int, num_patches: int, points: int = 9) -> list[tuple[str, int, int]]:
-    """(kind, n, k) points covering every count an evit config can produce on this geometry (n up to P + N,
-    k from 1 to the tokens after the prefix less one)."""
-    lo, hi = num_prefix + 2, num_prefix + num_patches
-    ns = sorted({round(lo + (hi - lo) * i / (points - 1)) for i in range(points)})
-    out = [(kind, n, 0) for kind in ("evit_attn", "evit_mlp") for n in ns]
-    for n in ns:
-        rest = n - num_prefix
-        out += [("evit_fuse", n, k) for k in sorted({1, max(1, rest // 2), rest - 1})]
-    return out
+def _fuse(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator):
+    C, P = model.embed_dim, model.num_prefix_tokens
+    inputs = lambda n, k: (torch.randn(batch, n, C, generator=gen), torch.rand(batch, n - P, generator=gen),  # noqa: E731
+                           torch.zeros(k))
+    return EvitFuse(model), inputs, (((1, "n"),), ((1, "n"),), ((0, "k"),))
+
+
+def _mlp(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator):
+    C = model.embed_dim
+    return EvitMlp(model), lambda n, k: (torch.randn(batch, n, C, generator=gen),), (((1, "n"),),)
+
+
+def _block_grid(P: int, N: int, points: int) -> list[tuple[int, int]]:
+    return [(n, 0) for n in _span(P + 2, P + N, points)]
+
+
+def _fuse_grid(P: int, N: int, points: int) -> list[tuple[int, int]]:
+    """(n, k) for k from 1 to the tokens after the prefix less one."""
+    return [(n, k) for n in _span(P + 2, P + N, points) for k in sorted({1, max(1, (n - P) // 2), n - P - 1})]
+
+
+def _span(lo: int, hi: int, points: int) -> list[int]:
+    step = max(1, round((hi - lo) / max(points - 1, 1)))
+    return sorted(set(range(lo, hi, step)) | {hi}) if hi > lo else [lo]
+
+
+# The kinds in the fields of the latency model's kind declaration (name, axis, chain, selection, grid, build):
+# "n" interpolates along n, "nk" bilinearly in n and k; a chain runs every block in a row.
+SPECS: tuple[tuple[str, str, bool, bool, Callable[[int, int, int], list[tuple[int, int]]], Build], ...] = (
+    ("evit_attn", "n", True, False, _block_grid, _attn),
+    ("evit_fuse", "nk", False, True, _fuse_grid, _fuse),
+    ("evit_mlp", "n", True, False, _block_grid, _mlp),
+)

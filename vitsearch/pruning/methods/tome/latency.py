@@ -1,6 +1,6 @@
 """The latency components ToMe charges (:meth:`ToMe.components`) as torch modules over a patched model's own
 blocks, calling the functions its forward calls (the split block's halves, :func:`.merge.merge_step`), for the
-latency profiler. Token counts enter as shapes; a kept count k as the length of a ``count`` input (B-free, (k,)).
+latency profiler. Token counts enter as shapes; a kept count k as the length of a ``count`` input ((k,)).
 
 - ``tome_attn(n)``: a block's attention half with proportional attention and the keys recorded, every block
   in a row (``steps`` = depth, as the profiler chains blocks).
@@ -9,13 +9,14 @@ latency profiler. Token counts enter as shapes; a kept count k as the length of 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
 from ...blocks import attention_half, mlp_half
+from ...state import PruneState
 from .merge import max_merges, merge_step
-
-KINDS = ("tome_attn", "tome_merge", "tome_mlp")
 
 
 class TomeAttention(nn.Module):
@@ -56,32 +57,55 @@ class TomeMlp(nn.Module):
         return x
 
 
-def modules(model: nn.Module) -> dict[str, tuple[nn.Module, int]]:
-    """kind -> (module, steps one call runs) for a model patched for pruning."""
-    depth = len(model.blocks)
-    return {"tome_attn": (TomeAttention(model), depth), "tome_merge": (TomeMerge(model), 1),
-            "tome_mlp": (TomeMlp(model), depth)}
+Build = Callable[[nn.Module, PruneState, int, torch.Generator],
+                 tuple[nn.Module, Callable[[int, int], tuple[torch.Tensor, ...]], tuple]]
 
 
-def example(model: nn.Module, kind: str, n: int, k: int, batch: int = 1,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
-    """Inputs of ``kind`` at (n, k): tokens (B, n, C), sizes >= 1 (B, n, 1), keys (B, n, head_dim), count (k,)."""
-    C, head_dim = model.embed_dim, model.blocks[0].attn.head_dim
-    x = torch.randn(batch, n, C, generator=generator)
-    size = 1.0 + torch.randint(0, 3, (batch, n, 1), generator=generator).float()
-    if kind == "tome_attn":
-        return x, size
-    if kind == "tome_merge":
-        return x, torch.randn(batch, n, head_dim, generator=generator), size, torch.zeros(k)
-    return (x,)
+def _attn(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator):
+    C = model.embed_dim
+    inputs = lambda n, k: (torch.randn(batch, n, C, generator=gen), _sizes(batch, n, gen))  # noqa: E731
+    return TomeAttention(model), inputs, (((1, "n"),), ((1, "n"),))
 
 
-def grid(num_prefix: int, num_patches: int, points: int = 9) -> list[tuple[str, int, int]]:
-    """(kind, n, k) points covering every count a tome config can produce on this geometry."""
-    lo, hi = num_prefix + 1, num_prefix + num_patches
-    ns = sorted({round(lo + (hi - lo) * i / (points - 1)) for i in range(points)})
-    out = [(kind, n, 0) for kind in ("tome_attn", "tome_mlp") for n in ns]
-    for n in ns:
-        most = max_merges(n, num_prefix)
-        out += [("tome_merge", n, n - r) for r in sorted({1, max(1, most // 2), most}) if most >= 1]
+def _merge(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator):
+    C, hd = model.embed_dim, model.blocks[0].attn.head_dim
+    inputs = lambda n, k: (torch.randn(batch, n, C, generator=gen), torch.randn(batch, n, hd, generator=gen),  # noqa: E731
+                           _sizes(batch, n, gen), torch.zeros(k))
+    return TomeMerge(model), inputs, (((1, "n"),), ((1, "n"),), ((1, "n"),), ((0, "k"),))
+
+
+def _mlp(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator):
+    C = model.embed_dim
+    return TomeMlp(model), lambda n, k: (torch.randn(batch, n, C, generator=gen),), (((1, "n"),),)
+
+
+def _sizes(batch: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, n, 1) token sizes >= 1, as merged tokens carry."""
+    return 1.0 + torch.randint(0, 3, (batch, n, 1), generator=gen).float()
+
+
+def _block_grid(P: int, N: int, points: int) -> list[tuple[int, int]]:
+    return [(n, 0) for n in _span(P + 1, P + N, points)]
+
+
+def _merge_grid(P: int, N: int, points: int) -> list[tuple[int, int]]:
+    """(n, k = n - r) for r from 1 to the most a block of n tokens can merge."""
+    out = []
+    for n in _span(P + 2, P + N, points):
+        most = max_merges(n, P)
+        out += [(n, n - r) for r in sorted({1, max(1, most // 2), most}) if most >= 1]
     return out
+
+
+def _span(lo: int, hi: int, points: int) -> list[int]:
+    step = max(1, round((hi - lo) / max(points - 1, 1)))
+    return sorted(set(range(lo, hi, step)) | {hi}) if hi > lo else [lo]
+
+
+# The kinds in the fields of the latency model's kind declaration (name, axis, chain, selection, grid, build):
+# "n" interpolates along n, "nk" bilinearly in n and k; a chain runs every block in a row.
+SPECS: tuple[tuple[str, str, bool, bool, Callable[[int, int, int], list[tuple[int, int]]], Build], ...] = (
+    ("tome_attn", "n", True, False, _block_grid, _attn),
+    ("tome_merge", "nk", False, True, _merge_grid, _merge),
+    ("tome_mlp", "n", True, False, _block_grid, _mlp),
+)
