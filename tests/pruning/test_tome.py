@@ -326,10 +326,19 @@ def test_the_timed_components_cover_every_config_and_export_with_parity(tmp_path
 
 
 def test_tome_and_evit_are_not_offered_to_the_search_until_the_tables_profile_them():
-    """Their latency kinds are not in latency/ yet: a space or a latency validation that offered them would fail
-    at prediction. They run everywhere else (apply, export, FLOPs)."""
+    """Their latency kinds are not profiled into tables yet: a space or a latency validation does not offer them,
+    and a latency prediction refuses them with what to do. They run everywhere else (apply, export, FLOPs)."""
+    from vitsearch.latency import components_of
+    from vitsearch.models import geometry
+
     assert pruning.pruning_methods() == ("spvit", "evovit")
     assert {"tome", "evit"} <= set(pruning.METHODS)
+    for config in ("tome:r=4", "evit:3=0.7"):
+        with pytest.raises(VitsearchError, match=f"latency tables do not profile {config.split(':')[0]} yet, so "
+                           f"{config} has no latency prediction: predict, profile and search cover spvit, evovit; "
+                           "export it"):
+            components_of(config, geometry(tiny_vit()))
+    assert components_of("spvit:3=0.5", geometry(tiny_vit()))  # the profiled methods are unchanged
 
 
 def test_brief_training_fine_tunes_a_tome_config_on_the_digits_data():

@@ -40,8 +40,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..errors import VitsearchError
 from ..models import ModelGeometry, geometry
-from ..pruning import PruneConfig, apply, evovit, method_of, spvit, token_schedule
+from ..pruning import PruneConfig, apply, evovit, method_of, pruning_methods, spvit, token_schedule
 from ..pruning.patch import PrunedViTMixin
 
 KINDS = ("overhead", "embed", "block", "block_cls", "spvit_select", "evo_stage", "evo_enter", "evo_block",
@@ -279,9 +280,14 @@ def components_of(config: PruneConfig | str, g: ModelGeometry) -> list[Point]:
     The method lists its own (:meth:`PruningMethod.components`, mirroring its eval forward with
     ``evo_every_block=False``, the default)."""
     config = PruneConfig.parse(config)
+    method = method_of(config.method)
+    if not method.profiled:
+        raise VitsearchError(f"latency tables do not profile {method.name} yet, so {config} has no latency "
+                             "prediction: predict, profile and search cover " + ", ".join(pruning_methods())
+                             + "; export it and measure the ONNX file on the device instead")
     P, N = g.num_prefix_tokens, g.num_patches
     sched = token_schedule(config, depth=g.depth, num_patches=N, num_prefix=P, pool=g.global_pool)
     out = [Point("overhead", P + N), Point("embed", P + N)]
-    out += [Point(kind, n, k) for kind, n, k in method_of(config.method).components(sched)]
+    out += [Point(kind, n, k) for kind, n, k in method.components(sched)]
     out.append(Point("head", sched.final_tokens))
     return out

@@ -22,7 +22,7 @@ def method_of(name: str) -> PruningMethod:
 
 def pruning_methods() -> tuple[str, ...]:
     """The methods that prune and that a search space may offer."""
-    return tuple(n for n, m in METHODS.items() if m.prunes and m.searchable)
+    return tuple(n for n, m in METHODS.items() if m.prunes and m.profiled)
 
 
 __all__ = ["METHODS", "PruningMethod", "Component", "method_of", "pruning_methods"]

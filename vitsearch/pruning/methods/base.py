@@ -46,9 +46,10 @@ class PruningMethod:
 
     name: ClassVar[str]
     prunes: ClassVar[bool] = True  # False only for the identity: the search space offers the others
-    # Whether pruning_methods() offers it (search spaces, latency validation): False while the latency tables do
-    # not profile the method's kinds yet (its timed modules exist, latency/ does not ask for them).
-    searchable: ClassVar[bool] = True
+    # Whether latency tables profile the method's kinds: pruning_methods() (search spaces, latency validation)
+    # offers only these, and a latency prediction of another refuses it (its timed modules exist, latency/ does not
+    # ask for them yet).
+    profiled: ClassVar[bool] = True
     new_parameters: ClassVar[tuple[str, ...]] = ()  # state_dict prefixes of the modules patch() adds
     # Those of them an eval forward reads: left untrained they change the model's output (an export refuses them).
     inference_parameters: ClassVar[tuple[str, ...]] = ()

@@ -57,7 +57,7 @@ class EViT(PruningMethod):
     ``evit_mlp(P + k + 1)``."""
 
     name = "evit"
-    searchable = False  # until latency/ profiles its kinds (its latency.py)
+    profiled = False  # until latency/ asks the methods for their kinds (this folder's latency.py declares them)
 
     def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int,
                  pool: str = "token") -> TokenSchedule:

@@ -52,7 +52,7 @@ class ToMe(PruningMethod):
     ``tome_attn(n)`` (proportional attention), ``tome_merge(n, k)`` (k = n - r, where r > 0) and ``tome_mlp(k)``."""
 
     name = "tome"
-    searchable = False  # until latency/ profiles its kinds (its latency.py)
+    profiled = False  # until latency/ asks the methods for their kinds (this folder's latency.py declares them)
 
     def check_setting(self, block: int, value: float) -> None:
         if value < 0 or value != int(value):
@@ -72,7 +72,7 @@ class ToMe(PruningMethod):
             if r > max_merges(n, P):
                 raise VitsearchError(
                     f"ToMe's r={r} at block {block} merges more tokens than the block can: it holds {n} tokens, "
-                    f"of which at most {max_merges(n, P)} can merge (half of those after the class token); give "
+                    f"of which at most {max_merges(n, P)} can merge (about half of those after the class token); give "
                     "a smaller r there (with r= for every block, the r that fits the last one)")
             counts.append(n)
             if r:
