@@ -81,7 +81,8 @@ _ELEMENTWISE = (
     "round", "eq", "ne", "gt", "ge", "lt", "le", "logical_and", "logical_or", "logical_not", "bitwise_not",
     "__and__", "__or__", "remainder", "floor_divide",
 )
-_REDUCTIONS = ("sum", "mean", "amax", "amin", "max", "min", "prod", "cumsum", "norm", "var", "std")
+_REDUCTIONS = ("sum", "mean", "amax", "amin", "max", "min", "prod", "cumsum", "norm", "linalg_vector_norm", "var",
+               "std")
 SOFTMAX_COST = 3  # exp, sum, normalise per element
 Handle = Callable[[list, list], Any]
 
@@ -312,12 +313,15 @@ def block_macs(n: int, embed_dim: int, mlp_hidden: int) -> int:
     return 4 * n * d * d + 2 * n * d * mlp_hidden + 2 * n * n * d
 
 
-def analytic_vit_macs(geometry: Any, block_tokens: Sequence[int], *, batch: int = 1) -> int:
+def analytic_vit_macs(geometry: Any, block_tokens: Sequence[int], *, batch: int = 1,
+                      mlp_tokens: Sequence[int] | None = None) -> int:
     """Multiply-adds of a ViT forward: patch embedding + every block at its token count + the classifier head.
 
     ``geometry`` is a :class:`vitsearch.models.ModelGeometry` (or anything with its fields);
     ``block_tokens`` comes from :func:`vitsearch.pruning.token_schedule`. Norms, elementwise ops and token
     selectors are excluded: this is the papers' GMAC formula, which :func:`count_macs` must match up to them.
+    ``mlp_tokens``: each block's MLP count where a method reduces tokens inside the block
+    (``TokenSchedule.mlp_tokens``); None: the block's.
     """
     g = geometry
     if len(block_tokens) != g.depth:
@@ -327,7 +331,10 @@ def analytic_vit_macs(geometry: Any, block_tokens: Sequence[int], *, batch: int 
     ph, pw = (g.patch_size, g.patch_size) if isinstance(g.patch_size, int) else g.patch_size
     patch_embed = g.num_patches * d * g.in_chans * ph * pw  # a stride-p conv is one linear map per patch
     head = d * g.num_classes  # on the pooled token only
-    return batch * (patch_embed + sum(block_macs(n, d, hidden) for n in block_tokens) + head)
+    blocks = sum(block_macs(n, d, hidden) for n in block_tokens)
+    if mlp_tokens is not None:  # the MLP at its own count: 2 n D hidden per block
+        blocks += sum(2 * d * hidden * (m - n) for n, m in zip(block_tokens, mlp_tokens, strict=True))
+    return batch * (patch_embed + blocks + head)
 
 
 def analytic_model_macs(model: nn.Module, *, batch: int = 1) -> int:
@@ -337,7 +344,7 @@ def analytic_model_macs(model: nn.Module, *, batch: int = 1) -> int:
     g = model_geometry(model)
     schedule = getattr(model, "token_schedule", None)
     tokens = schedule.block_tokens if schedule is not None else (g.num_tokens,) * g.depth
-    return analytic_vit_macs(g, tokens, batch=batch)
+    return analytic_vit_macs(g, tokens, batch=batch, mlp_tokens=schedule.mlp_tokens if schedule is not None else None)
 
 
 def count_by_block(count: MacCount, depth: int, *, matmul_only: bool = False) -> list[int]:

@@ -32,8 +32,9 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..errors import VitsearchError
 from ..models import ModelGeometry, geometry
-from ..pruning import PruneConfig, PruneState, apply, method_of, prune_state, token_schedule
+from ..pruning import PruneConfig, PruneState, apply, method_of, prune_state, pruning_methods, token_schedule
 from ..pruning.methods import ComponentKind, Timed, component_kinds
 from ..pruning.methods.base import span
 from ..pruning.patch import PrunedViTMixin
@@ -196,9 +197,14 @@ def components_of(config: PruneConfig | str, g: ModelGeometry) -> list[Point]:
     The method lists its own (:meth:`PruningMethod.components`, mirroring its eval forward with
     ``every_block=False``, the default)."""
     config = PruneConfig.parse(config)
+    method = method_of(config.method)
+    if not method.profiled:
+        raise VitsearchError(f"latency tables do not profile {method.name} yet, so {config} has no latency "
+                             "prediction: predict, profile and search cover " + ", ".join(pruning_methods())
+                             + "; export it and measure the ONNX file on the device instead")
     P, N = g.num_prefix_tokens, g.num_patches
     sched = token_schedule(config, depth=g.depth, num_patches=N, num_prefix=P, pool=g.global_pool)
     out = [Point("overhead", P + N), Point("embed", P + N)]
-    out += [Point(kind, n, k) for kind, n, k in method_of(config.method).components(sched)]
+    out += [Point(kind, n, k) for kind, n, k in method.components(sched)]
     out.append(Point("head", sched.final_tokens))
     return out

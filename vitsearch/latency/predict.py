@@ -143,8 +143,9 @@ class Predictor:
         return list(xs), list(ys)
 
     def _bilinear(self, point: Point) -> float:
-        """A 2-D kind, bilinear in (n, relative k): k is placed at the same fraction of [1, n - 1] in the
-        neighbouring rows."""
+        """A 2-D kind, bilinear in (n, relative k): k is placed at the same fraction of its row's k range in the
+        neighbouring rows (a kind's k range may depend on n: [1, n - 1] for a top-k, [n - most merges, n - 1] for
+        a merge), the range at an n between rows interpolated from theirs."""
         rows = self._2d[point.kind]
         ns = sorted(rows)
         n, k = point.n, point.k
@@ -152,23 +153,26 @@ class Predictor:
             raise self._out_of_grid(point, "n", n, ns[0] if ns else 0, ns[-1] if ns else 0)
         if not 1 <= k <= n - 1:
             raise self._out_of_grid(point, "k", k, 1, n - 1)
-        frac = (k - 1) / (n - 2) if n > 2 else 0.0
+        i = bisect.bisect_left(ns, n)
+        n0, n1 = (n, n) if ns[i] == n else (ns[i - 1], ns[i])
+        t = (n - n0) / (n1 - n0) if n1 > n0 else 0.0
+        lo = rows[n0][0][0] + (rows[n1][0][0] - rows[n0][0][0]) * t
+        hi = rows[n0][0][-1] + (rows[n1][0][-1] - rows[n0][0][-1]) * t
+        if not lo - 1 < k < hi + 1:  # within a token of the range: its ends are rounded in each row
+            raise self._out_of_grid(point, "k", k, math.ceil(lo), math.floor(hi))
+        frac = min(1.0, max(0.0, (k - lo) / (hi - lo))) if hi > lo else 0.0
 
         def in_row(m: int) -> float:
             ks, vs = rows[m]
-            x = 1 + frac * (m - 2) if m > 2 else 1
-            if x < ks[0] or x > ks[-1]:
-                raise self._out_of_grid(point, "k", k, 1, n - 1)
+            x = ks[0] + frac * (ks[-1] - ks[0])
             i = bisect.bisect_left(ks, x)
             if ks[i] == x:
                 return vs[i]
             return vs[i - 1] + (vs[i] - vs[i - 1]) * (x - ks[i - 1]) / (ks[i] - ks[i - 1])
 
-        i = bisect.bisect_left(ns, n)
-        if ns[i] == n:
+        if n0 == n1:
             return in_row(n)
-        n0, n1 = ns[i - 1], ns[i]
-        return in_row(n0) + (in_row(n1) - in_row(n0)) * (n - n0) / (n1 - n0)
+        return in_row(n0) + (in_row(n1) - in_row(n0)) * t
 
     def predict(self, config: PruneConfig | str) -> Prediction:
         config = PruneConfig.parse(config)

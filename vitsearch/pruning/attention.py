@@ -6,6 +6,8 @@
 - ``state.record_cls_attn``: a method that ranks tokens by the class token's attention; fused SDPA never
   materialises the attention matrix, so the class row is recomputed from q_cls and K (one (1 x N) row per head,
   cheap next to the block).
+- A per-key logit bias (``state.key_bias``, e.g. proportional attention: the log of how many tokens a key stands
+  for) and the keys averaged over heads (``state.record_keys``, e.g. a token-similarity metric).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ class PrunableAttention(Attention):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         state = self._vitsearch
-        if state.policy is None and not state.record_cls_attn:
+        if state.policy is None and not state.record_cls_attn and state.key_bias is None and not state.record_keys:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if attn_mask is not None or is_causal or getattr(self, "gate", None) is not None:
             raise RuntimeError("vitsearch pruning does not support attention masks or gated attention")
@@ -52,18 +54,25 @@ class PrunableAttention(Attention):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         q, k = self.q_norm(q), self.k_norm(k)
+        if state.record_keys:
+            state.keys = k.mean(dim=1)  # (B, N, hd)
+        bias = None if state.key_bias is None else state.key_bias[:, None, None, :]  # (B, 1, 1, N)
         if state.policy is not None:
-            attn = softmax_with_policy((q * self.scale) @ k.transpose(-2, -1), state.policy)  # (B, H, N, N)
+            logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            attn = softmax_with_policy(logits if bias is None else logits + bias, state.policy)
             if state.record_cls_attn:
                 state.cls_attn = attn[:, :, 0]
             x = self.attn_drop(attn) @ v
         else:
-            cls_row = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, 1, N)
-            state.cls_attn = cls_row[:, :, 0]
+            if state.record_cls_attn:
+                cls_row = (q[:, :, :1] * self.scale) @ k.transpose(-2, -1)  # (B, H, 1, N)
+                state.cls_attn = (cls_row if bias is None else cls_row + bias).softmax(dim=-1)[:, :, 0]
             if self.fused_attn:
-                x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+                x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                                   dropout_p=self.attn_drop.p if self.training else 0.0)
             else:
-                attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+                attn = (q * self.scale) @ k.transpose(-2, -1)
+                attn = (attn if bias is None else attn + bias).softmax(dim=-1)
                 x = self.attn_drop(attn) @ v
         x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # (B, N, C)
         x = self.norm(x)

@@ -17,21 +17,27 @@ from .schedule import TokenSchedule
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = "none"  # a name in the method registry (pruning.methods.METHODS); "none": the unpruned model
-    keep: Mapping[int, float] = field(default_factory=dict)  # block index -> keep ratio of the selector before it
+    method: str = "none"  # a name in the method registry (pruning.methods.METHODS): "spvit", "evovit", "none" ...
+    # block index -> the method's setting there: the keep ratio of the selector before it (SPViT, Evo-ViT) or in
+    # it, or the tokens merged in it: what the method's contract says
+    keep: Mapping[int, float] = field(default_factory=dict)
+
+    # The setting at every block not in ``keep`` (``"METHOD:r=8"``, e.g. a constant merge count); None for the
+    # methods whose selectors sit at chosen blocks, which refuse it (PruningMethod.check_every). Expanded to every block by :func:`token_schedule`, which knows the depth.
+    every: float | None = None
 
     def __post_init__(self) -> None:
         method = method_of(self.method)  # refuses an unknown name
         keep: dict[int, float] = {}
         for block, ratio in dict(self.keep).items():
             block, ratio = int(block), float(ratio)
-            if not (0.0 < ratio <= 1.0):
-                raise VitsearchError(
-                    f"keep ratio {ratio:g} for the selector at block {block} is outside (0, 1]: "
-                    "give the fraction of tokens to keep, e.g. 0.7")
+            method.check_setting(block, ratio)
             if block < 0:
                 raise VitsearchError(f"selector block {block} is negative: blocks are numbered from 0")
             keep[block] = ratio
+        if self.every is not None:
+            object.__setattr__(self, "every", float(self.every))
+            method.check_every(self.every)
         method.check_keep(keep)
         object.__setattr__(self, "keep", dict(sorted(keep.items())))
 
@@ -42,19 +48,32 @@ class PruneConfig:
     @classmethod
     def parse(cls, spec: "str | Mapping[str, Any] | PruneConfig") -> "PruneConfig":
         """The normaliser for every accepted form: a PruneConfig, a dict from :meth:`to_dict`, or a string
-        ``"METHOD:3=0.7,6=0.7,9=0.7"`` (METHOD a name in the registry) or ``"none"``."""
+        ``"METHOD:3=0.7,6=0.7,9=0.7"`` (METHOD a name in the registry) or ``"none"``, or ``"METHOD:r=8"``
+        (``r=``: the setting at every block, :attr:`every`, for a method that takes one) / ``"METHOD:r=8,3=13"``."""
         if isinstance(spec, PruneConfig):
             return spec
         if isinstance(spec, Mapping):
-            return cls(method=str(spec.get("method", "none")), keep={int(k): v for k, v in dict(spec.get("keep", {})).items()})
+            every = spec.get("every")
+            return cls(method=str(spec.get("method", "none")), keep={int(k): v for k, v in dict(spec.get("keep", {})).items()},
+                       every=None if every is None else float(every))
         text = str(spec).strip()
         method, colon, rest = text.partition(":")
         if colon and not rest.strip():
             raise VitsearchError(f"config {text!r} names no selector after ':': write BLOCK=RATIO pairs, e.g. "
                                  f"'{method.strip()}:3=0.7,6=0.7', or 'none' for the unpruned model")
         keep: dict[int, float] = {}
+        every: float | None = None
         for item in filter(None, (p.strip() for p in rest.split(","))):
-            m = re.fullmatch(r"(\d+)\s*=\s*([0-9]*\.?[0-9]+)", item)
+            if ":" in item:
+                raise VitsearchError(
+                    f"config {text!r} mixes methods ({method.strip()!r} and {item.partition(':')[0].strip()!r}): a "
+                    "config runs one method; give one METHOD:... per config")
+            m = re.fullmatch(r"(\d+|r)\s*=\s*([0-9]*\.?[0-9]+)", item)
+            if m and m.group(1) == "r":
+                if every is not None:
+                    raise VitsearchError(f"config {text!r} gives r= twice: give it once")
+                every = float(m.group(2))
+                continue
             if not m:
                 raise VitsearchError(
                     f"cannot read selector {item!r} in config {text!r}: write BLOCK=RATIO, e.g. "
@@ -64,15 +83,17 @@ class PruneConfig:
                 raise VitsearchError(f"config {text!r} gives block {block} two keep ratios: one selector per block, "
                                      "give each block once")
             keep[block] = float(m.group(2))
-        return cls(method=method.strip().lower(), keep=keep)
+        return cls(method=method.strip().lower(), keep=keep, every=every)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "keep": {str(b): r for b, r in self.keep.items()}}
+        out: dict[str, Any] = {"method": self.method, "keep": {str(b): r for b, r in self.keep.items()}}
+        if self.every is not None:
+            out["every"] = self.every
+        return out
 
     def __str__(self) -> str:
-        if not self.keep:
-            return self.method
-        return self.method + ":" + ",".join(f"{b}={r:g}" for b, r in self.keep.items())
+        items = ([f"r={self.every:g}"] if self.every is not None else []) + [f"{b}={r:g}" for b, r in self.keep.items()]
+        return self.method + (":" + ",".join(items) if items else "")
 
 
 def token_schedule(config: PruneConfig, *, depth: int, num_patches: int, num_prefix: int = 1,
@@ -85,7 +106,10 @@ def token_schedule(config: PruneConfig, *, depth: int, num_patches: int, num_pre
         if block >= depth:
             raise VitsearchError(
                 f"selector at block {block} does not exist: the model has {depth} blocks (0..{depth - 1})")
-    return method_of(config.method).schedule(config.keep, depth=depth, num_patches=num_patches,
+    keep = dict(config.keep)
+    if config.every is not None:  # the setting at every block, a block's own value where given
+        keep = {b: keep.get(b, config.every) for b in range(depth)}
+    return method_of(config.method).schedule(keep, depth=depth, num_patches=num_patches,
                                              num_prefix=num_prefix, pool=pool)
 
 

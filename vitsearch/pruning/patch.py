@@ -83,6 +83,9 @@ def apply(model: nn.Module, config: "PruneConfig | str | dict", *, every_block: 
     if not isinstance(model, PrunedViTMixin):
         _check_model(model)
     method.check_model(model)  # before anything changes: a refused model stays as it was
+    base_pool = model.base_pool if isinstance(model, PrunedViTMixin) else model.global_pool
+    schedule = token_schedule(config, depth=len(model.blocks), num_patches=model.patch_embed.num_patches,
+                              num_prefix=model.num_prefix_tokens, pool=base_pool)  # refuses before any change too
     if not isinstance(model, PrunedViTMixin):
         state = PruneState()
         for blk in model.blocks:

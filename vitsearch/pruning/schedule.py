@@ -29,10 +29,17 @@ class TokenSchedule:
     block_tokens: tuple[int, ...]  # tokens each block's attention + MLP computes on, extras included
     selectors: tuple[SelectorStep, ...]  # only the selectors that remove something
     final_tokens: int  # tokens leaving the last block, read by the head (a method may restore the full structure)
+    # Tokens each block's MLP computes on, where a method reduces tokens inside the block, between its attention
+    # and its MLP (pruning.blocks.SplitBlock); None: the block's count (:attr:`mlp_counts`).
+    mlp_tokens: tuple[int, ...] | None = None
 
     @property
     def depth(self) -> int:
         return len(self.block_tokens)
+
+    @property
+    def mlp_counts(self) -> tuple[int, ...]:
+        return self.block_tokens if self.mlp_tokens is None else self.mlp_tokens
 
 
 def kept_tokens(n: int, ratio: float) -> int:

@@ -16,6 +16,8 @@ class PruneState:
     # Set by the model before a block runs, read by its attention.
     policy: torch.Tensor | None = None  # (B, N) 1 = token may be attended to: a training forward masks keys with it
     record_cls_attn: bool = False  # a method that ranks tokens by the class token's attention asks for its row
+    key_bias: torch.Tensor | None = None  # (B, N) added to every query's attention logit of each key (log size)
+    record_keys: bool = False  # keep the attention keys averaged over heads in ``keys`` (a similarity metric)
     # Set by the training loop before a step (kept across forwards): the share of the training done, in [0, 1],
     # and the running training's settings (training.TrainSettings; None: not training, a method's defaults), where
     # a method reads its own training options.
@@ -26,6 +28,7 @@ class PruneState:
     rates: dict[int, torch.Tensor] | None = None
     # Written by attention / the model during a forward, read by losses and tests.
     cls_attn: torch.Tensor | None = None  # (B, H, N) the class token's attention over all tokens
+    keys: torch.Tensor | None = None  # (B, N, head_dim) the last attention's keys, mean over heads
     pool_mask: torch.Tensor | None = None  # (B, N) the last block's policy: the head pools over these tokens
     block_tokens: list[int] = field(default_factory=list)  # tokens each block computed on (shape check)
     # The method's own record of the forward (a class of the method's, set by its forward_blocks), read by its
@@ -34,7 +37,8 @@ class PruneState:
 
     def reset(self) -> None:
         self.policy, self.cls_attn, self.pool_mask, self.method = None, None, None, None
-        self.record_cls_attn = False
+        self.key_bias, self.keys = None, None
+        self.record_cls_attn, self.record_keys = False, False
         self.block_tokens = []
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from ...errors import VitsearchError
 from .base import Component, ComponentKind, PruningMethod, Timed
+from .evit import EViT
 from .evovit import EvoViT
 from .none import NoPruning
 from .spvit import SPViT
+from .tome import ToMe
 
-METHODS: dict[str, PruningMethod] = {m.name: m for m in (NoPruning(), SPViT(), EvoViT())}
+METHODS: dict[str, PruningMethod] = {m.name: m for m in (NoPruning(), SPViT(), EvoViT(), ToMe(), EViT())}
 
 
 def method_of(name: str) -> PruningMethod:
@@ -20,8 +22,8 @@ def method_of(name: str) -> PruningMethod:
 
 
 def pruning_methods() -> tuple[str, ...]:
-    """The methods that prune (what a search space may offer)."""
-    return tuple(n for n, m in METHODS.items() if m.prunes)
+    """The methods that prune and that a search space may offer."""
+    return tuple(n for n, m in METHODS.items() if m.prunes and m.profiled)
 
 
 def component_kinds() -> dict[str, ComponentKind]:

@@ -87,11 +87,27 @@ class PruningMethod:
 
     name: ClassVar[str]
     prunes: ClassVar[bool] = True  # False only for the identity: the search space offers the others
+    # Whether latency tables profile the method's kinds: pruning_methods() (search spaces, latency validation)
+    # offers only these, and a latency prediction of another refuses it (its timed modules exist, latency/ does not
+    # ask for them yet).
+    profiled: ClassVar[bool] = True
     new_parameters: ClassVar[tuple[str, ...]] = ()  # state_dict prefixes of the modules patch() adds
     # Those of them an eval forward reads: left untrained they change the model's output (an export refuses them).
     inference_parameters: ClassVar[tuple[str, ...]] = ()
 
     # Config ------------------------------------------------------------------------------------------------
+    def check_setting(self, block: int, value: float) -> None:
+        """Refuse one block's setting (called by PruneConfig): by default a keep ratio in (0, 1]."""
+        if not (0.0 < value <= 1.0):
+            raise VitsearchError(
+                f"keep ratio {value:g} for the selector at block {block} is outside (0, 1]: "
+                "give the fraction of tokens to keep, e.g. 0.7")
+
+    def check_every(self, value: float) -> None:
+        """Refuse a setting for every block (``METHOD:r=...``, PruneConfig.every); by default none is taken."""
+        raise VitsearchError(f"{self.name} takes no setting for every block ('r={value:g}'): give BLOCK=RATIO "
+                             f"pairs, e.g. '{self.name}:3=0.7,6=0.7'")
+
     def check_keep(self, keep: Mapping[int, float]) -> None:
         """Refuse selectors this method cannot run (called by PruneConfig)."""
 
