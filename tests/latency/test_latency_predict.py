@@ -18,7 +18,7 @@ from vitsearch.models import create_model, geometry
 
 from .conftest import TINY_GRID, TINY_KWARGS, TINY_MODEL
 
-CONFIGS = ["none", "spvit:1=0.5", "spvit:0=0.7,1=0.4", "evovit:1=0.5"]
+CONFIGS = ["none", "spvit:1=0.5", "spvit:0=0.7,1=0.4", "evovit:1=0.5", "evit:1=0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def synthetic(tmp_path_factory, model):
 
 def _value(p: Point) -> float:
     base = {"overhead": 0.01, "embed": 0.2, "block": 1.0, "block_cls": 1.5, "head": 0.1, "spvit_select": 0.3,
-            "evo_stage": 0.05, "evo_enter": 0.03, "evo_block": 1.1, "evo_block_cls": 1.6}[p.kind]
+            "evo_stage": 0.05, "evo_enter": 0.03, "evo_block": 1.1, "evo_block_cls": 1.6, "tome_attn": 0.5,
+            "tome_merge": 0.2, "tome_mlp": 0.6, "evit_attn": 0.55, "evit_fuse": 0.1, "evit_mlp": 0.6}[p.kind]
     return base + 0.01 * p.n + 0.001 * p.k
 
 
@@ -51,6 +52,16 @@ def test_prediction_is_the_sum_of_components(synthetic, model, config):
     assert [p.kind for p in parts].count("overhead") == 1
     assert pred.total_ms == pytest.approx(sum(_value(p) for p in parts))
     assert pred.total_ms == pytest.approx(sum(pred.by_kind().values()))
+
+
+def test_every_evit_config_of_the_tiny_model_is_predicted_within_the_grid(synthetic, model):
+    """A 2-D kind's k range may depend on n (EViT keeps 1 .. n - P - 1): every config the method accepts is
+    predicted from the grid, never refused as outside it."""
+    predictor, g = Predictor(synthetic), geometry(model)
+    configs = [f"evit:1={r / 10:g}" for r in range(1, 11)]
+    for config in configs:
+        pred = predictor.predict(config)
+        assert pred.total_ms == pytest.approx(sum(_value(p) for p in components_of(config, g)), abs=0.01), config
 
 
 def test_interpolates_between_grid_points(synthetic):
@@ -78,7 +89,8 @@ def test_out_of_grid_counts_are_refused(tmp_path, synthetic):
 def test_missing_kind_says_the_profile_is_incomplete(tmp_path, synthetic):
     # also a table profiled before the open last stage of a class-token Evo-ViT (issue 14 item 4) was charged apart
     rows = [r for p, r in synthetic.rows.items() if p.kind != "evo_enter"]
-    with pytest.raises(VitsearchError, match="no evo_enter rows: the profile is incomplete; run vitsearch profile"):
+    with pytest.raises(VitsearchError, match="no evo_enter rows .*run the same vitsearch profile command again; it "
+                       "measures only the missing kinds"):
         Predictor(T.save(tmp_path / "t.csv", synthetic.meta, rows)).predict("evovit:1=0.5")
 
 
@@ -92,7 +104,7 @@ def test_components_follow_the_real_forward(model, config):
     hook.remove()
     ran = pruning.prune_state(model).block_tokens
     parts = components_of(config, geometry(model))
-    assert [p.n for p in parts if "block" in p.kind] == ran
+    assert [p.n for p in parts if "block" in p.kind or p.kind.endswith("_attn")] == ran
     assert [p.n for p in parts if p.kind == "head"] == seen
 
 

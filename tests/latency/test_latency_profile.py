@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vitsearch.errors import VitsearchError
-from vitsearch.latency import grid, profile
+from vitsearch.latency import Predictor, grid, profile
 from vitsearch.latency.components import Point
 from vitsearch.latency import table as T
 from vitsearch.models import create_model, geometry
@@ -79,6 +79,25 @@ def test_interrupted_profile_resumes_and_keeps_its_rows(tmp_path):
 
     with pytest.raises(VitsearchError, match="profiled with threads 1, not 2.*--restart"):
         profile("cpu", **{**args, "threads": 2})
+
+
+def test_a_table_profiled_before_a_method_existed_gets_only_the_missing_kinds(tmp_path, tiny_table):
+    """A complete table of an older vitsearch (no ToMe or EViT rows): the search and prediction see which kinds
+    it lacks, and profiling it again measures only those; every row it had is kept as it was."""
+    new_kinds = ("evit_attn", "evit_fuse", "evit_mlp")
+    old_rows = {p: r for p, r in tiny_table.rows.items() if p.kind not in new_kinds}
+    older = T.save(T.table_path(tmp_path, "cpu", tiny_table.geometry, 1, "fp32"), tiny_table.meta,
+                   old_rows.values())
+    assert older.meta["complete"] is True and older.missing_kinds == new_kinds
+    with pytest.raises(VitsearchError, match="no evit_attn rows .*measures only the missing kinds"):
+        Predictor(older).predict("evit:1=0.5")
+    table = profile("cpu", model=TINY_MODEL, model_kwargs=TINY_KWARGS, threads=1, tables=str(tmp_path),
+                    grid_spec=TINY_GRID, settings=QUICK, progress=False)
+    assert set(table.rows) == set(grid(table.geometry, TINY_GRID)) and table.missing_kinds == ()
+    assert table.meta["complete"] is True
+    for point, row in old_rows.items():
+        assert table.rows[point] == row  # kept, not measured again
+    assert {p.kind for p, _ in Predictor(table).predict("evit:1=0.5").parts} >= set(new_kinds)
 
 
 def test_bad_arguments(tmp_path):

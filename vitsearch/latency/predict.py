@@ -125,8 +125,9 @@ class Predictor:
 
     def _lookup(self, point: Point) -> float:
         if point.kind not in self._1d and point.kind not in self._2d:
-            raise VitsearchError(f"table {self.table.path} has no {point.kind} rows: the profile is incomplete; "
-                                 "run vitsearch profile again to finish it")
+            raise VitsearchError(f"table {self.table.path} has no {point.kind} rows (profiled before the method that runs "
+                                 "them existed, or interrupted): run the same vitsearch profile command again; it "
+                                 "measures only the missing kinds and keeps the rows the table has")
         if self._axis[point.kind] == "nk":
             return self._bilinear(point)
         axis = self._axis[point.kind]

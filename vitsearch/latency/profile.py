@@ -4,7 +4,8 @@ Order: the ``overhead`` graph first (every other row has its median subtracted),
 export the kind once, specialise it to each pending grid point, measure them all in one runner call, and
 append each row to the CSV the moment its result arrives. Every call also times the drift reference
 (:mod:`vitsearch.latency.reference`), recorded with each row. Rows already in the table are skipped, so an
-interrupted profile resumes where it stopped; the metadata must match (same device, runtime, threads, spinning
+interrupted profile resumes where it stopped (and a table profiled before a method's kinds existed gets only
+those measured); the metadata must match (same device, runtime, threads, spinning
 policy, batch, precision and geometry), else ``restart=True`` starts over. A precision other than fp32 times
 that precision's graphs (:mod:`.precision`) into its own table. One process profiles a table at a time (the
 table's lock, :func:`.table.holding`): a second one started meanwhile waits, then reads the finished table.
@@ -141,6 +142,10 @@ def profile(
         start = time.perf_counter()
         with RowWriter(path) as writer, contextlib.ExitStack() as cleanup:
             pending = [p for p in grid(g, grid_spec) if p not in writer.rows]
+            if pending and old_meta is not None and old_meta.get("complete"):
+                # a table finished before some method's kinds existed: only theirs are measured, the rest kept
+                logger.info("%s was profiled before the kinds %s existed: measuring only those", path,
+                            ", ".join(dict.fromkeys(p.kind for p in pending)))
             reference = cleanup.enter_context(contextlib.closing(Reference.build(dev, net, batch, precision))) if pending else None
             logger.info("profiling %s on %s: %d of %d grid points to measure (%s)", g.key, device, len(pending),
                         len(grid(g, grid_spec)), path)

@@ -165,6 +165,13 @@ class LatencyTable:
     def device(self) -> str:
         return str(self.meta["device"]["name"])
 
+    @property
+    def missing_kinds(self) -> tuple[str, ...]:
+        """The component kinds this table has no rows of: a profile interrupted before them, or made before the
+        method that runs them was added (``vitsearch profile`` measures just those and keeps the rest)."""
+        have = {p.kind for p in self.rows}
+        return tuple(k for k in kinds() if k not in have)
+
 
 def _parse_row(raw: Mapping[str, str | None], where: str) -> Row:
     """One CSV row as a :class:`Row`; anything malformed raises :class:`VitsearchError` prefixed with ``where``."""

@@ -17,9 +17,9 @@ from .schedule import TokenSchedule
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = "none"  # a name in the method registry (pruning.methods.METHODS): "spvit", "evovit", "none" ...
-    # block index -> the method's setting there: the keep ratio of the selector before it (SPViT, Evo-ViT) or in
-    # it, or the tokens merged in it: what the method's contract says
+    method: str = "none"  # a name in the method registry (pruning.methods.METHODS); "none": the unpruned model
+    # block index -> the method's setting there: the keep ratio of the selector before it or in it, or the tokens
+    # merged in it: what the method's contract says
     keep: Mapping[int, float] = field(default_factory=dict)
 
     # The setting at every block not in ``keep`` (``"METHOD:r=8"``, e.g. a constant merge count); None for the

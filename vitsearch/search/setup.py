@@ -142,19 +142,29 @@ def load_predictor(settings: SearchSettings, base: nn.Module, *, progress: bool 
             f"the latency table {path} was profiled with {meta.get('threads')} threads, not the {settings.threads} "
             f"asked for: drop --threads to use it, or profile again with: vitsearch profile --device "
             f"{settings.device} --model {settings.model} --batch {settings.batch} --threads {settings.threads} --restart")
-    if not complete:
+    # A table profiled before a method's kinds existed lacks their rows: only those are measured (profile resumes).
+    missing = table_mod.load(path).missing_kinds if complete else ()
+    if not complete or missing:
+        command = (f"vitsearch profile --device {settings.device} --model {settings.model} --batch {settings.batch} "
+                   f"--precision {settings.precision}")
+        if spec.transport != "local" and missing:
+            raise VitsearchError(
+                f"the latency table {path} has no rows of {', '.join(missing)} (profiled before the methods that "
+                f"run them existed): measure just those with: {command} (the rows it has are kept)")
         if spec.transport != "local":
             raise VitsearchError(
                 f"no latency table for {g.key} at batch {settings.batch} in {settings.precision} on device "
-                f"{settings.device!r} ({path}): profile it first with: vitsearch profile --device {settings.device} "
-                f"--model {settings.model} --batch {settings.batch} --precision {settings.precision}")
+                f"{settings.device!r} ({path}): profile it first with: {command}")
         from ..latency.profile import profile
 
-        logger.info("no complete latency table at %s: profiling %s on %s first", path, g.key, settings.device)
+        if missing:
+            logger.info("the latency table %s has no rows of %s: measuring those first", path, ", ".join(missing))
+        else:
+            logger.info("no complete latency table at %s: profiling %s on %s first", path, g.key, settings.device)
         table = profile(settings.device, model=settings.model, batch=settings.batch, tables=settings.tables,
                         threads=settings.threads or 0, progress=progress, model_kwargs={"num_classes": g.num_classes},
                         precision=settings.precision)
-        if settings.headroom is None:
+        if settings.headroom is None and not missing:  # a completed table keeps its validation
             from ..latency.validate import validate
 
             logger.info("measuring %d pruned models whole against the new table, for the headroom the search leaves "

@@ -27,10 +27,12 @@ def pruning_methods() -> tuple[str, ...]:
 
 
 def component_kinds() -> dict[str, ComponentKind]:
-    """Every component kind the registry's methods add to the stock ones, by name (a name declared twice is an
+    """Every component kind the registry's profiled methods add to the stock ones, by name (a name declared twice is an
     error of the registry)."""
     out: dict[str, ComponentKind] = {}
     for method in METHODS.values():
+        if not method.profiled:
+            continue
         for kind in method.kinds():
             if kind.name in out:
                 raise ValueError(f"component kind {kind.name!r} is declared by two methods")
