@@ -59,6 +59,12 @@ def test_every_evit_config_of_the_tiny_model_is_predicted_within_the_grid(synthe
     predicted from the grid, never refused as outside it."""
     predictor, g = Predictor(synthetic), geometry(model)
     configs = [f"evit:1={r / 10:g}" for r in range(1, 11)]
+    # between grid rows (n = 10 and 17 here), k at the same place of each row's own range: EViT keeps at most
+    # n - P - 1, so the top of the range at n = 13 is 11, read at the top of both rows
+    rows = sorted({p.n for p in synthetic.rows if p.kind == "evit_fuse"})
+    assert 13 not in rows and rows[0] < 13 < rows[-1]
+    for k in (1, 6, 11):
+        assert predictor.component(Point("evit_fuse", 13, k)) == pytest.approx(_value(Point("evit_fuse", 13, k)))
     for config in configs:
         pred = predictor.predict(config)
         assert pred.total_ms == pytest.approx(sum(_value(p) for p in components_of(config, g)), abs=0.01), config
