@@ -84,7 +84,7 @@ def test_interrupted_profile_resumes_and_keeps_its_rows(tmp_path):
 def test_a_table_profiled_before_a_method_existed_gets_only_the_missing_kinds(tmp_path, tiny_table):
     """A complete table of an older vitsearch (no ToMe or EViT rows): the search and prediction see which kinds
     it lacks, and profiling it again measures only those; every row it had is kept as it was."""
-    new_kinds = ("evit_attn", "evit_fuse", "evit_mlp")
+    new_kinds = ("tome_attn", "tome_merge", "tome_mlp", "evit_attn", "evit_fuse", "evit_mlp")
     old_rows = {p: r for p, r in tiny_table.rows.items() if p.kind not in new_kinds}
     older = T.save(T.table_path(tmp_path, "cpu", tiny_table.geometry, 1, "fp32"), tiny_table.meta,
                    old_rows.values())
@@ -97,7 +97,8 @@ def test_a_table_profiled_before_a_method_existed_gets_only_the_missing_kinds(tm
     assert table.meta["complete"] is True
     for point, row in old_rows.items():
         assert table.rows[point] == row  # kept, not measured again
-    assert {p.kind for p, _ in Predictor(table).predict("evit:1=0.5").parts} >= set(new_kinds)
+    assert {p.kind for p, _ in Predictor(table).predict("evit:1=0.5").parts} >= set(new_kinds[3:])
+    assert {p.kind for p, _ in Predictor(table).predict("tome:r=4").parts} >= set(new_kinds[:3])
 
 
 def test_bad_arguments(tmp_path):

@@ -326,20 +326,16 @@ def test_the_timed_components_cover_every_config_and_export_with_parity(tmp_path
             torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-4, rtol=1e-4)
 
 
-def test_tome_is_not_offered_to_the_search_until_its_merge_step_profiles():
-    """Its merge step does not yet survive the profiler's specialisation to other token counts: a space or a latency
-    validation does not offer it, tables hold none of its kinds, and a latency prediction refuses it with what to do.
-    EViT's kinds are profiled."""
+def test_tome_and_evit_are_offered_and_profiled():
+    """Both are in what a search space may offer and their kinds in every latency table."""
     from vitsearch.latency import components_of
     from vitsearch.latency.components import kinds
     from vitsearch.models import geometry
 
-    assert pruning.pruning_methods() == ("spvit", "evovit", "evit")
-    assert not any(k.startswith("tome") for k in kinds()) and "evit_fuse" in kinds()
-    with pytest.raises(VitsearchError, match="latency tables do not profile tome yet, so tome:r=4 has no latency "
-                       "prediction: predict, profile and search cover spvit, evovit, evit; export it"):
-        components_of("tome:r=4", geometry(tiny_vit()))
-    assert components_of("evit:3=0.5", geometry(tiny_vit()))
+    assert pruning.pruning_methods() == ("spvit", "evovit", "tome", "evit")
+    assert {"tome_attn", "tome_merge", "tome_mlp", "evit_attn", "evit_fuse", "evit_mlp"} <= set(kinds())
+    assert [p.kind for p in components_of("tome:r=4", geometry(tiny_vit()))][2:5] == ["tome_attn", "tome_merge",
+                                                                                      "tome_mlp"]
 
 
 def test_brief_training_fine_tunes_a_tome_config_on_the_digits_data():

@@ -68,7 +68,13 @@ def merge_sum(m: Matching, x: torch.Tensor) -> torch.Tensor:
     prefix, a, b = split(x, m.num_prefix)
     src = gather_rows(a, m.src)  # (B, r, C)
     b = b.scatter_add(1, m.dst[..., None].expand(-1, -1, x.shape[-1]), src)
-    return torch.cat([prefix, gather_rows(a, m.unmerged), b], dim=1)
+    # [prefix, A's unmerged, B] as one gather from [prefix, A, B]: gathering A's unmerged alone is empty where all
+    # of A merges, and an ONNX Reshape reads a 0 in its target shape as "keep this dim", breaking that graph
+    P, n_a, n_b = prefix.shape[1], a.shape[1], b.shape[1]
+    batch = m.unmerged.shape[0]
+    keep = torch.cat([torch.arange(P, device=x.device).expand(batch, P), P + m.unmerged,
+                      torch.arange(P + n_a, P + n_a + n_b, device=x.device).expand(batch, n_b)], dim=1)  # (B, T - r)
+    return gather_rows(torch.cat([prefix, a, b], dim=1), keep)
 
 
 def merge_weighted(m: Matching, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,9 +53,6 @@ class ToMe(PruningMethod):
     ``tome_attn(n)`` (proportional attention), ``tome_merge(n, k)`` (k = n - r, where r > 0) and ``tome_mlp(k)``."""
 
     name = "tome"
-    # Its merge step (tome_merge) does not survive the profiler's one-export-per-kind specialisation to other
-    # token counts (onnxruntime: Div incompatible dimensions), so tables do not hold its kinds yet.
-    profiled = False
 
     def check_setting(self, block: int, value: float) -> None:
         if value < 0 or value != int(value):
