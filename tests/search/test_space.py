@@ -10,7 +10,7 @@ def test_builtin_spaces_skip_the_first_three_blocks():
     for model, depth in (("digits", 12), ("deit_small_patch16_224", 12)):
         space = load_space(default_space_file(model), depth=depth)
         assert space.blocks[0] == 3 and space.blocks[-1] < depth
-        assert set(space.methods) == {"spvit", "evovit"}
+        assert set(space.methods) == {"spvit", "evovit", "tome", "evit"}
         assert all(c.method in space.methods for c in space.baselines())
 
 
@@ -23,14 +23,18 @@ def test_the_digits_model_has_its_own_space():
 
 def test_suggest_and_params_of_round_trip_through_optuna():
     space = load_space(default_space_file("deit_small_patch16_224"), depth=12)
-    for config in (PruneConfig("spvit", {3: 0.7, 6: 0.5, 9: 0.35}), PruneConfig("evovit", {10: 0.5})):
-        study = optuna.create_study(directions=["maximize", "minimize"])
+    study = optuna.create_study(directions=["maximize", "minimize"])  # one study: the parameters share it
+    for config in (PruneConfig("spvit", {3: 0.7, 6: 0.5, 9: 0.35}), PruneConfig("evovit", {10: 0.5}),
+                   PruneConfig("evit", {3: 0.7, 6: 0.7}), PruneConfig("tome", {3: 16, 7: 8}),
+                   PruneConfig("tome", every=13)):
         study.enqueue_trial(space.params_of(config))
         trial = study.ask()
         assert space.suggest(trial) == config
-        # Only the parameters the config uses: no block_2/keep_2 for one selector.
-        assert set(trial.params) == {"method", "selectors"} | {f"{p}_{i}" for p in ("block", "keep")
-                                                               for i in range(1, len(config.keep) + 1)}
+        # Only the parameters the config uses: no block_2/keep_2 for one selector; a token count for ToMe.
+        value = "count" if config.method == "tome" else "keep"
+        expected = {f"{p}_{i}" for p in ("block", value) for i in range(1, len(config.keep) + 1)}
+        assert set(trial.params) == {"method", "selectors"} | expected | ({"every"} if config.every else set())
+        study.tell(trial, [0.5, 1.0])
 
 
 def test_a_proposal_whose_blocks_are_not_increasing_is_no_config():
@@ -45,14 +49,33 @@ def test_the_space_lists_every_config_once():
     space = load_space(default_space_file("digits"), depth=12)  # eight blocks, up to three selectors, 17 ratios
     for method, n in space.strata():
         configs = list(space.configs(method, n))
-        assert len(configs) == len({str(c) for c in configs}) == space.stratum_size(n)
-    assert space.stratum_size(3) == 56 * 17 ** 3
+        assert len(configs) == len({str(c) for c in configs}) == space.stratum_size(method, n)
+    assert space.stratum_size("spvit", 3) == 56 * 17 ** 3
+    assert space.stratum_size("tome", 3) == 56 * 8 ** 3  # eight counts of tokens merged
+    assert [str(c) for c in space.configs("tome", 0)] == ["tome:r=1", "tome:r=2", "tome:r=3", "tome:r=4"]
+    assert ("tome", 0) in space.strata() and ("spvit", 0) not in space.strata()
+
+
+@pytest.mark.parametrize("model, patches", [("digits", 64), ("clutter", 144), ("deit_small_patch16_224", 196)])
+def test_every_tome_config_of_a_builtin_space_fits_its_model(model, patches):
+    """The largest merge count at the earliest blocks of each count (the hardest placement to fit), and each r
+    for every block: the token schedule accepts them all, so a search never samples a config its model refuses."""
+    from vitsearch.pruning import token_schedule
+
+    space = load_space(default_space_file(model), depth=12)
+    worst = [PruneConfig("tome", {b: max(space.count_choices) for b in space.blocks[:n]})
+             for n in range(1, space.max_selectors + 1)]
+    for config in worst + list(space.configs("tome", 0)):
+        token_schedule(config, depth=12, num_patches=patches)
+    assert {str(c) for c in space.baselines() if c.method == "tome"} == {f"tome:r={r}" for r in space.every_choices}
 
 
 @pytest.mark.parametrize("body, message", [
     ("[space]\nfirst_block = 3\nlast_block = 20\n", "do not fit"),
     ("[space]\nkeep_min = 0\n", "keep_min = 0 is outside"),
-    ("[space]\nmethods = ['tome']\n", "methods"),
+    ("[space]\nmethods = ['nope']\n", "methods must be among"),
+    ("[space]\nmethods = ['tome']\n", "tome take a token count at each block, not a keep ratio: give counts"),
+    ("[space]\ncounts = [0, 4]\n", "counts = 0 must be at least 1"),
     ("[space\n", "not valid TOML"),
     ("[baselines]\nblocks = [3, 14]\n", "baseline blocks"),
 ])

@@ -45,6 +45,12 @@ class PruneConfig:
     def blocks(self) -> tuple[int, ...]:
         return tuple(self.keep)
 
+    @property
+    def prunes(self) -> bool:
+        """Whether the config has any setting (a selector, or one for every block): ``METHOD:r=8`` prunes with an
+        empty :attr:`keep`, so an empty ``keep`` alone does not mean the unpruned model."""
+        return method_of(self.method).prunes and (bool(self.keep) or self.every is not None)
+
     @classmethod
     def parse(cls, spec: "str | Mapping[str, Any] | PruneConfig") -> "PruneConfig":
         """The normaliser for every accepted form: a PruneConfig, a dict from :meth:`to_dict`, or a string

@@ -59,7 +59,7 @@ class FeasibleSet:
         self._seen: set[str] = set()
         rng = random.Random(seed)
         for method, n in space.strata():
-            whole = space.stratum_size(n) <= sample
+            whole = space.stratum_size(method, n) <= sample
             self._add(space.configs(method, n) if whole else space.sample_configs(method, n, sample, rng), (method, n))
             self.exact[(method, n)] = whole
 

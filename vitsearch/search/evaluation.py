@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..files import load_torch
 from ..flops import gmacs
 from ..models import load_state_dict
-from ..pruning import PruneConfig, token_schedule
+from ..pruning import PruneConfig, method_of, token_schedule
 from ..training import (PiecewiseLinear, SoftLatency, TrainingDiverged, accuracy, fresh_model, train_candidate,
                         train_supernet)
 from .settings import Candidate, SearchSettings
@@ -22,6 +22,10 @@ from .setup import Setup
 from .space import SearchSpace
 
 logger = logging.getLogger(__name__)
+
+# A candidate's status where its method has nothing to train (PruningMethod.training_free): what records and
+# reports show, and how they tell such a candidate apart.
+TRAINING_FREE = "training-free: scored as it is, on the base model's weights"
 
 
 def candidate_steps(settings: SearchSettings) -> int:
@@ -71,10 +75,14 @@ class Evaluator:
                                                      num_patches=setup.base.patch_embed.num_patches,
                                                      num_prefix=setup.base.num_prefix_tokens).block_tokens)
         # The unpruned baseline starts from the base model whatever the strategy, and is trained as briefly as
-        # the candidates, so "vs unpruned" compares like with like.
-        model = fresh_model(self.start_from() if config.keep else setup.base, config, s.train.seed)
-        steps = candidate_steps(s)
-        if steps > 0:
+        # the candidates, so "vs unpruned" compares like with like. A training-free method's candidate is the
+        # base model with the method applied, scored as it is.
+        free = config.prunes and method_of(config.method).training_free
+        model = fresh_model(self.start_from() if config.prunes and not free else setup.base, config, s.train.seed)
+        steps = 0 if free else candidate_steps(s)
+        if free:
+            cand.status = TRAINING_FREE
+        elif steps > 0:
             try:
                 result = train_candidate(model, setup.base, setup.splits, dataclasses.replace(s.train, steps=steps),
                                          latency=self.latency, precision=setup.precision, after=self._cost_log(steps))
@@ -82,7 +90,7 @@ class Evaluator:
                 raise TrainingDiverged(f"{e}, under a new --study name (a study keeps the training settings it was "
                                        "made with)") from None
             cand.train_seconds = result.seconds
-        elif not (s.strategy == "shared" and config.keep):
+        elif not (s.strategy == "shared" and config.prunes):
             # Only the shared strategy's candidates are trained with 0 steps of their own (in the supernet); a
             # library caller's brief search of 0 steps measures the untrained config, and says so.
             cand.status = "not trained (0 steps): accuracy of the untrained config"
@@ -129,7 +137,7 @@ class Evaluator:
             return self.supernet
         s, setup, space = self.settings, self.setup, self.setup.space
         path = setup.folder.supernet
-        everywhere = [PruneConfig(m, {b: space.keep_max for b in space.blocks}) for m in space.methods]
+        everywhere = [PruneConfig(m, {b: space.keep_max for b in space.blocks}) for m in space.trained_methods]
         model = setup.base
         for config in everywhere:  # every selector and head the space can use, seeded like a brief candidate's
             model = fresh_model(model, config, s.train.seed)
@@ -144,7 +152,7 @@ class Evaluator:
             result = train_supernet(model, setup.base, setup.splits, rng_space.step_configs, everywhere,
                                     dataclasses.replace(s.train, steps=s.shared_steps), latency=self.latency,
                                     precision=setup.precision, after=self._cost_log(s.shared_steps, configs_per_step=3))
-            setup.folder.save_supernet(model, PruneConfig(space.methods[0], {b: space.keep_max for b in space.blocks}),
+            setup.folder.save_supernet(model, PruneConfig(space.trained_methods[0], {b: space.keep_max for b in space.blocks}),
                                        {"train_seconds": result.seconds, "steps": s.shared_steps})
         self.supernet = model
         return model
@@ -158,10 +166,11 @@ class SupernetSampler:
 
     def step_configs(self, step: int, rng: random.Random) -> list[PruneConfig]:
         sp = self.space
-        method = sp.methods[step % len(sp.methods)]
+        methods = sp.trained_methods
+        method = methods[step % len(methods)]
         largest = PruneConfig(method, {sp.blocks[-1]: sp.keep_max})
         smallest = PruneConfig(method, {b: sp.keep_min for b in sp.blocks[:sp.max_selectors]})
         n = rng.randint(1, sp.max_selectors)
         blocks = sorted(rng.sample(sp.blocks, min(n, len(sp.blocks))))
-        random_config = PruneConfig(rng.choice(sp.methods), {b: rng.choice(sp.keep_choices) for b in blocks})
+        random_config = PruneConfig(rng.choice(methods), {b: rng.choice(sp.keep_choices) for b in blocks})
         return [largest, smallest, random_config]

@@ -122,13 +122,14 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
             raise optuna.TrialPruned() from None
         pred = evaluator.predict(config)  # the sampler's configs fit; an enqueued one may not
         over_ms = pred.total_ms - setup.limit_ms
-        over_selectors = max(len(config.keep) - setup.space.max_selectors, 1 - len(config.keep))
+        over_selectors = setup.space.selectors_over(config)
         trial.set_user_attr("config", str(config))
         trial.set_user_attr("predicted_ms", pred.total_ms)
         set_constraints(trial, {"latency_ms": over_ms, "selectors": float(over_selectors)})
         if over_ms > 0 or over_selectors > 0:
             why = (f"over budget by {over_ms:.3f} ms" if over_ms > 0 else
-                   f"{len(config.keep)} selectors (allowed 1..{setup.space.max_selectors})")
+                   f"{len(config.keep)} selectors (allowed {setup.space.min_selectors(config.method)}.."
+                   f"{setup.space.max_selectors})")
             trial.set_user_attr("status", f"rejected before training: {why}")
             return REJECTED_ACCURACY, pred.total_ms  # infeasible by its constraints, so never on the front
         key = canonical_key(config, depth=len(base.blocks), num_patches=base.patch_embed.num_patches,

@@ -193,15 +193,17 @@ def resolve_headroom(settings: SearchSettings, table_path: Path, folder: StudyFo
 
 
 def fastest_config(space: SearchSpace, predictor: Any) -> tuple[PruneConfig, float]:
-    """The fastest config the space allows: every placement of up to max_selectors selectors at keep_min."""
+    """The fastest config the space allows: every placement of up to max_selectors selectors at keep_min (or at
+    the largest token count, for a method whose setting is one), and the largest count for every block."""
     best: tuple[PruneConfig, float] | None = None
-    for method in space.methods:
-        for n in range(1, space.max_selectors + 1):
-            for blocks in itertools.combinations(space.blocks, n):
-                config = PruneConfig(method, {b: space.keep_min for b in blocks})
-                ms = predictor.predict(config).total_ms
-                if best is None or ms < best[1]:
-                    best = (config, ms)
+    for method, n in space.strata():
+        extreme = max(space.choices(method)) if space.counts(method) else space.keep_min
+        configs = ([PruneConfig(method, every=max(space.every_choices))] if n == 0 else
+                   [PruneConfig(method, {b: extreme for b in blocks}) for blocks in itertools.combinations(space.blocks, n)])
+        for config in configs:
+            ms = predictor.predict(config).total_ms
+            if best is None or ms < best[1]:
+                best = (config, ms)
     assert best is not None
     return best
 

@@ -91,6 +91,12 @@ class PruningMethod:
     # offers only these, and a latency prediction of another refuses it (its timed modules exist, latency/ does not
     # ask for them yet).
     profiled: ClassVar[bool] = True
+    # Nothing to train: a search scores its configs as they are, on the base model's weights, and says so (finalize
+    # may still fine-tune one). The search also skips it in a shared supernet.
+    training_free: ClassVar[bool] = False
+    # What a block's setting is: "keep" (a keep ratio in (0, 1]) or "count" (a whole number of tokens, e.g. merged);
+    # a search space offers each method the choices of its kind.
+    setting: ClassVar[str] = "keep"
     new_parameters: ClassVar[tuple[str, ...]] = ()  # state_dict prefixes of the modules patch() adds
     # Those of them an eval forward reads: left untrained they change the model's output (an export refuses them).
     inference_parameters: ClassVar[tuple[str, ...]] = ()

@@ -53,6 +53,8 @@ class ToMe(PruningMethod):
     ``tome_attn(n)`` (proportional attention), ``tome_merge(n, k)`` (k = n - r, where r > 0) and ``tome_mlp(k)``."""
 
     name = "tome"
+    training_free = True
+    setting = "count"
 
     def check_setting(self, block: int, value: float) -> None:
         if value < 0 or value != int(value):
