@@ -90,7 +90,7 @@ def test_bad_space_files_are_named(tmp_path, body, message):
 # Issue 27: each of these ran on defaults, or sampled outside the space, without a word.
 @pytest.mark.parametrize("body, message", [
     ("[space]\nmax_selector = 2\n", "unknown key in [space] 'max_selector' (did you mean 'max_selectors'?): the "
-                                     "known ones are first_block, keep_max, keep_min, keep_step, last_block, "
+                                     "known ones are counts, counts_every, first_block, keep_max, keep_min, keep_step, last_block, "
                                      "max_selectors, methods"),
     ("[spaec]\nkeep_min = 0.5\n", "unknown section 'spaec' (did you mean 'space'?): the known ones are baselines, "
                                    "space"),
