@@ -33,6 +33,9 @@ STUDY_FILE = "study.json"
 JOURNAL_FILE = "journal.log"
 FINALIZED_FILE = "finalized.json"
 RECORDS = ("trials", "front", "baselines")  # written by the search as JSON and CSV
+# A candidate's status (its record's "status") where its method has nothing to train: the search writes it, reports
+# tell such a candidate apart by it.
+TRAINING_FREE = "training-free: scored as it is, on the base model's weights"
 # What must match for a re-run to continue a study rather than mix two searches in one folder.
 IDENTITY = ("model", "sha256", "dataset", "split", "device", "batch", "budget_ms", "limit_ms", "space", "strategy")
 # The settings (study.json's "settings") that decide how a trial is trained and evaluated: a resume that changes

@@ -106,7 +106,7 @@ def test_the_markdown_report_has_the_decision_the_front_and_the_provenance(writt
     # The finalized row: measured vs predicted, as measured and at the table's speed, and the fields this report
     # does not know yet, as columns.
     assert "## Finalized models" in md and "| 1.550 | 1.610 | — | 1.29× | — | -3.7 | +3.3 | 1.5 | 0.71 |" in md
-    for figure in ("pareto", "tokens", "flops", "validation"):
+    for figure in ("pareto", "methods", "tokens", "flops", "validation"):
         assert f"](figures/{figure}.png)" in md and f"[SVG](figures/{figure}.svg)" in md
         assert written.files.figures[figure]["png"].is_file() and written.files.figures[figure]["svg"].is_file()
     assert "sha256 abababababababab" in md and "digits: 1438 train / 359 val" in md
@@ -128,7 +128,7 @@ def test_the_summary_names_the_next_command(reports):
 
 def test_the_html_report_is_self_contained(written):
     page = written.files.html.read_text()
-    assert page.count('src="data:image/png;base64,') == 4
+    assert page.count('src="data:image/png;base64,') == 5  # the fronts per method too: two methods
     assert re.findall(r'(?:src|href)="(?!data:|#)', page) == []  # nothing to fetch: it opens offline
     assert '<table class="front">' in page and "<code>evovit:4=0.8</code>" in page
 
@@ -176,17 +176,17 @@ def test_chromium_shows_the_front_table_and_every_image(written, tmp_path):
     chromium = require_chromium()
     page = written.files.html.read_text()
     seen = chromium_shows(chromium, page, tmp_path)
-    assert seen["images"] == "4/4" and seen["front-rows"] == "3" and int(seen["front-height"]) > 50
+    assert seen["images"] == "5/5" and seen["front-rows"] == "3" and int(seen["front-height"]) > 50
     # The probe notices a broken image: the check above is not vacuous.
     broken = re.sub(r'base64,[^"]{100}', "base64,AAAA", page, count=1)
-    assert chromium_shows(chromium, broken, tmp_path)["images"] == "4/3"
+    assert chromium_shows(chromium, broken, tmp_path)["images"] == "5/4"
 
 
 def test_cli_report_prints_the_paths_and_a_json_line(written):
     record = json.loads(written.stdout[-1])
     assert record["markdown"] == str(written.reports / "s" / "report.md") and Path(record["html"]).is_file()
     assert record["front"] == ["spvit:3=0.5", "spvit:3=0.7,6=0.7", "evovit:4=0.8"] and record["validation"]
-    assert sorted(record["figures"]) == ["flops", "pareto", "tokens", "validation"]
+    assert sorted(record["figures"]) == ["flops", "methods", "pareto", "tokens", "validation"]
     assert any(line.strip() == str(written.reports / "s" / "report.html") for line in written.stdout)
 
 
@@ -239,7 +239,7 @@ def test_a_real_search_folder_renders(tmp_path):
     study = load_study(folder)
     assert (len(study.trials), len(study.front), len(study.baselines)) == (8, 2, 11) and study.notes == []
     files = write_report(study)
-    assert sorted(files.figures) == ["flops", "pareto", "tokens", "validation"]
+    assert sorted(files.figures) == ["flops", "methods", "pareto", "tokens", "validation"]
     md = files.markdown.read_text()
     assert "8 completed trials: 5 trained, 3 rejected before training" in md
     assert "| 5 | evovit | 5: 0.4, 6: 0.85 | 65×5 · 28 · 25×2 | 52.09 |" in md

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..stats import plot_scatter
-from .info import MIN_RANKED, FlopsInfo, OverlayInfo, ParetoInfo, TokenInfo, ValidationInfo
+from .info import MIN_RANKED, FlopsInfo, MethodFrontsInfo, OverlayInfo, ParetoInfo, TokenInfo, ValidationInfo
 
 GREY = "#9a9a9a"
 FRONT = "C0"
@@ -107,6 +107,33 @@ def draw_pareto(info: ParetoInfo, ax: Any = None, *, legend: bool = True, annota
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
     if legend and ax.get_legend_handles_labels()[0]:
+        outside_legend(ax)
+    return ax
+
+
+def draw_method_fronts(info: MethodFrontsInfo, ax: Any = None) -> Any:
+    """Each method's configs and front in its own colour (a training-free method's dashed), the combined front in
+    black, the budget dashed."""
+    if ax is None:
+        ax = new_axes((8.6, 4.8))
+    for i, m in enumerate(info.methods):
+        colour = f"C{i}"
+        name = m.method + (" (training-free)" if m.training_free else "")
+        ax.scatter([p.x for p in m.points], [p.y for p in m.points], s=18, color=colour, alpha=0.45, zorder=3)
+        if m.step_x:
+            ax.plot(m.step_x, m.step_y, color=colour, lw=1.6, ls="--" if m.training_free else "-", zorder=2,
+                    label=f"{name} front")
+    if info.combined.step_x:
+        ax.plot(info.combined.step_x, info.combined.step_y, color="black", lw=2.6, alpha=0.6, zorder=1,
+                label="combined front")
+    if info.budget is not None:
+        ax.axvline(info.budget, color=BUDGET, ls="--", lw=1.3, label=f"budget {info.budget:.3g} ms")
+    if not info.methods:
+        _empty(ax, "no config was trained within the budget yet")
+    ax.set(xlabel=info.x_label, ylabel=info.y_label, title=info.title)
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
         outside_legend(ax)
     return ax
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 from . import draw
-from .info import flops_info, overlay_info, pareto_info, token_info, validation_info
+from .info import flops_info, method_fronts_info, overlay_info, pareto_info, token_info, validation_info
 from .load import StudyRecord, load_study
 from .tables import (DASH, MEASURED_NOTE, SPLITS_NOTE, Table, baselines_table, entry_headers, entry_rows,
                      finalized_table, headline, settings_table, trials_table, validation_text)
@@ -71,6 +71,12 @@ def build_figures(study: StudyRecord, folder: Path) -> list[Figure]:
         "before training, so without accuracy). Accuracy on the test split. The step line is the search's Pareto front, "
         "chosen on val accuracy (never on test) and drawn at each config's test accuracy. Black star: the unpruned model; diamonds: uniform keep ratios at the standard placements."),
         draw.draw_pareto(lat))
+    methods = method_fronts_info(study)
+    if len(methods.methods) > 1:
+        add("methods", "Fronts per method", (
+            "Each method's trials and uniform baselines within the budget and its own front (chosen on val, drawn at "
+            "test accuracy), a training-free method's dashed; black: the combined front. " + methods.verdict + "."),
+            draw.draw_method_fronts(methods))
     tokens = token_info([study])
     if tokens.lines:
         add("tokens", "Tokens per block of the front's configs", (
@@ -100,7 +106,10 @@ def build_figures(study: StudyRecord, folder: Path) -> list[Figure]:
 
 def sections(study: StudyRecord, figures: Sequence[Figure]) -> list[Section]:
     by_name = {f.name: f for f in figures}
-    out = [Section("Summary", [headline(study)] + [f"Note: {n}" for n in study.notes])]
+    summary = [headline(study)]
+    if len({e.method for e in [*study.trials, *study.baselines] if e.kind != "unpruned"}) > 1:
+        summary.append(f"**Methods:** {method_fronts_info(study).verdict}.")
+    out = [Section("Summary", summary + [f"Note: {n}" for n in study.notes])]
     front: list[Block] = []
     if study.front:
         front.append(Table(entry_headers(study, "trial"), entry_rows(study.front, study),
@@ -108,7 +117,7 @@ def sections(study: StudyRecord, figures: Sequence[Figure]) -> list[Section]:
                            css_class="front"))
     else:
         front.append("No config is on the Pareto front yet: no trial was trained within the budget.")
-    front += [by_name[n] for n in ("pareto", "tokens") if n in by_name]
+    front += [by_name[n] for n in ("pareto", "methods", "tokens") if n in by_name]
     out.append(Section("Pareto front", front))
     if "flops" in by_name:
         out.append(Section("FLOPs vs latency", [by_name["flops"]]))

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 
 from .. import __version__
 from ..pareto import dominated_by_front
+from ..pruning import PruneConfig
 from .info import MIN_RANKED
 from .load import Entry, StudyRecord
 
@@ -68,7 +69,10 @@ def fmt_tokens(tokens: Sequence[int]) -> str:
 
 
 def fmt_selectors(e: Entry) -> str:
-    return ", ".join(f"{b}: {k:g}" for b, k in zip(e.blocks, e.keep)) or DASH
+    """Block: setting pairs, and a setting for every block (``METHOD:r=8``) as "every: 8"."""
+    every = PruneConfig.parse(e.config).every
+    pairs = ([f"every: {every:g}"] if every is not None else []) + [f"{b}: {k:g}" for b, k in zip(e.blocks, e.keep)]
+    return ", ".join(pairs) or DASH
 
 
 def _safe_storage(url: str | None) -> str:

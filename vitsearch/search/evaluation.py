@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..files import load_torch
 from ..flops import gmacs
 from ..models import load_state_dict
+from ..studyfolder import TRAINING_FREE
 from ..pruning import PruneConfig, method_of, token_schedule
 from ..training import (PiecewiseLinear, SoftLatency, TrainingDiverged, accuracy, fresh_model, train_candidate,
                         train_supernet)
@@ -22,10 +23,6 @@ from .setup import Setup
 from .space import SearchSpace
 
 logger = logging.getLogger(__name__)
-
-# A candidate's status where its method has nothing to train (PruningMethod.training_free): what records and
-# reports show, and how they tell such a candidate apart.
-TRAINING_FREE = "training-free: scored as it is, on the base model's weights"
 
 
 def candidate_steps(settings: SearchSettings) -> int:
