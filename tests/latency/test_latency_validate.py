@@ -29,7 +29,7 @@ def test_random_configs_are_distinct_and_cover_both_methods():
     g = geometry(create_model("deit_small_patch16_224"))
     configs = random_configs(30, g, seed=3)
     assert len({str(c) for c in configs}) == 30
-    assert {c.method for c in configs} == {"spvit", "evovit"}
+    assert {c.method for c in configs} == {"spvit", "evovit", "tome", "evit"}
     assert all(0 not in c.keep and max(c.keep) < g.depth for c in configs)
     assert [str(c) for c in random_configs(30, g, seed=3)] == [str(c) for c in configs]
 
@@ -37,7 +37,7 @@ def test_random_configs_are_distinct_and_cover_both_methods():
 def test_validate_saves_results_beside_the_table(tiny_table):
     result = validate(tiny_table, 4, progress=False, model_kwargs=TINY_KWARGS,
                       tables=str(tiny_table.path.parent.parent))
-    assert len(result.rows) == 4 and {r["method"] for r in result.rows} == {"spvit", "evovit"}
+    assert len(result.rows) == 4 and {r["method"] for r in result.rows} == {"spvit", "evovit", "tome", "evit"}
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in result.rows)
     for kind in ("csv", "json", "png"):
         assert result.paths[kind].exists() and result.paths[kind].parent == tiny_table.path.parent
@@ -45,7 +45,7 @@ def test_validate_saves_results_beside_the_table(tiny_table):
     for key in ("median_abs_error_pct", "p95_abs_error_pct", "kendall_tau", "within_10pct", "runtime", "geometry"):
         assert key in saved
     info = scatter_info(result.rows)
-    assert set(info["series"]) == {"spvit", "evovit"} and info["lo"] <= info["hi"]
+    assert set(info["series"]) == {"spvit", "evovit", "tome", "evit"} and info["lo"] <= info["hi"]
     # each model is also given at the table's speed, through the reference timed in its own call
     table_ref = Predictor(tiny_table).reference_ms
     for r in result.rows:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vitsearch.report import load_study, write_report
 from vitsearch.report.draw import draw_method_fronts
-from vitsearch.report.info import method_fronts_info
+from vitsearch.report.methods import method_fronts_info
 from vitsearch.studyfolder import TRAINING_FREE
 
 from .conftest import write_study

@@ -26,7 +26,7 @@ import torch
 from .. import __version__
 from ..errors import RunFailure, VitsearchError, naming
 from ..models import ModelGeometry, create_model
-from ..pruning import PruneConfig, apply, pruning_methods, token_schedule
+from ..pruning import PruneConfig, apply, method_of, pruning_methods, token_schedule
 from ..stats import plot_scatter, scatter_info, summarise
 from .devices import Artefact, MeasureSettings, open_device
 from .predict import Predictor
@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 def random_configs(count: int, g: ModelGeometry, *, seed: int = 0, methods: Sequence[str] | None = None,
                    ratios: tuple[float, float] = (0.3, 0.95), max_selectors: int = 3) -> list[PruneConfig]:
     """``count`` distinct configs alternating between ``methods``: 1..max_selectors selectors at distinct blocks
-    in [1, depth - 1], keep ratios uniform in ``ratios``, each pruning at least one token."""
+    in [1, depth - 1], keep ratios uniform in ``ratios`` (a method whose setting is a token count: a count up to
+    that share of half the patches), each pruning at least one token; a draw the method refuses is drawn again."""
     methods = methods or pruning_methods()
     rng = random.Random(seed)
     out: list[PruneConfig] = []
@@ -50,8 +51,15 @@ def random_configs(count: int, g: ModelGeometry, *, seed: int = 0, methods: Sequ
             break
         method = methods[len(out) % len(methods)]
         blocks = sorted(rng.sample(range(1, g.depth), rng.randint(1, min(max_selectors, g.depth - 1))))
-        config = PruneConfig(method, {b: round(rng.uniform(*ratios), 2) for b in blocks})
-        sched = token_schedule(config, depth=g.depth, num_patches=g.num_patches, num_prefix=g.num_prefix_tokens)
+        if method_of(method).setting == "count":
+            config = PruneConfig(method, {b: max(1, round((1 - rng.uniform(*ratios)) * g.num_patches / 2))
+                                          for b in blocks})
+        else:
+            config = PruneConfig(method, {b: round(rng.uniform(*ratios), 2) for b in blocks})
+        try:
+            sched = token_schedule(config, depth=g.depth, num_patches=g.num_patches, num_prefix=g.num_prefix_tokens)
+        except VitsearchError:  # e.g. more tokens merged than a block holds
+            continue
         if str(config) in seen or not sched.selectors:
             continue
         seen.add(str(config))

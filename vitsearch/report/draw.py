@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..stats import plot_scatter
-from .info import MIN_RANKED, FlopsInfo, MethodFrontsInfo, OverlayInfo, ParetoInfo, TokenInfo, ValidationInfo
+from .info import MIN_RANKED, FlopsInfo, OverlayInfo, ParetoInfo, TokenInfo, ValidationInfo
+from .methods import MethodFrontsInfo
 
 GREY = "#9a9a9a"
 FRONT = "C0"

@@ -10,7 +10,6 @@ from typing import Callable, Sequence
 from ..errors import VitsearchError
 from ..pareto import dominated_by_front, pareto_front
 from ..stats import kendall_tau, scatter_info, summarise
-from ..studyfolder import TRAINING_FREE
 from .load import Entry, StudyRecord
 
 METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy"}
@@ -117,14 +116,14 @@ def front_steps(front: Sequence[Point], right: float | None = None) -> tuple[lis
     return xs, ys
 
 
-def _point(e: Entry, cost: Callable[[Entry], float | None]) -> Point | None:
+def entry_point(e: Entry, cost: Callable[[Entry], float | None]) -> Point | None:
     x = cost(e)
     if x is None or e.accuracy is None:
         return None
     return Point(float(x), 100.0 * e.accuracy, e.config, e.trial)
 
 
-def _front_of(entries: Sequence[Entry], points: Sequence[Point]) -> list[Point]:
+def front_of(entries: Sequence[Entry], points: Sequence[Point]) -> list[Point]:
     """The points (test accuracy) of the entries on the front chosen by val accuracy, as the search chose it: the
     report never picks by test. By ascending cost."""
     ranked = [(e.ranked_by, p.x) for e, p in zip(entries, points)]
@@ -147,21 +146,21 @@ def pareto_info(study: StudyRecord, *, cost: str = "latency") -> ParetoInfo:
     of = _latency if cost == "latency" else _gmacs
     trained, infeasible, rejected, kept = [], [], [], []
     for t in study.trials:
-        p = _point(t, of)
+        p = entry_point(t, of)
         if p is not None:
             (trained if t.feasible else infeasible).append(p)
             if t.feasible:
                 kept.append(t)
         elif cost == "latency":
             rejected.append(t.predicted_ms)
-    front = _front_of(kept, trained)
+    front = front_of(kept, trained)
     budget = study.budget_ms if cost == "latency" else None
     # The staircase runs on to the budget: up to it, the front's last config is the best one can ship.
     right = budget if budget is not None else max((p.x for p in trained), default=None)
     step_x, step_y = front_steps(front, right)
-    unpruned = _point(study.unpruned, of) if study.unpruned else None
-    uniform_entries = [b for b in study.baselines if b.kind == "uniform" and _point(b, of) is not None]
-    uniform = [p for p in (_point(b, of) for b in uniform_entries) if p is not None]
+    unpruned = entry_point(study.unpruned, of) if study.unpruned else None
+    uniform_entries = [b for b in study.baselines if b.kind == "uniform" and entry_point(b, of) is not None]
+    uniform = [p for p in (entry_point(b, of) for b in uniform_entries) if p is not None]
     by_val = {e.config: e.ranked_by for e in kept}
     matched = [dominated_by_front([(by_val[f.label], f.x) for f in front], (b.ranked_by, u.x))
                for b, u in zip(uniform_entries, uniform)]
@@ -176,7 +175,7 @@ def pareto_info(study: StudyRecord, *, cost: str = "latency") -> ParetoInfo:
                       f"{study.name}: {study.model} on {study.device} in {study.precision}, budget "
                       f"{study.meta.get('budget', '?')}",
                       *(box or (None, None)), outside, spaced_labels(front, box),
-                      [p for t in study.trials if t.kind == "learned" and (p := _point(t, of)) is not None])
+                      [p for t in study.trials if t.kind == "learned" and (p := entry_point(t, of)) is not None])
 
 
 @dataclass(frozen=True)
@@ -344,77 +343,3 @@ def validation_info(study: StudyRecord) -> ValidationInfo | None:
             panels.append(ValidationPanel(statistic, data["series"], data["lo"], data["hi"], dict(summary)))
     return ValidationInfo(panels) if panels else None
 
-
-# Fronts per method ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class MethodFront:
-    """One method's evaluated configs within the budget (trials and uniform baselines) and their front, chosen on
-    val like the search's; ``method`` "all" for the combined front."""
-
-    method: str
-    training_free: bool  # its candidates were scored as they are (their records say so)
-    points: list[Point]
-    front: list[Point]
-    step_x: list[float]
-    step_y: list[float]
-    best: Entry | None  # the most accurate on val within the budget
-
-
-@dataclass(frozen=True)
-class MethodFrontsInfo:
-    methods: list[MethodFront]
-    combined: MethodFront
-    budget: float | None
-    verdict: str  # which method is best at the budget, and by how much over the best training-free one
-    x_label: str
-    y_label: str
-    title: str
-
-
-def _method_front(method: str, entries: Sequence[Entry], right: float | None) -> MethodFront:
-    points = [p for p in (_point(e, _latency) for e in entries) if p is not None]
-    front = _front_of(entries, points)
-    step_x, step_y = front_steps(front, right)
-    free = any(e.status == TRAINING_FREE for e in entries)
-    best = max(entries, key=lambda e: (e.ranked_by, -e.predicted_ms), default=None)
-    return MethodFront(method, free, points, front, step_x, step_y, best)
-
-
-def method_fronts_info(study: StudyRecord) -> MethodFrontsInfo:
-    """A front per method drawn apart, the combined front, and the study's verdict: per device table (a study
-    has one), which method is most accurate within the budget (on val, as the search picks; accuracies stated on
-    test) and by how much over the best training-free one."""
-    evaluated = [e for e in [*study.trials, *(b for b in study.baselines if b.kind == "uniform")]
-                 if e.trained and e.feasible and e.ranked_by is not None]
-    methods = list(dict.fromkeys(e.method for e in evaluated))
-    right = study.budget_ms
-    per = [_method_front(m, [e for e in evaluated if e.method == m], right) for m in methods]
-    combined = _method_front("all", evaluated, right)
-    return MethodFrontsInfo(per, combined, right, _verdict(study, per, combined), latency_label(study),
-                            metric_label(study.metric), f"{study.name}: fronts per method on {study.device}, "
-                            f"budget {study.meta.get('budget', '?')}")
-
-
-def _pct(x: float | None) -> str:
-    return "?" if x is None else f"{100 * x:.1f}%"
-
-
-def _verdict(study: StudyRecord, per: Sequence[MethodFront], combined: MethodFront) -> str:
-    where = f"on {study.device} (budget {study.meta.get('budget', '?')})"
-    best = combined.best
-    if best is None:
-        return f"{where}: no config of any method was trained within the budget"
-    free = [m.best for m in per if m.training_free and m.best is not None]
-    top_free = max(free, key=lambda e: (e.ranked_by, -e.predicted_ms), default=None)
-    text = f"{where}: best method {best.method} (`{best.config}`, {_pct(best.accuracy)} on test)"
-    if top_free is None:
-        return text + "; no training-free method was evaluated within the budget"
-    if top_free is best:
-        trained = [m.best for m in per if not m.training_free and m.best is not None]
-        runner = max(trained, key=lambda e: (e.ranked_by, -e.predicted_ms), default=None)
-        return text + (", training-free: no trained method beats it" + (
-            f" (best trained: {runner.method}, {_pct(runner.accuracy)} on test)" if runner else ""))
-    gap = None if best.accuracy is None or top_free.accuracy is None else 100 * (best.accuracy - top_free.accuracy)
-    return text + (f", {'?' if gap is None else f'{gap:+.1f}'} points over the best training-free one "
-                   f"({top_free.method}, `{top_free.config}`, {_pct(top_free.accuracy)} on test)")

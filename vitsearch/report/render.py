@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 from . import draw
-from .info import flops_info, method_fronts_info, overlay_info, pareto_info, token_info, validation_info
+from .info import flops_info, overlay_info, pareto_info, token_info, validation_info
+from .methods import method_fronts_info
 from .load import StudyRecord, load_study
 from .tables import (DASH, MEASURED_NOTE, SPLITS_NOTE, Table, baselines_table, entry_headers, entry_rows,
                      finalized_table, headline, settings_table, trials_table, validation_text)
