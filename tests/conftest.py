@@ -82,8 +82,8 @@ def chosen_ms(point) -> float:
             "evo_stage": lambda: 0.01 + 0.0001 * n + 0.0001 * k, "evo_enter": lambda: 0.006 + 0.0001 * n + 0.0001 * k,
             "spvit_select": lambda: 0.008 + 0.0002 * n + 0.00005 * k, "head": lambda: 0.002 + 0.00005 * n,
             # a block split in its attention and MLP halves (ToMe, EViT), the step between them a few percent
-            "tome_attn": lambda: 0.45 * block + 0.0005, "tome_mlp": lambda: 0.55 * block,
-            "tome_merge": lambda: 0.006 + 0.0002 * n + 0.00005 * k,
+            "tome_attn": lambda: 0.45 * block + 0.0002, "tome_mlp": lambda: 0.55 * block,
+            "tome_merge": lambda: 0.001 + 0.00002 * n + 0.00001 * k,
             "evit_attn": lambda: 0.45 * block + 0.001, "evit_mlp": lambda: 0.55 * block,
             "evit_fuse": lambda: 0.005 + 0.0001 * n + 0.00005 * k}[point.kind]()
 
