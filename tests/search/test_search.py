@@ -298,3 +298,25 @@ def test_a_config_rejected_before_training_is_pruned_tried_but_not_trained_and_n
     assert count_trained(study) == 2 and sum(c.accuracy is not None for c in again.trials) == 2
     assert [c.trial for c in again.trials if c.accuracy is None] == [0, 1]  # the same two, not run again
     assert sum(t.user_attrs.get("config") == str(over) for t in study.trials) == 2
+
+
+def test_an_int8_search_says_its_candidates_are_scored_in_float_and_why(tmp_path, env, table_writer, caplog):
+    """issue 29 item 3: a search whose latency is int8 scores its candidates by their float accuracy; it says so
+    and why at its start, in study.json and in the report. An fp32 study says nothing of the kind."""
+    from vitsearch.report import load_study, write_report
+
+    int8_tables = tmp_path / "int8-tables"
+    table_writer(int8_tables, precision="int8")
+    with caplog.at_level("INFO", logger="vitsearch"):
+        result = run_search(settings(tmp_path, env, tables=str(int8_tables), precision="int8", trials=1,
+                                     baselines="none", study="int8"), progress=False)
+    why = json.loads((result.folder / "study.json").read_text())["scoring"]["why"]
+    assert why.startswith("candidates are scored by their float (fp32) accuracy after brief training, not in int8")
+    assert "finalize --precision int8" in why and "claim-int8-accuracy" in why
+    said = [r.getMessage() for r in caplog.records]
+    assert why in said and said.index(why) < next(i for i, m in enumerate(said) if m.startswith("trial 0: training"))
+    assert f"| scoring | {why} |" in write_report(load_study(result.folder)).markdown.read_text()
+
+    fp32 = run_search(settings(tmp_path, env, trials=1, baselines="none", study="fp32"), progress=False)
+    assert json.loads((fp32.folder / "study.json").read_text())["scoring"] == {"accuracy_in": "fp32", "why": None}
+    assert "| scoring |" not in write_report(load_study(fp32.folder)).markdown.read_text()
