@@ -198,8 +198,9 @@ def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
     setup = prepare(settings, progress=progress)
     setup.folder.make()
     write_provenance(setup, settings)
-    if settings.scoring()["why"]:
-        logger.info("%s", settings.scoring()["why"])
+    why = settings.scoring()["why"]  # an int8 study scores float accuracy: said before any training
+    if why:
+        logger.info("%s", why)
     study = open_optuna_study(settings, setup.folder)
     describe(study, metric="top1", device=settings.device, batch=settings.batch, budget=str(setup.budget),
              budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms, limit_ms=setup.limit_ms)

@@ -292,8 +292,9 @@ def collect(study: optuna.Study) -> list[Candidate]:
             continue
         config = PruneConfig.parse(t.user_attrs.get("config", "none"))
         feasible = all(v <= 0 for v in t.constraints.values())
+        predicted_ms = t.user_attrs["predicted_ms"] if "predicted_ms" in t.user_attrs else t.values[1]  # pruned: none
         out.append(Candidate(
-            config, t.user_attrs.get("kind", "search"), float(t.user_attrs["predicted_ms"] if "predicted_ms" in t.user_attrs else t.values[1]),
+            config, t.user_attrs.get("kind", "search"), float(predicted_ms),
             accuracy=t.user_attrs.get("accuracy"), val_accuracy=t.user_attrs.get("val_accuracy"), gmacs=t.user_attrs.get("gmacs"),
             train_seconds=float(t.user_attrs.get("train_seconds", 0.0)), trial=t.number, feasible=feasible,
             status=t.user_attrs.get("status", "trained"), block_tokens=tuple(t.user_attrs.get("block_tokens", ())),
