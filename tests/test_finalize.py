@@ -210,10 +210,15 @@ def _error(capsys, argv, code: int = 2) -> str:
 
 def test_finalize_says_what_it_does_before_its_bar_and_before_its_evaluation(study, monkeypatch):
     """No silence over 10 s (issue 28 item 6): a line before loading the base model, the data and the table (the
-    bar only comes with the training, 27 s later on a loaded machine), and one after the training, before the
-    held-out evaluation and the export (minutes on a large test split). Each is checked against the step it
-    announces, so a line removed, or moved after its step, fails."""
+    bar only comes with the training, 27 s later on a loaded machine), progress lines while it trains without a
+    bar (off a terminal; here at every step), and one after the training, before the held-out evaluation and the
+    export (minutes on a large test split). Each is checked against the step it announces, so a line removed, or
+    moved after its step, fails."""
     import logging
+
+    from vitsearch.training import loop
+
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)
 
     events: list[str] = []
 
@@ -242,6 +247,9 @@ def test_finalize_says_what_it_does_before_its_bar_and_before_its_evaluation(stu
     trained = events.index("<train_schedule>")
     # after the training; before the untrained copy for the training-free accuracy, and every evaluation
     assert trained < evaluating < events.index("<fresh_model>", trained + 1) < events.index("<accuracy>"), events
+    config = next(r["config"] for r in json.loads((study / "trials.json").read_text()) if r["trial"] == trial)
+    said = [e.split(", ")[0] for e in events[trained:evaluating] if e.startswith(f"finalize {config}: step ")]
+    assert said == [f"finalize {config}: step {k}/{TINY.steps}" for k in range(1, TINY.steps)], events
 
 
 def test_a_missing_or_rejected_trial_lists_the_front(study, capsys):
