@@ -7,7 +7,8 @@ import torch
 
 from vitsearch import pruning
 from vitsearch.errors import VitsearchError
-from vitsearch.pruning import evovit, spvit
+from vitsearch.pruning import spvit
+from vitsearch.pruning.methods.evovit import algorithm as evovit
 
 from .test_pruning import images, tiny_vit  # noqa: F401  (images is a fixture: the same tiny model and inputs)
 
@@ -185,7 +186,7 @@ def test_evovit_assisted_head_reads_a_normalised_class_token(images):
     linear = model.head_aux[-1] if isinstance(model.head_aux, torch.nn.Sequential) else model.head_aux
     linear.register_forward_pre_hook(lambda m, args: seen.update(x=args[0].detach()))
     model(images)
-    assert pruning.prune_state(model).aux_logits is not None
+    assert pruning.prune_state(model).method.aux_logits is not None
     assert float(seen["x"].std(dim=-1).mean()) == pytest.approx(1.0, abs=0.1)
 
 
@@ -263,7 +264,7 @@ def test_evovit_mean_head_reads_every_patch_so_the_placeholders_reach_the_logits
         monkeypatch.setattr(evovit, "leave_stage", leave)
         model.train()
         model(images)
-        torch.testing.assert_close(pruning.prune_state(model).aux_logits, model.head_aux(captured["tokens"][:, 0]))
+        torch.testing.assert_close(pruning.prune_state(model).method.aux_logits, model.head_aux(captured["tokens"][:, 0]))
 
 
 @pytest.mark.parametrize("head_pooling", [None, "avg"])
@@ -294,7 +295,7 @@ def test_evovit_assisted_head_reads_the_other_pooling_normalised_as_the_main_hea
         other = "avg" if model.global_pool == "token" else "token"
         expected = linear(model.fc_norm(global_pool_nlc(model.norm(seen["tokens"]), other, num_prefix_tokens=1)))
     assert seen["tokens"].shape[1] == 1 + 64  # training restores every patch for the mean
-    torch.testing.assert_close(pruning.prune_state(model).aux_logits, expected)
+    torch.testing.assert_close(pruning.prune_state(model).method.aux_logits, expected)
 
 
 def test_evovit_mean_head_pooling_is_the_methods_own_and_other_configs_get_the_stock_pooling_back(mean_head):
@@ -326,7 +327,7 @@ def test_evovit_class_token_head_computes_nothing_of_the_last_stages_placeholder
         monkeypatch.undo()
         model.train()
         model(images)
-        assert shapes[-1] == 65 and pruning.prune_state(model).aux_logits is not None
+        assert shapes[-1] == 65 and pruning.prune_state(model).method.aux_logits is not None
 
 
 # Models a method refuses -------------------------------------------------------------------------------------

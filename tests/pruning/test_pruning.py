@@ -6,7 +6,8 @@ import timm
 import torch
 
 from vitsearch import pruning
-from vitsearch.pruning import PruneConfig, evovit, token_schedule
+from vitsearch.pruning import PruneConfig, token_schedule
+from vitsearch.pruning.methods.evovit import algorithm as evovit
 from vitsearch.errors import VitsearchError
 
 PRUNED = ["spvit:3=0.7,6=0.7,9=0.7", "spvit:2=0.5", "evovit:4=0.5,8=0.5", "evovit:1=0.3"]
@@ -219,7 +220,7 @@ def test_evovit_preserves_structure_and_updates_placeholders_fast(images):
     assert captured["tokens"].shape == (8, 65, 64)  # every token comes back, in its place
     model.train()
     model(images)
-    assert pruning.prune_state(model).aux_logits.shape == (8, 10)
+    assert pruning.prune_state(model).method.aux_logits.shape == (8, 10)
 
 
 def test_evovit_every_block_reselection_runs_and_differs(images, monkeypatch):
@@ -237,7 +238,7 @@ def test_evovit_every_block_reselection_runs_and_differs(images, monkeypatch):
     monkeypatch.setattr(evovit, "enter_stage", recorded)
     with torch.inference_mode():
         stagewise = model(images)
-        model.evo_every_block = True
+        model.every_block = True
         chosen.clear()
         layerwise = model(images)
     assert len(chosen) == 8  # blocks 4-11 each re-rank

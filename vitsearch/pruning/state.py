@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
 
 from .spvit import TRAIN_DRAWS
 
@@ -32,3 +33,12 @@ class PruneState:
         self.policy, self.cls_attn, self.aux_logits, self.pool_mask = None, None, None, None
         self.record_cls_attn = False
         self.keep_decisions, self.keep_targets, self.block_tokens = [], [], []
+
+
+def run_block(blk: nn.Module, x: torch.Tensor, state: PruneState, record: bool = False) -> torch.Tensor:
+    """One stock block on (B, T, C) tokens as every method's forward runs it, and the latency model times it:
+    T counted in ``state.block_tokens``, the class token's attention row recorded in ``state.cls_attn`` where
+    ``record``."""
+    state.block_tokens.append(x.shape[1])
+    state.record_cls_attn = record
+    return blk(x)

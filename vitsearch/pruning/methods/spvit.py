@@ -8,9 +8,9 @@ import torch.nn as nn
 
 from .. import spvit
 from ..schedule import TokenSchedule, compound_steps
-from ..state import PruneState
+from ..state import PruneState, run_block
 from ..tokens import gather_rows
-from .base import Component, PruningMethod, restricted
+from .base import Component, ComponentKind, PruningMethod, Timed, restricted, span
 
 
 def keep_ratio_loss(decisions: Sequence[torch.Tensor], targets: Sequence[float]) -> torch.Tensor:
@@ -97,11 +97,8 @@ class SPViT(PruningMethod):
         P, steps = model.num_prefix_tokens, {s.block: s for s in model.token_schedule.selectors}
         for i, blk in enumerate(model.blocks):
             if i in steps:
-                n = steps[i].n_in
-                kept, pkg = spvit.prune_hard(model.token_selectors[str(i)], x[:, P:P + n], steps[i].n_keep)
-                x = torch.cat([x[:, :P], kept, x[:, P + n:], pkg], dim=1)  # [prefix, kept, old packages, new]
-            state.block_tokens.append(x.shape[1])
-            x = blk(x)
+                x = spvit.select(model.token_selectors[str(i)], x, P, steps[i].n_in, steps[i].n_keep)
+            x = run_block(blk, x, state)
         return x
 
     @staticmethod
@@ -186,6 +183,10 @@ class SPViT(PruningMethod):
         phases = [(restricted(config, [b for g in groups[:k + 1] for b in g]), False) for k in range(len(groups))]
         return phases, None, f"{config} (one phase per selector group {groups})"
 
+    def kinds(self) -> tuple[ComponentKind, ...]:
+        return (ComponentKind("spvit_select", "nk", chain=False, selection=True, grid=_select_grid,
+                              build=_timed_select),)
+
     def components(self, schedule: TokenSchedule) -> list[Component]:
         steps = {s.block: s for s in schedule.selectors}
         out: list[Component] = []
@@ -194,3 +195,30 @@ class SPViT(PruningMethod):
                 out.append(("spvit_select", steps[i].n_in, steps[i].n_keep))
             out.append(("block", n, 0))
         return out
+
+
+# Latency: the component SPViT charges -------------------------------------------------------------------------------
+
+class _Select(nn.Module):
+    """``spvit_select`` (n = patches ranked, k = kept): one selector as inference runs it (:func:`spvit.select`:
+    selector MLP, top-k, gather, package token, concatenation), in front of one earlier package token."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.num_prefix = model.num_prefix_tokens
+        self.selector = spvit.MultiHeadTokenSelector(model.embed_dim, model.blocks[0].attn.num_heads)
+
+    def forward(self, x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1] - self.num_prefix - 1  # x: (B, P + n + 1, C)
+        return spvit.select(self.selector, x, self.num_prefix, n, count.shape[0])
+
+
+def _timed_select(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator) -> Timed:
+    P, C = model.num_prefix_tokens, model.embed_dim
+    return Timed(_Select(model), lambda n, k: (torch.randn(batch, P + n + 1, C, generator=gen), torch.zeros(k)),
+                 (((1, "n"),), ((0, "k"),)))
+
+
+def _select_grid(P: int, N: int, spec: Any) -> list[tuple[int, int]]:
+    """n (patches ranked) in [2, N], k in [1, n - 1]."""
+    return [(n, k) for n in span(2, N, spec.select_rows) for k in span(1, n - 1, spec.select_cols)]
