@@ -1,5 +1,6 @@
-"""Token pruning methods that patch a stock timm ViT in place: SPViT soft pruning and Evo-ViT slow-fast, one
-contract each (:mod:`.methods`), and the config and token schedule every consumer reads (:mod:`.config`)."""
+"""Token pruning methods that patch a stock timm ViT in place, one folder each behind one contract
+(:mod:`.methods`, whose registry lists them), and the config and token schedule every consumer reads
+(:mod:`.config`)."""
 from .attention import PrunableAttention, softmax_with_policy
 from .config import PruneConfig, canonical_key, token_schedule
 from .methods import METHODS, PruningMethod, method_of, pruning_methods
