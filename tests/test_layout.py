@@ -205,8 +205,9 @@ def test_a_method_is_one_folder_and_one_registry_line():
         assert type(method).__module__.startswith(f"vitsearch.pruning.methods.{name}."), type(method).__module__
     registry, bad = "vitsearch.pruning.methods", []
     for name in MODULES:
-        if name.startswith("vitsearch.latency") or (name.startswith("vitsearch.pruning") and name.count(".") == 2) \
-                or name == f"{registry}.base" or name.startswith(f"{registry}."):
+        shared = name.startswith("vitsearch.latency") or name == f"{registry}.base" or (
+            name.startswith("vitsearch.pruning") and name.count(".") <= 2 and name != registry)
+        if shared or name.startswith(f"{registry}."):  # and each method's own modules
             own = name.split(".")[3] if name.startswith(f"{registry}.") else None
             for module, names, line in imports(name):
                 targets = [module] + [f"{module}.{n}" for n in names]

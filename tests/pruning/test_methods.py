@@ -7,8 +7,10 @@ import torch
 
 from vitsearch import pruning
 from vitsearch.errors import VitsearchError
-from vitsearch.pruning import spvit
+from vitsearch.pruning.methods.spvit import algorithm as spvit
 from vitsearch.pruning.methods.evovit import algorithm as evovit
+from vitsearch.pruning.methods.spvit import SPViTRecord
+from vitsearch.training import TrainSettings
 
 from .test_pruning import images, tiny_vit  # noqa: F401  (images is a fixture: the same tiny model and inputs)
 
@@ -83,7 +85,7 @@ def test_spvit_training_at_zero_noise_computes_what_inference_computes(variant, 
         inference = model(images)
         model.train()
         state = pruning.prune_state(model)
-        state.progress, state.spvit_draw = 1.0, "topk"  # noise 0: the draws are the inference top-k
+        state.progress, state.train = 1.0, TrainSettings(spvit_draw="topk")  # noise 0: the draws are the inference top-k
         training = model(images)
     torch.testing.assert_close(training, inference, atol=2e-5, rtol=1e-4)
 
@@ -96,7 +98,7 @@ def test_spvit_latency_term_acts_above_the_schedule_and_pulls_the_decisions_down
     schedule, method = model.token_schedule, model.prune_method
     state = pruning.PruneState()
     decisions = torch.ones(2, 64, requires_grad=True)  # every patch kept: over the schedule's 32
-    state.keep_decisions, state.keep_targets = [decisions], [0.5]
+    state.method = SPViTRecord([decisions], [0.5])
     latency = SoftLatency(PiecewiseLinear([1, 65, 66], [0.1, 1.0, 1.02]))  # ms per block at n tokens
     parts: dict = {}
     loss = method.loss(torch.zeros(()), parts, state, schedule, None, LossWeights(ratio=0.0), latency)

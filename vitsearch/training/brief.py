@@ -106,7 +106,7 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
             for config in configs:
                 apply(model, config, every_block=getattr(model, "every_block", False))
                 state = prune_state(model)
-                state.progress, state.spvit_draw = i / max(settings.steps - 1, 1), settings.spvit_draw
+                state.progress, state.train = i / max(settings.steps - 1, 1), settings
                 model.train()
                 with precision.autocast():
                     loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)

@@ -17,7 +17,7 @@ from . import algorithm, latency
 
 
 @dataclass
-class EvoRecord:
+class EvoViTRecord:
     """What one forward records for the loss (``PruneState.method``)."""
 
     aux_logits: torch.Tensor | None = None  # (B, classes) the assisted head's output, training only
@@ -97,7 +97,7 @@ class EvoViT(PruningMethod):
 
     def forward_blocks(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
         P = model.num_prefix_tokens
-        state.method = EvoRecord()
+        state.method = EvoViTRecord()
         starts = {s.block: s.n_keep for s in model.token_schedule.selectors}
         last_start = max(starts, default=-1)
         every_block = model.every_block
@@ -138,7 +138,7 @@ class EvoViT(PruningMethod):
 
     def loss(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], state: PruneState, schedule: TokenSchedule,
              y: torch.Tensor, weights: Any, latency: Any | None) -> torch.Tensor:
-        aux = state.method.aux_logits if isinstance(state.method, EvoRecord) else None
+        aux = state.method.aux_logits if isinstance(state.method, EvoViTRecord) else None
         if aux is None:
             return loss
         parts["aux"] = F.cross_entropy(aux, y)

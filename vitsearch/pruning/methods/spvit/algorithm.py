@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .schedule import kept_tokens
-from .tokens import gather_rows, weighted_mean
+from ...schedule import kept_tokens
+from ...tokens import gather_rows, weighted_mean
 
 
 class MultiHeadTokenSelector(nn.Module):
