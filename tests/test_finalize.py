@@ -208,6 +208,50 @@ def _error(capsys, argv, code: int = 2) -> str:
     return errors[0]
 
 
+def test_finalize_says_what_it_does_before_its_bar_and_before_its_evaluation(study, monkeypatch):
+    """No silence over 10 s (issue 28 item 6): a line before loading the base model, the data and the table (the
+    bar only comes with the training, 27 s later on a loaded machine), progress lines while it trains without a
+    bar (off a terminal; here at every step), and one after the training, before the held-out evaluation and the
+    export (minutes on a large test split). Each is checked against the step it announces, so a line removed, or
+    moved after its step, fails."""
+    import logging
+
+    from vitsearch.training import loop
+
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)
+
+    events: list[str] = []
+
+    def mark(name, function):
+        def marked(*args, **kwargs):
+            events.append(f"<{name}>")
+            return function(*args, **kwargs)
+        monkeypatch.setattr(fin, name, marked)
+
+    for name in ("load_context", "train_schedule", "accuracy", "fresh_model"):
+        mark(name, getattr(fin, name))
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: events.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("vitsearch")
+    level, log.level = log.level, logging.INFO
+    log.addHandler(handler)
+    trial = front_trial(study)
+    try:
+        fin.finalize(study, [trial], TINY, progress=False)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    start = next(i for i, e in enumerate(events) if e.startswith(f"finalize of {study}: loading the base model"))
+    evaluating = events.index(f"trial {trial}: evaluating on val and test, then exporting to ONNX")
+    assert start < events.index("<load_context>"), events
+    trained = events.index("<train_schedule>")
+    # after the training; before the untrained copy for the training-free accuracy, and every evaluation
+    assert trained < evaluating < events.index("<fresh_model>", trained + 1) < events.index("<accuracy>"), events
+    config = next(r["config"] for r in json.loads((study / "trials.json").read_text()) if r["trial"] == trial)
+    said = [e.split(", ")[0] for e in events[trained:evaluating] if e.startswith(f"finalize {config}: step ")]
+    assert said == [f"finalize {config}: step {k}/{TINY.steps}" for k in range(1, TINY.steps)], events
+
+
 def test_a_missing_or_rejected_trial_lists_the_front(study, capsys):
     front = ", ".join(str(t["trial"]) for t in json.loads((study / "front.json").read_text()))
     err = _error(capsys, ["finalize", str(study), "--trial", "999"])

@@ -175,7 +175,7 @@ def method_words() -> dict[str, "re.Pattern[str]"]:
     from vitsearch.latency.components import STOCK, kinds
     from vitsearch.pruning import METHODS
 
-    words = {name: "[-_ ]?".join(map(re.escape, name)) for name, m in METHODS.items() if m.prunes}
+    words = {name: "[-_]?".join(map(re.escape, name)) for name, m in METHODS.items() if m.prunes}
     words |= {short: re.escape(short) for short in SHORT_FORMS}
     # letters on neither side, so "spvit_select" names spvit while "brevity" does not name evit
     out = {w: re.compile(rf"(?<![a-z]){p}(?![a-z])", re.IGNORECASE) for w, p in words.items()}

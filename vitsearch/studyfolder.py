@@ -222,11 +222,17 @@ class StudyFolder:
     # Trials, front, baselines ---------------------------------------------------------------------------------
 
     def write_records(self, name: str, records: list[dict[str, Any]]) -> None:
-        """``name``.json and ``name``.csv (one of :data:`RECORDS`)."""
+        """``name``.json and ``name``.csv (one of :data:`RECORDS`). The JSON keeps lists as lists (what
+        ``vitsearch.report.trials_dataframe`` reads); a CSV cell can only hold text, so a list there is a JSON array
+        (``[3, 6]``, ``["a", null]``), which a spreadsheet shows as it is and ``json.loads`` reads back, never
+        Python's repr of it."""
         import pandas as pd  # deferred: heavy, and only the search writes CSV
 
         write_json(self.path / f"{name}.json", records)
-        write_text(self.path / f"{name}.csv", pd.DataFrame.from_records(records).to_csv(index=False))
+        frame = pd.DataFrame.from_records(records)
+        for column in frame.columns:
+            frame[column] = [json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for v in frame[column]]
+        write_text(self.path / f"{name}.csv", frame.to_csv(index=False))
 
     def read_records(self, name: str) -> list[dict[str, Any]] | None:
         """The records of ``name``.json, or None when the file is not there (yet)."""

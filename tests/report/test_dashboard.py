@@ -1,6 +1,7 @@
 """A real search folder opened with the real optuna-dashboard (a client vitsearch did not write), served on
-127.0.0.1: the objectives carry their names and a trial rejected over the budget is infeasible there, through its
-HTTP API and on its page rendered by headless Chromium."""
+127.0.0.1: the objectives carry their names and a trial rejected over the budget is listed there, pruned without
+an accuracy and with its constraints infeasible, through its HTTP API and on its page rendered by headless
+Chromium."""
 from __future__ import annotations
 
 import json
@@ -106,7 +107,9 @@ def get(url: str) -> dict:
         return json.loads(response.read())
 
 
-def test_the_dashboard_names_the_objectives_and_shows_rejected_trials_infeasible(dashboard, searched):
+def test_the_dashboard_names_the_objectives_and_lists_rejected_trials_infeasible_without_accuracy(dashboard, searched):
+    """A rejected trial reaches the dashboard pruned, with no objective values (so no accuracy on any of its axes,
+    where a placeholder 0.0 started them at 0) and with its constraints infeasible by the dashboard's own rule."""
     _, rejected, trained, _ = searched
     (summary,) = get(f"{dashboard}/api/studies")["study_summaries"]
     assert summary["study_name"] == "dash" and summary["directions"] == ["maximize", "minimize"]
@@ -116,8 +119,12 @@ def test_the_dashboard_names_the_objectives_and_shows_rejected_trials_infeasible
     trials = {t["number"]: t for t in detail["trials"]}
     for n in rejected:  # the dashboard's own rule: feasible when every constraint is <= 0
         assert trials[n]["constraints"] and not all(c <= 0 for c in trials[n]["constraints"]), trials[n]
+        assert trials[n]["state"] == "Pruned" and not trials[n].get("values"), trials[n]
+        status = {a["key"]: a["value"] for a in trials[n]["user_attrs"]}["status"]
+        assert status.startswith("rejected before training: over budget"), status
     for n in trained:
         assert trials[n]["constraints"] and all(c <= 0 for c in trials[n]["constraints"]), trials[n]
+        assert trials[n]["state"] == "Complete" and trials[n]["values"][0] > 0, trials[n]
     assert not {t["number"] for t in detail["best_trials"]} & set(rejected)
 
 
@@ -135,6 +142,10 @@ def test_optuna_reads_the_same_constraints_and_names(searched):
     by_number = {t.number: t for t in study.trials}
     # One list (as Optuna's samplers store it): latency_ms, then selectors, as the study's user attr says.
     assert all(len(by_number[n].constraints) == 2 and by_number[n].constraints["0"] > 0 for n in rejected)
+    # No fake accuracy: pruned, without values; Optuna's DataFrame has no value for it either.
+    assert all(by_number[n].state == optuna.trial.TrialState.PRUNED and by_number[n].values is None for n in rejected)
+    optuna_frame = study.trials_dataframe().set_index("number")
+    assert optuna_frame.loc[rejected, "values_val_accuracy"].isna().all()
     assert list(study.user_attrs["constraints"]) == ["latency_ms", "selectors"]
     # vitsearch's DataFrame of the same trials: the rejected ones without an accuracy, lists as lists.
     from vitsearch.report import trials_dataframe
@@ -152,8 +163,11 @@ def test_optuna_reads_the_same_constraints_and_names(searched):
         ax = optuna.visualization.matplotlib.plot_pareto_front(study)
     try:
         assert (ax.get_xlabel(), ax.get_ylabel()) == OBJECTIVES
-        infeasible = [c for c in ax.collections if c.get_label() == "Infeasible Trial"]
-        assert infeasible and len(infeasible[0].get_offsets()) == len(rejected)
+        # Only the trained trials are drawn: the accuracy axis spans their accuracies (a rejected trial at a
+        # placeholder 0.0 started it at 0).
+        drawn = [x for c in ax.collections for x, _ in c.get_offsets()]
+        accuracies = [by_number[n].values[0] for n in trained]
+        assert sorted(drawn) == sorted(accuracies) and ax.get_xlim()[0] > 0, (drawn, ax.get_xlim())
     finally:
         plt.close(ax.figure)
 

@@ -260,3 +260,63 @@ def test_a_config_suggested_again_is_not_trained_again(tmp_path, env):
     assert all(t.user_attrs["config"] == str(done.config) and t.user_attrs["same_as"] == done.trial
                and t.values == storage.trials[done.trial].values and "accuracy" not in t.user_attrs
                for t in repeats)
+
+
+def test_a_config_rejected_before_training_is_pruned_tried_but_not_trained_and_not_run_again(tmp_path, env):
+    """A config over the budget (here enqueued twice: the sampler never proposes one) ends pruned, without an
+    accuracy (issue 28 item 9: no placeholder 0.0 on the accuracy axes), counts as a candidate tried
+    (--max-attempts) but not as trained, stays in trials.json, and a resumed search neither runs it again nor
+    counts it."""
+    from pathlib import Path
+
+    from vitsearch.pruning import PruneConfig
+    from vitsearch.search import load_space
+    from vitsearch.search.storage import count_trained, open_optuna_study
+    from vitsearch.studyfolder import StudyFolder
+
+    first = settings(tmp_path, env, budget="80%", trials=3, max_attempts=3, baselines="none", study="rejected")
+    space = load_space(env["space"], depth=12)
+    over = PruneConfig("evovit", {space.blocks[-1]: space.keep_max})  # about the unpruned model's latency
+    folder = Path(first.reports) / first.name()
+    folder.mkdir(parents=True)
+    study = open_optuna_study(first, StudyFolder(folder))
+    for _ in range(2):
+        study.enqueue_trial(space.params_of(over))
+    result = run_search(first, progress=False)
+    rejected = [c for c in result.trials if c.accuracy is None]
+    assert [c.trial for c in rejected] == [0, 1] and all(not c.feasible and c.val_accuracy is None for c in rejected)
+    assert all(c.status.startswith("rejected before training: over budget") for c in rejected)
+    # Three candidates tried (--max-attempts 3): the two rejected ones and one trained.
+    assert len(result.trials) == 3 and count_trained(study) == 1
+    stored = study.trials
+    assert all(stored[n].state == optuna.trial.TrialState.PRUNED and stored[n].values is None for n in (0, 1))
+    assert all(stored[n].constraints["0"] > 0 for n in (0, 1))
+    assert [r["trial"] for r in json.loads((folder / "trials.json").read_text()) if r["accuracy"] is None] == [0, 1]
+
+    again = run_search(settings(tmp_path, env, budget="80%", trials=2, baselines="none", study="rejected"),
+                       progress=False)
+    assert count_trained(study) == 2 and sum(c.accuracy is not None for c in again.trials) == 2
+    assert [c.trial for c in again.trials if c.accuracy is None] == [0, 1]  # the same two, not run again
+    assert sum(t.user_attrs.get("config") == str(over) for t in study.trials) == 2
+
+
+def test_an_int8_search_says_its_candidates_are_scored_in_float_and_why(tmp_path, env, table_writer, caplog):
+    """issue 29 item 3: a search whose latency is int8 scores its candidates by their float accuracy; it says so
+    and why at its start, in study.json and in the report. An fp32 study says nothing of the kind."""
+    from vitsearch.report import load_study, write_report
+
+    int8_tables = tmp_path / "int8-tables"
+    table_writer(int8_tables, precision="int8")
+    with caplog.at_level("INFO", logger="vitsearch"):
+        result = run_search(settings(tmp_path, env, tables=str(int8_tables), precision="int8", trials=1,
+                                     baselines="none", study="int8"), progress=False)
+    why = json.loads((result.folder / "study.json").read_text())["scoring"]["why"]
+    assert why.startswith("candidates are scored by their float (fp32) accuracy after brief training, not in int8")
+    assert "finalize --precision int8" in why and "claim-int8-accuracy" in why
+    said = [r.getMessage() for r in caplog.records]
+    assert why in said and said.index(why) < next(i for i, m in enumerate(said) if m.startswith("trial 0: training"))
+    assert f"| scoring | {why} |" in write_report(load_study(result.folder)).markdown.read_text()
+
+    fp32 = run_search(settings(tmp_path, env, trials=1, baselines="none", study="fp32"), progress=False)
+    assert json.loads((fp32.folder / "study.json").read_text())["scoring"] == {"accuracy_in": "fp32", "why": None}
+    assert "| scoring |" not in write_report(load_study(fp32.folder)).markdown.read_text()

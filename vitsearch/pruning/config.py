@@ -23,7 +23,8 @@ class PruneConfig:
     keep: Mapping[int, float] = field(default_factory=dict)
 
     # The setting at every block not in ``keep`` (``"METHOD:r=8"``, e.g. a constant merge count); None for the
-    # methods whose selectors sit at chosen blocks, which refuse it (PruningMethod.check_every). Expanded to every block by :func:`token_schedule`, which knows the depth.
+    # methods whose selectors sit at chosen blocks, which refuse it (PruningMethod.check_every). Expanded to every
+    # block by :func:`token_schedule`, which knows the depth.
     every: float | None = None
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Convert a stock timm VisionTransformer in place into a token-pruned one (the shape of facebookresearch's token-merging patch).
+"""Convert a stock timm VisionTransformer in place into a token-pruned one (a class swap, weights untouched).
 
 ``apply(model, config)`` swaps the model's class for a subclass whose ``forward_features`` runs the selectors
 between the stock blocks, and swaps each block's attention for :class:`PrunableAttention`. Weights and their

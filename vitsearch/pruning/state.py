@@ -1,4 +1,4 @@
-"""The per-forward state a patched model shares with its patched attention modules (the info dict of facebookresearch's token-merging patch).
+"""The per-forward state a patched model shares with its patched attention modules (one object, set at patch time).
 
 Only what every method and the shared modules read is here; what one method records for its own loss is that
 method's record, in :attr:`PruneState.method`."""

@@ -238,8 +238,8 @@ def trials_dataframe(study: str | Path, reports: str | Path = "reports") -> Any:
     Lists stay lists (``blocks``, ``keep``, ``block_tokens``: ``trials.csv`` can only hold their text); a trial
     rejected before training has no accuracy (NaN in ``accuracy`` and ``val_accuracy``, never 0); ``on_front``
     marks the trials on the Pareto front (``front.json``). Optuna's own ``study.trials_dataframe()`` lists the same
-    trials with its objective values instead, where a rejected trial's ``val_accuracy`` is the placeholder 0.0 a
-    complete trial needs (:data:`vitsearch.search.record.REJECTED_ACCURACY`)."""
+    trials with its objective values instead, where a rejected trial is PRUNED without values
+    (:mod:`vitsearch.search.record`)."""
     import pandas as pd  # deferred: only this function needs it
 
     folder = StudyFolder.find(study, reports)

@@ -216,6 +216,7 @@ def settings_table(study: StudyRecord) -> Table:
                      f"{s.get('trials', '?')} trials requested; training {train.get('steps', '?')} steps of batch "
                      f"{train.get('batch_size', '?')} per candidate"],
         ["objectives", f"{', '.join(study.objectives) or '?'}; metric {study.metric}"],
+        *([["scoring", str(m["scoring"]["why"])]] if (m.get("scoring") or {}).get("why") else []),
         ["storage", _safe_storage(s.get("storage"))],
         ["versions", ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()) or "?"],
         ["report", f"vitsearch {__version__}"],

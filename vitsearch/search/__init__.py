@@ -2,8 +2,8 @@
 
 Objectives: maximise accuracy on the val split, minimise the latency predicted from the device's table. Each
 candidate's test accuracy is recorded beside it (the accuracy results state); no decision of the search reads it.
-The budget is an Optuna constraint (``trial.set_constraint``): a candidate predicted over budget is rejected before
-any training.
+The budget is an Optuna constraint (:mod:`.record`): a candidate predicted over budget is rejected before any
+training, and pruned without an accuracy.
 Everything lands in the study folder (:class:`~vitsearch.studyfolder.StudyFolder`), enough to rebuild the report.
 
 - :mod:`.settings`: :class:`SearchSettings`, and what a search returns (:class:`Candidate`, :class:`SearchResult`);

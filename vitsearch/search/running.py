@@ -17,7 +17,7 @@ from .claims import KEY, claim, owners
 from .coverage import CoverageSampler, FeasibleSet, NoModelLeft
 from .evaluation import Evaluator
 from .learned import check_learned, learned_trial, run_learned
-from .record import REJECTED_ACCURACY, describe, set_constraints
+from .record import describe, is_rejected, reject, set_constraints
 from .settings import TRAINED_ATTRS, Candidate, SearchResult, SearchSettings
 from .setup import Setup, prepare, write_provenance
 from .storage import (Heartbeat, collect, count_trained, database_failures, open_optuna_study, recover_stale_trials,
@@ -130,8 +130,8 @@ def make_objective(evaluator: Evaluator, on_train: Callable[[int, PruneConfig], 
             why = (f"over budget by {over_ms:.3f} ms" if over_ms > 0 else
                    f"{len(config.keep)} selectors (allowed {setup.space.min_selectors(config.method)}.."
                    f"{setup.space.max_selectors})")
-            trial.set_user_attr("status", f"rejected before training: {why}")
-            return REJECTED_ACCURACY, pred.total_ms  # infeasible by its constraints, so never on the front
+            reject(trial, why)  # no accuracy: pruned, infeasible by its constraints (record.py)
+            raise optuna.TrialPruned()
         key = canonical_key(config, depth=len(base.blocks), num_patches=base.patch_embed.num_patches,
                             num_prefix=base.num_prefix_tokens)
         owner = claim(trial, key)
@@ -199,6 +199,9 @@ def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
     setup = prepare(settings, progress=progress)
     setup.folder.make()
     write_provenance(setup, settings)
+    why = settings.scoring()["why"]  # an int8 study scores float accuracy: said before any training
+    if why:
+        logger.info("%s", why)
     study = open_optuna_study(settings, setup.folder)
     describe(study, metric="top1", device=settings.device, batch=settings.batch, budget=str(setup.budget),
              budget_ms=setup.budget_ms, unpruned_ms=setup.unpruned_ms, limit_ms=setup.limit_ms)
@@ -238,14 +241,16 @@ def _run_search(settings: SearchSettings, *, progress: bool) -> SearchResult:
                        f", test accuracy {acc:.4f} (val {val:.4f})" if acc is not None else "")
             complete = study.get_trials(deepcopy=False, states=finished)
             trained = count_trained(study, complete)
+            tried = len(complete) + sum(map(is_rejected, study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))))
             # Running candidates count too: workers sharing a database stop together at settings.trials.
             running = sum(not str(t.user_attrs.get(KEY, "")).startswith("baseline:")
                           for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
             if trained + running >= settings.trials or sampler.exhausted:
                 study.stop()
-            elif len(complete) >= attempts:
+            elif tried >= attempts:
                 logger.warning("stopping after %d candidates (--max-attempts): %d of them were trained",
-                               len(complete), trained)
+                               tried, trained)
                 study.stop()
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -91,6 +91,25 @@ class SearchSettings:
         precision = "" if self.precision == "fp32" else f"-{self.precision}"  # fp32 names stay as they were
         return f"{self.model}-{self.device.replace('/', '_').replace(':', '_')}{precision}-{budget}-{self.strategy}"
 
+    def scoring(self) -> dict[str, Any]:
+        """What the candidates' accuracy is measured in: their float model after brief training (on the training
+        device, as in an fp32 study), whatever ``precision`` the latency is in; ``why`` says so where they differ
+        (logged at the search's start, kept in study.json, shown in the report).
+
+        Not a post-training quantization of each candidate: that adds an ONNX export, a calibration and an
+        onnxruntime evaluation of val to every trial, for a difference smaller than the proxy's own error (brief
+        against finalized accuracy, benchmarks/RESULTS.md#claim-proxy; int8 against fp32 of a finalized pick,
+        #claim-int8-accuracy). ``finalize --precision int8`` measures the pick's int8 accuracy beside fp32's."""
+        if self.precision == "fp32":
+            return {"accuracy_in": "fp32", "why": None}
+        then = (f"`vitsearch finalize --precision {self.precision}` measures the pick's {self.precision} accuracy "
+                "beside fp32's" if self.precision == "int8" else "finalize ships fp32 and int8 models")
+        return {"accuracy_in": "fp32", "why": (
+            f"candidates are scored by their float (fp32) accuracy after brief training, not in {self.precision}: a "
+            "post-training quantization of each would add an ONNX export, a calibration and an onnxruntime "
+            "evaluation to every trial, for a change in accuracy smaller than brief training's own error "
+            f"(benchmarks/RESULTS.md#claim-int8-accuracy); the latencies are {self.precision}'s (its table). {then}")}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

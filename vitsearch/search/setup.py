@@ -269,6 +269,7 @@ def write_provenance(setup: Setup, settings: SearchSettings) -> dict[str, Any]:
         "fastest": {"config": str(setup.fastest[0]), "ms": setup.fastest[1]},
         **inference_inputs(setup.base, setup.splits.classes),  # what running the model on an image needs
         "space": setup.space.to_dict(), "strategy": settings.strategy, "training": setup.precision.to_dict(), "versions": versions(),
+        "scoring": settings.scoring(),  # the accuracy is the float model's, whatever the latency's precision
         "objectives": ["val_accuracy (maximise)", "predicted latency ms (minimise)"], "metric": "top1",
         # The search decides on val; the accuracy it states is test's, which no decision reads.
         "splits": {"decides_by": "val", "states": "test", "split_sha256": setup.splits.provenance.get("split_sha256"),

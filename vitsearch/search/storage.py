@@ -20,7 +20,7 @@ from ..errors import RunFailure, VitsearchError
 from ..pruning import PruneConfig
 from ..studyfolder import StudyFolder
 from .claims import KEY
-from .record import DIRECTIONS
+from .record import DIRECTIONS, is_rejected
 from .storage_url import parse_storage_url, redact
 from .settings import LEARNED, Candidate, SearchSettings
 
@@ -282,16 +282,19 @@ def _alive(pid: int) -> bool:
 
 
 def collect(study: optuna.Study) -> list[Candidate]:
-    """Every completed trial as a Candidate, in trial order; repeats of a trained config are left out (they hold
-    nothing new, and their trial number stays in the storage with ``same_as``)."""
+    """Every completed trial, and every trial rejected before training (pruned, :mod:`.record`), as a Candidate,
+    in trial order; repeats of a trained config are left out (they hold nothing new, and their trial number stays
+    in the storage with ``same_as``)."""
     out = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if "same_as" in t.user_attrs:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=states):
+        if "same_as" in t.user_attrs or (t.state == optuna.trial.TrialState.PRUNED and not is_rejected(t)):
             continue
         config = PruneConfig.parse(t.user_attrs.get("config", "none"))
         feasible = all(v <= 0 for v in t.constraints.values())
+        predicted_ms = t.user_attrs["predicted_ms"] if "predicted_ms" in t.user_attrs else t.values[1]  # pruned: none
         out.append(Candidate(
-            config, t.user_attrs.get("kind", "search"), float(t.user_attrs.get("predicted_ms", t.values[1])),
+            config, t.user_attrs.get("kind", "search"), float(predicted_ms),
             accuracy=t.user_attrs.get("accuracy"), val_accuracy=t.user_attrs.get("val_accuracy"), gmacs=t.user_attrs.get("gmacs"),
             train_seconds=float(t.user_attrs.get("train_seconds", 0.0)), trial=t.number, feasible=feasible,
             status=t.user_attrs.get("status", "trained"), block_tokens=tuple(t.user_attrs.get("block_tokens", ())),

@@ -59,9 +59,13 @@ StepFn = Callable[[int], dict[str, float]]  # forward(s) and backward(s) of one 
 AfterFn = Callable[[int, dict[str, float]], None]  # called with the number of steps done and the step's parts
 
 
-def step_log(what: str, total: int, log: Any, *, every_s: float = 10.0) -> AfterFn:
+PROGRESS_EVERY_S = 10.0  # at most this long between a training's progress lines
+
+
+def step_log(what: str, total: int, log: Any, *, every_s: float | None = None, first: int = 0) -> AfterFn:
     """An ``after`` hook that logs ``what``'s progress in steps (with the time per step) at most every
-    ``every_s`` seconds, so no training is silent for long."""
+    ``every_s`` seconds (:data:`PROGRESS_EVERY_S`), so no training is silent for long; ``first``: the step a
+    resumed training starts from."""
     import time
 
     start = last = time.perf_counter()
@@ -69,9 +73,9 @@ def step_log(what: str, total: int, log: Any, *, every_s: float = 10.0) -> After
     def after(done: int, parts: dict[str, float]) -> None:
         nonlocal last
         now = time.perf_counter()
-        if now - last >= every_s and done < total:
+        if now - last >= (PROGRESS_EVERY_S if every_s is None else every_s) and done < total:
             last = now
-            log.info("%s: step %d/%d, %.2f s/step, loss %.3f", what, done, total, (now - start) / done,
+            log.info("%s: step %d/%d, %.2f s/step, loss %.3f", what, done, total, (now - start) / (done - first),
                      parts.get("total", parts.get("ce", float("nan"))))
 
     return after

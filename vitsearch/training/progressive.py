@@ -34,7 +34,7 @@ from ..models import load_state_dict
 from ..pruning import PruneConfig, apply, method_of, prune_state
 from .brief import SoftLatency, candidate_loss, param_groups
 from .device import CPU, Precision
-from .loop import batches, next_batch, seeded, train_steps
+from .loop import batches, next_batch, seeded, step_log, train_steps
 from .settings import SCHEDULES, FinalizeSettings, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,8 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
                     "seconds": seconds_before + time.perf_counter() - started}, state_path)
 
     bar = tqdm(total=steps, initial=start_step, desc=f"finalize {config}", unit="step", disable=not progress)
+    # without a bar (off a terminal), a line every few seconds: a finalize trains for minutes to hours
+    log = None if progress else step_log(f"finalize {config}", steps, logger, first=start_step)
     with seeded(settings.seed):
         if rng_state is not None:
             torch.set_rng_state(rng_state)
@@ -170,6 +172,8 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
 
         def after(done: int, parts: dict[str, float]) -> None:
             bar.update(1)
+            if log is not None:
+                log(done, parts)
             if done < steps and (done in boundaries or done % settings.checkpoint_every == 0):
                 prune_state(model).reset()
                 save(done)

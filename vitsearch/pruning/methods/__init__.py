@@ -27,8 +27,8 @@ def pruning_methods() -> tuple[str, ...]:
 
 
 def component_kinds() -> dict[str, ComponentKind]:
-    """Every component kind the registry's profiled methods add to the stock ones, by name (a name declared twice is an
-    error of the registry)."""
+    """Every component kind the registry's profiled methods add to the stock ones, by name (a name declared twice
+    is an error of the registry)."""
     out: dict[str, ComponentKind] = {}
     for method in METHODS.values():
         if not method.profiled:

@@ -1,4 +1,4 @@
-"""The contract every token-pruning method fulfils (the shape of facebookresearch's token-merging code: one folder per method, ``methods/<name>/``,
+"""The contract every token-pruning method fulfils (one folder per method, ``methods/<name>/``,
 holding the algorithm as tensor functions, the adapter that runs it inside a stock timm ViT, and the latency
 components it charges).
 

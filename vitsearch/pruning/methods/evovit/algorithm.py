@@ -84,7 +84,8 @@ def leave_stage(stage: EvoStage) -> tuple[torch.Tensor, torch.Tensor]:
 
 # The forward's steps ---------------------------------------------------------------------------------------------
 
-def scored_block(blk: nn.Module, x: torch.Tensor, state: PruneState, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+def scored_block(blk: nn.Module, x: torch.Tensor, state: PruneState,
+                 num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A block on (B, T, C) tokens that also records the class token's attention: (output, score (B, T - P)),
     the score the first stage ranks by (alpha = 1 before the first selector)."""
     x = run_block(blk, x, state, record=True)

@@ -109,9 +109,11 @@ def _slow(record: bool, reads_placeholders: Callable[[str], bool]) -> Callable[.
     def build(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator) -> Timed:
         P, N, C = _sizes(model)
         fast = True if record else reads_placeholders(model.base_pool)  # only the last stage's may be skipped
-        inputs = lambda n, k: (torch.randn(batch, P, C, generator=gen), torch.randn(batch, N, C, generator=gen),  # noqa: E731
-                               torch.rand(batch, N, generator=gen), torch.randn(batch, 1, C, generator=gen),
-                               torch.zeros(k))
+
+        def inputs(n: int, k: int) -> tuple[torch.Tensor, ...]:  # prefix, patches, score, representative, count
+            return (torch.randn(batch, P, C, generator=gen), torch.randn(batch, N, C, generator=gen),
+                    torch.rand(batch, N, generator=gen), torch.randn(batch, 1, C, generator=gen), torch.zeros(k))
+
         return Timed(_SlowBlocks(model, state, record, fast), inputs, ((), (), (), (), ((0, "k"),)))
     return build
 

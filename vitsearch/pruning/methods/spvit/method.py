@@ -20,7 +20,7 @@ from . import latency
 class SPViTRecord:
     """What one training forward records for the keep-ratio and latency losses (``PruneState.method``)."""
 
-    keep_decisions: list[torch.Tensor] = field(default_factory=list)  # per selector (B, N_patches) 0/1, straight-through
+    keep_decisions: list[torch.Tensor] = field(default_factory=list)  # per selector (B, N) 0/1, straight-through
     keep_targets: list[float] = field(default_factory=list)  # per selector: target fraction of all patches kept
 
 
