@@ -67,11 +67,14 @@ def test_every_proposal_is_a_new_model_within_the_budget(predictor, inner):
     assert all(t.values[1] <= feasible.budget_ms for t in done)  # none over the budget
     configs = [space.suggest(optuna.trial.FixedTrial(t.params)) for t in done]
     assert {c.method for c in configs} == set(space.methods)
-    assert {len(c.keep) for c in configs} == {1, 2, 3}
-    # Conditional parameters: a trial holds the parameters of the selectors it uses, and no others.
+    assert {len(c.keep) for c in configs} >= {1, 2, 3}  # 0: ToMe's r for every block
+    # Conditional parameters: a trial holds the parameters of the selectors it uses, and no others (a token count
+    # for ToMe, whose setting is one).
     for t, c in zip(done, configs):
-        assert set(t.params) == {"method", "selectors"} | {f"{p}_{i}" for p in ("block", "keep")
-                                                           for i in range(1, len(c.keep) + 1)}
+        value = "count" if c.method == "tome" else "keep"
+        assert set(t.params) == {"method", "selectors"} | {f"{p}_{i}" for p in ("block", value)
+                                                           for i in range(1, len(c.keep) + 1)} | (
+                                                               {"every"} if c.every is not None else set())
 
 
 def test_a_small_space_is_trained_whole_and_then_the_search_stops(predictor, tmp_path):
