@@ -41,7 +41,8 @@ from benchmarks.common import wait_for_quiet, write_section  # noqa: E402
 from vitsearch.export import export_onnx  # noqa: E402
 from vitsearch.latency import runner  # noqa: E402
 from vitsearch.models import create_model, geometry  # noqa: E402
-from vitsearch.pruning import apply, spvit  # noqa: E402
+from vitsearch.pruning import apply  # noqa: E402
+from vitsearch.pruning.methods.spvit import algorithm as spvit  # noqa: E402
 from vitsearch.pruning.tokens import gather_rows, weighted_mean  # noqa: E402
 
 TARGET = 0.015

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from vitsearch.data import load_dataset  # noqa: E402
 from vitsearch.pretrain import base_model  # noqa: E402
-from vitsearch.pruning import PruneConfig, prune_state, spvit  # noqa: E402
+from vitsearch.pruning import PruneConfig, prune_state  # noqa: E402
+from vitsearch.pruning.methods.spvit import algorithm as spvit  # noqa: E402
 from vitsearch.training import TrainSettings, accuracy, fresh_model, train_candidate  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def match(model, x, digit, noise: float | None) -> list[dict[str, float]]:
     model(x)
     state.progress = progress
     out = []
-    for step, decisions, inf in zip(sched.selectors, state.keep_decisions, mapped):
+    for step, decisions, inf in zip(sched.selectors, state.method.keep_decisions, mapped):
         k = inf.shape[1]
         kept = torch.zeros_like(decisions).scatter(1, inf, 1.0)  # (B, N) what inference keeps
         out.append({"block": step.block, "overlap": float((decisions.gather(1, inf).sum(dim=1) / k).mean()),
@@ -99,7 +100,7 @@ def main() -> int:
                 settings = TrainSettings(steps=args.steps, seed=seed, spvit_draw=rule)
                 model = fresh_model(base, PruneConfig.parse(config), seed=seed)
                 torch.manual_seed(seed)
-                prune_state(model).spvit_draw = rule  # what the training loop sets before each step
+                prune_state(model).train = settings  # what the training loop sets before each step
                 before = match(model, x, digit, None)
                 train_candidate(model, base, splits, settings)
                 after = match(model, x, digit, None)  # the noise of the last training step

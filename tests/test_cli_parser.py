@@ -90,7 +90,7 @@ def test_resume_of_a_study_that_does_not_exist_is_refused_by_the_library(tmp_pat
 
 
 def test_the_settings_default_draw_is_spvits_first():
-    from vitsearch.pruning.spvit import TRAIN_DRAWS
+    from vitsearch.pruning.methods.spvit import TRAIN_DRAWS
     from vitsearch.training.settings import TrainSettings
 
     assert TrainSettings.spvit_draw == TRAIN_DRAWS[0]

@@ -75,9 +75,9 @@ def _recording_apply(monkeypatch):
     """What the training loop really applies to the model at each step."""
     applied = []
 
-    def record(model, config, *, evo_every_block=False):
-        applied.append((str(PruneConfig.parse(config)), evo_every_block))
-        return apply(model, config, evo_every_block=evo_every_block)
+    def record(model, config, *, every_block=False):
+        applied.append((str(PruneConfig.parse(config)), every_block))
+        return apply(model, config, every_block=every_block)
 
     monkeypatch.setattr(progressive, "apply", record)
     return applied
@@ -97,7 +97,7 @@ def test_training_applies_the_schedule_step_by_step(ctx, tmp_path, monkeypatch, 
                                latency=ctx.latency, state_path=tmp_path / "state.pt", progress=False)
     per_step = applied[1:-1]  # first: every selector before the optimiser; last: the whole config for inference
     assert per_step == expected
-    assert applied[-1] == (spec, False) and model.prune_config == config and not model.evo_every_block
+    assert applied[-1] == (spec, False) and model.prune_config == config and not model.every_block
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert any(k.startswith("blocks.") for k in changed)  # the rest of the network fine-tunes too
     if config.method == "spvit":

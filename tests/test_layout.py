@@ -154,3 +154,64 @@ def test_library_code_never_chooses_a_matplotlib_backend():
                     [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports pyplot (draw on a Figure)")
     assert not bad, "\n".join(bad)
+
+
+# One method, one folder ------------------------------------------------------------------------------------------
+# The latency model and the shared pruning modules name no method: they ask the registry. Checked on the whole
+# text, comments and docstrings included: a comment that names a method in a shared module is a statement about
+# that method kept in sync by hand, and goes stale when the method changes or a new one needs the same sentence.
+
+METHODS_DIR = PACKAGE / "pruning" / "methods"
+SHARED = sorted([*(PACKAGE / "latency").glob("*.py"), *(PACKAGE / "pruning").glob("*.py"), METHODS_DIR / "base.py"])
+# Short forms of a method's name that identifiers use (``evo_switch``), beyond what the registry spells.
+SHORT_FORMS = ("evo",)
+
+
+def method_words() -> dict[str, "re.Pattern[str]"]:
+    """What names a method: every registered method that prunes ("none" is also an English word), spelled with or
+    without separators ("Evo-ViT", "evo_vit"), its short forms, and every component kind a method declares."""
+    import re
+
+    from vitsearch.latency.components import STOCK, kinds
+    from vitsearch.pruning import METHODS
+
+    words = {name: "[-_]?".join(map(re.escape, name)) for name, m in METHODS.items() if m.prunes}
+    words |= {short: re.escape(short) for short in SHORT_FORMS}
+    # letters on neither side, so "spvit_select" names spvit while "brevity" does not name evit
+    out = {w: re.compile(rf"(?<![a-z]){p}(?![a-z])", re.IGNORECASE) for w, p in words.items()}
+    stock = {k.name for k in STOCK}
+    out |= {k: re.compile(rf"(?<![A-Za-z0-9_]){re.escape(k)}(?![A-Za-z0-9_])") for k in kinds() if k not in stock}
+    return out
+
+
+def test_latency_and_shared_pruning_modules_name_no_method():
+    words = method_words()
+    assert {"spvit", "evovit", "evo", "spvit_select", "block_cls"} <= set(words)  # the registry is read
+    bad = [f"{path.relative_to(ROOT)}:{i}: {word}: {line.strip()}" for path in SHARED
+           for i, line in enumerate(path.read_text().splitlines(), 1)
+           for word, pattern in words.items() if pattern.search(line)]
+    assert not bad, "a shared module names a method (ask the registry instead):\n" + "\n".join(bad)
+
+
+def test_a_method_is_one_folder_and_one_registry_line():
+    """Every method lives in ``pruning/methods/<name>/``, which nothing outside the method imports but the
+    registry (``pruning/methods/__init__.py``); no shared module imports a method, nor one method another."""
+    from vitsearch.pruning import METHODS
+
+    entries = {p.name for p in METHODS_DIR.iterdir() if p.name not in ("__init__.py", "base.py", "__pycache__")}
+    assert entries == set(METHODS), "pruning/methods/ holds exactly one folder per registered method"
+    for name, method in METHODS.items():
+        assert (METHODS_DIR / name / "__init__.py").is_file()
+        assert type(method).__module__.startswith(f"vitsearch.pruning.methods.{name}."), type(method).__module__
+    registry, bad = "vitsearch.pruning.methods", []
+    for name in MODULES:
+        shared = name.startswith("vitsearch.latency") or name == f"{registry}.base" or (
+            name.startswith("vitsearch.pruning") and name.count(".") <= 2 and name != registry)
+        if shared or name.startswith(f"{registry}."):  # and each method's own modules
+            own = name.split(".")[3] if name.startswith(f"{registry}.") else None
+            for module, names, line in imports(name):
+                targets = [module] + [f"{module}.{n}" for n in names]
+                hit = {t.split(".")[3] for t in targets if t.startswith(f"{registry}.") and t.split(".")[3] in METHODS}
+                if hit - {own}:
+                    bad.append(f"{MODULES[name].relative_to(ROOT)}:{line} imports method {', '.join(sorted(hit))}")
+    assert not bad, "\n".join(bad)

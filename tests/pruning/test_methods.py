@@ -7,7 +7,10 @@ import torch
 
 from vitsearch import pruning
 from vitsearch.errors import VitsearchError
-from vitsearch.pruning import evovit, spvit
+from vitsearch.pruning.methods.spvit import algorithm as spvit
+from vitsearch.pruning.methods.evovit import algorithm as evovit
+from vitsearch.pruning.methods.spvit import SPViTRecord
+from vitsearch.training import TrainSettings
 
 from .test_pruning import images, tiny_vit  # noqa: F401  (images is a fixture: the same tiny model and inputs)
 
@@ -82,7 +85,7 @@ def test_spvit_training_at_zero_noise_computes_what_inference_computes(variant, 
         inference = model(images)
         model.train()
         state = pruning.prune_state(model)
-        state.progress, state.spvit_draw = 1.0, "topk"  # noise 0: the draws are the inference top-k
+        state.progress, state.train = 1.0, TrainSettings(spvit_draw="topk")  # noise 0: the draws are the inference top-k
         training = model(images)
     torch.testing.assert_close(training, inference, atol=2e-5, rtol=1e-4)
 
@@ -95,7 +98,7 @@ def test_spvit_latency_term_acts_above_the_schedule_and_pulls_the_decisions_down
     schedule, method = model.token_schedule, model.prune_method
     state = pruning.PruneState()
     decisions = torch.ones(2, 64, requires_grad=True)  # every patch kept: over the schedule's 32
-    state.keep_decisions, state.keep_targets = [decisions], [0.5]
+    state.method = SPViTRecord([decisions], [0.5])
     latency = SoftLatency(PiecewiseLinear([1, 65, 66], [0.1, 1.0, 1.02]))  # ms per block at n tokens
     parts: dict = {}
     loss = method.loss(torch.zeros(()), parts, state, schedule, None, LossWeights(ratio=0.0), latency)
@@ -185,7 +188,7 @@ def test_evovit_assisted_head_reads_a_normalised_class_token(images):
     linear = model.head_aux[-1] if isinstance(model.head_aux, torch.nn.Sequential) else model.head_aux
     linear.register_forward_pre_hook(lambda m, args: seen.update(x=args[0].detach()))
     model(images)
-    assert pruning.prune_state(model).aux_logits is not None
+    assert pruning.prune_state(model).method.aux_logits is not None
     assert float(seen["x"].std(dim=-1).mean()) == pytest.approx(1.0, abs=0.1)
 
 
@@ -263,7 +266,7 @@ def test_evovit_mean_head_reads_every_patch_so_the_placeholders_reach_the_logits
         monkeypatch.setattr(evovit, "leave_stage", leave)
         model.train()
         model(images)
-        torch.testing.assert_close(pruning.prune_state(model).aux_logits, model.head_aux(captured["tokens"][:, 0]))
+        torch.testing.assert_close(pruning.prune_state(model).method.aux_logits, model.head_aux(captured["tokens"][:, 0]))
 
 
 @pytest.mark.parametrize("head_pooling", [None, "avg"])
@@ -294,7 +297,7 @@ def test_evovit_assisted_head_reads_the_other_pooling_normalised_as_the_main_hea
         other = "avg" if model.global_pool == "token" else "token"
         expected = linear(model.fc_norm(global_pool_nlc(model.norm(seen["tokens"]), other, num_prefix_tokens=1)))
     assert seen["tokens"].shape[1] == 1 + 64  # training restores every patch for the mean
-    torch.testing.assert_close(pruning.prune_state(model).aux_logits, expected)
+    torch.testing.assert_close(pruning.prune_state(model).method.aux_logits, expected)
 
 
 def test_evovit_mean_head_pooling_is_the_methods_own_and_other_configs_get_the_stock_pooling_back(mean_head):
@@ -326,7 +329,7 @@ def test_evovit_class_token_head_computes_nothing_of_the_last_stages_placeholder
         monkeypatch.undo()
         model.train()
         model(images)
-        assert shapes[-1] == 65 and pruning.prune_state(model).aux_logits is not None
+        assert shapes[-1] == 65 and pruning.prune_state(model).method.aux_logits is not None
 
 
 # Models a method refuses -------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ import timm
 import torch
 
 from vitsearch import pruning
-from vitsearch.pruning import PruneConfig, evovit, token_schedule
+from vitsearch.pruning import PruneConfig, token_schedule
+from vitsearch.pruning.methods.evovit import algorithm as evovit
 from vitsearch.errors import VitsearchError
+from vitsearch.training import TrainSettings
 
 PRUNED = ["spvit:3=0.7,6=0.7,9=0.7", "spvit:2=0.5", "evovit:4=0.5,8=0.5", "evovit:1=0.3"]
 
@@ -75,7 +77,7 @@ def test_pruning_changes_the_output_but_keeps_base_keys(images):
 
 
 def test_spvit_packages_pruned_tokens_into_one_token_weighted_by_score():
-    from vitsearch.pruning import spvit
+    from vitsearch.pruning.methods.spvit import algorithm as spvit
 
     torch.manual_seed(0)
     sel = spvit.MultiHeadTokenSelector(64, 4).eval()
@@ -125,7 +127,7 @@ def einsum_selector(sel, x: torch.Tensor, mask: torch.Tensor | None = None):
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_spvit_selector_matches_the_per_head_formula(masked):
-    from vitsearch.pruning import spvit
+    from vitsearch.pruning.methods.spvit import algorithm as spvit
 
     torch.manual_seed(0)
     sel = spvit.MultiHeadTokenSelector(96, 6).eval()
@@ -197,16 +199,16 @@ def test_gather_rows_takes_each_images_own_rows():
 ])
 def test_spvit_training_draws_gumbel_decisions_with_gradients(images, draw, tokens):
     model = pruning.apply(tiny_vit(), "spvit:3=0.7,6=0.7").train()
-    pruning.prune_state(model).spvit_draw = draw
+    pruning.prune_state(model).train = TrainSettings(spvit_draw=draw)
     out = model(images)
     state = pruning.prune_state(model)
-    assert len(state.keep_decisions) == 2 and state.keep_targets == pytest.approx([45 / 64, 32 / 64])
-    assert set(state.keep_decisions[0].unique().tolist()) <= {0.0, 1.0}
-    assert (state.keep_decisions[1] <= state.keep_decisions[0]).all()  # pruned tokens stay pruned
+    assert len(state.method.keep_decisions) == 2 and state.method.keep_targets == pytest.approx([45 / 64, 32 / 64])
+    assert set(state.method.keep_decisions[0].unique().tolist()) <= {0.0, 1.0}
+    assert (state.method.keep_decisions[1] <= state.method.keep_decisions[0]).all()  # pruned tokens stay pruned
     assert state.block_tokens == tokens
     if draw == "topk":
-        assert [float(d.detach().sum(dim=1).max()) for d in state.keep_decisions] == [45, 32]  # exactly k per image
-    (out.sum() + state.keep_decisions[-1].mean()).backward()
+        assert [float(d.detach().sum(dim=1).max()) for d in state.method.keep_decisions] == [45, 32]  # exactly k per image
+    (out.sum() + state.method.keep_decisions[-1].mean()).backward()
     assert model.token_selectors["3"].in_proj.weight.grad.abs().sum() > 0
 
 
@@ -219,7 +221,7 @@ def test_evovit_preserves_structure_and_updates_placeholders_fast(images):
     assert captured["tokens"].shape == (8, 65, 64)  # every token comes back, in its place
     model.train()
     model(images)
-    assert pruning.prune_state(model).aux_logits.shape == (8, 10)
+    assert pruning.prune_state(model).method.aux_logits.shape == (8, 10)
 
 
 def test_evovit_every_block_reselection_runs_and_differs(images, monkeypatch):
@@ -237,7 +239,7 @@ def test_evovit_every_block_reselection_runs_and_differs(images, monkeypatch):
     monkeypatch.setattr(evovit, "enter_stage", recorded)
     with torch.inference_mode():
         stagewise = model(images)
-        model.evo_every_block = True
+        model.every_block = True
         chosen.clear()
         layerwise = model(images)
     assert len(chosen) == 8  # blocks 4-11 each re-rank

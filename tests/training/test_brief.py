@@ -56,7 +56,7 @@ def _keep_fraction(model, splits) -> float:
     with torch.no_grad():
         model(x)
     model.eval()
-    return float(pruning.prune_state(model).keep_decisions[0].mean())
+    return float(pruning.prune_state(model).method.keep_decisions[0].mean())
 
 
 def _selector_at_half_asked_for_a_quarter(base):
@@ -87,7 +87,7 @@ class _FixedScores(torch.nn.Module):
 
 
 def test_soft_decisions_keep_the_target_share_whatever_the_level_and_favour_higher_scores():
-    from vitsearch.pruning.spvit import prune_soft
+    from vitsearch.pruning.methods.spvit import prune_soft
 
     torch.manual_seed(0)
     patches, alive = torch.randn(512, 8, 4), torch.ones(512, 8)
@@ -169,7 +169,7 @@ def test_the_spvit_training_draw_is_a_setting_that_reaches_every_training_forwar
     """``TrainSettings.spvit_draw`` picks the rule (topk by default; logodds); an unknown
     rule is refused."""
     from vitsearch.errors import VitsearchError
-    from vitsearch.pruning import spvit
+    from vitsearch.pruning.methods.spvit import algorithm as spvit
     from vitsearch.training import fresh_model
 
     assert TrainSettings().spvit_draw == "topk"

@@ -8,7 +8,7 @@ from vitsearch.data import load_dataset
 from vitsearch import pruning
 from vitsearch.models import create_model
 from vitsearch.pruning import PruneConfig, kept_tokens, prune_state
-from vitsearch.pruning.spvit import draw_topk
+from vitsearch.pruning.methods.spvit import draw_topk
 from vitsearch.training import PiecewiseLinear, TrainSettings
 from vitsearch.training.learned import KeepRates, LearnSettings, learn_rates, phase_of, rates_config
 
@@ -36,7 +36,7 @@ def rate_grads(model, images, labels, learnable, *, read_at=None):
     the keep rates of the selectors in ``learnable``; the others keep the config's 0.5 as a plain number."""
     rates = {b: torch.tensor(0.5, requires_grad=b in learnable) for b in (2, 6)}
     state = prune_state(model)
-    state.progress, state.spvit_draw, state.rates = 1.0, "topk", rates  # noise 0: the draws are the top-k
+    state.progress, state.train, state.rates = 1.0, TrainSettings(spvit_draw="topk"), rates  # noise 0: the draws are the top-k
     seen = {}
     hook = None if read_at is None else model.blocks[read_at].register_forward_hook(
         lambda m, args, out: seen.update(x=out))

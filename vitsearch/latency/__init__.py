@@ -2,7 +2,7 @@
 from the table, and validate predictions against whole models measured end to end.
 
     table = vitsearch.latency.profile("cpu", model="deit_small_patch16_224", threads=2)
-    Predictor(table).predict("spvit:3=0.7,6=0.7,9=0.7").total_ms
+    Predictor(table).predict("METHOD:3=0.7,6=0.7,9=0.7").total_ms  # METHOD: a name in pruning.METHODS
     vitsearch.latency.validate(table, 30).summary["median_abs_error_pct"]
 """
 from .components import GridSpec, Point, components_of, grid

@@ -1,25 +1,17 @@
 """The components a pruned ViT's forward is made of, as small torch modules built from a real patched model.
 
-A latency table has one row per (component kind, token counts). Each component module here runs exactly the
-code the patched model's ``forward_features`` runs for that piece (``vitsearch/pruning/patch.py``): the same
-timm submodules and the same pruning functions (``spvit.prune_hard``, ``evovit.enter_stage`` ...), never a
-re-implementation. :func:`components_of` is the other half of that contract: the list of components one
-forward of a given config runs, in the order patch.py runs them.
+A latency table has one row per (component kind, token counts). Each component module runs exactly the code
+the patched model's forward runs for that piece: the same timm submodules and the same step functions, never a
+re-implementation. The stock kinds are here; every other kind is declared by the pruning method whose forward
+runs it (:meth:`vitsearch.pruning.PruningMethod.kinds`, reached through the method registry), with its grid and
+the module that times it. :func:`components_of` is the other half of that contract: the list of components one
+forward of a given config runs, in the order its method runs them.
 
-Kinds (``n``: tokens the component computes on; ``k``: patch tokens a selector keeps):
+Stock kinds (``n``: tokens the component computes on):
 
 - ``overhead``: an Identity graph; the fixed cost of one runtime call, which a whole model pays once.
 - ``embed``: patch embedding, position embedding, class token, ``norm_pre``.
-- ``block`` (n): one stock transformer block.
-- ``block_cls`` (n): a block that also records the class token's attention and turns it into Evo-ViT's score
-  (the block in front of Evo-ViT's first selector).
-- ``spvit_select`` (n = patches ranked, k = kept): selector MLP, top-k, gather, package token, concatenation.
-- ``evo_stage`` (k): Evo-ViT entering a stage (argsort, gathers, representative token) and leaving it
-  (inverse argsort, gathers, concatenation); every stage does both exactly once, except that an open last stage
-  (a class-token head, which never reads its placeholders) only enters: ``evo_enter`` (k).
-- ``evo_block`` (k) / ``evo_block_cls`` (k): one slow-path step (concatenate, block on P + k + 1 tokens, fast
-  update of the placeholders), without / with class-attention recording. ``evo_block`` is the last stage's, whose
-  fast update the profiled model computes only if its head reads the placeholders.
+- ``block`` (n): one stock transformer block (:func:`vitsearch.pruning.state.run_block`).
 - ``head``: final norm over n tokens, pooling, classifier.
 
 Blocks are measured as a chain of every block of the model in a row (``steps`` = depth), and the table stores
@@ -35,17 +27,17 @@ is specialised to a grid point.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from ..models import ModelGeometry, geometry
-from ..pruning import PruneConfig, apply, evovit, method_of, spvit, token_schedule
+from ..pruning import PruneConfig, PruneState, apply, method_of, prune_state, token_schedule
+from ..pruning.methods import ComponentKind, Timed, component_kinds
+from ..pruning.methods.base import span
 from ..pruning.patch import PrunedViTMixin
-
-KINDS = ("overhead", "embed", "block", "block_cls", "spvit_select", "evo_stage", "evo_enter", "evo_block",
-         "evo_block_cls", "head")
+from ..pruning.state import run_block
 
 
 @dataclass(frozen=True, order=True)
@@ -53,14 +45,14 @@ class Point:
     """One component at given token counts: one row of a latency table, one term of a prediction."""
 
     kind: str
-    n: int  # tokens the component computes on (patches ranked, for spvit_select; all patches, for evo_stage)
-    k: int = 0  # patch tokens kept (spvit_select, evo_*); 0 where the kind has no such count
+    n: int  # tokens the component computes on (the kind says which: see its method's latency module)
+    k: int = 0  # patch tokens a selection keeps; 0 where the kind has no such count
 
     def __str__(self) -> str:
         return f"{self.kind}(n={self.n}, k={self.k})" if self.k else f"{self.kind}(n={self.n})"
 
 
-# Components ---------------------------------------------------------------------------------------------------
+# Stock components ---------------------------------------------------------------------------------------------
 
 class _Overhead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,89 +70,19 @@ class _Embed(nn.Module):
 
 
 class _Blocks(nn.Module):
-    """Every block in a row on n tokens; ``record`` turns on the class-attention row and Evo-ViT's score."""
+    """Every block in a row on n tokens, as every method's forward runs a stock block."""
 
-    def __init__(self, model: nn.Module, record: bool) -> None:
+    def __init__(self, model: nn.Module, state: PruneState) -> None:
         super().__init__()
-        self.model, self.record = model, record
+        self.model, self.state = model, state
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        m, state = self.model, self.model._vitsearch
-        scores = []
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         try:
-            for blk in m.blocks:
-                state.record_cls_attn = self.record
-                x = blk(x)
-                if self.record:
-                    scores.append(evovit.class_attention_score(state.cls_attn, m.num_prefix_tokens))
+            for blk in self.model.blocks:
+                x = run_block(blk, x, self.state)
         finally:
-            state.record_cls_attn, state.cls_attn = False, None
-        return (x, *scores)  # every score is an output, so none of the recording is dead code
-
-
-class _SpvitSelect(nn.Module):
-    """One SPViT selector as ``_spvit_infer`` runs it, in front of one earlier package token."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.selector = spvit.MultiHeadTokenSelector(model.embed_dim, model.blocks[0].attn.num_heads)
-
-    def forward(self, x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        P = self.model.num_prefix_tokens
-        n, k = x.shape[1] - P - 1, count.shape[0]  # x: (B, P + n + 1, C)
-        kept, pkg = spvit.prune_hard(self.selector, x[:, P:P + n], k)
-        return torch.cat([x[:, :P], kept, x[:, P + n:], pkg], dim=1)  # as in patch.py: prefix, kept, old, new
-
-
-class _EvoStage(nn.Module):
-    """Enter a stage (``enter_stage``) and leave it again (``leave_stage`` + concatenation), as ``_evovit`` does."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, score: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        P = self.model.num_prefix_tokens
-        stage, prefix = evovit.enter_stage(x[:, P:], score, count.shape[0]), x[:, :P]
-        patches, score = evovit.leave_stage(stage)
-        return torch.cat([prefix, patches], dim=1), score
-
-
-class _EvoEnter(nn.Module):
-    """Enter an open last stage (``enter_stage`` and the slow tokens), which a class-token head never leaves."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, score: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        P = self.model.num_prefix_tokens
-        return evovit.slow_tokens(x[:, :P], evovit.enter_stage(x[:, P:], score, count.shape[0]))
-
-
-class _EvoBlocks(nn.Module):
-    """Every block in a row as slow-path steps of one stage (``slow_tokens`` -> block -> ``after_block``)."""
-
-    def __init__(self, model: nn.Module, record: bool, fast: bool = True) -> None:
-        super().__init__()
-        self.model, self.record, self.fast = model, record, fast
-
-    def forward(self, prefix: torch.Tensor, patches: torch.Tensor, score: torch.Tensor, rep: torch.Tensor,
-                count: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        m, state, P, k = self.model, self.model._vitsearch, self.model.num_prefix_tokens, count.shape[0]
-        # order is read only by leave_stage, which is not part of this component.
-        stage = evovit.EvoStage(order=score, informative=patches[:, :k], placeholders=patches[:, k:],
-                                representative=rep, score=score)
-        try:
-            for blk in m.blocks:
-                state.record_cls_attn = self.record
-                out = blk(evovit.slow_tokens(prefix, stage))  # (B, P + k + 1, C)
-                cls = evovit.class_attention_score(state.cls_attn, P) if self.record else None
-                prefix = evovit.after_block(stage, out, P, cls, fast=self.fast)
-        finally:
-            state.record_cls_attn, state.cls_attn = False, None
-        return prefix, stage.informative, stage.placeholders, stage.representative, stage.score
+            self.state.reset()
+        return x
 
 
 class _Head(nn.Module):
@@ -188,87 +110,82 @@ class ComponentGraph:
         return self.inputs(point)
 
 
+def _tokens(model: nn.Module, batch: int, gen: torch.Generator) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
+    return lambda n, k: (torch.randn(batch, n, model.embed_dim, generator=gen),)
+
+
+def _image(model: nn.Module, batch: int, gen: torch.Generator) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
+    g = geometry(model)
+    return lambda n, k: (torch.randn(batch, g.in_chans, *g.img_size, generator=gen),)
+
+
+def _stock_grid(points: Callable[[Any], int] | None) -> Callable[[int, int, Any], list[tuple[int, int]]]:
+    """n = all tokens (None), or about ``points(spec)`` counts in [P + 1, P + N]."""
+    if points is None:
+        return lambda P, N, spec: [(P + N, 0)]
+    return lambda P, N, spec: [(n, 0) for n in span(P + 1, P + N, points(spec))]
+
+
+N_AXIS = (((1, "n"),),)
+STOCK: tuple[ComponentKind, ...] = (
+    ComponentKind("overhead", "n", chain=False, selection=False, grid=_stock_grid(None),
+                  build=lambda model, state, batch, gen: Timed(_Overhead(), _tokens(model, batch, gen), ((),))),
+    ComponentKind("embed", "n", chain=False, selection=False, grid=_stock_grid(None),
+                  build=lambda model, state, batch, gen: Timed(_Embed(model), _image(model, batch, gen), ((),))),
+    ComponentKind("head", "n", chain=False, selection=False, grid=_stock_grid(lambda spec: spec.head_points),
+                  build=lambda model, state, batch, gen: Timed(_Head(model), _tokens(model, batch, gen), N_AXIS)),
+    ComponentKind("block", "n", chain=True, selection=False, grid=_stock_grid(lambda spec: spec.block_points),
+                  build=lambda model, state, batch, gen: Timed(_Blocks(model, state), _tokens(model, batch, gen),
+                                                               N_AXIS)),
+)
+
+
+def kinds() -> dict[str, ComponentKind]:
+    """Every component kind a table may hold, by name: the stock ones, then the methods' in registry order (the
+    order a profile measures them in)."""
+    out = {k.name: k for k in STOCK}
+    for name, kind in component_kinds().items():
+        if name in out:
+            raise ValueError(f"component kind {name!r} is a stock kind: a method must name its own")
+        out[name] = kind
+    return out
+
+
 def component_graphs(model: nn.Module, batch: int = 1) -> dict[str, ComponentGraph]:
     """One :class:`ComponentGraph` per kind, sharing ``model``'s weights. ``model`` is patched for pruning
     (with its current config kept) if it is not already; it is put in eval mode."""
     if not isinstance(model, PrunedViTMixin):
         apply(model, PruneConfig())
     model.eval()
-    g = geometry(model)
-    B, P, N, C, H, W = batch, g.num_prefix_tokens, g.num_patches, g.embed_dim, *g.img_size
+    state, depth = prune_state(model), len(model.blocks)
     gen = torch.Generator().manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen)
-
-    def score(n: int) -> torch.Tensor:  # class attention is a positive score; enter_stage clamps at 0
-        return torch.rand(B, n, generator=gen)
-
-    depth = g.depth
-    return {
-        "overhead": ComponentGraph("overhead", _Overhead(), 1, lambda p: (rand(B, P + N, C),), ((),)),
-        "embed": ComponentGraph("embed", _Embed(model), 1, lambda p: (rand(B, g.in_chans, H, W),), ((),)),
-        "block": ComponentGraph("block", _Blocks(model, record=False), depth, lambda p: (rand(B, p.n, C),),
-                                (((1, "n"),),)),
-        "block_cls": ComponentGraph("block_cls", _Blocks(model, record=True), depth, lambda p: (rand(B, p.n, C),),
-                                    (((1, "n"),),)),
-        "spvit_select": ComponentGraph(
-            "spvit_select", _SpvitSelect(model), 1, lambda p: (rand(B, P + p.n + 1, C), torch.zeros(p.k)),
-            (((1, "n"),), ((0, "k"),))),
-        "evo_stage": ComponentGraph(
-            "evo_stage", _EvoStage(model), 1, lambda p: (rand(B, P + N, C), score(N), torch.zeros(p.k)),
-            ((), (), ((0, "k"),))),
-        "evo_enter": ComponentGraph(
-            "evo_enter", _EvoEnter(model), 1, lambda p: (rand(B, P + N, C), score(N), torch.zeros(p.k)),
-            ((), (), ((0, "k"),))),
-        "evo_block": ComponentGraph(
-            "evo_block", _EvoBlocks(model, record=False, fast=method_of("evovit").reads_placeholders(g.global_pool)),
-            depth,
-            lambda p: (rand(B, P, C), rand(B, N, C), score(N), rand(B, 1, C), torch.zeros(p.k)),
-            ((), (), (), (), ((0, "k"),))),
-        "evo_block_cls": ComponentGraph(
-            "evo_block_cls", _EvoBlocks(model, record=True), depth,
-            lambda p: (rand(B, P, C), rand(B, N, C), score(N), rand(B, 1, C), torch.zeros(p.k)),
-            ((), (), (), (), ((0, "k"),))),
-        "head": ComponentGraph("head", _Head(model), 1, lambda p: (rand(B, p.n, C),), (((1, "n"),),)),
-    }
+    out = {}
+    for name, kind in kinds().items():
+        timed = kind.build(model, state, batch, gen)
+        out[name] = ComponentGraph(name, timed.module, depth if kind.chain else 1,
+                                   lambda p, inputs=timed.inputs: inputs(p.n, p.k), timed.dynamic)
+    return out
 
 
 # The grid ----------------------------------------------------------------------------------------------------
-
-def _span(lo: int, hi: int, points: int) -> list[int]:
-    """About ``points`` integers from lo to hi inclusive, evenly spaced, both ends always included."""
-    if hi <= lo:
-        return [lo]
-    step = max(1, round((hi - lo) / max(points - 1, 1)))
-    return sorted(set(range(lo, hi, step)) | {hi})
-
 
 @dataclass(frozen=True)
 class GridSpec:
     """How densely each kind is profiled. Block latency is not linear in n (GEMM tiling), so the block grids
     are dense; the small components are near-linear and cheap, so a few points suffice."""
 
-    block_points: int = 25  # n grid of block / evo_block / evo_block_cls
+    block_points: int = 25  # token grid of every kind that runs blocks (stock and a method's)
     head_points: int = 5
-    select_rows: int = 9  # n (patches ranked) grid of spvit_select
+    select_rows: int = 9  # n (patches ranked) grid of a 2-D selection kind
     select_cols: int = 3  # k grid per row: 1, the middle, n - 1
-    stage_points: int = 7  # k grid of evo_stage
+    stage_points: int = 7  # k grid of a 1-D selection kind
 
 
 def grid(g: ModelGeometry, spec: GridSpec = GridSpec()) -> list[Point]:
-    """Every point a table for geometry ``g`` holds. Covers every count a config can produce, so prediction
-    only ever interpolates: block n in [P+1, P+N], slow-path k in [1, N-1], selector k in [1, n-1]."""
+    """Every point a table for geometry ``g`` holds, kind by kind (each kind's grid is its declaration's). Covers
+    every count a config can produce, so prediction only ever interpolates."""
     P, N = g.num_prefix_tokens, g.num_patches
-    pts = [Point("overhead", P + N), Point("embed", P + N), Point("block_cls", P + N)]
-    pts += [Point("block", n) for n in _span(P + 1, P + N, spec.block_points)]
-    pts += [Point("head", n) for n in _span(P + 1, P + N, spec.head_points)]
-    for kind in ("evo_block", "evo_block_cls"):
-        pts += [Point(kind, P + k + 1, k) for k in _span(1, N - 1, spec.block_points)]
-    pts += [Point(kind, N, k) for kind in ("evo_stage", "evo_enter") for k in _span(1, N - 1, spec.stage_points)]
-    for n in _span(2, N, spec.select_rows):
-        pts += [Point("spvit_select", n, k) for k in _span(1, n - 1, spec.select_cols)]
-    return pts
+    return [Point(name, n, k) for name, kind in kinds().items() for n, k in kind.grid(P, N, spec)]
 
 
 # What a config runs ------------------------------------------------------------------------------------------
@@ -277,7 +194,7 @@ def components_of(config: PruneConfig | str, g: ModelGeometry) -> list[Point]:
     """The components one eval forward of ``config`` runs, in patch.py's order (``overhead`` once first).
 
     The method lists its own (:meth:`PruningMethod.components`, mirroring its eval forward with
-    ``evo_every_block=False``, the default)."""
+    ``every_block=False``, the default)."""
     config = PruneConfig.parse(config)
     P, N = g.num_prefix_tokens, g.num_patches
     sched = token_schedule(config, depth=g.depth, num_patches=N, num_prefix=P, pool=g.global_pool)

@@ -1,8 +1,8 @@
 """The numeric precision a latency table is measured in and a model is shipped in: fp32, fp16 or int8.
 
 Phones and boards run ViTs quantized (int8, QDQ) or in half precision, and quantization changes what token
-pruning saves: the big matmuls get cheaper while the selection (top-k, gathers, packaging, Evo-ViT's fast
-update), which stays in float, does not. So a table is measured with graphs in the precision the model will
+pruning saves: the big matmuls get cheaper while the selection (top-k, gathers, packaging, fast
+updates), which stays in float, does not. So a table is measured with graphs in the precision the model will
 ship in, and one table never holds another precision's rows (the precision is in its file name and metadata).
 
 **int8** graphs are the fp32 ONNX graphs quantized by onnxruntime's own tooling (``quantize_static``), QDQ format
@@ -14,8 +14,8 @@ from other work; see benchmarks/RESULTS.md ``precision``):
 - **Ops: the transformer's MatMul and Gemm only** (:data:`QUANTIZED_OPS` in the nodes :func:`quantized_nodes`
   picks: those of the blocks' attention and MLP, both attention matmuls included, and the classifier head), i.e.
   nearly all of a ViT's arithmetic. Everything else stays float: the patch embedding, LayerNorm, softmax, GELU,
-  the residual adds, and all of token selection: the SPViT selector's MLP, TopK, Gather/GatherElements, ArgSort,
-  Concat, Slice, the package token, Evo-ViT's representative token and fast update. Selection ranks and moves
+  the residual adds, and all of token selection: a selector's MLP, TopK, Gather/GatherElements, ArgSort,
+  Concat, Slice, package and representative tokens, fast updates. Selection ranks and moves
   tokens: an int8 score can reorder them, and its small matmuls gain nothing from int8 (on the tiny test model
   the quantized selector ran slower than the float one, its Q/DQ pairs costing more than they saved).
 - **Activations unsigned (uint8, asymmetric), weights signed (int8, symmetric)**: the u8 x s8 pair is the one

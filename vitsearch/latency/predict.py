@@ -27,15 +27,10 @@ from ..errors import VitsearchError
 from ..models import ModelGeometry
 from ..pruning import PruneConfig
 from . import table as table_mod
-from .components import Point, components_of
+from .components import Point, components_of, kinds
 from .table import LatencyTable
 
 logger = logging.getLogger(__name__)
-
-SELECTION = ("spvit_select", "evo_stage", "evo_enter")  # token selection and packaging / stage bookkeeping
-# Axis each 1-D kind is interpolated along; spvit_select is 2-D (n, k).
-_AXIS = {"overhead": "n", "embed": "n", "block": "n", "block_cls": "n", "head": "n",
-         "evo_stage": "k", "evo_enter": "k", "evo_block": "k", "evo_block_cls": "k"}
 
 
 @dataclass(frozen=True)
@@ -52,8 +47,10 @@ class Prediction:
 
     @property
     def selection_ms(self) -> float:
-        """What selecting tokens costs: SPViT selectors with packaging, Evo-ViT stage entry/exit."""
-        return sum(ms for p, ms in self.parts if p.kind in SELECTION)
+        """What selecting tokens costs: the kinds their methods declare as selection (selectors, packaging, stage
+        bookkeeping), not blocks."""
+        selection = {name for name, kind in kinds().items() if kind.selection}
+        return sum(ms for p, ms in self.parts if p.kind in selection)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": str(self.config), "total_ms": self.total_ms, "selection_ms": self.selection_ms,
@@ -76,8 +73,9 @@ class Predictor:
                            "whole table (%s%s); delete those lines and run vitsearch profile again to re-measure them",
                            table.path, len(missing), ", ".join(missing[:3]), ", ..." if len(missing) > 3 else "")
         self.reference_ms: float | None = statistics.median(refs) if drift else None
+        self._axis = {name: kind.axis for name, kind in kinds().items()}  # "n", "k" or "nk" (2-D)
         self._1d: dict[str, tuple[list[int], list[float]]] = {}
-        self._2d: dict[int, tuple[list[int], list[float]]] = {}  # spvit_select: n -> (k values, latencies)
+        self._2d: dict[str, dict[int, tuple[list[int], list[float]]]] = defaultdict(dict)  # kind: n -> (ks, ms)
         self._looked_up: dict[Point, float] = {}  # a search predicts hundreds of thousands of configs from few points
         grouped: dict[str, dict[int, float]] = defaultdict(dict)
         for point, row in table.rows.items():
@@ -86,18 +84,19 @@ class Predictor:
                 raise VitsearchError(f"table {table.path} has no {statistic} for {point}: re-profile to use it")
             if self.reference_ms is not None:
                 value *= self.reference_ms / row.ref_ms
-            if point.kind == "spvit_select":
-                ks, vs = self._2d.setdefault(point.n, ([], []))
+            if self._axis[point.kind] == "nk":
+                ks, vs = self._2d[point.kind].setdefault(point.n, ([], []))
                 ks.append(point.k)
                 vs.append(value)
             else:
-                grouped[point.kind][getattr(point, _AXIS[point.kind])] = value
+                grouped[point.kind][getattr(point, self._axis[point.kind])] = value
         for kind, values in grouped.items():
             xs = sorted(values)
             self._1d[kind] = (xs, monotone([values[x] for x in xs]))
-        for n, (ks, vs) in list(self._2d.items()):
-            order = sorted(range(len(ks)), key=ks.__getitem__)
-            self._2d[n] = ([ks[i] for i in order], [vs[i] for i in order])
+        for rows in self._2d.values():
+            for n, (ks, vs) in list(rows.items()):
+                order = sorted(range(len(ks)), key=ks.__getitem__)
+                rows[n] = ([ks[i] for i in order], [vs[i] for i in order])
 
     @property
     def geometry(self) -> ModelGeometry:
@@ -125,12 +124,12 @@ class Predictor:
         return ms
 
     def _lookup(self, point: Point) -> float:
-        if point.kind == "spvit_select":
-            return self._select(point)
-        if point.kind not in self._1d:
+        if point.kind not in self._1d and point.kind not in self._2d:
             raise VitsearchError(f"table {self.table.path} has no {point.kind} rows: the profile is incomplete; "
                                  "run vitsearch profile again to finish it")
-        axis = _AXIS[point.kind]
+        if self._axis[point.kind] == "nk":
+            return self._bilinear(point)
+        axis = self._axis[point.kind]
         xs, ys = self._1d[point.kind]
         return self._interp(point, axis, getattr(point, axis), xs, ys)
 
@@ -143,9 +142,11 @@ class Predictor:
         xs, ys = self._1d["block"]
         return list(xs), list(ys)
 
-    def _select(self, point: Point) -> float:
-        """Bilinear in (n, relative k): k is placed at the same fraction of [1, n - 1] in the neighbouring rows."""
-        ns = sorted(self._2d)
+    def _bilinear(self, point: Point) -> float:
+        """A 2-D kind, bilinear in (n, relative k): k is placed at the same fraction of [1, n - 1] in the
+        neighbouring rows."""
+        rows = self._2d[point.kind]
+        ns = sorted(rows)
         n, k = point.n, point.k
         if not ns or n < ns[0] or n > ns[-1]:
             raise self._out_of_grid(point, "n", n, ns[0] if ns else 0, ns[-1] if ns else 0)
@@ -154,7 +155,7 @@ class Predictor:
         frac = (k - 1) / (n - 2) if n > 2 else 0.0
 
         def in_row(m: int) -> float:
-            ks, vs = self._2d[m]
+            ks, vs = rows[m]
             x = 1 + frac * (m - 2) if m > 2 else 1
             if x < ks[0] or x > ks[-1]:
                 raise self._out_of_grid(point, "k", k, 1, n - 1)

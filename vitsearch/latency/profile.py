@@ -33,7 +33,7 @@ from ..models import create_model, geometry
 from . import artefacts as art
 from . import precision as precision_mod
 from . import table as table_mod
-from .components import ComponentGraph, GridSpec, Point, component_graphs, grid
+from .components import ComponentGraph, GridSpec, Point, component_graphs, grid, kinds
 from .devices import Device, MeasureSettings, open_device
 from .registry import resolve
 from .reference import Reference
@@ -41,10 +41,6 @@ from .reference import measure as measure_with_reference
 from .table import LatencyTable, Row, RowWriter
 
 logger = logging.getLogger(__name__)
-
-ORDER = ("overhead", "embed", "head", "block", "block_cls", "evo_block", "evo_block_cls", "evo_stage", "evo_enter",
-         "spvit_select")
-
 
 PROGRESS_EVERY_S = 5.0  # off a terminal (no bar), seconds between progress lines while measuring
 
@@ -190,7 +186,7 @@ def _measure_all(dev: Device, graphs: Mapping[str, ComponentGraph], reference: R
     bar = tqdm(total=len(pending), desc=f"profiling {dev.name}", unit="graph", disable=not progress)
     folder = Path(tempfile.mkdtemp(prefix="vitsearch-profile-"))
     try:
-        for kind in ORDER:
+        for kind in kinds():  # overhead first: every other row has it subtracted
             points = [p for p in pending if p.kind == kind]
             if not points:
                 continue

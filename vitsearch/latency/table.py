@@ -50,7 +50,7 @@ from filelock import FileLock, Timeout
 from ..errors import VitsearchError, naming
 from ..files import write_text
 from ..models import ModelGeometry
-from .components import KINDS, Point
+from .components import Point, kinds
 from .precision import DEFAULT as DEFAULT_PRECISION
 from .precision import table_precision
 from .registry import folder_name
@@ -189,9 +189,9 @@ def _parse_row(raw: Mapping[str, str | None], where: str) -> Row:
     def optional(col: str) -> float:
         return number(col) if text(col) else math.nan
 
-    kind = text("kind")
-    if kind not in KINDS:
-        raise VitsearchError(f"{where}: unknown component kind {kind!r} (expected one of {', '.join(KINDS)}); {FIX_ROW}")
+    kind, known = text("kind"), kinds()
+    if kind not in known:
+        raise VitsearchError(f"{where}: unknown component kind {kind!r} (expected one of {', '.join(known)}); {FIX_ROW}")
     if text("stable") not in ("", "0", "1"):
         raise VitsearchError(f"{where}: stable is {text('stable')!r}, not 1, 0 or empty; {FIX_ROW}")
     stable = None if not text("stable") else text("stable") == "1"

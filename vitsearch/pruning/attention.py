@@ -1,10 +1,11 @@
 """timm ``Attention`` with two additions token pruning needs, and the stock path untouched otherwise.
 
-- SPViT training masks pruned tokens as *keys* (DynamicViT's softmax-with-policy) in the block at a selector (in
-  every block with per-token draws); the mask must pass gradients to the Gumbel decisions, so it multiplies the
-  exponentials instead of adding -inf.
-- Evo-ViT ranks tokens by the class token's attention; fused SDPA never materialises the attention matrix, so
-  the class row is recomputed from q_cls and K (one (1 x N) row per head, cheap next to the block).
+- ``state.policy``: a training forward masks pruned tokens as *keys* (DynamicViT's softmax-with-policy), in
+  some blocks or all (the method's choice); the mask must pass gradients to the Gumbel decisions, so it
+  multiplies the exponentials instead of adding -inf.
+- ``state.record_cls_attn``: a method that ranks tokens by the class token's attention; fused SDPA never
+  materialises the attention matrix, so the class row is recomputed from q_cls and K (one (1 x N) row per head,
+  cheap next to the block).
 """
 from __future__ import annotations
 

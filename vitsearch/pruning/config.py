@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import VitsearchError
-from .methods import method_of
+from .methods import method_of, pruning_methods
 from .schedule import TokenSchedule
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = "none"  # a name in the method registry (pruning.methods.METHODS): "spvit", "evovit", "none"
+    method: str = "none"  # a name in the method registry (pruning.methods.METHODS); "none": the unpruned model
     keep: Mapping[int, float] = field(default_factory=dict)  # block index -> keep ratio of the selector before it
 
     def __post_init__(self) -> None:
@@ -42,7 +42,7 @@ class PruneConfig:
     @classmethod
     def parse(cls, spec: "str | Mapping[str, Any] | PruneConfig") -> "PruneConfig":
         """The normaliser for every accepted form: a PruneConfig, a dict from :meth:`to_dict`, or a string
-        ``"spvit:3=0.7,6=0.7,9=0.7"`` / ``"evovit:4=0.5"`` / ``"none"``."""
+        ``"METHOD:3=0.7,6=0.7,9=0.7"`` (METHOD a name in the registry) or ``"none"``."""
         if isinstance(spec, PruneConfig):
             return spec
         if isinstance(spec, Mapping):
@@ -57,7 +57,8 @@ class PruneConfig:
             m = re.fullmatch(r"(\d+)\s*=\s*([0-9]*\.?[0-9]+)", item)
             if not m:
                 raise VitsearchError(
-                    f"cannot read selector {item!r} in config {text!r}: write BLOCK=RATIO, e.g. 'spvit:3=0.7,6=0.7'")
+                    f"cannot read selector {item!r} in config {text!r}: write BLOCK=RATIO, e.g. "
+                    f"'{pruning_methods()[0]}:3=0.7,6=0.7'")
             block = int(m.group(1))
             if block in keep:
                 raise VitsearchError(f"config {text!r} gives block {block} two keep ratios: one selector per block, "
@@ -90,10 +91,11 @@ def token_schedule(config: PruneConfig, *, depth: int, num_patches: int, num_pre
 
 def canonical_key(config: PruneConfig, *, depth: int, num_patches: int, num_prefix: int = 1) -> str:
     """One model, one key: the method, the per-block token counts of its :func:`token_schedule` and the blocks
-    whose selector prunes. Keep ratios that round to the same counts (``evovit:4=0.5,8=0.49`` and
-    ``evovit:4=0.5,8=0.5`` on 64 patches) are one model, trained once; a config that prunes nothing is the
-    unpruned model (``none``). The selector blocks are part of the key since an Evo-ViT stage re-ranks all patches:
-    ``evovit:4=0.5,8=0.5`` re-selects at block 8 with the same counts as ``evovit:4=0.5``."""
+    whose selector prunes. Keep ratios that round to the same counts (``METHOD:4=0.5,8=0.49`` and
+    ``METHOD:4=0.5,8=0.5`` on 64 patches, for a method whose ratios are shares of all patches) are one model,
+    trained once; a config that prunes nothing is the unpruned model (``none``). The selector blocks are part of
+    the key since a method may re-rank all patches at every selector: then ``METHOD:4=0.5,8=0.5`` re-selects at
+    block 8 with the same counts as ``METHOD:4=0.5``."""
     schedule = token_schedule(config, depth=depth, num_patches=num_patches, num_prefix=num_prefix)
     if not schedule.selectors:
         return "none"

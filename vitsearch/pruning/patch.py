@@ -1,9 +1,9 @@
-"""Convert a stock timm VisionTransformer in place into a token-pruned one (ToMe's shape).
+"""Convert a stock timm VisionTransformer in place into a token-pruned one (a class swap, weights untouched).
 
 ``apply(model, config)`` swaps the model's class for a subclass whose ``forward_features`` runs the selectors
 between the stock blocks, and swaps each block's attention for :class:`PrunableAttention`. Weights and their
-state_dict keys are unchanged; the method adds what it trains (SPViT ``token_selectors.<block>.*``, Evo-ViT
-``head_aux.*``). What runs between the blocks is the method's (:mod:`.methods`).
+state_dict keys are unchanged; the method adds what it trains (its ``new_parameters``, e.g. selectors under
+``token_selectors.<block>.*``). What runs between the blocks is the method's (:mod:`.methods`).
 Calling ``apply`` again changes the config and keeps every trained selector (weight sharing across configs).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ class PrunedViTMixin:
     prune_config: PruneConfig
     prune_method: PruningMethod
     token_schedule: TokenSchedule
-    evo_every_block: bool  # Evo-ViT layer-to-stage schedule: True re-ranks at every block of a stage
+    every_block: bool  # a curriculum phase that re-selects at every block of a stage (PruningMethod.curriculum)
 
     def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
@@ -42,8 +42,8 @@ class PrunedViTMixin:
         return self.norm(x)
 
     def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
-        """timm's pooling; a training forward that masked tokens (SPViT) averages only the tokens it kept and
-        its packages, the tokens inference keeps."""
+        """timm's pooling; a training forward that masked tokens (``state.policy``) averages only the tokens it
+        kept (and whatever else attention saw), the tokens inference keeps."""
         mask = self._vitsearch.pool_mask
         if mask is None or (pool_type or self.global_pool) != "avg":
             return super().pool(x, pool_type)
@@ -75,8 +75,9 @@ def _check_model(model: nn.Module) -> None:
             raise VitsearchError(f"this VisionTransformer lacks {name}: vitsearch was tested with timm {TESTED_TIMM}")
 
 
-def apply(model: nn.Module, config: "PruneConfig | str | dict", *, evo_every_block: bool = False) -> nn.Module:
-    """Patch ``model`` in place for ``config`` (or change the config of an already patched model)."""
+def apply(model: nn.Module, config: "PruneConfig | str | dict", *, every_block: bool = False) -> nn.Module:
+    """Patch ``model`` in place for ``config`` (or change the config of an already patched model). ``every_block``:
+    re-select at every block of a stage, for a curriculum phase that asks it (:meth:`PruningMethod.curriculum`)."""
     config = PruneConfig.parse(config)
     method = method_of(config.method)
     if not isinstance(model, PrunedViTMixin):
@@ -89,13 +90,13 @@ def apply(model: nn.Module, config: "PruneConfig | str | dict", *, evo_every_blo
         model.__class__ = type(f"Pruned{model.__class__.__name__}", (PrunedViTMixin, model.__class__), {})
         model._vitsearch = state
         model.token_selectors = nn.ModuleDict()
-        model.base_pool = model.global_pool  # the stock model's pooling; a method may pool otherwise (Evo-ViT)
+        model.base_pool = model.global_pool  # the stock model's pooling; a method may pool otherwise
     schedule = token_schedule(config, depth=len(model.blocks), num_patches=model.patch_embed.num_patches,
                               num_prefix=model.num_prefix_tokens, pool=model.base_pool)
     model.global_pool = method.pooling(model.base_pool, schedule)
     method.patch(model, schedule)
     model.prune_config, model.prune_method, model.token_schedule = config, method, schedule
-    model.evo_every_block = evo_every_block
+    model.every_block = every_block
     return model
 
 

@@ -14,7 +14,7 @@ from typing import Mapping
 class SelectorStep:
     block: int  # the selector runs in front of this block
     n_in: int  # patch tokens ranked by the selector
-    n_keep: int  # patch tokens it keeps (SPViT) or sends down the slow path (Evo-ViT)
+    n_keep: int  # patch tokens it keeps (or sends down a slow path: the method says)
 
     @property
     def prunes(self) -> bool:
@@ -28,7 +28,7 @@ class TokenSchedule:
     num_patches: int  # patch tokens out of the patch embedding
     block_tokens: tuple[int, ...]  # tokens each block's attention + MLP computes on, extras included
     selectors: tuple[SelectorStep, ...]  # only the selectors that remove something
-    final_tokens: int  # tokens leaving the last block, read by the head (Evo-ViT restores the full structure)
+    final_tokens: int  # tokens leaving the last block, read by the head (a method may restore the full structure)
 
     @property
     def depth(self) -> int:

@@ -17,7 +17,7 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def weighted_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The average of the tokens x (B, N, C) weighted by ``weights`` (B, N), zero where all are zero: (B, 1, C)."""
     total = weights.sum(dim=1, keepdim=True)  # (B, 1)
-    # All-zero weights (an SPViT training draw that pruned nothing) divide by 1, not by a tiny clamp, whose
+    # All-zero weights (a training draw that pruned nothing) divide by 1, not by a tiny clamp, whose
     # gradient x / 1e-6 blew up every selector upstream; the model also masks such a package out of attention.
     total = torch.where(total > 0, total, torch.ones_like(total))
     # One batched matmul (B, 1, N) @ (B, N, C): a broadcast multiply and a sum over N cost onnxruntime 3x more.

@@ -104,9 +104,9 @@ def _train(model: nn.Module, teacher: nn.Module, splits, settings: TrainSettings
             x, y, teacher_logits = next_batch(data, splits, teacher, generator, precision)
             configs, parts = configs_of_step(i), {}
             for config in configs:
-                apply(model, config, evo_every_block=getattr(model, "evo_every_block", False))
+                apply(model, config, every_block=getattr(model, "every_block", False))
                 state = prune_state(model)
-                state.progress, state.spvit_draw = i / max(settings.steps - 1, 1), settings.spvit_draw
+                state.progress, state.train = i / max(settings.steps - 1, 1), settings
                 model.train()
                 with precision.autocast():
                     loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)

@@ -4,7 +4,7 @@ Layer-to-phase: a selector is inserted at every block the schedule offers, one p
 selector learns while the ones before it keep learning and the backbone fine-tunes. Each has a keep rate
 r = keep_min + (1 - keep_min) * sigmoid(u), u free. A training draw keeps exactly ``kept_tokens(n, r)`` of the n
 tokens reaching the selector (the inference top-k's count) and passes the loss's gradient back to r
-(:func:`vitsearch.pruning.spvit.rate_surrogate`): the task loss pulls a rate up where its tokens matter.
+(:func:`vitsearch.pruning.methods.spvit.rate_surrogate`): the task loss pulls a rate up where its tokens matter.
 
 The sparsity loss holds the model at the budget: ``w * |L(r) / budget - 1|``, L(r) the predicted latency of the
 rates' config (``latency_of``), whose gradient in r is the device table's block curve (drift-scaled and monotone,
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -105,6 +105,7 @@ def learn_rates(model: nn.Module, teacher: nn.Module, splits: Any, blocks: Seque
     history: list[dict[str, Any]] = []
     log = step_log("learning keep rates", settings.steps, logger)
     teacher.eval()
+    topk = replace(train, spvit_draw="topk")  # the draws the rates' gradient is written for
     started = time.perf_counter()
     with seeded(train.seed):
         data = batches(splits, train.batch_size, train.seed)
@@ -115,7 +116,7 @@ def learn_rates(model: nn.Module, teacher: nn.Module, splits: Any, blocks: Seque
             now = rates.rates(inserted)
             apply(model, rates_config(now))
             state = prune_state(model)
-            state.progress, state.spvit_draw, state.rates = i / max(settings.steps - 1, 1), "topk", now
+            state.progress, state.train, state.rates = i / max(settings.steps - 1, 1), topk, now
             model.train()
             with precision.autocast():
                 loss, parts = candidate_loss(model, x, y, teacher_logits, weights, None)

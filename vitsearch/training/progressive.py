@@ -160,9 +160,9 @@ def train_schedule(model: nn.Module, teacher: nn.Module, splits: Any, config: Pr
             if on_step is not None:
                 on_step(i, phase)
             x, y, teacher_logits = next_batch(data, splits, teacher, generator, precision)
-            apply(model, phase.config, evo_every_block=phase.every_block)
+            apply(model, phase.config, every_block=phase.every_block)
             state = prune_state(model)
-            state.progress, state.spvit_draw = i / max(steps - 1, 1), train.spvit_draw
+            state.progress, state.train = i / max(steps - 1, 1), train
             model.train()
             with precision.autocast():
                 loss, parts = candidate_loss(model, x, y, teacher_logits, settings.weights, latency)

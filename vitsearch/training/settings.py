@@ -38,14 +38,14 @@ class TrainSettings:
     warmup_steps: int = 5
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
-    # SPViT's training draw (pruning.spvit.TRAIN_DRAWS, whose first is this default, tests/training/test_settings):
+    # SPViT's training draw (pruning.methods.spvit.TRAIN_DRAWS, whose first is this default, tests/training/test_settings):
     # "topk", exactly the target count, its noise annealed to the inference top-k, or "logodds", per-token decisions
     # around the target's log-odds (the rule before issue 14, which brief-trained to the same or lower accuracy on
     # digits: benchmarks/spvit_train_match.py).
     spvit_draw: str = "topk"
 
     def __post_init__(self) -> None:
-        from ..pruning.spvit import TRAIN_DRAWS  # torch: only where settings are made to train, never for --help
+        from ..pruning.methods.spvit import TRAIN_DRAWS  # torch: only where settings are made to train, never for --help
 
         # A NaN or negative rate trains a model of NaN weights (or away from the data) without a word.
         for name, value, option in (("lr", self.lr, "--lr"), ("selector_lr", self.selector_lr, "--selector-lr")):

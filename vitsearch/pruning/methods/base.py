@@ -1,14 +1,16 @@
-"""The contract every token-pruning method fulfils (ToMe's shape: the algorithm as tensor functions in its own
-module, one adapter here that runs it inside a stock timm ViT).
+"""The contract every token-pruning method fulfils (one folder per method, ``methods/<name>/``,
+holding the algorithm as tensor functions, the adapter that runs it inside a stock timm ViT, and the latency
+components it charges).
 
 A method is a stateless singleton registered by name in :data:`vitsearch.pruning.methods.METHODS`. The shared
-modules (config, patch, training, progressive planner, latency components) call only what this class declares,
-so adding a method is one file and one registry line.
+modules (config, patch, training, progressive planner, the latency model) call only what this class declares,
+so adding a method is one folder and one registry line.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,6 +21,43 @@ from ..state import PruneState
 
 # (kind, n, k): one component of the latency model (``latency.components.Point``), see :meth:`components`.
 Component = tuple[str, int, int]
+# Per input of a timed module: its (axis, dim name) pairs that vary between grid points ("n" or "k").
+Dynamic = tuple[tuple[tuple[int, str], ...], ...]
+
+
+@dataclass(frozen=True)
+class Timed:
+    """The torch module a latency table times for one component kind, and how to feed it at a grid point."""
+
+    module: nn.Module
+    inputs: Callable[[int, int], tuple[torch.Tensor, ...]]  # example inputs at (n, k)
+    dynamic: Dynamic
+
+
+@dataclass(frozen=True)
+class ComponentKind:
+    """One kind of latency-table row (a component of the latency model) and how to profile it.
+
+    The module ``build`` returns calls the very step function the method's forward calls for that piece, so
+    what inference runs is what a table charges. Token counts enter the module as tensor *shapes* (a kept count
+    ``k`` as the length of a ``count`` input whose values are never read), so one export with dynamic axes serves
+    every grid point."""
+
+    name: str  # the kind's name in a table's rows; never renamed (tables on disk are keyed by it)
+    axis: str  # what a prediction interpolates along: "n", "k", or "nk" (bilinear in n and k relative to n)
+    chain: bool  # the module runs every block of the model in a row; the table stores the cost of one
+    selection: bool  # token selection or bookkeeping (Prediction.selection_ms), not transformer blocks
+    grid: Callable[[int, int, Any], list[tuple[int, int]]]  # (prefix P, patches N, latency.GridSpec) -> (n, k)s
+    # (patched model in eval mode, its PruneState, batch, generator of the example inputs) -> the timed module
+    build: Callable[[nn.Module, PruneState, int, torch.Generator], Timed]
+
+
+def span(lo: int, hi: int, points: int) -> list[int]:
+    """About ``points`` integers from lo to hi inclusive, evenly spaced, both ends always included (a grid axis)."""
+    if hi <= lo:
+        return [lo]
+    step = max(1, round((hi - lo) / max(points - 1, 1)))
+    return sorted(set(range(lo, hi, step)) | {hi})
 
 
 class PruningMethod:
@@ -40,8 +79,10 @@ class PruningMethod:
       ``state.record_cls_attn`` are how it talks to the patched attention.
     - **Loss** (:meth:`loss`): adds the method's terms to the shared CE + distillation loss.
     - **Curriculum** (:meth:`curriculum`): the phases finalize trains the config through.
-    - **Latency** (:meth:`components`): the components one eval forward runs, in order, at the schedule's counts;
-      the latency model profiles exactly these kinds, so what inference runs is what a table charges.
+    - **Latency** (:meth:`kinds`, :meth:`components`): the component kinds the method adds to the stock ones
+      (``overhead``, ``embed``, ``block``, ``head``), each with its grid and its timed module, and the components
+      one eval forward runs, in order, at the schedule's counts. The latency model knows no method: it profiles
+      and predicts the kinds the registry's methods declare.
     """
 
     name: ClassVar[str]
@@ -90,8 +131,13 @@ class PruningMethod:
         return [(config, False)], None, "one phase"
 
     # Latency -----------------------------------------------------------------------------------------------
+    def kinds(self) -> tuple[ComponentKind, ...]:
+        """The component kinds this method's forward adds to the stock ones (names unique across the registry)."""
+        return ()
+
     def components(self, schedule: TokenSchedule) -> list[Component]:
-        """The components between the embedding and the head of one eval forward, in order."""
+        """The components between the embedding and the head of one eval forward, in order: the stock ``block``
+        and this method's :attr:`kinds`."""
         raise NotImplementedError
 
 

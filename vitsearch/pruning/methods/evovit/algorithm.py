@@ -4,14 +4,19 @@ A global class-attention score g is carried across blocks. At a selector, patch 
 k (informative) and one *representative* token (the g-weighted mean of the others) take the slow path through
 attention and MLP; the other tokens (placeholders) are kept and updated fast by adding the representative
 token's residual. When the stage ends the full token structure is restored in its original order.
+
+The steps the method's forward runs (:func:`scored_block`, :func:`enter`, :func:`leave`, :func:`slow_step`) are
+also what its latency components time (:mod:`.latency`): one function per step, so a table charges what runs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
-from .tokens import gather_rows, weighted_mean
+from ...state import PruneState, run_block
+from ...tokens import gather_rows, weighted_mean
 
 # g <- (1 - alpha) g + alpha a: before the first selector g is just the last block's class attention,
 # afterwards it is smoothed across blocks (the official DeiT code's alpha).
@@ -75,3 +80,33 @@ def leave_stage(stage: EvoStage) -> tuple[torch.Tensor, torch.Tensor]:
     inverse = stage.order.argsort(dim=1)
     patches = torch.cat([stage.informative, stage.placeholders], dim=1)
     return gather_rows(patches, inverse), gather_rows(stage.score, inverse)
+
+
+# The forward's steps ---------------------------------------------------------------------------------------------
+
+def scored_block(blk: nn.Module, x: torch.Tensor, state: PruneState,
+                 num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block on (B, T, C) tokens that also records the class token's attention: (output, score (B, T - P)),
+    the score the first stage ranks by (alpha = 1 before the first selector)."""
+    x = run_block(blk, x, state, record=True)
+    return x, class_attention_score(state.cls_attn, num_prefix)
+
+
+def enter(x: torch.Tensor, score: torch.Tensor, n_keep: int, num_prefix: int) -> tuple[EvoStage, torch.Tensor]:
+    """Enter a stage: all tokens (B, P + N, C) ranked by score (B, N) -> (the stage, the prefix tokens (B, P, C))."""
+    return enter_stage(x[:, num_prefix:], score, n_keep), x[:, :num_prefix]
+
+
+def leave(stage: EvoStage, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave a stage: (all tokens in their original order (B, P + N, C), their score (B, N))."""
+    patches, score = leave_stage(stage)
+    return torch.cat([prefix, patches], dim=1), score
+
+
+def slow_step(blk: nn.Module, stage: EvoStage, prefix: torch.Tensor, state: PruneState, num_prefix: int,
+              record: bool, fast: bool = True) -> torch.Tensor:
+    """One block of a stage: the slow tokens through ``blk``, then :func:`after_block` (the class attention
+    recorded and the informative tokens' score updated where ``record``). Returns the new prefix (B, P, C)."""
+    out = run_block(blk, slow_tokens(prefix, stage), state, record=record)  # (B, P + K + 1, C)
+    cls = class_attention_score(state.cls_attn, num_prefix) if record else None
+    return after_block(stage, out, num_prefix, cls, fast=fast)

@@ -7,10 +7,10 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from ...errors import VitsearchError
-from ..schedule import TokenSchedule
-from ..state import PruneState
-from .base import Component, PruningMethod
+from ....errors import VitsearchError
+from ...schedule import TokenSchedule
+from ...state import PruneState, run_block
+from ..base import Component, PruningMethod
 
 
 class NoPruning(PruningMethod):
@@ -21,7 +21,7 @@ class NoPruning(PruningMethod):
 
     def check_keep(self, keep: Mapping[int, float]) -> None:
         if keep:
-            raise VitsearchError("method 'none' takes no selectors: choose spvit or evovit to prune")
+            raise VitsearchError("method 'none' takes no selectors: choose a method that prunes")
 
     def schedule(self, keep: Mapping[int, float], *, depth: int, num_patches: int, num_prefix: int,
                  pool: str = "token") -> TokenSchedule:
@@ -30,8 +30,7 @@ class NoPruning(PruningMethod):
 
     def forward_blocks(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
         for blk in model.blocks:
-            state.block_tokens.append(x.shape[1])
-            x = blk(x)
+            x = run_block(blk, x, state)
         return x
 
     def components(self, schedule: TokenSchedule) -> list[Component]:

@@ -1,16 +1,33 @@
-"""``spvit``: SPViT soft pruning with packaging (the algorithm: :mod:`vitsearch.pruning.spvit`)."""
+"""``spvit``: SPViT soft pruning with packaging, the contract adapter (the algorithm: :mod:`.algorithm`; the
+latency component it charges: :mod:`.latency`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from .. import spvit
-from ..schedule import TokenSchedule, compound_steps
-from ..state import PruneState
-from ..tokens import gather_rows
-from .base import Component, PruningMethod, restricted
+from ...schedule import TokenSchedule, compound_steps
+from ...state import PruneState, run_block
+from ...tokens import gather_rows
+from ..base import Component, ComponentKind, PruningMethod, restricted
+from . import algorithm as spvit
+from . import latency
+
+
+@dataclass
+class SPViTRecord:
+    """What one training forward records for the keep-ratio and latency losses (``PruneState.method``)."""
+
+    keep_decisions: list[torch.Tensor] = field(default_factory=list)  # per selector (B, N) 0/1, straight-through
+    keep_targets: list[float] = field(default_factory=list)  # per selector: target fraction of all patches kept
+
+
+def train_draw(state: PruneState) -> str:
+    """The training draw rule (a name in :data:`.algorithm.TRAIN_DRAWS`): the running training's
+    ``TrainSettings.spvit_draw``, else the default."""
+    return spvit.TRAIN_DRAWS[0] if state.train is None else state.train.spvit_draw
 
 
 def keep_ratio_loss(decisions: Sequence[torch.Tensor], targets: Sequence[float]) -> torch.Tensor:
@@ -59,10 +76,10 @@ class SPViT(PruningMethod):
     one package token per selector, so a block computes on prefix + kept patches + the packages so far.
 
     Training: pruned tokens are masked as attention keys (``state.policy``); the selectors' decisions are drawn by
-    the rule ``state.spvit_draw`` (:data:`vitsearch.pruning.spvit.TRAIN_DRAWS`): by default exactly the scheduled
+    the rule ``state.train.spvit_draw`` (:data:`.algorithm.TRAIN_DRAWS`, :func:`train_draw`): by default exactly the scheduled
     count, a Gumbel top-k whose noise anneals to 0 over ``state.progress``, the pruned removed after the selector's
     own block; or, with ``"logodds"``, per token around the target's log-odds, every token kept in every block. The
-    decisions (B, N) and targets land in ``state.keep_decisions`` / ``keep_targets`` for the keep-ratio loss and
+    decisions (B, N) and targets land in the forward's :class:`SPViTRecord` (``state.method``) for the keep-ratio loss and
     the latency loss (the device table's cost of the soft token counts). Inference: exact top-k and packaging.
     Latency: ``spvit_select(n, k)`` before a pruning block, then ``block(n)`` at the scheduled counts."""
 
@@ -90,6 +107,7 @@ class SPViT(PruningMethod):
                 ).to(device=ref.device, dtype=ref.dtype)
 
     def forward_blocks(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
+        state.method = SPViTRecord()
         return self._train(model, x, state) if model.training else self._infer(model, x, state)
 
     @staticmethod
@@ -97,11 +115,8 @@ class SPViT(PruningMethod):
         P, steps = model.num_prefix_tokens, {s.block: s for s in model.token_schedule.selectors}
         for i, blk in enumerate(model.blocks):
             if i in steps:
-                n = steps[i].n_in
-                kept, pkg = spvit.prune_hard(model.token_selectors[str(i)], x[:, P:P + n], steps[i].n_keep)
-                x = torch.cat([x[:, :P], kept, x[:, P + n:], pkg], dim=1)  # [prefix, kept, old packages, new]
-            state.block_tokens.append(x.shape[1])
-            x = blk(x)
+                x = spvit.select(model.token_selectors[str(i)], x, P, steps[i].n_in, steps[i].n_keep)
+            x = run_block(blk, x, state)
         return x
 
     @staticmethod
@@ -111,7 +126,7 @@ class SPViT(PruningMethod):
 
     @staticmethod
     def _train(model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
-        return (SPViT._train_topk if state.spvit_draw == "topk" else SPViT._train_masked)(model, x, state)
+        return (SPViT._train_topk if train_draw(state) == "topk" else SPViT._train_masked)(model, x, state)
 
     @staticmethod
     def _train_topk(model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
@@ -133,10 +148,9 @@ class SPViT(PruningMethod):
                     noise=selection_noise(state.progress))
                 x = torch.cat([x, pkg], dim=1)  # [prefix, patches, old packages, new]
                 state.policy = torch.cat([x.new_ones(B, P), decision, x.new_ones(B, x.shape[1] - P - n)], dim=1)
-                state.keep_decisions.append(decision.new_zeros(B, N).scatter(1, where, decision))  # (B, N)
-                state.keep_targets.append(steps[i].n_keep / N)
-            state.block_tokens.append(x.shape[1])
-            x = blk(x)
+                state.method.keep_decisions.append(decision.new_zeros(B, N).scatter(1, where, decision))  # (B, N)
+                state.method.keep_targets.append(steps[i].n_keep / N)
+            x = run_block(blk, x, state)
             if i in steps:
                 state.policy = None
                 x = torch.cat([x[:, :P], gather_rows(x[:, P:P + n], idx), x[:, P + n:]], dim=1)
@@ -154,27 +168,27 @@ class SPViT(PruningMethod):
             if i in steps:
                 keep = SPViT._keep(state, i, steps[i].n_keep, steps[i].n_in)
                 kept, pkg = spvit.prune_soft(model.token_selectors[str(i)], x[:, P:P + N], alive, keep,
-                                             draw=state.spvit_draw, noise=selection_noise(state.progress))
+                                             draw=train_draw(state), noise=selection_noise(state.progress))
                 # A draw that pruned nothing has an empty package: masked out, since inference never has one
                 # (attending to a zero token, it sent the selectors gradients of the tokens' scale, ~100).
                 packaged.append(((alive - kept).detach().sum(dim=1, keepdim=True) > 0).to(x.dtype))
                 alive = kept
                 x = torch.cat([x, pkg], dim=1)  # packages are appended and attended to from then on
-                state.keep_decisions.append(alive)
-                state.keep_targets.append(steps[i].n_keep / N)
+                state.method.keep_decisions.append(alive)
+                state.method.keep_targets.append(steps[i].n_keep / N)
                 state.policy = torch.cat([x.new_ones(x.shape[0], P), alive, *packaged], dim=1)  # (B, P + N + S)
-            state.block_tokens.append(x.shape[1])
-            x = blk(x)
+            x = run_block(blk, x, state)
         return x
 
     def loss(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], state: PruneState, schedule: TokenSchedule,
              y: torch.Tensor, weights: Any, latency: Any | None) -> torch.Tensor:
-        if not state.keep_decisions:
+        record = state.method if isinstance(state.method, SPViTRecord) else None
+        if record is None or not record.keep_decisions:
             return loss
-        parts["ratio"] = keep_ratio_loss(state.keep_decisions, state.keep_targets)
+        parts["ratio"] = keep_ratio_loss(record.keep_decisions, record.keep_targets)
         loss = loss + weights.ratio * parts["ratio"]
         if latency is not None and weights.latency > 0:
-            soft = soft_block_tokens(state.keep_decisions, [s.block for s in schedule.selectors],
+            soft = soft_block_tokens(record.keep_decisions, [s.block for s in schedule.selectors],
                                      depth=schedule.depth, num_prefix=schedule.num_prefix)
             parts["latency"] = latency.loss(soft, schedule.block_tokens)
             loss = loss + weights.latency * parts["latency"]
@@ -186,6 +200,9 @@ class SPViT(PruningMethod):
         phases = [(restricted(config, [b for g in groups[:k + 1] for b in g]), False) for k in range(len(groups))]
         return phases, None, f"{config} (one phase per selector group {groups})"
 
+    def kinds(self) -> tuple[ComponentKind, ...]:
+        return latency.KINDS
+
     def components(self, schedule: TokenSchedule) -> list[Component]:
         steps = {s.block: s for s in schedule.selectors}
         out: list[Component] = []
@@ -194,3 +211,4 @@ class SPViT(PruningMethod):
                 out.append(("spvit_select", steps[i].n_in, steps[i].n_keep))
             out.append(("block", n, 0))
         return out
+

@@ -1,17 +1,26 @@
-"""``evovit``: Evo-ViT slow-fast token evolution (the algorithm: :mod:`vitsearch.pruning.evovit`)."""
+"""``evovit``: Evo-ViT slow-fast token evolution, the contract adapter (the algorithm: :mod:`.algorithm`; the
+latency components it charges: :mod:`.latency`)."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import evovit
-from ..schedule import SelectorStep, TokenSchedule, kept_tokens
-from ..state import PruneState
-from .base import Component, PruningMethod, refuse
+from ...schedule import SelectorStep, TokenSchedule, kept_tokens
+from ...state import PruneState, run_block
+from ..base import Component, ComponentKind, PruningMethod, refuse
+from . import algorithm, latency
+
+
+@dataclass
+class EvoViTRecord:
+    """What one forward records for the loss (``PruneState.method``)."""
+
+    aux_logits: torch.Tensor | None = None  # (B, classes) the assisted head's output, training only
 
 
 class EvoViT(PruningMethod):
@@ -26,7 +35,7 @@ class EvoViT(PruningMethod):
     the slow ones, P + k + 1. A head on the mean of the patches reads them all (the last stage restores).
 
     Training: the assisted CLS loss (a second head ``head_aux`` on the other pooling) through
-    ``state.aux_logits``; every stage restores, since the aux head of a class-token model reads the mean of all
+    ``state.method.aux_logits``; every stage restores, since the aux head of a class-token model reads the mean of all
     patches. Latency: ``evo_stage(N, k)`` at each stage start (its restore included; ``evo_enter(N, k)`` for an
     open last stage), the blocks before the first stage at full width (``block_cls`` for the one whose class
     attention seeds the score), the stage blocks as ``evo_block(_cls)(P + k + 1, k)``."""
@@ -88,64 +97,59 @@ class EvoViT(PruningMethod):
 
     def forward_blocks(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
         P = model.num_prefix_tokens
+        state.method = EvoViTRecord()
         starts = {s.block: s.n_keep for s in model.token_schedule.selectors}
         last_start = max(starts, default=-1)
-        every_block = model.evo_every_block
+        every_block = model.every_block
         # Inference with a head that never reads the last stage's placeholders: they are not updated or restored.
         open_end = not model.training and not self.reads_placeholders(model.base_pool)
         # The last block whose updated placeholders a later block reads (by re-ranking them: every-block mode after
         # each block, stage-wise at the last stage's entry).
         last_reader = len(model.blocks) - 2 if every_block else last_start - 1
-        stage: evovit.EvoStage | None = None
+        stage: algorithm.EvoStage | None = None
         score: torch.Tensor | None = None
         prefix = x[:, :P]
         for i, blk in enumerate(model.blocks):
             if i in starts or (stage is not None and every_block):
                 k = starts.get(i, stage.n_keep if stage is not None else 0)
                 if stage is not None:
-                    patches, score = evovit.leave_stage(stage)
-                    x = torch.cat([prefix, patches], dim=1)
-                stage, prefix = evovit.enter_stage(x[:, P:], score, k), x[:, :P]
+                    x, score = algorithm.leave(stage, prefix)
+                stage, prefix = algorithm.enter(x, score, k, P)
             # Class attention is only needed where a later selection reads it.
-            if stage is None:
-                state.record_cls_attn = i + 1 == min(starts, default=-1)
+            if stage is None and i + 1 == min(starts, default=-1):  # alpha = 1: g is this block's attention
+                x, score = algorithm.scored_block(blk, x, state, P)
+            elif stage is None:
+                x = run_block(blk, x, state)
             else:
-                state.record_cls_attn = i < last_start or every_block
-            if stage is None:
-                state.block_tokens.append(x.shape[1])
-                x = blk(x)
-                if state.record_cls_attn:  # alpha = 1 before the first selector: g is this block's attention
-                    score = evovit.class_attention_score(state.cls_attn, P)
-            else:
-                slow = evovit.slow_tokens(prefix, stage)
-                state.block_tokens.append(slow.shape[1])
-                out = blk(slow)
-                cls = evovit.class_attention_score(state.cls_attn, P) if state.record_cls_attn else None
-                prefix = evovit.after_block(stage, out, P, cls, fast=not open_end or i <= last_reader)
+                prefix = algorithm.slow_step(blk, stage, prefix, state, P, record=i < last_start or every_block,
+                                             fast=not open_end or i <= last_reader)
         state.record_cls_attn = False
         if stage is not None and open_end:
-            x = evovit.slow_tokens(prefix, stage)  # (B, P + k + 1, C): the class token has read all it needs
+            x = algorithm.slow_tokens(prefix, stage)  # (B, P + k + 1, C): the class token has read all it needs
         elif stage is not None:
-            patches, _ = evovit.leave_stage(stage)
-            x = torch.cat([prefix, patches], dim=1)
+            x, _ = algorithm.leave(stage, prefix)
         return x
 
     def after_pooling(self, model: nn.Module, x: torch.Tensor, state: PruneState) -> None:
         # Assisted CLS loss: a second head on the other pooling keeps the class token's attention meaningful.
         P = model.num_prefix_tokens
         pooled = x[:, P:].mean(dim=1) if model.global_pool == "token" else x[:, 0]
-        state.aux_logits = model.head_aux(pooled)
+        state.method.aux_logits = model.head_aux(pooled)
 
     def loss(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], state: PruneState, schedule: TokenSchedule,
              y: torch.Tensor, weights: Any, latency: Any | None) -> torch.Tensor:
-        if state.aux_logits is None:
+        aux = state.method.aux_logits if isinstance(state.method, EvoViTRecord) else None
+        if aux is None:
             return loss
-        parts["aux"] = F.cross_entropy(state.aux_logits, y)
+        parts["aux"] = F.cross_entropy(aux, y)
         return (1 - weights.aux) * loss + weights.aux * parts["aux"]
 
     def curriculum(self, config: Any, settings: Any) -> tuple[list[tuple[Any, bool]], tuple[float, ...] | None, str]:
         """Layer-to-stage: selection at every block of a stage first, then only at the config's stage starts."""
         return [(config, True), (config, False)], (settings.evo_switch,), "the Evo-ViT layer-to-stage schedule"
+
+    def kinds(self) -> tuple[ComponentKind, ...]:
+        return latency.kinds(self.reads_placeholders)
 
     def components(self, schedule: TokenSchedule) -> list[Component]:
         P, N = schedule.num_prefix, schedule.num_patches

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .schedule import kept_tokens
-from .tokens import gather_rows, weighted_mean
+from ...schedule import kept_tokens
+from ...tokens import gather_rows, weighted_mean
 
 
 class MultiHeadTokenSelector(nn.Module):
@@ -211,3 +211,11 @@ def rate_surrogate(perturbed: torch.Tensor, alive: torch.Tensor, keep: torch.Ten
     # gradient to the earlier selectors' decisions (and so to their rates), as if this cut had moved theirs.
     soft = torch.sigmoid((keep * n - rank - 0.5) / width) * alive.detach()
     return soft - soft.detach()
+
+
+def select(selector: MultiHeadTokenSelector, x: torch.Tensor, num_prefix: int, n: int, n_keep: int) -> torch.Tensor:
+    """Inference's selection step, which the latency component ``spvit_select`` times: of all tokens
+    (B, P + n + S, C), the n patches after the prefix ranked, ``n_keep`` kept, the rest packaged.
+    Returns (B, P + n_keep + S + 1, C): [prefix, kept, the S earlier packages, the new package]."""
+    kept, pkg = prune_hard(selector, x[:, num_prefix:num_prefix + n], n_keep)
+    return torch.cat([x[:, :num_prefix], kept, x[:, num_prefix + n:], pkg], dim=1)
