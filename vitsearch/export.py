@@ -30,12 +30,12 @@ import torch.nn as nn
 from . import __version__
 from .errors import VitsearchError, naming
 from .files import check_writable, write_bytes
+from .onnx_metadata import METADATA_PREFIX, read_metadata
 
 logger = logging.getLogger(__name__)
 
 # Opset 18: LayerNormalization is native (>= 17) and onnxruntime >= 1.14 runs it, old enough for most devices.
 DEFAULT_OPSET = 18
-METADATA_PREFIX = "vitsearch."
 # Export check: onnxruntime must reproduce PyTorch's output within ATOL + RTOL * max|output|.
 ATOL, RTOL = 1e-4, 1e-4
 
@@ -181,15 +181,6 @@ def _export_proto(module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
         torch.onnx.export(_Positional(module), inputs, buffer, dynamo=False, opset_version=opset,
                           input_names=input_names, output_names=output_names, do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
-
-
-def read_metadata(path_or_model: str | os.PathLike[str] | Any) -> dict[str, str]:
-    """The ``vitsearch.*`` metadata of an ONNX file or ModelProto, prefix stripped."""
-    import onnx
-
-    proto = path_or_model if hasattr(path_or_model, "metadata_props") else onnx.load(
-        str(path_or_model), load_external_data=False)
-    return {p.key[len(METADATA_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)}
 
 
 _NORM1 = re.compile(r"blocks\.(\d+)[./]norm1\b")

@@ -168,22 +168,6 @@ def _quiet_quantizer() -> Iterator[None]:
 
 # Ops only a quantized graph holds: QDQ pairs (what :func:`quantize` writes), and the fused or dynamic int8 ops of
 # other tools' quantized graphs (QLinearMatMul, MatMulInteger, ...).
-_INT8_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
-
-
-def graph_precision(model: Any) -> str:
-    """The precision an ONNX graph (an ``onnx.ModelProto``) runs in, read from its ops and weights: "int8" when it
-    quantizes anything, "fp16" when its weights are float16, else "fp32"."""
-    import onnx
-
-    ops = {n.op_type for n in model.graph.node}
-    if ops & set(_INT8_OPS) or any(op.startswith("QLinear") or op.endswith("Integer") for op in ops):
-        return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
 def quantized_nodes(model: Any) -> list[str]:
     """The names of the nodes of ``model`` (an ``onnx.ModelProto``) that int8 quantizes: MatMul and Gemm of the
     blocks' attention and MLP and of the head (module docstring)."""

@@ -120,13 +120,12 @@ class SPViT(PruningMethod):
         return x
 
     @staticmethod
-    def _keep(state: PruneState, block: int, n_keep: int, n_in: int) -> float | torch.Tensor:
-        """A selector's keep share: the schedule's, or the learned strategy's rate (a learnable 0-d tensor)."""
-        return state.rates[block] if state.rates is not None and block in state.rates else n_keep / n_in
-
-    @staticmethod
     def _train(model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
-        return (SPViT._train_topk if train_draw(state) == "topk" else SPViT._train_masked)(model, x, state)
+        # Learned rates keep masking in every block: a rate's task-loss gradient must see what a kept token does in
+        # every later block; through the selector's block alone the task loss lowered the rates it should raise
+        # (tests/training/test_learned.py::test_the_task_loss_alone_raises_the_rates).
+        topk = train_draw(state) == "topk" and state.rates is None
+        return (SPViT._train_topk if topk else SPViT._train_masked)(model, x, state)
 
     @staticmethod
     def _train_topk(model: nn.Module, x: torch.Tensor, state: PruneState) -> torch.Tensor:
@@ -141,10 +140,10 @@ class SPViT(PruningMethod):
         B = x.shape[0]
         where = torch.arange(N, device=x.device).expand(B, N)  # (B, n) each patch's index among all N
         for i, blk in enumerate(model.blocks):
-            n = where.shape[1]  # the schedule's n_in, or what a learned rate kept
+            n = where.shape[1]
             if i in steps:
                 decision, idx, pkg = spvit.prune_topk(
-                    model.token_selectors[str(i)], x[:, P:P + n], SPViT._keep(state, i, steps[i].n_keep, n),
+                    model.token_selectors[str(i)], x[:, P:P + n], steps[i].n_keep / n,
                     noise=selection_noise(state.progress))
                 x = torch.cat([x, pkg], dim=1)  # [prefix, patches, old packages, new]
                 state.policy = torch.cat([x.new_ones(B, P), decision, x.new_ones(B, x.shape[1] - P - n)], dim=1)
@@ -166,7 +165,9 @@ class SPViT(PruningMethod):
         packaged: list[torch.Tensor] = []  # per selector so far (B, 1): 1 if its package holds any token
         for i, blk in enumerate(model.blocks):
             if i in steps:
-                keep = SPViT._keep(state, i, steps[i].n_keep, steps[i].n_in)
+                keep = steps[i].n_keep / steps[i].n_in
+                if state.rates is not None and i in state.rates:
+                    keep = state.rates[i]  # the same share, learnable (its count is the schedule's)
                 kept, pkg = spvit.prune_soft(model.token_selectors[str(i)], x[:, P:P + N], alive, keep,
                                              draw=train_draw(state), noise=selection_noise(state.progress))
                 # A draw that pruned nothing has an empty package: masked out, since inference never has one
