@@ -30,6 +30,19 @@ def mlp_half(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
 
+class MlpChain(nn.Module):
+    """Every block's MLP residual in turn, as a latency table times the part of a split block after its reduction."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, M, C) -> (B, M, C)
+        for blk in self.model.blocks:
+            x = mlp_half(blk, x)
+        return x
+
+
 class SplitBlock(Block):
     """timm's ``Block`` with an optional token reduction between its two residual halves."""
 

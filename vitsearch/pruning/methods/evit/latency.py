@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ...blocks import attention_half, mlp_half
+from ...blocks import MlpChain, attention_half
 from ...state import PruneState
 from ..base import ComponentKind, Timed, span
 from .fuse import class_attention, keep_and_fuse
@@ -46,17 +46,6 @@ class EvitFuse(nn.Module):
         return keep_and_fuse(x, attn, count.shape[0], self.model.num_prefix_tokens)
 
 
-class EvitMlp(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.model.blocks:
-            x = mlp_half(blk, x)
-        return x
-
-
 def _attn(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator) -> Timed:
     C = model.embed_dim
     return Timed(EvitAttention(model), lambda n, k: (torch.randn(batch, n, C, generator=gen),), (((1, "n"),),))
@@ -71,7 +60,7 @@ def _fuse(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator)
 
 def _mlp(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator) -> Timed:
     C = model.embed_dim
-    return Timed(EvitMlp(model), lambda n, k: (torch.randn(batch, n, C, generator=gen),), (((1, "n"),),))
+    return Timed(MlpChain(model), lambda n, k: (torch.randn(batch, n, C, generator=gen),), (((1, "n"),),))
 
 
 def _block_grid(P: int, N: int, spec: Any) -> list[tuple[int, int]]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ...blocks import attention_half, mlp_half
+from ...blocks import MlpChain, attention_half
 from ...state import PruneState
 from ..base import ComponentKind, Timed, span
 from .merge import max_merges, merge_step
@@ -47,17 +47,6 @@ class TomeMerge(nn.Module):
         return merge_step(x, keys, size, x.shape[1] - count.shape[0], self.model.num_prefix_tokens)
 
 
-class TomeMlp(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.model.blocks:
-            x = mlp_half(blk, x)
-        return x
-
-
 def _attn(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator) -> Timed:
     C = model.embed_dim
     inputs = lambda n, k: (torch.randn(batch, n, C, generator=gen), _sizes(batch, n, gen))  # noqa: E731
@@ -73,7 +62,7 @@ def _merge(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator
 
 def _mlp(model: nn.Module, state: PruneState, batch: int, gen: torch.Generator) -> Timed:
     C = model.embed_dim
-    return Timed(TomeMlp(model), lambda n, k: (torch.randn(batch, n, C, generator=gen),), (((1, "n"),),))
+    return Timed(MlpChain(model), lambda n, k: (torch.randn(batch, n, C, generator=gen),), (((1, "n"),),))
 
 
 def _sizes(batch: int, n: int, gen: torch.Generator) -> torch.Tensor:
