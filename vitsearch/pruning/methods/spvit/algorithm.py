@@ -139,7 +139,7 @@ def draw_logodds(margin: torch.Tensor, alive: torch.Tensor, keep: float, tau: fl
 
 
 def prune_topk(
-    selector: MultiHeadTokenSelector, patches: torch.Tensor, keep: float | torch.Tensor, *, noise: float = 1.0,
+    selector: MultiHeadTokenSelector, patches: torch.Tensor, keep: float, *, noise: float = 1.0,
     tau: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training with exactly k kept: a :func:`draw_topk` of the patches (B, n, C) and their package, as
