@@ -14,7 +14,7 @@ from vitsearch.pruning import PruneConfig, token_schedule
 from vitsearch.pruning.methods.evit import fuse
 from vitsearch.pruning.methods.evit import method as evit_method
 
-from .test_pruning import images, tiny_vit  # noqa: F401  (images is a fixture)
+from .test_pruning import exported_with_parity, images, tiny_vit  # noqa: F401  (images is a fixture)
 
 
 # The reference: the official algorithm, written out straightforwardly -----------------------------------------
@@ -182,19 +182,7 @@ def test_an_evit_config_trains_through_the_pruning(images):
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_evit_exports_with_parity_at_the_scheduled_counts(batch, tmp_path):
-    from vitsearch import export
-
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", img_size=64, patch_size=8, num_classes=10).eval()
-    pruning.apply(model, "evit:3=0.7,6=0.7,9=0.7")
-    result = export.export_model(model, tmp_path / "evit.onnx", batch=batch)
-    assert result.max_abs_diff <= result.tolerance < 1e-3
-    assert export.onnx_block_tokens(result.path) == list(model.token_schedule.block_tokens)
-    x = export.example_input(model, batch)
-    with torch.no_grad():
-        expected = model(x)
-    got = torch.from_numpy(export.run_onnxruntime(result.path, [x])[0])
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    exported_with_parity("evit:3=0.7,6=0.7,9=0.7", batch, tmp_path)
 
 
 # Bad input --------------------------------------------------------------------------------------------------

@@ -312,3 +312,22 @@ def test_an_empty_package_is_zero_with_a_finite_gradient():
     torch.testing.assert_close(pkg[1, 0], (0.5 * x[1, 0] + 0.25 * x[1, 2]) / 0.75)
     pkg.sum().backward()
     assert torch.isfinite(weights.grad).all() and weights.grad.abs().max() < 100
+
+
+def exported_with_parity(config: str, batch: int, tmp_path):
+    """A tiny random-weight ViT patched for ``config``, exported at ``batch``: onnxruntime matches PyTorch and the
+    graph computes the scheduled token counts. Returns the export result."""
+    from vitsearch import export
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=64, patch_size=8, num_classes=10).eval()
+    pruning.apply(model, config)
+    result = export.export_model(model, tmp_path / "model.onnx", batch=batch)
+    assert result.max_abs_diff <= result.tolerance < 1e-3
+    assert export.onnx_block_tokens(result.path) == list(model.token_schedule.block_tokens)
+    x = export.example_input(model, batch)
+    with torch.no_grad():
+        expected = model(x)
+    got = torch.from_numpy(export.run_onnxruntime(result.path, [x])[0])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    return result

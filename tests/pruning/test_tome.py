@@ -13,7 +13,7 @@ from vitsearch.errors import VitsearchError
 from vitsearch.pruning import PruneConfig, token_schedule
 from vitsearch.pruning.methods.tome import merge, method as tome_method
 
-from .test_pruning import images, tiny_vit  # noqa: F401  (images is a fixture)
+from .test_pruning import exported_with_parity, images, tiny_vit  # noqa: F401  (images is a fixture)
 
 
 # The reference: the official algorithm, written out straightforwardly -----------------------------------------
@@ -223,17 +223,7 @@ def test_a_tome_config_trains_through_the_merges(images):
 def test_tome_exports_with_parity_at_the_scheduled_counts(batch, tmp_path):
     from vitsearch import export
 
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", img_size=64, patch_size=8, num_classes=10).eval()
-    pruning.apply(model, "tome:r=4")
-    result = export.export_model(model, tmp_path / "tome.onnx", batch=batch)
-    assert result.max_abs_diff <= result.tolerance < 1e-3
-    assert export.onnx_block_tokens(result.path) == list(model.token_schedule.block_tokens)
-    x = export.example_input(model, batch)
-    with torch.no_grad():
-        expected = model(x)
-    got = torch.from_numpy(export.run_onnxruntime(result.path, [x])[0])
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    result = exported_with_parity("tome:r=4", batch, tmp_path)
     assert export.read_metadata(result.path)["config"] == "tome:r=4"
 
 
