@@ -5,7 +5,6 @@ import copy
 import math
 
 import pytest
-import timm
 import torch
 
 from vitsearch import pruning
