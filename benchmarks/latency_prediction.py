@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
 import logging
 import os
 import sys
@@ -41,6 +42,8 @@ from vitsearch.latency import Point, Predictor, profile, validate  # noqa: E402
 from vitsearch.stats import summarise  # noqa: E402
 
 TARGETS = {"profile_seconds": 300.0, "median_abs_error_pct": 5.0, "within_10pct": 0.90, "kendall_tau": 0.85}
+# Issue 29: a table of another precision meets the fp32 table's measured quality on this CPU (RESULTS.md claim-latency-quiet).
+PRECISION_TARGETS = {"median_abs_error_pct": 3.0, "within_10pct": 0.95, "kendall_tau": 0.9}
 logger = logging.getLogger("benchmark")
 
 
@@ -111,6 +114,8 @@ def main() -> int:
     ap.add_argument("--configs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                    help="precision of the table and of the measured models (issue 29); its own RESULTS section")
     ap.add_argument("--tables", type=Path, help="keep the table here (default: a temporary folder)")
     ap.add_argument("--quiet-load", type=float, default=1.0, help="wait for a 1-min load average below this")
     ap.add_argument("--wait", type=float, default=900, help="longest wait for a quiet machine, seconds")
@@ -119,6 +124,11 @@ def main() -> int:
                     help="skip measuring the validation's models a second time (the machine's noise floor)")
     ap.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
     args = ap.parse_args()
+    targets = TARGETS if args.precision == "fp32" else {**TARGETS, **PRECISION_TARGETS}
+    section = "latency_prediction" + ("" if args.precision == "fp32" else f"_{args.precision}")
+    if args.precision != "fp32" and args.paired:
+        logger.warning("the additivity check times fp32 component graphs only: skipped for %s", args.precision)
+        args.paired = 0
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s",
                         datefmt="%H:%M:%S")
     if args.configs < 30:
@@ -134,7 +144,8 @@ def main() -> int:
 
     load_profile = wait_for_quiet(args.quiet_load, args.wait)
     t0 = time.perf_counter()
-    table = profile("cpu", model=args.model, threads=args.threads, tables=tables, restart=True, progress=False)
+    table = profile("cpu", model=args.model, threads=args.threads, tables=tables, restart=True, progress=False,
+                    precision=args.precision)
     profile_seconds = time.perf_counter() - t0
     load_after_profile = os.getloadavg()[0]
 
@@ -167,7 +178,7 @@ def main() -> int:
     paired = summarise([r["sum_ms"] for r in paired_rows], [r["whole_ms"] for r in paired_rows]) if paired_rows else None
 
     predictor = Predictor(table)
-    shares: dict[str, list[float]] = {"spvit": [], "evovit": []}
+    shares: dict[str, list[float]] = defaultdict(list)
     rec_shares: list[float] = []
     for row in result.rows:
         pred = predictor.predict(row["config"])
@@ -178,10 +189,10 @@ def main() -> int:
     overhead = next(r.median_ms for p, r in table.rows.items() if p.kind == "overhead")
     rt = table.meta["runtime"]
 
-    checks = {"profile_seconds": profile_seconds <= TARGETS["profile_seconds"],
-              "median_abs_error_pct": s["median_abs_error_pct"] <= TARGETS["median_abs_error_pct"],
-              "within_10pct": s["within_10pct"] >= TARGETS["within_10pct"],
-              "kendall_tau": s["kendall_tau"] >= TARGETS["kendall_tau"]}
+    checks = {"profile_seconds": profile_seconds <= targets["profile_seconds"],
+              "median_abs_error_pct": s["median_abs_error_pct"] <= targets["median_abs_error_pct"],
+              "within_10pct": s["within_10pct"] >= targets["within_10pct"],
+              "kendall_tau": s["kendall_tau"] >= targets["kendall_tau"]}
     mark = {True: "met", False: "**missed**"}
     for r in result.rows:
         r["corrected_error_pct"] = 100 * (r["predicted_ms"] - r["measured_at_table_speed_ms"]) / r[
@@ -189,10 +200,11 @@ def main() -> int:
     worst = sorted(result.rows, key=lambda r: -abs(r["corrected_error_pct"]))[:3]
     refs = [r["reference_ms"] for r in result.rows]
     lines = [
-        "## Latency prediction from per-device tables (issue 3)",
+        "## Latency prediction from per-device tables (issue 3)" if args.precision == "fp32" else
+        f"## Latency prediction from an {args.precision} table (issue 29)",
         "",
         f"`{' '.join(['.venv/bin/python', 'benchmarks/latency_prediction.py', *sys.argv[1:]])}` "
-        f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.model} (random weights), batch 1, "
+        f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.model} (random weights), {args.precision}, batch 1, "
         f"onnxruntime {rt.get('version')} CPU, {args.threads} intra-op threads, {os.cpu_count()} cores "
         f"({rt.get('processor') or rt.get('machine')}), vitsearch {__version__}.",
         f"The machine is shared (niceness {niceness}): 1-min load average {load_profile:.2f} -> {load_after_profile:.2f} while profiling, "
@@ -210,10 +222,10 @@ def main() -> int:
         f"| full table profile ({len(table.rows)} components) | {profile_seconds:.0f} s | | <= 300 s | "
         f"{mark[checks['profile_seconds']]} |",
         f"| median abs error ({s['count']} configs, both methods) | {s['median_abs_error_pct']:.2f}% | "
-        f"{raw['median_abs_error_pct']:.2f}% | <= 5% | {mark[checks['median_abs_error_pct']]} |",
-        f"| configs within 10% | {100 * s['within_10pct']:.0f}% | {100 * raw['within_10pct']:.0f}% | >= 90% | "
+        f"{raw['median_abs_error_pct']:.2f}% | <= {targets['median_abs_error_pct']:g}% | {mark[checks['median_abs_error_pct']]} |",
+        f"| configs within 10% | {100 * s['within_10pct']:.0f}% | {100 * raw['within_10pct']:.0f}% | >= {100 * targets['within_10pct']:.0f}% | "
         f"{mark[checks['within_10pct']]} |",
-        f"| Kendall tau (predicted vs measured) | {s['kendall_tau']:.3f} | {raw['kendall_tau']:.3f} | >= 0.85 | "
+        f"| Kendall tau (predicted vs measured) | {s['kendall_tau']:.3f} | {raw['kendall_tau']:.3f} | >= {targets['kendall_tau']:g} | "
         f"{mark[checks['kendall_tau']]} |",
         f"| p95 abs error | {s['p95_abs_error_pct']:.2f}% | {raw['p95_abs_error_pct']:.2f}% | | |",
         f"| mean signed error (bias) | {s['mean_error_pct']:+.2f}% | {raw['mean_error_pct']:+.2f}% | | |",
@@ -236,13 +248,12 @@ def main() -> int:
         "every component and counted once per model.",
         "",
         "**What token selection costs** (share of the predicted latency of the pruned models above):",
-        f"SPViT selectors with packaging: median {100 * np.median(shares['spvit']):.1f}% "
-        f"(range {100 * min(shares['spvit']):.1f}-{100 * max(shares['spvit']):.1f}%); "
-        f"Evo-ViT stage entry/exit (argsort, gathers, representative token): median "
-        f"{100 * np.median(shares['evovit']):.1f}%, plus {100 * np.median(rec_shares):.1f}% for recording the "
-        "class-token attention that ranks the tokens.",
+        "; ".join(f"{m}: median {100 * np.median(v):.1f}% (range {100 * min(v):.1f}-{100 * max(v):.1f}%)"
+                  for m, v in sorted(shares.items()))
+        + (f"; Evo-ViT also {100 * np.median(rec_shares):.1f}% for recording the class-token attention that ranks "
+           "the tokens." if rec_shares else "."),
         "",
-        f"Scatter plot: `{Path('benchmarks') / 'latency_prediction_scatter.png'}`.",
+        f"Scatter plot: `{Path('benchmarks') / f'{section}_scatter.png'}`.",
     ]
     if not all(checks.values()):
         lines += ["", (
@@ -252,16 +263,16 @@ def main() -> int:
             "interleaved passes, but a burst of load during one graph's turn still inflates it alone.")]
     text = "\n".join(lines)
     if not args.no_results:
-        (ROOT / "benchmarks" / "latency_prediction_scatter.png").write_bytes(scatter)
-        write_section("latency_prediction", text)
+        (ROOT / "benchmarks" / f"{section}_scatter.png").write_bytes(scatter)
+        write_section(section, text)
     print(text)
-    record = {"benchmark": "latency_prediction", "model": args.model, "threads": args.threads,
+    record = {"benchmark": section, "model": args.model, "precision": args.precision, "threads": args.threads,
               "profile_seconds": round(profile_seconds, 1), "components": len(table.rows),
               "configs": s["count"], "median_abs_error_pct": round(s["median_abs_error_pct"], 3),
               "p95_abs_error_pct": round(s["p95_abs_error_pct"], 3), "within_10pct": s["within_10pct"],
               "kendall_tau": round(s["kendall_tau"], 4), "mean_error_pct": round(s["mean_error_pct"], 3),
               "selection_share_median": {m: round(float(np.median(v)), 4) for m, v in shares.items()},
-              "evovit_recording_share_median": round(float(np.median(rec_shares)), 4),
+              "evovit_recording_share_median": round(float(np.median(rec_shares)), 4) if rec_shares else None,
               "load": [round(load_profile, 2), round(load_after_profile, 2), round(load_validate, 2),
                        round(load_after_validate, 2)],
               "as_measured": {k: round(raw[k], 4) for k in s},

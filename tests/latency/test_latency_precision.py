@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 
 import numpy as np
@@ -16,10 +17,10 @@ from vitsearch.errors import VitsearchError
 from vitsearch.latency import grid, profile
 from vitsearch.latency import table as T
 from vitsearch.latency.artefacts import for_points
-from vitsearch.latency.components import Point, component_graphs
+from vitsearch.latency.components import Point, component_graphs, grid
 from vitsearch.latency.precision import check_runs, fp16_fallback_ops, parse
 from vitsearch.latency.registry import resolve
-from vitsearch.models import create_model
+from vitsearch.models import create_model, geometry
 
 from .conftest import QUICK, TINY_GRID, TINY_KWARGS, TINY_MODEL
 
@@ -67,6 +68,30 @@ def test_int8_graphs_quantize_the_transformer_and_keep_selection_float(tmp_path)
     (select,) = for_points("onnx", graphs["spvit_select"], [Point("spvit_select", 9, 4)], tmp_path / "sel", "int8")
     ops = {n.op_type for n in onnx.load(str(select.onnx)).graph.node}
     assert "TopK" in ops and not ops & {"QuantizeLinear", "DequantizeLinear"}  # selection stays float
+
+
+def test_every_kind_quantizes_the_block_matmuls_it_runs(tmp_path):
+    """Each kind's int8 graph quantizes every matmul of a block's attention and MLP it runs, as the whole model's
+    int8 graph does: a kind that runs a block half outside the block's own call (its nodes named /attn/qkv,
+    not /blocks.0/attn/qkv) stayed float and its table over-predicted int8 ToMe and EViT models by 60-110%."""
+    graphs = component_graphs(create_model(TINY_MODEL, **TINY_KWARGS), 1)
+    points = {}
+    for p in grid(geometry(create_model(TINY_MODEL, **TINY_KWARGS)), TINY_GRID):
+        points.setdefault(p.kind, p)
+    quantized = {}
+    for kind, point in points.items():
+        (art,) = for_points("onnx", graphs[kind], [point], tmp_path / kind, "int8")
+        model = onnx.load(str(art.onnx))
+        made_by = {out: n.op_type for n in model.graph.node for out in n.output}
+        halves = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and re.search(r"/(attn|mlp)/", n.name)]
+        assert all(made_by.get(n.input[0]) == "DequantizeLinear" for n in halves), (
+            f"{kind}: float block matmuls " + ", ".join(n.name for n in halves
+                                                         if made_by.get(n.input[0]) != "DequantizeLinear"))
+        quantized[kind] = len(halves)
+    # the attention half is 4 matmuls a block (qkv, q@k, attn@v, proj; EViT's class-attention row one more), the
+    # MLP half 2 (fc1, fc2); 2 blocks
+    assert quantized["tome_attn"] == 8 and quantized["evit_attn"] == 10
+    assert quantized["tome_mlp"] == quantized["evit_mlp"] == 4 and quantized["block"] == 12
 
 
 def test_a_table_is_refused_in_another_precision_naming_both(tiny_int8, tmp_path):

@@ -5,6 +5,9 @@ prune there.
 stock block; called with ``reduce=fn`` it runs the same submodules in timm's order with ``fn`` in between:
 ``x + drop_path1(ls1(attn(norm1(x))))``, then ``fn``, then ``x + drop_path2(ls2(mlp(norm2(x))))``. The reduction
 runs inside the block's own call, so an exported graph names its nodes under the block (``blocks.3.norm1``).
+Called with ``half="attention"`` or ``half="mlp"`` it runs that residual half alone, as a latency table times the
+halves, still inside the block's call: int8 quantizes a block's matmuls by those names
+(``latency/precision.py``), so a table's half-block graphs are quantized as the whole model is.
 """
 from __future__ import annotations
 
@@ -31,15 +34,17 @@ def mlp_half(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class MlpChain(nn.Module):
-    """Every block's MLP residual in turn, as a latency table times the part of a split block after its reduction."""
+    """Every block's MLP residual in turn, as a latency table times the part of a split block after its reduction.
+    The model's blocks become :class:`SplitBlock` (:func:`split_blocks`) if they are not yet."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        split_blocks(model)
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, M, C) -> (B, M, C)
         for blk in self.model.blocks:
-            x = mlp_half(blk, x)
+            x = blk(x, half="mlp")
         return x
 
 
@@ -47,7 +52,9 @@ class SplitBlock(Block):
     """timm's ``Block`` with an optional token reduction between its two residual halves."""
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, half: str | None = None) -> torch.Tensor:
+        if half is not None:  # one residual half alone (module docstring)
+            return {"attention": attention_half, "mlp": mlp_half}[half](self, x)
         if reduce is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         return mlp_half(self, reduce(attention_half(self, x)))  # (B, N, C) -> (B, M, C)
@@ -65,6 +72,7 @@ def check_split_blocks(model: nn.Module, method: str) -> None:
 
 
 def split_blocks(model: nn.Module) -> None:
-    """Swap every block's class for :class:`SplitBlock` (after :func:`check_split_blocks`)."""
+    """Swap every block's class for :class:`SplitBlock` (after :func:`check_split_blocks`); called as stock
+    blocks, they compute what they did."""
     for blk in model.blocks:
         blk.__class__ = SplitBlock

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ...blocks import MlpChain, attention_half
+from ...blocks import MlpChain, split_blocks
 from ...state import PruneState
 from ..base import ComponentKind, Timed, span
 from .fuse import class_attention, keep_and_fuse
@@ -23,6 +23,7 @@ from .fuse import class_attention, keep_and_fuse
 class EvitAttention(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        split_blocks(model)  # each half runs inside its block's call (pruning/blocks.py)
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -30,7 +31,7 @@ class EvitAttention(nn.Module):
         try:
             for blk in self.model.blocks:
                 state.record_cls_attn = True
-                x = attention_half(blk, x)
+                x = blk(x, half="attention")
                 scores.append(class_attention(state.cls_attn, P))
         finally:
             state.record_cls_attn, state.cls_attn = False, None

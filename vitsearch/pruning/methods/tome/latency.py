@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ...blocks import MlpChain, attention_half
+from ...blocks import MlpChain, split_blocks
 from ...state import PruneState
 from ..base import ComponentKind, Timed, span
 from .merge import max_merges, merge_step
@@ -23,6 +23,7 @@ from .merge import max_merges, merge_step
 class TomeAttention(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        split_blocks(model)  # each half runs inside its block's call (pruning/blocks.py)
         self.model = model
 
     def forward(self, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +31,7 @@ class TomeAttention(nn.Module):
         try:
             for blk in self.model.blocks:
                 state.key_bias, state.record_keys = size.log()[..., 0], True  # as merging_block sets them
-                x = attention_half(blk, x)
+                x = blk(x, half="attention")
                 keys = state.keys
         finally:
             state.key_bias, state.record_keys, state.keys = None, False, None
