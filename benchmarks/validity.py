@@ -76,6 +76,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--next", type=int, default=4, help="candidates after the pick to finalize (default: 4)")
     ap.add_argument("--random", type=int, default=3, help="random feasible configs to finalize (default: 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training (default: 2)")
+    ap.add_argument("--table-threads", type=int, default=1,
+                    help="intra-op threads of the latency table and of every measurement (default: 1: the clutter "
+                         "model, about 2 ms, ran slower on both of this machine's cores than on one)")
+    ap.add_argument("--headroom", type=float, default=0.0,
+                    help="the search's --headroom (default: 0, search up to the budget: the clutter table's "
+                         "12-model validation asked for 22-24%% on a quiet machine, leaving 1 feasible model at 55%%; "
+                         "whether the pick measures within the budget is judged by measuring it)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vitsearch-validity"),
                     help="studies, latency table and the results cache (keep it to resume)")
     ap.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
@@ -93,7 +100,7 @@ def run_budget(share: float, args: argparse.Namespace, cache: Cache, code: str) 
     """Search, choose and finalize at one budget; returns every finalized result by role."""
     settings = SearchSettings(model=args.model, budget=f"{share:g}%", trials=args.trials,
                               reports=str(args.work / "reports"), tables=str(args.work / "tables"),
-                              study=f"validity-{args.model}-{share:g}pct")
+                              threads=args.table_threads, headroom=args.headroom, study=f"validity-{args.model}-{share:g}pct")
     result = run_search(settings, progress=False)  # resumes the study where an earlier run left it
     setup = prepare(settings, progress=False)
     torch.set_num_threads(args.threads)
@@ -163,7 +170,7 @@ def judge(budget: dict[str, Any]) -> dict[str, Any]:
 
 def report(budgets: list[dict[str, Any]], args: argparse.Namespace, code: str, started: float) -> str:
     lines = [f"`.venv/bin/python benchmarks/validity.py --model {args.model} --budgets "
-             f"{' '.join(f'{b:g}' for b in args.budgets)} --steps {args.steps}` on "
+             f"{' '.join(f'{b:g}' for b in args.budgets)} --steps {args.steps} --table-threads {args.table_threads} --headroom {args.headroom:g}` on "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: vitsearch {__version__} (source "
              f"{code}), {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the "
              f"end, {(time.perf_counter() - started) / 60:.0f} min this run.", "",

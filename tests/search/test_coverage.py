@@ -77,6 +77,17 @@ def test_every_proposal_is_a_new_model_within_the_budget(predictor, inner):
                                                                {"every"} if c.every is not None else set())
 
 
+@pytest.mark.parametrize("inner", ["tpe", "random"])
+def test_the_first_trials_take_every_method_and_selector_count_once(predictor, inner):
+    space = load_space(default_space_file("digits"), depth=12)
+    feasible = feasible_set(space, predictor, 0.6)
+    strata = set(feasible.stratum.values())
+    assert len(strata) >= 6  # SPViT, Evo-ViT and EViT with 1 to 3 selectors (no ToMe config fits here)
+    study, _ = search(space, feasible, len(strata), make_sampler(inner, 0))
+    first = [feasible.stratum[t.user_attrs[KEY]] for t in study.trials]
+    assert sorted(first) == sorted(strata)  # each once, before the inner sampler chooses any
+
+
 def test_a_small_space_is_trained_whole_and_then_the_search_stops(predictor, tmp_path):
     path = tmp_path / "small.toml"
     path.write_text("[space]\nmethods = ['spvit', 'evovit']\nfirst_block = 4\nlast_block = 6\nmax_selectors = 2\n"

@@ -6,7 +6,7 @@ selectors), says how many there are, and stops early only once all of them are t
 from :class:`CoverageSampler`, which asks the study's own sampler (TPE or random) for proposals on a private copy of
 the study and hands the first that is feasible and not yet trained or claimed by a worker to the real trial. A
 rejected proposal never becomes a trial, so neither the study, the dashboard nor the sampler's model is filled with
-repeats and over-budget configs; a sampler that keeps proposing taken or over-budget configs (TPE converging, or a
+repeats and over-budget configs. The first trials cover every method and selector count once; a sampler that keeps proposing taken or over-budget configs (TPE converging, or a
 selector count whose feasible share is tiny) gets a random untaken model of the method and count it chose.
 """
 from __future__ import annotations
@@ -171,8 +171,11 @@ class CoverageSampler(BaseSampler):
     def propose(self, study: Any) -> dict[str, Any]:
         """Parameters of a feasible model no worker has taken; raises :class:`NoModelLeft` when there is none.
 
-        The inner sampler chooses the method and the selector count (TPE learns which pay; random takes each
-        equally often), among those that still hold an untaken model; then proposes the rest with those two fixed
+        Until every (method, selector count) that holds a feasible model has one taken, the proposal is a random
+        untaken model of one that has none (a stratified start: TPE's own start draws the method and count at
+        random, and in 24 candidates left whole counts of a method untried). Then the inner sampler chooses the
+        method and the selector count (TPE learns which pay; random takes each equally often), among those that
+        still hold an untaken model; then proposes the rest with those two fixed
         until a proposal is feasible and new, or after ``MAX_PROPOSALS`` takes a random untaken model of them.
         Without the second step the counts whose feasible share is small (three Evo-ViT selectors under a tight
         budget: 0.4% of their configs) would almost never be proposed whole."""
@@ -183,6 +186,9 @@ class CoverageSampler(BaseSampler):
             self.exhausted = True
             raise NoModelLeft(f"all {len(self.feasible)} models within the budget are trained or being trained")
         open_strata = {self.feasible.stratum[k] for k in untaken}
+        unseen = sorted(open_strata - {self.feasible.stratum[k] for k in taken if k in self.feasible})
+        if unseen:  # the stratified start: one model of every method and count before the inner sampler chooses
+            return self._any_untaken(self._rng.choice(unseen), untaken)
         shadow = self._shadow(study, trials)
         stratum = None
         for _ in range(MAX_PROPOSALS):
@@ -202,6 +208,10 @@ class CoverageSampler(BaseSampler):
                 stratum = (t.params["method"], t.params["selectors"])
         if stratum is None:  # the inner sampler only chose counts with nothing left: take the others evenly
             stratum = self._rng.choice(sorted(open_strata))
+        return self._any_untaken(stratum, untaken)
+
+    def _any_untaken(self, stratum: tuple[str, int], untaken: list[str]) -> dict[str, Any]:
+        """Parameters of a random untaken model of ``stratum`` (method, selector count)."""
         key = self._rng.choice([k for k in untaken if self.feasible.stratum[k] == stratum])
         return self.space.params_of(self.feasible.models[key].config)
 
