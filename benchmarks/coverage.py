@@ -1,6 +1,7 @@
 """Benchmark: does the search cover its space? (issue 25, item 1)
 
-Runs the README's main job (``vitsearch search --budget 60%``, 24 candidates, brief training) with the default
+Runs the README's main job (``vitsearch search --budget 60%``, 24 candidates, brief training; ``--model clutter``
+for the task where token choices matter, its own section of RESULTS.md) with the default
 sampler (TPE) and with ``--sampler random``, for several seeds, and reports per search: the trials the sampler made
 (baselines aside), how many of them were repeats of a trained model or over the budget, the candidates trained,
 their methods and selector counts, and the hypervolume of the front at equal trained candidates (reference: the
@@ -57,26 +58,31 @@ def sampled_trials(folder: Path, name: str) -> list[dict]:
             for t in study.get_trials(deepcopy=False) if "config" in t.user_attrs]
 
 
-def method_space(method: str, folder: Path) -> str | None:
-    """The built-in digits space with ``method`` alone (None for "all": the built-in file itself), every other
+def method_space(model: str, method: str, folder: Path) -> str | None:
+    """``model``'s built-in space with ``method`` alone (None for "all": the built-in file itself), every other
     setting as it is there."""
     if method == "all":
         return None
-    text, n = re.subn(r"(?m)^methods = \[.*\]$", f'methods = ["{method}"]', default_space_file("digits").read_text())
+    text, n = re.subn(r"(?m)^methods = \[.*\]$", f'methods = ["{method}"]', default_space_file(model).read_text())
     if n != 1:
-        raise SystemExit("the built-in digits space has no one-line methods list to restrict")
+        raise SystemExit(f"the built-in {model} space has no one-line methods list to restrict")
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"space-{method}.toml"
+    path = folder / f"space-{model}-{method}.toml"
     path.write_text(text)
     return str(path)
 
 
+def prefix(model: str) -> str:
+    """Study names of the digits runs stay as they were; another model's are named after it."""
+    return "" if model == "digits" else f"{model}-"
+
+
 def run(sampler: str, seed: int, args: argparse.Namespace, method: str = "all") -> dict:
     train = TrainSettings() if args.steps is None else TrainSettings(steps=args.steps)
-    settings = SearchSettings(budget=args.budget, trials=args.trials, sampler=sampler, seed=seed, train=train,
-                              study=f"coverage-{sampler}-{seed}" + ("" if method == "all" else f"-{method}"),
+    settings = SearchSettings(model=args.model, budget=args.budget, trials=args.trials, sampler=sampler, seed=seed, train=train,
+                              study=f"coverage-{prefix(args.model)}{sampler}-{seed}" + ("" if method == "all" else f"-{method}"),
                               reports=str(args.reports), tables=args.tables, baselines=args.baselines,
-                              space=method_space(method, Path(args.reports)))
+                              space=method_space(args.model, method, Path(args.reports)))
     folder = Path(args.reports) / settings.name()
     if args.fresh:
         shutil.rmtree(folder, ignore_errors=True)
@@ -109,6 +115,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--budget", default="60%")
+    ap.add_argument("--model", default="digits", help="embedded model (clutter: where token choices matter)")
     ap.add_argument("--steps", type=int, default=None, help="brief training steps per candidate (default: the search's)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--samplers", default="tpe,random")
@@ -124,7 +131,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    prepare(SearchSettings(budget=args.budget, tables=args.tables), progress=not args.quiet)  # base model + table
+    prepare(SearchSettings(model=args.model, budget=args.budget, tables=args.tables), progress=not args.quiet)  # base model + table
     load = wait_for_quiet(1.0, args.wait)
     seeds = [int(s) for s in args.seeds.split(",")]
     singles = [m for m in args.methods.split(",") if m != "all"]
@@ -143,8 +150,8 @@ def main() -> int:
     if "tpe" in mean_hv and "random" in mean_hv:
         verdict["tpe_hv_at_least_random"] = mean_hv["tpe"] >= mean_hv["random"]
 
-    lines = ["## Coverage of the search (issue 25, item 1)", "",
-             f"`.venv/bin/python benchmarks/coverage.py --seeds {args.seeds} --samplers {args.samplers}"
+    lines = [f"## Coverage of the search (issue 25, item 1){'' if args.model == 'digits' else f': {args.model}'}", "",
+             f"`.venv/bin/python benchmarks/coverage.py{'' if args.model == 'digits' else f' --model {args.model}'} --seeds {args.seeds} --samplers {args.samplers}"
              f"{f' --methods {args.methods}' if singles else ''} --baselines {args.baselines}"
              f"{f' --steps {args.steps}' if args.steps else ''}` — vitsearch {__version__}, "
              f"{platform.processor() or platform.machine()}, load average {load:.2f} at start, {time.strftime('%Y-%m-%d')}; "
@@ -178,7 +185,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_results:
-        write_section("coverage", text)
+        write_section("coverage" if args.model == "digits" else f"coverage-{args.model}", text)
     print(json.dumps({"runs": runs + alone, "mean_hypervolume": mean_hv, "mean_hypervolume_alone": mean_alone,
                       "verdict": verdict, "load": load}, default=str))
     return 0

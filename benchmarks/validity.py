@@ -8,8 +8,11 @@ candidates are finalized with one recipe (finalize's progressive schedule, ``--s
   fits the search's limit: SPViT's uniform keep at blocks 3/6/9 and Evo-ViT's stage boundaries at blocks 4/8,
   seeds 0 and 1;
 - the next ``--next`` candidates by the search's val accuracy, with finalize's own path, seed 0;
-- ``--random`` feasible configs the search did not train, drawn with a seed per budget, seed 0.
-The best finalized test accuracy of all of these is the oracle. Reported per budget: whether the pick beats
+- ``--random`` feasible configs the search did not train, drawn with a seed per budget, seed 0;
+- with ``--learned`` (item 7), the same study's learned strategy (``vitsearch search --learned``: SPViT's rates
+  moved by the sparsity loss under the budget, then merged into phases), seeds 0 and 1: is the loss worth it where it
+  acts, judged by the finalized picks.
+The best finalized test accuracy of all of these but the learned config is the oracle. Reported per budget: whether the pick beats
 every paper schedule that fits by more than the two seeds' spread (the larger of the two configs' seed
 differences), lies within 0.5 points of the oracle, and measures within the budget at the table's speed; and over
 every candidate finalize measured, how far its measurement lies from its prediction (the latency promise, item 6).
@@ -48,6 +51,7 @@ from vitsearch.finalize import FinalizeSettings, finalize_trial, load_context  #
 from vitsearch.models import CLUTTER  # noqa: E402
 from vitsearch.pruning import PruneConfig, canonical_key  # noqa: E402
 from vitsearch.search import Evaluator, SearchSettings, prepare, run_search  # noqa: E402
+from vitsearch.search.settings import LEARNED  # noqa: E402
 from vitsearch.search.coverage import FeasibleSet  # noqa: E402
 from vitsearch.training import accuracy  # noqa: E402
 
@@ -85,6 +89,8 @@ def parse_args() -> argparse.Namespace:
                          "whether the pick measures within the budget is judged by measuring it)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vitsearch-validity"),
                     help="studies, latency table and the results cache (keep it to resume)")
+    ap.add_argument("--learned", action="store_true",
+                    help="also run the study's learned strategy and finalize its config with 2 seeds (item 7)")
     ap.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
     return ap.parse_args()
 
@@ -100,7 +106,7 @@ def run_budget(share: float, args: argparse.Namespace, cache: Cache, code: str) 
     """Search, choose and finalize at one budget; returns every finalized result by role."""
     settings = SearchSettings(model=args.model, budget=f"{share:g}%", trials=args.trials,
                               reports=str(args.work / "reports"), tables=str(args.work / "tables"),
-                              threads=args.table_threads, headroom=args.headroom, study=f"validity-{args.model}-{share:g}pct")
+                              threads=args.table_threads, headroom=args.headroom, learned=args.learned, study=f"validity-{args.model}-{share:g}pct")
     result = run_search(settings, progress=False)  # resumes the study where an earlier run left it
     setup = prepare(settings, progress=False)
     torch.set_num_threads(args.threads)
@@ -122,6 +128,9 @@ def run_budget(share: float, args: argparse.Namespace, cache: Cache, code: str) 
     units += [(f"paper {m}", c, s, None) for m, c in papers.items() if c is not None for s in (0, 1)]
     units += [("next", c.config, 0, c.trial) for c in ranked[1:1 + args.next]]
     units += [("random", c, 0, None) for c in randoms]
+    learned = next((c for c in result.trials if c.kind == LEARNED and c.accuracy is not None), None)
+    if learned is not None:
+        units += [("learned", learned.config, 0, learned.trial), ("learned", learned.config, 1, None)]
     ctx = load_context(result.folder, settings.reports, precision=setup.precision)
     rows = []
     for role, config, seed, trial in units:
@@ -156,8 +165,9 @@ def judge(budget: dict[str, Any]) -> dict[str, Any]:
     mean = {k: statistics.mean(v) for k, v in by.items()}
     spread = {k: max(v) - min(v) for k, v in by.items()}
     pick = next(k for k in by if k[0] == "pick")
-    oracle = max(mean, key=mean.get)
-    papers = {k: {"config": k[1], "mean": mean[k], "spread": spread[k], "margin": mean[pick] - mean[k],
+    oracle = max((k for k in mean if k[0] != "learned"), key=mean.get)
+    learned = next((k for k in by if k[0] == "learned"), None)
+    papers = {k[0]: {"config": k[1], "mean": mean[k], "spread": spread[k], "margin": mean[pick] - mean[k],
                   "beaten": mean[pick] - mean[k] > max(spread[pick], spread[k])}
               for k in by if k[0].startswith("paper")}
     measured = next((r.get("measured_at_table_speed_ms") or r.get("measured_ms") for r in budget["rows"]
@@ -165,15 +175,22 @@ def judge(budget: dict[str, Any]) -> dict[str, Any]:
     return {"pick": pick[1], "pick_mean": mean[pick], "pick_spread": spread[pick], "papers": papers,
             "oracle": {"role": oracle[0], "config": oracle[1], "mean": mean[oracle]},
             "within_oracle": mean[oracle] - mean[pick] <= ORACLE_POINTS, "pick_measured_ms": measured,
+            "learned": None if learned is None else {
+                "config": learned[1], "mean": mean[learned], "spread": spread[learned],
+                "margin_over_pick": mean[learned] - mean[pick],
+                "beats_pick": mean[learned] - mean[pick] > max(spread[pick], spread[learned])},
             "measured_within_budget": None if measured is None else measured <= budget["budget_ms"]}
 
 
 def report(budgets: list[dict[str, Any]], args: argparse.Namespace, code: str, started: float) -> str:
+    dates = [r["date"][:16].replace("T", " ") for b in budgets for r in b["rows"]]
     lines = [f"`.venv/bin/python benchmarks/validity.py --model {args.model} --budgets "
-             f"{' '.join(f'{b:g}' for b in args.budgets)} --steps {args.steps} --table-threads {args.table_threads} --headroom {args.headroom:g}` on "
+             f"{' '.join(f'{b:g}' for b in args.budgets)} --steps {args.steps} --next {args.next} --random "
+             f"{args.random} --table-threads {args.table_threads} --headroom {args.headroom:g}{' --learned' if args.learned else ''}` on "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: vitsearch {__version__} (source "
              f"{code}), {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the "
-             f"end, {(time.perf_counter() - started) / 60:.0f} min this run.", "",
+             f"end, {(time.perf_counter() - started) / 60:.0f} min this run; the finalized results were computed "
+             f"{min(dates)} to {max(dates)} UTC (cached).", "",
              "| budget | pick (test %, 2 seeds) | paper schedules (test %, margin, beaten?) | oracle | within 0.5? | "
              "pick measured / budget (ms) |", "|---|---|---|---|---|---|"]
     errors = []
@@ -187,6 +204,24 @@ def report(budgets: list[dict[str, Any]], args: argparse.Namespace, code: str, s
                      f"{'yes' if j['within_oracle'] else 'no'} | {measured} |")
         errors += [100 * (r["predicted_ms"] / (r.get("measured_at_table_speed_ms") or r["measured_ms"]) - 1)
                    for r in b["rows"] if r.get("measured_ms") is not None]
+    for b in budgets:
+        lines += ["", f"Every finalized config at {b['budget']} (budget {b['budget_ms']:.3f} ms, the search's limit "
+                      f"{b['limit_ms']:.3f} ms; {b['trained']} candidates trained of at least {b['feasible']:,} "
+                      "feasible models):", "",
+                  "| role | config | seed | val % | test % | predicted ms | measured at the table's speed ms | s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in b["rows"]:
+            at_speed = r.get("measured_at_table_speed_ms") or r.get("measured_ms")
+            lines.append(f"| {r['role']} | `{r['config']}` | {r['seed']} | {100 * r['val_accuracy']:.2f} | "
+                         f"{100 * r['accuracy']:.2f} | {r['predicted_ms']:.3f} | "
+                         f"{'-' if at_speed is None else f'{at_speed:.3f}'} | {r['seconds']:.0f} |")
+    for b in budgets:
+        learned = judge(b)["learned"]
+        if learned is not None:
+            lines += ["", f"Item 7 at {b['budget']}: the learned strategy's `{learned['config']}` finalized "
+                          f"{learned['mean']:.2f} ±{learned['spread'] / 2:.2f} against the default pick's "
+                          f"{judge(b)['pick_mean']:.2f} ({learned['margin_over_pick']:+.2f} points; beyond both "
+                          f"seed spreads: {'yes' if learned['beats_pick'] else 'no'})."]
     if errors:
         lines += ["", f"Latency promise (item 6): {len(errors)} candidates finalized and measured by `vitsearch "
                       f"finalize`, prediction vs measurement at the table's speed: median |error| "
