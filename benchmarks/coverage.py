@@ -79,8 +79,9 @@ def prefix(model: str) -> str:
 
 def run(sampler: str, seed: int, args: argparse.Namespace, method: str = "all") -> dict:
     train = TrainSettings() if args.steps is None else TrainSettings(steps=args.steps)
-    settings = SearchSettings(model=args.model, budget=args.budget, trials=args.trials, sampler=sampler, seed=seed, train=train,
-                              study=f"coverage-{prefix(args.model)}{sampler}-{seed}" + ("" if method == "all" else f"-{method}"),
+    settings = SearchSettings(model=args.model, budget=args.budget, trials=args.trials, sampler=sampler, seed=seed,
+                              train=train, study=f"coverage-{prefix(args.model)}{sampler}-{seed}"
+                              + ("" if method == "all" else f"-{method}"),
                               reports=str(args.reports), tables=args.tables, baselines=args.baselines,
                               space=method_space(args.model, method, Path(args.reports)))
     folder = Path(args.reports) / settings.name()
@@ -131,7 +132,8 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    prepare(SearchSettings(model=args.model, budget=args.budget, tables=args.tables), progress=not args.quiet)  # base model + table
+    # the base model and the table, before any timing
+    prepare(SearchSettings(model=args.model, budget=args.budget, tables=args.tables), progress=not args.quiet)
     load = wait_for_quiet(1.0, args.wait)
     seeds = [int(s) for s in args.seeds.split(",")]
     singles = [m for m in args.methods.split(",") if m != "all"]
@@ -151,7 +153,8 @@ def main() -> int:
         verdict["tpe_hv_at_least_random"] = mean_hv["tpe"] >= mean_hv["random"]
 
     lines = [f"## Coverage of the search (issue 25, item 1){'' if args.model == 'digits' else f': {args.model}'}", "",
-             f"`.venv/bin/python benchmarks/coverage.py{'' if args.model == 'digits' else f' --model {args.model}'} --seeds {args.seeds} --samplers {args.samplers}"
+             f"`.venv/bin/python benchmarks/coverage.py{'' if args.model == 'digits' else f' --model {args.model}'} "
+             f"--seeds {args.seeds} --samplers {args.samplers}"
              f"{f' --methods {args.methods}' if singles else ''} --baselines {args.baselines}"
              f"{f' --steps {args.steps}' if args.steps else ''}` — vitsearch {__version__}, "
              f"{platform.processor() or platform.machine()}, load average {load:.2f} at start, {time.strftime('%Y-%m-%d')}; "

@@ -12,10 +12,11 @@ candidates are finalized with one recipe (finalize's progressive schedule, ``--s
 - with ``--learned`` (item 7), the same study's learned strategy (``vitsearch search --learned``: SPViT's rates
   moved by the sparsity loss under the budget, then merged into phases), seeds 0 and 1: is the loss worth it where it
   acts, judged by the finalized picks.
-The best finalized test accuracy of all of these but the learned config is the oracle. Reported per budget: whether the pick beats
-every paper schedule that fits by more than the two seeds' spread (the larger of the two configs' seed
-differences), lies within 0.5 points of the oracle, and measures within the budget at the table's speed; and over
-every candidate finalize measured, how far its measurement lies from its prediction (the latency promise, item 6).
+The best finalized test accuracy of all of these but the learned config is the oracle. Reported per budget: whether
+the pick beats every paper schedule that fits by more than the two seeds' spread (the larger of the two configs'
+seed differences), lies within 0.5 points of the oracle, and measures within the budget at the table's speed; and
+over every candidate finalize measured, how far its measurement lies from its prediction (the latency promise, item
+6).
 
 Every finalized result is cached in ``--work``/validity.json (with the source fingerprint that made it; kept
 across code changes, the report counts them), searches resume from their study folders and finalize from its
@@ -106,7 +107,8 @@ def run_budget(share: float, args: argparse.Namespace, cache: Cache, code: str) 
     """Search, choose and finalize at one budget; returns every finalized result by role."""
     settings = SearchSettings(model=args.model, budget=f"{share:g}%", trials=args.trials,
                               reports=str(args.work / "reports"), tables=str(args.work / "tables"),
-                              threads=args.table_threads, headroom=args.headroom, learned=args.learned, study=f"validity-{args.model}-{share:g}pct")
+                              threads=args.table_threads, headroom=args.headroom, learned=args.learned,
+                              study=f"validity-{args.model}-{share:g}pct")
     result = run_search(settings, progress=False)  # resumes the study where an earlier run left it
     setup = prepare(settings, progress=False)
     torch.set_num_threads(args.threads)
@@ -186,7 +188,8 @@ def report(budgets: list[dict[str, Any]], args: argparse.Namespace, code: str, s
     dates = [r["date"][:16].replace("T", " ") for b in budgets for r in b["rows"]]
     lines = [f"`.venv/bin/python benchmarks/validity.py --model {args.model} --budgets "
              f"{' '.join(f'{b:g}' for b in args.budgets)} --steps {args.steps} --next {args.next} --random "
-             f"{args.random} --table-threads {args.table_threads} --headroom {args.headroom:g}{' --learned' if args.learned else ''}` on "
+             f"{args.random} --table-threads {args.table_threads} --headroom {args.headroom:g}"
+             f"{' --learned' if args.learned else ''}` on "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: vitsearch {__version__} (source "
              f"{code}), {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the "
              f"end, {(time.perf_counter() - started) / 60:.0f} min this run; the finalized results were computed "

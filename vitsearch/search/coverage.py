@@ -6,8 +6,9 @@ selectors), says how many there are, and stops early only once all of them are t
 from :class:`CoverageSampler`, which asks the study's own sampler (TPE or random) for proposals on a private copy of
 the study and hands the first that is feasible and not yet trained or claimed by a worker to the real trial. A
 rejected proposal never becomes a trial, so neither the study, the dashboard nor the sampler's model is filled with
-repeats and over-budget configs. The first trials cover every method and selector count once; a sampler that keeps proposing taken or over-budget configs (TPE converging, or a
-selector count whose feasible share is tiny) gets a random untaken model of the method and count it chose.
+repeats and over-budget configs. The first trials take every method and selector count once; after them, a sampler
+that keeps proposing taken or over-budget configs (TPE converging, or a selector count whose feasible share is tiny)
+gets a random untaken model of the method and count it chose.
 """
 from __future__ import annotations
 
