@@ -219,11 +219,12 @@ def report(budgets: list[dict[str, Any]], args: argparse.Namespace, code: str, s
                          f"{100 * r['accuracy']:.2f} | {r['predicted_ms']:.3f} | "
                          f"{'-' if at_speed is None else f'{at_speed:.3f}'} | {r['seconds']:.0f} |")
     for b in budgets:
-        learned = judge(b)["learned"]
+        j = judge(b)
+        learned = j["learned"]
         if learned is not None:
             lines += ["", f"Item 7 at {b['budget']}: the learned strategy's `{learned['config']}` finalized "
                           f"{learned['mean']:.2f} ±{learned['spread'] / 2:.2f} against the default pick's "
-                          f"{judge(b)['pick_mean']:.2f} ({learned['margin_over_pick']:+.2f} points; beyond both "
+                          f"{j['pick_mean']:.2f} ({learned['margin_over_pick']:+.2f} points; beyond both "
                           f"seed spreads: {'yes' if learned['beats_pick'] else 'no'})."]
     if errors:
         lines += ["", f"Latency promise (item 6): {len(errors)} candidates finalized and measured by `vitsearch "
